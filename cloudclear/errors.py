@@ -1,0 +1,44 @@
+"""Errors and warnings raised by cloudclear.
+
+Every error a user can cause derives from :class:`CloudClearError`; each subclass also derives
+from the builtin exception it refines, so ``except FileNotFoundError`` keeps working. The CLI turns
+a ``CloudClearError`` into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class CloudClearError(Exception):
+    """Root of every error cloudclear raises on purpose."""
+
+
+class SceneNotFoundError(CloudClearError, FileNotFoundError):
+    """A path that should hold scenes or a catalog does not exist."""
+
+
+class InvalidRasterError(CloudClearError, ValueError):
+    """A file is not a readable raster, is truncated, or lacks what cloudclear needs."""
+
+
+class MissingDateError(InvalidRasterError):
+    """An acquisition date cannot be found in the file name or the tags."""
+
+
+class EmptyCatalogError(CloudClearError, ValueError):
+    """A scan found no usable scene."""
+
+
+class CatalogError(CloudClearError, ValueError):
+    """A catalog file is missing, unreadable or cannot be written."""
+
+
+class CatalogWriteError(CatalogError, PermissionError):
+    """The catalog path cannot be written."""
+
+
+class QueryError(CloudClearError, ValueError):
+    """A query names a bounding box, date or range that makes no sense."""
+
+
+class CloudClearWarning(UserWarning):
+    """Root of the warnings cloudclear emits."""
