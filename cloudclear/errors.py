@@ -25,7 +25,11 @@ class MissingDateError(InvalidRasterError):
 
 
 class EmptyCatalogError(CloudClearError, ValueError):
-    """A scan found no usable scene."""
+    """A scan found no usable scene; ``skipped`` holds the files looked at and why each failed."""
+
+    def __init__(self, message: str, skipped: tuple = ()):
+        super().__init__(message)
+        self.skipped = skipped
 
 
 class CatalogError(CloudClearError, ValueError):

@@ -1,0 +1,271 @@
+"""The ``cloudclear`` command line: parse, call one library function, print.
+
+Library modules (rasterio, geopandas, torch...) are imported inside the commands so that
+``cloudclear --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cloudclear import __version__
+from cloudclear.errors import CloudClearError
+
+app = typer.Typer(
+    name="cloudclear",
+    help="Remove clouds from whole Sentinel-2 tiles, helped by Sentinel-1.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(func: F) -> F:
+    """Turn a CloudClearError into one line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CloudClearError as exc:
+            typer.echo(f"cloudclear: error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cloudclear {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (repeat for debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Remove clouds from whole Sentinel-2 tiles, helped by Sentinel-1."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="cloudclear: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def _progress() -> bool:
+    return logging.getLogger().getEffectiveLevel() <= logging.WARNING and sys.stderr.isatty()
+
+
+def _print_skipped(skipped: Any, limit: int) -> None:
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        reason = s.reason.split(": ", 1)[1] if s.reason.startswith(s.path) else s.reason
+        by_reason.setdefault(reason, []).append(s.path)
+    typer.echo(f"skipped {len(skipped)} file(s):", err=True)
+    for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = paths if limit <= 0 else paths[:limit]
+        for p in shown:
+            typer.echo(f"  {p}: {reason}", err=True)
+        if len(paths) > len(shown):
+            typer.echo(f"  ... and {len(paths) - len(shown)} more: {reason}", err=True)
+
+
+@app.command()
+@_user_errors
+def index(
+    directory: Annotated[Path, typer.Argument(help="Folder to scan (recursively) for S2, S1 and mask rasters.")],
+    catalog: Annotated[
+        Path | None, typer.Option("--catalog", "-c", help="Catalog to write. [default: DIR/cloudclear.gpkg]")
+    ] = None,
+    date_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--date-pattern",
+            help="Regex for the date in file names, with named groups 'date' (YYYYMMDD) and "
+            "optional 'time' (HHMMSS). Default: YYYYMMDD[THHMMSS] anywhere in the name, then the "
+            "DATETIME / TIFFTAG_DATETIME tags.",
+        ),
+    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Reopen every file, ignoring the previous catalog.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    show_skipped: Annotated[
+        int, typer.Option("--show-skipped", help="Skipped files listed per reason (0 = all).")
+    ] = 5,
+) -> None:
+    """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
+
+    Writes a GeoPackage (layer 'scenes', footprints in EPSG:4326; open it in QGIS or geopandas)
+    and an rtree index beside it. Re-running reads only new or changed files. Files that are not
+    usable scenes are listed on stderr with the reason.
+    """
+    from cloudclear.catalog import build_index
+    from cloudclear.errors import EmptyCatalogError
+
+    try:
+        result = build_index(directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=_progress())
+    except EmptyCatalogError as exc:
+        _print_skipped(exc.skipped, show_skipped)
+        raise
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_skipped(result.skipped, show_skipped)
+    s = result.summary
+    typer.echo(
+        f"{result.scenes} scenes from {result.files_seen} raster files in {result.seconds:.1f} s "
+        f"({result.files_opened} opened, {result.scenes_computed} computed, {result.scenes_reused} unchanged)"
+    )
+    typer.echo(f"catalog: {result.catalog_path}")
+    for row in s["by_sensor_tile"]:
+        typer.echo(f"  {row['sensor']}  tile {row['tile']:<6} {row['scenes']:>6} scenes")
+    typer.echo(f"  dates: {s['first'][:10]} .. {s['last'][:10]}")
+    dist = "  ".join(f"{k}: {v}" for k, v in s["s2_cloud_distribution"].items())
+    typer.echo(f"  S2 cloud cover: {dist}")
+    if s["s2_with_s1"]:
+        typer.echo(f"  S2 with an S1 over them: {s['s2_with_s1']} (median gap {s['s1_gap_hours_median']:.1f} h)")
+
+
+def _parse_bbox(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected minx,miny,maxx,maxy") from None
+    if len(vals) != 4:
+        raise typer.BadParameter(f"{text!r}: expected 4 numbers minx,miny,maxx,maxy")
+    return vals
+
+
+def _parse_range(text: str | None) -> tuple[float | None, float | None]:
+    if text is None:
+        return None, None
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            return None, float(lo)
+        return (float(lo) if lo else None), (float(hi) if hi else None)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected MIN:MAX, :MAX, MIN: or MAX (percent)") from None
+
+
+@app.command()
+@_user_errors
+def query(
+    catalog: Annotated[Path, typer.Argument(help="A catalog (.gpkg) or the folder that holds cloudclear.gpkg.")],
+    bbox: Annotated[
+        str | None, typer.Option("--bbox", help="minx,miny,maxx,maxy in --bbox-crs (default lon/lat).")
+    ] = None,
+    bbox_crs: Annotated[str, typer.Option("--bbox-crs", help="CRS of --bbox.")] = "EPSG:4326",
+    start: Annotated[str | None, typer.Option("--start", help="First date, YYYY-MM-DD[THH:MM:SS].")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last date (inclusive).")] = None,
+    cloud: Annotated[
+        str | None, typer.Option("--cloud", help="Cloud % range MIN:MAX (e.g. 0:20, :10, 50:).")
+    ] = None,
+    sensor: Annotated[str | None, typer.Option("--sensor", help="S2 or S1.")] = None,
+    tile: Annotated[str | None, typer.Option("--tile", help="MGRS tile id, e.g. 31UFQ.")] = None,
+    with_unmasked: Annotated[
+        bool, typer.Option("--with-unmasked/--masked-only", help="With --cloud, keep scenes of unknown cloud %.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False,
+) -> None:
+    """List catalogued scenes by place, date range, cloud range, sensor and tile."""
+    from cloudclear.catalog import Catalog
+
+    lo, hi = _parse_range(cloud)
+    cat = Catalog.open(catalog)
+    hits = cat.query(
+        _parse_bbox(bbox),
+        bbox_crs=bbox_crs,
+        start=start,
+        end=end,
+        cloud_min=lo,
+        cloud_max=hi,
+        sensor=sensor,
+        tile=tile,
+        include_unmasked=with_unmasked,
+    )
+    cols = ["scene_id", "sensor", "tile", "datetime", "cloud_pct", "nodata_pct", "bands", "nearest_s1", "s1_gap_hours"]
+    if as_json:
+        records = json.loads(hits[cols + ["crs", "files"]].to_json(orient="records", date_format="iso"))
+        typer.echo(json.dumps(records, indent=2))
+        return
+    typer.echo(f"{'datetime':<20} {'sensor':<6} {'tile':<6} {'cloud%':>7} {'nodata%':>7}  scene")
+    for _, r in hits.iterrows():
+        cloud_txt = "-" if r["cloud_pct"] is None or r["cloud_pct"] != r["cloud_pct"] else f"{r['cloud_pct']:.1f}"
+        typer.echo(
+            f"{r['datetime'].strftime('%Y-%m-%dT%H:%M:%S'):<20} {r['sensor']:<6} {str(r['tile'] or '-'):<6} "
+            f"{cloud_txt:>7} {r['nodata_pct']:>7.1f}  {r['scene_id']}"
+        )
+    counts = Counter(hits["sensor"])
+    typer.echo(f"{len(hits)} scene(s)" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else ""))
+
+
+@app.command()
+@_user_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the series into (S2/, S1/, truth/).")],
+    size: Annotated[int | None, typer.Option("--size", help="Square size in pixels (sets height and width).")] = None,
+    height: Annotated[int, typer.Option("--height", help="Rows.")] = 512,
+    width: Annotated[int, typer.Option("--width", help="Columns.")] = 512,
+    dates: Annotated[int, typer.Option("--dates", help="Number of S2 dates.")] = 12,
+    interval: Annotated[int, typer.Option("--interval", help="Days between S2 dates (on the 5-day grid).")] = 15,
+    start: Annotated[str, typer.Option("--start", help="First S2 date, YYYY-MM-DD.")] = "2021-04-01",
+    tile: Annotated[str, typer.Option("--tile", help="MGRS tile id; sets the UTM zone.")] = "31UFQ",
+    bands: Annotated[
+        str, typer.Option("--bands", help="Comma list of S2 bands (B02..B12, B8A).")
+    ] = "B02,B03,B04,B08",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
+    s1: Annotated[bool, typer.Option("--s1/--no-s1", help="Write Sentinel-1 VV/VH too.")] = True,
+) -> None:
+    """Write a realistic synthetic S2 (+ S1) time series with cloud masks and cloud-free truth."""
+    from cloudclear.synth import generate_series
+
+    if size is not None:
+        height = width = size
+    if height < 16 or width < 16:
+        raise typer.BadParameter("height and width must be at least 16 pixels")
+    band_list = tuple(b.strip().upper() for b in bands.split(",") if b.strip())
+    series = generate_series(
+        out,
+        height=height,
+        width=width,
+        n_dates=dates,
+        start=start,
+        interval_days=interval,
+        tile=tile,
+        bands=band_list,
+        s1=s1,
+        seed=seed,
+        progress=_progress(),
+    )
+    typer.echo(
+        f"wrote {len(series.s2)} S2 dates, {len(series.s1)} S1 dates, {height} x {width} px, "
+        f"{series.crs}, into {series.root}"
+    )
+    for when, pct in zip(series.s2_dates, series.cloud_pct, strict=True):
+        typer.echo(f"  {when:%Y-%m-%d}  cloud {pct:5.1f} %")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
