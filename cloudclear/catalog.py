@@ -168,7 +168,6 @@ def _valid(data: np.ndarray, nodata: float | None, sensor: str) -> np.ndarray:
 
 def _mask_strip(msrc: Any, mask: masks.MaskBand, grid: FileInfo, r0: int, h: int) -> np.ndarray:
     import numpy as np
-    from affine import Affine
     from rasterio.windows import Window
 
     same = msrc.width == grid.width and msrc.height == grid.height and all(
@@ -178,13 +177,14 @@ def _mask_strip(msrc: Any, mask: masks.MaskBand, grid: FileInfo, r0: int, h: int
     if same:
         raw = msrc.read(mask.band, window=Window(0, r0, grid.width, h))
         return masks.decode(raw, mask.convention, nodata)
-    # Map the scene's pixel centres in this strip to mask pixels (nearest neighbour).
-    gt = Affine(*grid.transform)
-    inv = ~msrc.transform
-    xs, _ = gt * (np.arange(grid.width) + 0.5, np.zeros(grid.width))
-    _, ys = gt * (np.zeros(h), np.arange(r0, r0 + h) + 0.5)
-    cols = np.floor((inv * (xs, np.full_like(xs, ys[0])))[0]).astype(np.int64)
-    rows = np.floor((inv * (np.full_like(ys, xs[0]), ys))[1]).astype(np.int64)
+    # Map the scene's pixel centres in this strip to mask pixels (nearest neighbour); north-up
+    # grids only, so columns depend on x alone and rows on y alone.
+    ga, _, gc, _, ge, gf = grid.transform
+    ma, _, mc, _, me, mf = tuple(msrc.transform)[:6]
+    xs = gc + ga * (np.arange(grid.width) + 0.5)
+    ys = gf + ge * (np.arange(r0, r0 + h) + 0.5)
+    cols = np.floor((xs - mc) / ma).astype(np.int64)
+    rows = np.floor((ys - mf) / me).astype(np.int64)
     lo, hi = max(int(rows.min()), 0), min(int(rows.max()) + 1, msrc.height)
     out = np.full((h, grid.width), masks.MaskClass.NODATA, np.uint8)
     if lo >= hi:
@@ -535,6 +535,10 @@ def _frame(records: list[dict[str, Any]]) -> gpd.GeoDataFrame:
 
     frame = gpd.GeoDataFrame(records, geometry="geometry", crs="EPSG:4326")
     frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True)
+    # All-None columns would otherwise be stored as text; keep them numeric.
+    for col in ("cloud_pct", "nodata", "s1_gap_hours"):
+        frame[col] = frame[col].astype("float64")
+    frame["mask_band"] = frame["mask_band"].astype("Int64")
     return frame.sort_values(["sensor", "datetime", "scene_id"]).reset_index(drop=True)
 
 
@@ -566,7 +570,7 @@ def _link_nearest_s1(frame: gpd.GeoDataFrame) -> None:
         nearest.append(s1_ids[idx[k]])
         gaps.append(round(float(dt[k]) / 3600.0, 3))
     frame["nearest_s1"] = nearest
-    frame["s1_gap_hours"] = gaps
+    frame["s1_gap_hours"] = np.array([np.nan if g is None else g for g in gaps], dtype="float64")
 
 
 def write_catalog(

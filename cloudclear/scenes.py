@@ -252,11 +252,28 @@ class DateFound:
     has_time: bool
 
 
+def _date_from_match(m: re.Match[str]) -> DateFound | None:
+    g = {k: v for k, v in m.groupdict().items() if v}
+    try:
+        if {"year", "month", "day"} <= g.keys():
+            parts = [int(g[k]) for k in ("year", "month", "day")]
+            clock = [int(g.get(k, 0)) for k in ("hour", "minute", "second")]
+            value = datetime(*parts, *clock, tzinfo=timezone.utc)
+            return DateFound(value, "name", "hour" in g)
+        raw = g.get("datetime") or g.get("date") or m.group(0)
+        tim = g.get("time")
+        text = raw.replace("-", "") + (f"T{tim}" if tim else "")
+        return DateFound(parse_datetime(text), "name", bool(tim) or "T" in raw)
+    except ValueError:
+        return None
+
+
 def find_datetime(info: FileInfo, pattern: str | re.Pattern[str] | None = None) -> DateFound:
     """The acquisition datetime of a file: from its name, else from its tags.
 
-    The file name (matched by ``pattern``, whose named group ``date`` and optional ``time``, or
-    ``datetime``, hold the value) is the user's explicit statement and wins; a tag on the same
+    The file name (matched by ``pattern``, whose named groups ``date`` and optional ``time``, or
+    ``datetime``, or ``year``, ``month``, ``day`` and optional ``hour``, ``minute``, ``second``
+    hold the value) is the user's explicit statement and wins; a tag on the same
     day supplies the time of day when the name has none. Nothing is guessed.
 
     Raises:
@@ -266,14 +283,7 @@ def find_datetime(info: FileInfo, pattern: str | re.Pattern[str] | None = None) 
     from_name: DateFound | None = None
     m = regex.search(info.stem)
     if m:
-        groups = m.groupdict()
-        raw = groups.get("datetime") or groups.get("date") or m.group(0)
-        tim = groups.get("time")
-        text = raw.replace("-", "") + (f"T{tim}" if tim else "")
-        try:
-            from_name = DateFound(parse_datetime(text), "name", bool(tim) or "T" in raw)
-        except ValueError:
-            from_name = None
+        from_name = _date_from_match(m)
     from_tag: DateFound | None = None
     for key in _DATE_TAGS:
         if info.tags.get(key):
