@@ -135,7 +135,9 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
                 if msrc is not None:
                     msrc.close()
     except rasterio.errors.RasterioIOError as exc:
-        raise InvalidRasterError(f"{current}: cannot read pixels, corrupt or truncated ({exc})") from None
+        raise InvalidRasterError(
+            f"{current}: cannot read pixels, corrupt or truncated ({exc})"
+        ) from None
 
     total = int(total_n.sum())
     nodata_pct = 100.0 * (1.0 - valid_n.sum() / total)
@@ -149,7 +151,9 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
     else:
         known = int(known_n.sum())
         cloud_pct = 100.0 * cloud_n.sum() / known if known else None
-    return SceneStats(float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells)
+    return SceneStats(
+        float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells
+    )
 
 
 def _valid(data: np.ndarray, nodata: float | None, sensor: str) -> np.ndarray:
@@ -170,8 +174,13 @@ def _mask_strip(msrc: Any, mask: masks.MaskBand, grid: FileInfo, r0: int, h: int
     import numpy as np
     from rasterio.windows import Window
 
-    same = msrc.width == grid.width and msrc.height == grid.height and all(
-        abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(tuple(msrc.transform)[:6], grid.transform, strict=True)
+    same = (
+        msrc.width == grid.width
+        and msrc.height == grid.height
+        and all(
+            abs(a - b) <= 1e-6 * max(1.0, abs(b))
+            for a, b in zip(tuple(msrc.transform)[:6], grid.transform, strict=True)
+        )
     )
     nodata = msrc.nodatavals[mask.band - 1]
     if same:
@@ -221,7 +230,9 @@ def _footprints(info: FileInfo) -> tuple[Any, Any]:
     crs = CRS.from_wkt(info.crs) if info.crs else None
     if crs is None:
         return native, native
-    ring = shapely.segmentize(native, max(info.bounds[2] - info.bounds[0], info.bounds[3] - info.bounds[1]) / 20)
+    ring = shapely.segmentize(
+        native, max(info.bounds[2] - info.bounds[0], info.bounds[3] - info.bounds[1]) / 20
+    )
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     xy = shapely.get_coordinates(ring)
     lon, lat = tr.transform(xy[:, 0], xy[:, 1])
@@ -254,7 +265,9 @@ def _scale_offset(draft: SceneDraft) -> tuple[float, float]:
 
 def _level(draft: SceneDraft) -> str:
     info = draft.grid
-    text = " ".join((info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem)).upper()
+    text = " ".join(
+        (info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem)
+    ).upper()
     for level in ("L2A", "L1C"):
         if level in text:
             return level
@@ -265,7 +278,9 @@ def _signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
     return json.dumps(sorted((Path(p).name, infos[p].size, infos[p].mtime_ns) for p in paths))
 
 
-def _record(draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any) -> dict[str, Any]:
+def _record(
+    draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any
+) -> dict[str, Any]:
     native, geo = _footprints(draft.grid)
     crs_label, epsg = _crs_label(draft.grid.crs)
     scale, offset = _scale_offset(draft)
@@ -318,7 +333,10 @@ def _stats_from_row(row: Any) -> SceneStats:
     rows, cols = int(row["cells_rows"]), int(row["cells_cols"])
     cloud = None if _isnull(row["cloud_pct"]) else float(row["cloud_pct"])
     return SceneStats(
-        float(row["nodata_pct"]), cloud, decode_cells(row["cloud_cells"], rows, cols), decode_cells(row["valid_cells"], rows, cols)
+        float(row["nodata_pct"]),
+        cloud,
+        decode_cells(row["cloud_cells"], rows, cols),
+        decode_cells(row["valid_cells"], rows, cols),
     )
 
 
@@ -377,7 +395,11 @@ def _iter_rasters(root: Path, exclude: set[Path]) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath, name)
-            if name.lower().endswith(RASTER_SUFFIXES) and not name.startswith(".") and p not in exclude:
+            if (
+                name.lower().endswith(RASTER_SUFFIXES)
+                and not name.startswith(".")
+                and p not in exclude
+            ):
                 found.append(p)
     return found
 
@@ -388,13 +410,17 @@ def _check_writable(path: Path) -> None:
         try:
             parent.mkdir(parents=True)
         except OSError as exc:
-            raise CatalogWriteError(f"{path}: cannot create the catalog folder ({exc.strerror})") from None
+            raise CatalogWriteError(
+                f"{path}: cannot create the catalog folder ({exc.strerror})"
+            ) from None
     probe = parent / f".{path.name}.probe-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise CatalogWriteError(f"{path}: catalog folder is not writable ({exc.strerror})") from None
+        raise CatalogWriteError(
+            f"{path}: catalog folder is not writable ({exc.strerror})"
+        ) from None
     if path.exists() and not os.access(path, os.W_OK):
         raise CatalogWriteError(f"{path}: catalog file is not writable")
 
@@ -438,7 +464,9 @@ def build_index(
         try:
             re.compile(date_pattern)
         except re.error as exc:
-            raise QueryError(f"date pattern {date_pattern!r} is not a valid regular expression: {exc}") from None
+            raise QueryError(
+                f"date pattern {date_pattern!r} is not a valid regular expression: {exc}"
+            ) from None
     _check_writable(cat_path)
 
     previous: Catalog | None = None
@@ -470,7 +498,15 @@ def build_index(
             infos[key] = info
         else:
             errors.append(Skipped(key, error or f"{key}: unreadable"))
-        file_rows.append({"path": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "info": info, "error": error})
+        file_rows.append(
+            {
+                "path": key,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "info": info,
+                "error": error,
+            }
+        )
 
     drafts, skipped = assemble(infos.values(), date_pattern)
     skipped = errors + skipped
@@ -483,7 +519,11 @@ def build_index(
         old = old_rows.get(draft.scene_id)
         sig = _signature(draft.files, infos)
         old_mask = None if old is None or _isnull(old["mask_file"]) else old["mask_file"]
-        if old is not None and old["signature"] == sig and old_mask == (rel(draft.mask.path) if draft.mask else None):
+        if (
+            old is not None
+            and old["signature"] == sig
+            and old_mask == (rel(draft.mask.path) if draft.mask else None)
+        ):
             stats = _stats_from_row(old)
             reused += 1
         else:
@@ -505,7 +545,12 @@ def build_index(
     _link_nearest_s1(frame)
     for row in file_rows:
         row["path"] = rel(row["path"])
-    meta = {"root": rel(str(root)), "version": __version__, "date_pattern": date_pattern or "", "generation": uuid.uuid4().hex}
+    meta = {
+        "root": rel(str(root)),
+        "version": __version__,
+        "date_pattern": date_pattern or "",
+        "generation": uuid.uuid4().hex,
+    }
     write_catalog(cat_path, frame, file_rows, skipped, meta, rel)
     catalog = Catalog.open(cat_path)
     catalog.build_rtree(persist=True)
@@ -597,14 +642,21 @@ def write_catalog(
             for r in file_rows
         ]
     )
-    skip = pd.DataFrame([{"path": rel(s.path), "reason": s.reason} for s in skipped], columns=["path", "reason"])
+    skip = pd.DataFrame(
+        [{"path": rel(s.path), "reason": s.reason} for s in skipped], columns=["path", "reason"]
+    )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.gpkg")
     try:
         pyogrio.write_dataframe(frame, tmp, layer="scenes", driver="GPKG")
         pyogrio.write_dataframe(files, tmp, layer="files", driver="GPKG")
         if not skip.empty:
             pyogrio.write_dataframe(skip, tmp, layer="skipped", driver="GPKG")
-        pyogrio.write_dataframe(pd.DataFrame({"key": list(meta), "value": list(meta.values())}), tmp, layer="meta", driver="GPKG")
+        pyogrio.write_dataframe(
+            pd.DataFrame({"key": list(meta), "value": list(meta.values())}),
+            tmp,
+            layer="meta",
+            driver="GPKG",
+        )
         os.replace(tmp, path)
     except OSError as exc:
         raise CatalogWriteError(f"{path}: cannot write the catalog ({exc})") from None
@@ -643,7 +695,9 @@ class Catalog:
         try:
             layers = {name for name, _ in pyogrio.list_layers(path)}
             if not {"scenes", "meta"} <= layers:
-                raise CatalogError(f"{path}: not a cloudclear catalog (layers: {', '.join(sorted(layers))})")
+                raise CatalogError(
+                    f"{path}: not a cloudclear catalog (layers: {', '.join(sorted(layers))})"
+                )
             scenes = pyogrio.read_dataframe(path, layer="scenes")
             meta_df = pyogrio.read_dataframe(path, layer="meta", read_geometry=False)
         except CatalogError:
@@ -685,7 +739,9 @@ class Catalog:
         if "skipped" not in {n for n, _ in pyogrio.list_layers(self.path)}:
             return []
         df = pyogrio.read_dataframe(self.path, layer="skipped", read_geometry=False)
-        return [Skipped(str(self.resolve(p)), r) for p, r in zip(df["path"], df["reason"], strict=True)]
+        return [
+            Skipped(str(self.resolve(p)), r) for p, r in zip(df["path"], df["reason"], strict=True)
+        ]
 
     # -- rtree ----------------------------------------------------------------------------
 
@@ -716,9 +772,13 @@ class Catalog:
             idx.close()
             for ext in (".dat", ".idx"):
                 os.replace(f"{tmp}{ext}", f"{base}{ext}")
-            Path(f"{base}.json").write_text(json.dumps({"generation": self.meta.get("generation"), "count": len(self.scenes)}))
+            Path(f"{base}.json").write_text(
+                json.dumps({"generation": self.meta.get("generation"), "count": len(self.scenes)})
+            )
         except OSError as exc:
-            log.warning("%s: cannot persist the rtree (%s); it will be rebuilt in memory", base, exc)
+            log.warning(
+                "%s: cannot persist the rtree (%s); it will be rebuilt in memory", base, exc
+            )
         finally:
             for ext in (".dat", ".idx"):
                 Path(f"{tmp}{ext}").unlink(missing_ok=True)
@@ -735,7 +795,10 @@ class Catalog:
         base = self._rtree_base
         stamp = Path(f"{base}.json")
         try:
-            ok = json.loads(stamp.read_text()) == {"generation": self.meta.get("generation"), "count": len(self.scenes)}
+            ok = json.loads(stamp.read_text()) == {
+                "generation": self.meta.get("generation"),
+                "count": len(self.scenes),
+            }
         except (OSError, ValueError):
             ok = False
         if ok and Path(f"{base}.idx").exists() and Path(f"{base}.dat").exists():
@@ -835,7 +898,13 @@ class Catalog:
         per = Counter(zip(df["sensor"], df["tile"].fillna("?"), strict=True))
         s2 = df[df["sensor"] == "S2"]
         cloud = s2["cloud_pct"]
-        bins = [("0%", 0, 0), ("0-10%", 0, 10), ("10-50%", 10, 50), ("50-90%", 50, 90), ("90-100%", 90, 100)]
+        bins = [
+            ("0%", 0, 0),
+            ("0-10%", 0, 10),
+            ("10-50%", 10, 50),
+            ("50-90%", 50, 90),
+            ("90-100%", 90, 100),
+        ]
         dist: dict[str, int] = {}
         for label, a, b in bins:
             if a == b:
@@ -847,7 +916,9 @@ class Catalog:
         return {
             "scenes": int(len(df)),
             "by_sensor": {k: int(v) for k, v in Counter(df["sensor"]).items()},
-            "by_sensor_tile": [{"sensor": s, "tile": t, "scenes": int(n)} for (s, t), n in sorted(per.items())],
+            "by_sensor_tile": [
+                {"sensor": s, "tile": t, "scenes": int(n)} for (s, t), n in sorted(per.items())
+            ],
             "first": df["datetime"].min().isoformat() if len(df) else None,
             "last": df["datetime"].max().isoformat() if len(df) else None,
             "s2_cloud_distribution": dist,
@@ -866,7 +937,9 @@ def _as_time(value: datetime | str, end_of_day: bool) -> datetime:
     try:
         dt = parse_datetime(value)
     except ValueError:
-        raise QueryError(f"cannot read {value!r} as a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
+        raise QueryError(
+            f"cannot read {value!r} as a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)"
+        ) from None
     if end_of_day and len(value.strip()) <= 10:
         dt = dt + timedelta(days=1) - timedelta(microseconds=1)
     return dt

@@ -386,7 +386,9 @@ def classify(info: FileInfo) -> FileRole:
     )
 
 
-def _pick_mask_band(info: FileInfo, convs: list[str | None], tokens: set[str]) -> masks.MaskBand | None:
+def _pick_mask_band(
+    info: FileInfo, convs: list[str | None], tokens: set[str]
+) -> masks.MaskBand | None:
     found = [(masks.rank(c), i + 1, c) for i, c in enumerate(convs) if c]
     if found:
         _, bidx, conv = min(found)
@@ -532,18 +534,27 @@ def assemble(
     for info, role, when, tile in mask_files:
         target = _match_mask(scenes, drafts_by_dir[os.path.dirname(info.path)], info, when, tile)
         if target is None:
-            skipped.append(Skipped(info.path, f"{info.path}: mask with no S2 scene of the same date in its folder"))
+            skipped.append(
+                Skipped(
+                    info.path, f"{info.path}: mask with no S2 scene of the same date in its folder"
+                )
+            )
             continue
         scene = scenes[target]
         assert role.mask is not None
         if not _same_place(scene.grid, info):
-            skipped.append(Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.scene_id}"))
+            skipped.append(
+                Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.scene_id}")
+            )
             continue
         best = scene.mask
         if best is None or masks.rank(role.mask.convention) < masks.rank(best.convention):
             best = role.mask
         scenes[target] = replace(
-            scene, mask=best, mask_files=(*scene.mask_files, info.path), files=(*scene.files, info.path)
+            scene,
+            mask=best,
+            mask_files=(*scene.mask_files, info.path),
+            files=(*scene.files, info.path),
         )
     return scenes, skipped
 
@@ -556,12 +567,19 @@ def _draft(group: _Group, skipped: list[Skipped]) -> SceneDraft | None:
     mask = None
     for info, role in files:
         if not _same_place(grid, info):
-            skipped.append(Skipped(info.path, f"{info.path}: same date as {grid.path} but a different CRS or extent"))
+            skipped.append(
+                Skipped(
+                    info.path,
+                    f"{info.path}: same date as {grid.path} but a different CRS or extent",
+                )
+            )
             continue
         for band, bidx in role.bands.items():
             band_sources.setdefault(band, (info.path, bidx))
         sources.add(role.band_source)
-        if role.mask and (mask is None or masks.rank(role.mask.convention) < masks.rank(mask.convention)):
+        if role.mask and (
+            mask is None or masks.rank(role.mask.convention) < masks.rank(mask.convention)
+        ):
             mask = role.mask
     order = S2_BANDS if group.sensor == "S2" else S1_BANDS
     band_sources = {b: band_sources[b] for b in order if b in band_sources}
@@ -583,7 +601,11 @@ def _draft(group: _Group, skipped: list[Skipped]) -> SceneDraft | None:
 
 
 def _match_mask(
-    scenes: Sequence[SceneDraft], candidates: Sequence[int], info: FileInfo, when: DateFound, tile: str | None
+    scenes: Sequence[SceneDraft],
+    candidates: Sequence[int],
+    info: FileInfo,
+    when: DateFound,
+    tile: str | None,
 ) -> int | None:
     best: tuple[timedelta, int] | None = None
     for i in candidates:

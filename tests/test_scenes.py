@@ -24,7 +24,15 @@ from cloudclear.scenes import (
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("B2", "B02"), ("b8a", "B8A"), ("B12", "B12"), ("VV_dB", "VV"), ("vh", "VH"), ("NDVI", None), ("", None)],
+    [
+        ("B2", "B02"),
+        ("b8a", "B8A"),
+        ("B12", "B12"),
+        ("VV_dB", "VV"),
+        ("vh", "VH"),
+        ("NDVI", None),
+        ("", None),
+    ],
 )
 def test_normalise_band(text, expected):
     assert normalise_band(text) == expected
@@ -39,7 +47,9 @@ def test_parse_datetime_forms(text):
 
 
 def test_parse_datetime_converts_offsets_to_utc():
-    assert parse_datetime("2017-02-16T12:21:01+02:00") == datetime(2017, 2, 16, 10, 21, 1, tzinfo=timezone.utc)
+    assert parse_datetime("2017-02-16T12:21:01+02:00") == datetime(
+        2017, 2, 16, 10, 21, 1, tzinfo=timezone.utc
+    )
 
 
 def _info(tmp_path, name, data=None, **kw):
@@ -80,7 +90,9 @@ def test_custom_date_pattern_with_date_group(tmp_path):
 
 def test_missing_date_names_the_file(tmp_path):
     info = _info(tmp_path, "ROIs1868_summer_s2_cloudy_19_p30.tif")
-    with pytest.raises(MissingDateError, match="ROIs1868_summer_s2_cloudy_19_p30.tif: no acquisition date"):
+    with pytest.raises(
+        MissingDateError, match="ROIs1868_summer_s2_cloudy_19_p30.tif: no acquisition date"
+    ):
         find_datetime(info)
 
 
@@ -114,7 +126,9 @@ def test_classify_s2_with_mask_band(tmp_path):
 
 
 def test_classify_esa_band_file(tmp_path):
-    role = classify(_info(tmp_path, "T33UUU_20170216T102101_B8A.tif", np.ones((1, 64, 64), np.uint16)))
+    role = classify(
+        _info(tmp_path, "T33UUU_20170216T102101_B8A.tif", np.ones((1, 64, 64), np.uint16))
+    )
     assert role.kind == "s2" and role.bands == {"B8A": 1} and role.band_source == "name"
 
 
@@ -134,7 +148,9 @@ def test_classify_mask_by_token_and_description(tmp_path):
     clm = classify(_info(tmp_path, "S2_20150711_CLM.tif", np.zeros((1, 64, 64), np.uint8)))
     assert clm.kind == "mask" and clm.mask.convention == "CLM"
     two = np.zeros((2, 64, 64), np.uint8)
-    both = classify(_info(tmp_path, "MASK_20210403.tif", two, descriptions=["MSK_CLDPRB(0-100)", "SCL"]))
+    both = classify(
+        _info(tmp_path, "MASK_20210403.tif", two, descriptions=["MSK_CLDPRB(0-100)", "SCL"])
+    )
     assert both.mask.convention == "SCL" and both.mask.band == 2
 
 
@@ -147,7 +163,12 @@ def test_classify_count_fallback_for_unlabelled_s2(tmp_path):
     ("name", "data", "kw", "reason"),
     [
         ("DEM.tif", np.ones((1, 64, 64), np.float32), {}, "not recognised"),
-        ("x_truth.tif", np.ones((4, 64, 64), np.uint16), {"descriptions": ["B02", "B03", "B04", "B08"]}, "truth"),
+        (
+            "x_truth.tif",
+            np.ones((4, 64, 64), np.uint16),
+            {"descriptions": ["B02", "B03", "B04", "B08"]},
+            "truth",
+        ),
     ],
 )
 def test_classify_rejects_with_reason(tmp_path, name, data, kw, reason):
@@ -163,7 +184,9 @@ def test_non_raster_with_tif_name(tmp_path):
 
 
 def test_truncated_geotiff_detected_from_block_offsets(tmp_path, rng):
-    path = write_raster(tmp_path / "S2_20210101.tif", rng.integers(1, 9999, (4, 256, 256), dtype=np.uint16))
+    path = write_raster(
+        tmp_path / "S2_20210101.tif", rng.integers(1, 9999, (4, 256, 256), dtype=np.uint16)
+    )
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InvalidRasterError, match="truncated"):
@@ -173,10 +196,37 @@ def test_truncated_geotiff_detected_from_block_offsets(tmp_path, rng):
 def test_assemble_groups_resolutions_and_pairs_masks(tmp_path, rng):
     d = tmp_path / "p_31UDS"
     infos = [
-        read_file_info(write_raster(d / "S2_10m_20180101T105000.tif", s2_4(rng, 64), descriptions=["B02", "B03", "B04", "B08"])),
-        read_file_info(write_raster(d / "S2_20m_20180101T105000.tif", s2_4(rng, 32, 6), res=20, descriptions=["B05", "B06", "B07", "B8A", "B11", "B12"])),
-        read_file_info(write_raster(d / "SCL_20180101T105000.tif", np.full((1, 32, 32), 4, np.uint8), res=20, descriptions=["SCL"])),
-        read_file_info(write_raster(d / "SCL_20180102T105000.tif", np.full((1, 32, 32), 4, np.uint8), res=20, descriptions=["SCL"])),
+        read_file_info(
+            write_raster(
+                d / "S2_10m_20180101T105000.tif",
+                s2_4(rng, 64),
+                descriptions=["B02", "B03", "B04", "B08"],
+            )
+        ),
+        read_file_info(
+            write_raster(
+                d / "S2_20m_20180101T105000.tif",
+                s2_4(rng, 32, 6),
+                res=20,
+                descriptions=["B05", "B06", "B07", "B8A", "B11", "B12"],
+            )
+        ),
+        read_file_info(
+            write_raster(
+                d / "SCL_20180101T105000.tif",
+                np.full((1, 32, 32), 4, np.uint8),
+                res=20,
+                descriptions=["SCL"],
+            )
+        ),
+        read_file_info(
+            write_raster(
+                d / "SCL_20180102T105000.tif",
+                np.full((1, 32, 32), 4, np.uint8),
+                res=20,
+                descriptions=["SCL"],
+            )
+        ),
     ]
     scenes, skipped = assemble(infos)
     assert len(scenes) == 1
@@ -188,7 +238,14 @@ def test_assemble_groups_resolutions_and_pairs_masks(tmp_path, rng):
 
 
 def test_assemble_skips_raster_without_crs(tmp_path):
-    info = read_file_info(write_raster(tmp_path / "S2_20210101.tif", np.ones((4, 64, 64), np.uint16), crs=None, descriptions=["B02", "B03", "B04", "B08"]))
+    info = read_file_info(
+        write_raster(
+            tmp_path / "S2_20210101.tif",
+            np.ones((4, 64, 64), np.uint16),
+            crs=None,
+            descriptions=["B02", "B03", "B04", "B08"],
+        )
+    )
     scenes, skipped = assemble([info])
     assert scenes == [] and "has no CRS" in skipped[0].reason
 
