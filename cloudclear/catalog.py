@@ -11,6 +11,7 @@ that replaces the catalog in one rename, so an interrupted run leaves the previo
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
@@ -135,9 +136,7 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
                 if msrc is not None:
                     msrc.close()
     except rasterio.errors.RasterioIOError as exc:
-        raise InvalidRasterError(
-            f"{current}: cannot read pixels, corrupt or truncated ({exc})"
-        ) from None
+        raise InvalidRasterError(f"{current}: cannot read pixels, corrupt or truncated ({exc})") from None
 
     total = int(total_n.sum())
     nodata_pct = 100.0 * (1.0 - valid_n.sum() / total)
@@ -151,9 +150,7 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
     else:
         known = int(known_n.sum())
         cloud_pct = 100.0 * cloud_n.sum() / known if known else None
-    return SceneStats(
-        float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells
-    )
+    return SceneStats(float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells)
 
 
 def _valid(data: np.ndarray, nodata: float | None, sensor: str) -> np.ndarray:
@@ -222,23 +219,27 @@ def decode_cells(text: str, rows: int, cols: int) -> np.ndarray:
 # Records
 
 
-def _footprints(info: FileInfo) -> tuple[Any, Any]:
-    import shapely
+@functools.lru_cache(maxsize=64)
+def _to_lonlat(wkt: str) -> Any:
     from pyproj import CRS, Transformer
 
+    return Transformer.from_crs(CRS.from_wkt(wkt), "EPSG:4326", always_xy=True)
+
+
+def _footprints(info: FileInfo) -> tuple[Any, Any]:
+    import shapely
+
     native = shapely.box(*info.bounds)
-    crs = CRS.from_wkt(info.crs) if info.crs else None
-    if crs is None:
+    if not info.crs:
         return native, native
-    ring = shapely.segmentize(
-        native, max(info.bounds[2] - info.bounds[0], info.bounds[3] - info.bounds[1]) / 20
-    )
-    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    left, bottom, right, top = info.bounds
+    ring = shapely.segmentize(native, max(right - left, top - bottom) / 20)
     xy = shapely.get_coordinates(ring)
-    lon, lat = tr.transform(xy[:, 0], xy[:, 1])
+    lon, lat = _to_lonlat(info.crs).transform(xy[:, 0], xy[:, 1])
     return native, shapely.Polygon(list(zip(lon, lat, strict=True)))
 
 
+@functools.lru_cache(maxsize=64)
 def _crs_label(wkt: str | None) -> tuple[str, int | None]:
     from pyproj import CRS
 
@@ -265,9 +266,7 @@ def _scale_offset(draft: SceneDraft) -> tuple[float, float]:
 
 def _level(draft: SceneDraft) -> str:
     info = draft.grid
-    text = " ".join(
-        (info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem)
-    ).upper()
+    text = " ".join((info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem)).upper()
     for level in ("L2A", "L1C"):
         if level in text:
             return level
@@ -278,9 +277,7 @@ def _signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
     return json.dumps(sorted((Path(p).name, infos[p].size, infos[p].mtime_ns) for p in paths))
 
 
-def _record(
-    draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any
-) -> dict[str, Any]:
+def _record(draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any) -> dict[str, Any]:
     native, geo = _footprints(draft.grid)
     crs_label, epsg = _crs_label(draft.grid.crs)
     scale, offset = _scale_offset(draft)
@@ -395,11 +392,7 @@ def _iter_rasters(root: Path, exclude: set[Path]) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath, name)
-            if (
-                name.lower().endswith(RASTER_SUFFIXES)
-                and not name.startswith(".")
-                and p not in exclude
-            ):
+            if name.lower().endswith(RASTER_SUFFIXES) and not name.startswith(".") and p not in exclude:
                 found.append(p)
     return found
 
@@ -410,17 +403,13 @@ def _check_writable(path: Path) -> None:
         try:
             parent.mkdir(parents=True)
         except OSError as exc:
-            raise CatalogWriteError(
-                f"{path}: cannot create the catalog folder ({exc.strerror})"
-            ) from None
+            raise CatalogWriteError(f"{path}: cannot create the catalog folder ({exc.strerror})") from None
     probe = parent / f".{path.name}.probe-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise CatalogWriteError(
-            f"{path}: catalog folder is not writable ({exc.strerror})"
-        ) from None
+        raise CatalogWriteError(f"{path}: catalog folder is not writable ({exc.strerror})") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise CatalogWriteError(f"{path}: catalog file is not writable")
 
@@ -453,8 +442,6 @@ def build_index(
     """
     import re
 
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -464,9 +451,7 @@ def build_index(
         try:
             re.compile(date_pattern)
         except re.error as exc:
-            raise QueryError(
-                f"date pattern {date_pattern!r} is not a valid regular expression: {exc}"
-            ) from None
+            raise QueryError(f"date pattern {date_pattern!r} is not a valid regular expression: {exc}") from None
     _check_writable(cat_path)
 
     previous: Catalog | None = None
@@ -475,6 +460,23 @@ def build_index(
             previous = Catalog.open(cat_path)
         except CatalogError as exc:
             log.warning("%s; indexing from scratch", exc)
+
+    import rasterio
+
+    # GDAL lists a file's folder on every open to find sidecars: quadratic in big folders.
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        return _build(root, cat_path, previous, date_pattern, progress, t0)
+
+
+def _build(
+    root: Path,
+    cat_path: Path,
+    previous: Catalog | None,
+    date_pattern: str | None,
+    progress: bool,
+    t0: float,
+) -> IndexResult:
+    from tqdm import tqdm
 
     paths = _iter_rasters(root, {cat_path})
     cache = previous.file_cache() if previous else {}
@@ -519,11 +521,7 @@ def build_index(
         old = old_rows.get(draft.scene_id)
         sig = _signature(draft.files, infos)
         old_mask = None if old is None or _isnull(old["mask_file"]) else old["mask_file"]
-        if (
-            old is not None
-            and old["signature"] == sig
-            and old_mask == (rel(draft.mask.path) if draft.mask else None)
-        ):
+        if old is not None and old["signature"] == sig and old_mask == (rel(draft.mask.path) if draft.mask else None):
             stats = _stats_from_row(old)
             reused += 1
         else:
@@ -537,8 +535,7 @@ def build_index(
 
     if not records:
         raise EmptyCatalogError(
-            f"{root}: no usable S2 or S1 scene found ({len(paths)} raster file(s) looked at, "
-            f"{len(skipped)} skipped)",
+            f"{root}: no usable S2 or S1 scene found ({len(paths)} raster file(s) looked at, {len(skipped)} skipped)",
             tuple(skipped),
         )
     frame = _frame(records)
@@ -584,7 +581,8 @@ def _frame(records: list[dict[str, Any]]) -> gpd.GeoDataFrame:
     for col in ("cloud_pct", "nodata", "s1_gap_hours"):
         frame[col] = frame[col].astype("float64")
     frame["mask_band"] = frame["mask_band"].astype("Int64")
-    return frame.sort_values(["sensor", "datetime", "scene_id"]).reset_index(drop=True)
+    # Date order: query results are then in date order without a sort.
+    return frame.sort_values(["datetime", "scene_id"]).reset_index(drop=True)
 
 
 def _link_nearest_s1(frame: gpd.GeoDataFrame) -> None:
@@ -642,9 +640,7 @@ def write_catalog(
             for r in file_rows
         ]
     )
-    skip = pd.DataFrame(
-        [{"path": rel(s.path), "reason": s.reason} for s in skipped], columns=["path", "reason"]
-    )
+    skip = pd.DataFrame([{"path": rel(s.path), "reason": s.reason} for s in skipped], columns=["path", "reason"])
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.gpkg")
     try:
         pyogrio.write_dataframe(frame, tmp, layer="scenes", driver="GPKG")
@@ -671,10 +667,17 @@ class Catalog:
     """
 
     def __init__(self, path: Path, scenes: gpd.GeoDataFrame, meta: dict[str, str]):
+        import numpy as np
+
         self.path = path
-        self.scenes = scenes
+        self.scenes = scenes.sort_values(["datetime", "scene_id"]).reset_index(drop=True)
         self.meta = meta
         self._rtree: Any = None
+        # Plain arrays for the query filters: pandas indexing costs more than the rtree itself.
+        self._cloud = self.scenes["cloud_pct"].to_numpy(dtype="float64", na_value=np.nan)
+        self._sensor = self.scenes["sensor"].to_numpy(dtype=object)
+        self._tile = self.scenes["tile"].fillna("").to_numpy(dtype=object)
+        self._geoms = np.asarray(self.scenes.geometry.array)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Catalog:
@@ -695,9 +698,7 @@ class Catalog:
         try:
             layers = {name for name, _ in pyogrio.list_layers(path)}
             if not {"scenes", "meta"} <= layers:
-                raise CatalogError(
-                    f"{path}: not a cloudclear catalog (layers: {', '.join(sorted(layers))})"
-                )
+                raise CatalogError(f"{path}: not a cloudclear catalog (layers: {', '.join(sorted(layers))})")
             scenes = pyogrio.read_dataframe(path, layer="scenes")
             meta_df = pyogrio.read_dataframe(path, layer="meta", read_geometry=False)
         except CatalogError:
@@ -739,9 +740,7 @@ class Catalog:
         if "skipped" not in {n for n, _ in pyogrio.list_layers(self.path)}:
             return []
         df = pyogrio.read_dataframe(self.path, layer="skipped", read_geometry=False)
-        return [
-            Skipped(str(self.resolve(p)), r) for p, r in zip(df["path"], df["reason"], strict=True)
-        ]
+        return [Skipped(str(self.resolve(p)), r) for p, r in zip(df["path"], df["reason"], strict=True)]
 
     # -- rtree ----------------------------------------------------------------------------
 
@@ -776,9 +775,7 @@ class Catalog:
                 json.dumps({"generation": self.meta.get("generation"), "count": len(self.scenes)})
             )
         except OSError as exc:
-            log.warning(
-                "%s: cannot persist the rtree (%s); it will be rebuilt in memory", base, exc
-            )
+            log.warning("%s: cannot persist the rtree (%s); it will be rebuilt in memory", base, exc)
         finally:
             for ext in (".dat", ".idx"):
                 Path(f"{tmp}{ext}").unlink(missing_ok=True)
@@ -858,25 +855,26 @@ class Catalog:
             x0, y0, x1, y1 = -1e9, -1e9, 1e9, 1e9
         lo = (t0 - _EPOCH).total_seconds() if t0 else -1e18
         hi = (t1 - _EPOCH).total_seconds() if t1 else 1e18
-        hits = np.fromiter(self.rtree.intersection((x0, y0, lo, x1, y1, hi)), dtype=np.int64)
-        sub = self.scenes.iloc[np.sort(hits)]
-        if geom is not None and len(sub):
-            sub = sub[sub.geometry.intersects(geom)]
+        import shapely
+
+        hits = np.sort(np.fromiter(self.rtree.intersection((x0, y0, lo, x1, y1, hi)), dtype=np.int64))
+        keep = np.ones(len(hits), bool)
         if sensor:
-            sub = sub[sub["sensor"] == sensor.upper()]
+            keep &= self._sensor[hits] == sensor.upper()
         if tile:
-            sub = sub[sub["tile"] == tile.upper().lstrip("T")]
+            keep &= self._tile[hits] == tile.upper().lstrip("T")
         if cloud_min is not None or cloud_max is not None:
-            c = sub["cloud_pct"]
-            keep = np.ones(len(sub), bool)
+            c = self._cloud[hits]
+            in_range = np.ones(len(hits), bool)
             if cloud_min is not None:
-                keep &= (c >= cloud_min).to_numpy()
+                in_range &= c >= cloud_min
             if cloud_max is not None:
-                keep &= (c <= cloud_max).to_numpy()
-            if include_unmasked:
-                keep |= c.isna().to_numpy()
-            sub = sub[keep]
-        return sub.sort_values(["datetime", "scene_id"])
+                in_range &= c <= cloud_max
+            keep &= in_range | (np.isnan(c) if include_unmasked else False)
+        hits = hits[keep]
+        if geom is not None and len(hits):
+            hits = hits[shapely.intersects(self._geoms[hits], geom)]
+        return self.scenes.iloc[hits]
 
     def get(self, scene_id: str) -> Any:
         """One record by scene id."""
@@ -916,9 +914,7 @@ class Catalog:
         return {
             "scenes": int(len(df)),
             "by_sensor": {k: int(v) for k, v in Counter(df["sensor"]).items()},
-            "by_sensor_tile": [
-                {"sensor": s, "tile": t, "scenes": int(n)} for (s, t), n in sorted(per.items())
-            ],
+            "by_sensor_tile": [{"sensor": s, "tile": t, "scenes": int(n)} for (s, t), n in sorted(per.items())],
             "first": df["datetime"].min().isoformat() if len(df) else None,
             "last": df["datetime"].max().isoformat() if len(df) else None,
             "s2_cloud_distribution": dist,
@@ -937,9 +933,7 @@ def _as_time(value: datetime | str, end_of_day: bool) -> datetime:
     try:
         dt = parse_datetime(value)
     except ValueError:
-        raise QueryError(
-            f"cannot read {value!r} as a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)"
-        ) from None
+        raise QueryError(f"cannot read {value!r} as a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
     if end_of_day and len(value.strip()) <= 10:
         dt = dt + timedelta(days=1) - timedelta(microseconds=1)
     return dt
@@ -956,6 +950,8 @@ def _bbox_to_lonlat(bbox: Sequence[float], crs: str) -> Any:
     if x1 < x0 or y1 < y0:
         raise QueryError(f"bounding box {bbox} has min > max")
     box = shapely.box(x0, y0, x1, y1)
+    if crs.upper() in ("EPSG:4326", "WGS84", "OGC:CRS84"):
+        return box
     try:
         src = CRS.from_user_input(crs)
     except CRSError:

@@ -60,18 +60,12 @@ def _main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Remove clouds from whole Sentinel-2 tiles, helped by Sentinel-1."""
-    level = (
-        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    )
-    logging.basicConfig(
-        level=level, format="cloudclear: %(levelname)s: %(message)s", stream=sys.stderr
-    )
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="cloudclear: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
 def _progress() -> bool:
@@ -97,9 +91,7 @@ def _print_skipped(skipped: Any, limit: int) -> None:
 @app.command()
 @_user_errors
 def index(
-    directory: Annotated[
-        Path, typer.Argument(help="Folder to scan (recursively) for S2, S1 and mask rasters.")
-    ],
+    directory: Annotated[Path, typer.Argument(help="Folder to scan (recursively) for S2, S1 and mask rasters.")],
     catalog: Annotated[
         Path | None,
         typer.Option("--catalog", "-c", help="Catalog to write. [default: DIR/cloudclear.gpkg]"),
@@ -117,9 +109,7 @@ def index(
         bool, typer.Option("--rebuild", help="Reopen every file, ignoring the previous catalog.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    show_skipped: Annotated[
-        int, typer.Option("--show-skipped", help="Skipped files listed per reason (0 = all).")
-    ] = 5,
+    show_skipped: Annotated[int, typer.Option("--show-skipped", help="Skipped files listed per reason (0 = all).")] = 5,
 ) -> None:
     """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
 
@@ -131,9 +121,7 @@ def index(
     from cloudclear.errors import EmptyCatalogError
 
     try:
-        result = build_index(
-            directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=_progress()
-        )
+        result = build_index(directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=_progress())
     except EmptyCatalogError as exc:
         _print_skipped(exc.skipped, show_skipped)
         raise
@@ -154,10 +142,7 @@ def index(
     dist = "  ".join(f"{k}: {v}" for k, v in s["s2_cloud_distribution"].items())
     typer.echo(f"  S2 cloud cover: {dist}")
     if s["s2_with_s1"]:
-        typer.echo(
-            f"  S2 with an S1 over them: {s['s2_with_s1']} "
-            f"(median gap {s['s1_gap_hours_median']:.1f} h)"
-        )
+        typer.echo(f"  S2 with an S1 over them: {s['s2_with_s1']} (median gap {s['s1_gap_hours_median']:.1f} h)")
 
 
 def _parse_bbox(text: str | None) -> list[float] | None:
@@ -181,36 +166,26 @@ def _parse_range(text: str | None) -> tuple[float | None, float | None]:
             return None, float(lo)
         return (float(lo) if lo else None), (float(hi) if hi else None)
     except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: expected MIN:MAX, :MAX, MIN: or MAX (percent)"
-        ) from None
+        raise typer.BadParameter(f"{text!r}: expected MIN:MAX, :MAX, MIN: or MAX (percent)") from None
 
 
 @app.command()
 @_user_errors
 def query(
-    catalog: Annotated[
-        Path, typer.Argument(help="A catalog (.gpkg) or the folder that holds cloudclear.gpkg.")
-    ],
+    catalog: Annotated[Path, typer.Argument(help="A catalog (.gpkg) or the folder that holds cloudclear.gpkg.")],
     bbox: Annotated[
         str | None,
         typer.Option("--bbox", help="minx,miny,maxx,maxy in --bbox-crs (default lon/lat)."),
     ] = None,
     bbox_crs: Annotated[str, typer.Option("--bbox-crs", help="CRS of --bbox.")] = "EPSG:4326",
-    start: Annotated[
-        str | None, typer.Option("--start", help="First date, YYYY-MM-DD[THH:MM:SS].")
-    ] = None,
+    start: Annotated[str | None, typer.Option("--start", help="First date, YYYY-MM-DD[THH:MM:SS].")] = None,
     end: Annotated[str | None, typer.Option("--end", help="Last date (inclusive).")] = None,
-    cloud: Annotated[
-        str | None, typer.Option("--cloud", help="Cloud % range MIN:MAX (e.g. 0:20, :10, 50:).")
-    ] = None,
+    cloud: Annotated[str | None, typer.Option("--cloud", help="Cloud % range MIN:MAX (e.g. 0:20, :10, 50:).")] = None,
     sensor: Annotated[str | None, typer.Option("--sensor", help="S2 or S1.")] = None,
     tile: Annotated[str | None, typer.Option("--tile", help="MGRS tile id, e.g. 31UFQ.")] = None,
     with_unmasked: Annotated[
         bool,
-        typer.Option(
-            "--with-unmasked/--masked-only", help="With --cloud, keep scenes of unknown cloud %."
-        ),
+        typer.Option("--with-unmasked/--masked-only", help="With --cloud, keep scenes of unknown cloud %."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False,
 ) -> None:
@@ -242,18 +217,12 @@ def query(
         "s1_gap_hours",
     ]
     if as_json:
-        records = json.loads(
-            hits[cols + ["crs", "files"]].to_json(orient="records", date_format="iso")
-        )
+        records = json.loads(hits[cols + ["crs", "files"]].to_json(orient="records", date_format="iso"))
         typer.echo(json.dumps(records, indent=2))
         return
     typer.echo(f"{'datetime':<20} {'sensor':<6} {'tile':<6} {'cloud%':>7} {'nodata%':>7}  scene")
     for _, r in hits.iterrows():
-        cloud_txt = (
-            "-"
-            if r["cloud_pct"] is None or r["cloud_pct"] != r["cloud_pct"]
-            else f"{r['cloud_pct']:.1f}"
-        )
+        cloud_txt = "-" if r["cloud_pct"] is None or r["cloud_pct"] != r["cloud_pct"] else f"{r['cloud_pct']:.1f}"
         typer.echo(
             f"{r['datetime'].strftime('%Y-%m-%dT%H:%M:%S'):<20} {r['sensor']:<6} "
             f"{str(r['tile'] or '-'):<6} "
@@ -261,33 +230,22 @@ def query(
         )
     counts = Counter(hits["sensor"])
     typer.echo(
-        f"{len(hits)} scene(s)"
-        + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else "")
+        f"{len(hits)} scene(s)" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else "")
     )
 
 
 @app.command()
 @_user_errors
 def synth(
-    out: Annotated[
-        Path, typer.Argument(help="Folder to write the series into (S2/, S1/, truth/).")
-    ],
-    size: Annotated[
-        int | None, typer.Option("--size", help="Square size in pixels (sets height and width).")
-    ] = None,
+    out: Annotated[Path, typer.Argument(help="Folder to write the series into (S2/, S1/, truth/).")],
+    size: Annotated[int | None, typer.Option("--size", help="Square size in pixels (sets height and width).")] = None,
     height: Annotated[int, typer.Option("--height", help="Rows.")] = 512,
     width: Annotated[int, typer.Option("--width", help="Columns.")] = 512,
     dates: Annotated[int, typer.Option("--dates", help="Number of S2 dates.")] = 12,
-    interval: Annotated[
-        int, typer.Option("--interval", help="Days between S2 dates (on the 5-day grid).")
-    ] = 15,
-    start: Annotated[
-        str, typer.Option("--start", help="First S2 date, YYYY-MM-DD.")
-    ] = "2021-04-01",
+    interval: Annotated[int, typer.Option("--interval", help="Days between S2 dates (on the 5-day grid).")] = 15,
+    start: Annotated[str, typer.Option("--start", help="First S2 date, YYYY-MM-DD.")] = "2021-04-01",
     tile: Annotated[str, typer.Option("--tile", help="MGRS tile id; sets the UTM zone.")] = "31UFQ",
-    bands: Annotated[
-        str, typer.Option("--bands", help="Comma list of S2 bands (B02..B12, B8A).")
-    ] = "B02,B03,B04,B08",
+    bands: Annotated[str, typer.Option("--bands", help="Comma list of S2 bands (B02..B12, B8A).")] = "B02,B03,B04,B08",
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
     s1: Annotated[bool, typer.Option("--s1/--no-s1", help="Write Sentinel-1 VV/VH too.")] = True,
 ) -> None:

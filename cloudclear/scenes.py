@@ -48,9 +48,7 @@ _DATE_TAGS = ("ACQUISITION_DATETIME", "DATETIME", "TIFFTAG_DATETIME")
 # An MGRS tile id (e.g. 31UFQ, T33UUU) standing alone between separators.
 _TILE_RE = re.compile(r"(?<![A-Za-z0-9])T?(\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?![A-Za-z0-9])")
 # ESA one-file-per-band naming: T33UUU_20170216T102101_B04.jp2 (optionally _10m).
-_ESA_BAND_RE = re.compile(
-    r"^T(?P<tile>\d{2}[A-Z]{3})_(?P<dt>\d{8}T\d{6})_(?P<band>B\d{2}|B8A)(?:_\d{2}m)?$", re.I
-)
+_ESA_BAND_RE = re.compile(r"^T(?P<tile>\d{2}[A-Z]{3})_(?P<dt>\d{8}T\d{6})_(?P<band>B\d{2}|B8A)(?:_\d{2}m)?$", re.I)
 _S2_BAND_RE = re.compile(r"^B(?P<num>\d{1,2}|8A)$", re.I)
 _TOKEN_SPLIT = re.compile(r"[_\-.\s]+")
 _MASK_TOKENS = {"SCL", "CLM", "CLP", "MASK", "CLOUDMASK", "CLDMASK", "FMASK", "CLOUD", "CLD", "QA"}
@@ -170,8 +168,7 @@ def _check_tiff_complete(src: Any, size: int) -> None:
             return
         if off and nbytes and int(off) + int(nbytes) > size:
             raise InvalidRasterError(
-                f"{src.name}: truncated GeoTIFF (band {bidx} ends at byte "
-                f"{int(off) + int(nbytes)}, file has {size})"
+                f"{src.name}: truncated GeoTIFF (band {bidx} ends at byte {int(off) + int(nbytes)}, file has {size})"
             )
 
 
@@ -193,28 +190,27 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
     path = os.path.abspath(path)
     st = os.stat(path)
     try:
-        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", CPL_LOG=os.devnull):
-            with rasterio.open(path) as src:
-                if src.driver == "GTiff":
-                    _check_tiff_complete(src, st.st_size)
-                tags = src.tags()
-                info = FileInfo(
-                    path=path,
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                    driver=src.driver,
-                    count=src.count,
-                    dtype=src.dtypes[0],
-                    width=src.width,
-                    height=src.height,
-                    crs=src.crs.to_wkt() if src.crs else None,
-                    transform=tuple(src.transform)[:6],
-                    nodata=src.nodata,
-                    descriptions=tuple(d or "" for d in src.descriptions),
-                    scales=tuple(float(s) for s in src.scales),
-                    offsets=tuple(float(o) for o in src.offsets),
-                    tags={k: str(tags[k]) for k in _TAG_KEYS if k in tags},
-                )
+        with rasterio.open(path) as src:
+            if src.driver == "GTiff":
+                _check_tiff_complete(src, st.st_size)
+            tags = src.tags()
+            info = FileInfo(
+                path=path,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                driver=src.driver,
+                count=src.count,
+                dtype=src.dtypes[0],
+                width=src.width,
+                height=src.height,
+                crs=src.crs.to_wkt() if src.crs else None,
+                transform=tuple(src.transform)[:6],
+                nodata=src.nodata,
+                descriptions=tuple(d or "" for d in src.descriptions),
+                scales=tuple(float(s) for s in src.scales),
+                offsets=tuple(float(o) for o in src.offsets),
+                tags={k: str(tags[k]) for k in _TAG_KEYS if k in tags},
+            )
     except RasterioIOError as exc:
         msg = str(exc).replace(path, "").strip(" :") or "GDAL cannot open it"
         raise InvalidRasterError(f"{path}: not a readable raster ({msg})") from None
@@ -256,9 +252,8 @@ def _date_from_match(m: re.Match[str]) -> DateFound | None:
     g = {k: v for k, v in m.groupdict().items() if v}
     try:
         if {"year", "month", "day"} <= g.keys():
-            parts = [int(g[k]) for k in ("year", "month", "day")]
-            clock = [int(g.get(k, 0)) for k in ("hour", "minute", "second")]
-            value = datetime(*parts, *clock, tzinfo=timezone.utc)
+            y, mo, d, hh, mi, ss = (int(g.get(k, 0)) for k in ("year", "month", "day", "hour", "minute", "second"))
+            value = datetime(y, mo, d, hh, mi, ss, tzinfo=timezone.utc)
             return DateFound(value, "name", "hour" in g)
         raw = g.get("datetime") or g.get("date") or m.group(0)
         tim = g.get("time")
@@ -386,18 +381,15 @@ def classify(info: FileInfo) -> FileRole:
     )
 
 
-def _pick_mask_band(
-    info: FileInfo, convs: list[str | None], tokens: set[str]
-) -> masks.MaskBand | None:
+def _pick_mask_band(info: FileInfo, convs: list[str | None], tokens: set[str]) -> masks.MaskBand | None:
     found = [(masks.rank(c), i + 1, c) for i, c in enumerate(convs) if c]
     if found:
         _, bidx, conv = min(found)
         return masks.MaskBand(info.path, bidx, conv)
     if info.count == 1 and tokens & _MASK_TOKENS and not info.dtype.startswith("float"):
-        for token in sorted(tokens, key=lambda t: masks.rank(masks.convention_of(t) or "")):
-            conv = masks.convention_of(token)
-            if conv:
-                return masks.MaskBand(info.path, 1, conv)
+        named = [c for c in map(masks.convention_of, tokens) if c]
+        if named:
+            return masks.MaskBand(info.path, 1, min(named, key=masks.rank))
     return None
 
 
@@ -490,9 +482,7 @@ def _same_place(a: FileInfo, b: FileInfo) -> bool:
     return all(abs(x - y) <= tol for x, y in zip(a.bounds, b.bounds, strict=True))
 
 
-def assemble(
-    infos: Iterable[FileInfo], date_pattern: str | None = None
-) -> tuple[list[SceneDraft], list[Skipped]]:
+def assemble(infos: Iterable[FileInfo], date_pattern: str | None = None) -> tuple[list[SceneDraft], list[Skipped]]:
     """Group files into scenes and pair masks with the S2 scenes they describe.
 
     Files of one acquisition (same folder, sensor, tile and time) make one scene: ESA per-band
@@ -534,18 +524,12 @@ def assemble(
     for info, role, when, tile in mask_files:
         target = _match_mask(scenes, drafts_by_dir[os.path.dirname(info.path)], info, when, tile)
         if target is None:
-            skipped.append(
-                Skipped(
-                    info.path, f"{info.path}: mask with no S2 scene of the same date in its folder"
-                )
-            )
+            skipped.append(Skipped(info.path, f"{info.path}: mask with no S2 scene of the same date in its folder"))
             continue
         scene = scenes[target]
         assert role.mask is not None
         if not _same_place(scene.grid, info):
-            skipped.append(
-                Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.scene_id}")
-            )
+            skipped.append(Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.scene_id}"))
             continue
         best = scene.mask
         if best is None or masks.rank(role.mask.convention) < masks.rank(best.convention):
@@ -577,9 +561,7 @@ def _draft(group: _Group, skipped: list[Skipped]) -> SceneDraft | None:
         for band, bidx in role.bands.items():
             band_sources.setdefault(band, (info.path, bidx))
         sources.add(role.band_source)
-        if role.mask and (
-            mask is None or masks.rank(role.mask.convention) < masks.rank(mask.convention)
-        ):
+        if role.mask and (mask is None or masks.rank(role.mask.convention) < masks.rank(mask.convention)):
             mask = role.mask
     order = S2_BANDS if group.sensor == "S2" else S1_BANDS
     band_sources = {b: band_sources[b] for b in order if b in band_sources}

