@@ -44,5 +44,9 @@ class QueryError(CloudClearError, ValueError):
     """A query names a bounding box, date or range that makes no sense."""
 
 
+class SynthError(CloudClearError, ValueError):
+    """The arguments of :func:`cloudclear.synth.generate_series` describe no series that can be generated."""
+
+
 class CloudClearWarning(UserWarning):
     """Root of the warnings cloudclear emits."""
