@@ -41,6 +41,7 @@ from cloudclear.scenes import (
     Skipped,
     assemble,
     read_file_info,
+    scene_ids,
 )
 
 if TYPE_CHECKING:
@@ -277,13 +278,15 @@ def _signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
     return json.dumps(sorted((Path(p).name, infos[p].size, infos[p].mtime_ns) for p in paths))
 
 
-def _record(draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any) -> dict[str, Any]:
+def _record(
+    scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any
+) -> dict[str, Any]:
     native, geo = _footprints(draft.grid)
     crs_label, epsg = _crs_label(draft.grid.crs)
     scale, offset = _scale_offset(draft)
     info = draft.grid
     return {
-        "scene_id": draft.scene_id,
+        "scene_id": scene_id,
         "sensor": draft.sensor,
         "tile": draft.tile,
         "datetime": draft.datetime,
@@ -517,8 +520,11 @@ def _build(
     rel = _relativiser(cat_path.parent)
     records = []
     computed = reused = 0
-    for draft in tqdm(drafts, desc="scenes", unit="scene", disable=not progress, leave=False):
-        old = old_rows.get(draft.scene_id)
+    ids = scene_ids(drafts)
+    for scene_id, draft in tqdm(
+        list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
+    ):
+        old = old_rows.get(scene_id)
         sig = _signature(draft.files, infos)
         old_mask = None if old is None or _isnull(old["mask_file"]) else old["mask_file"]
         if old is not None and old["signature"] == sig and old_mask == (rel(draft.mask.path) if draft.mask else None):
@@ -531,7 +537,7 @@ def _build(
                 skipped.extend(Skipped(p, str(exc)) for p in draft.files[:1])
                 continue
             computed += 1
-        records.append(_record(draft, stats, infos, rel))
+        records.append(_record(scene_id, draft, stats, infos, rel))
 
     if not records:
         raise EmptyCatalogError(

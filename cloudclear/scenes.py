@@ -453,10 +453,31 @@ class SceneDraft:
         return tuple(self.band_sources)
 
     @property
-    def scene_id(self) -> str:
-        """A stable id: sensor, tile, time and the grid file's name."""
-        stamp = self.datetime.strftime("%Y%m%dT%H%M%S")
-        return f"{self.sensor}_{self.tile or 'NOTILE'}_{stamp}_{self.grid.stem}"
+    def base_id(self) -> str:
+        """Sensor, tile and time: the scene id unless two scenes share it (see scene_ids)."""
+        return f"{self.sensor}_{self.tile or 'NOTILE'}_{self.datetime.strftime('%Y%m%dT%H%M%S')}"
+
+
+def scene_ids(drafts: Sequence[SceneDraft]) -> list[str]:
+    """Short, stable, unique ids: SENSOR_TILE_TIME, plus the folder, then the file stem, on a clash.
+
+    Two patches of one tile on one date (folders differ) or one acquisition delivered twice (a
+    stacked GeoTIFF beside its per-band JP2s) would otherwise share an id.
+    """
+    from collections import Counter
+
+    ids = [d.base_id for d in drafts]
+    for suffix in (lambda d: Path(d.grid.path).parent.name, lambda d: d.grid.stem):
+        counts = Counter(ids)
+        ids = [f"{i}_{suffix(d)}" if counts[i] > 1 else i for i, d in zip(ids, drafts, strict=True)]
+    # Last resort (same-named folders under different parents): number them in path order.
+    seen: Counter[str] = Counter()
+    counts = Counter(ids)
+    out = []
+    for i in ids:
+        seen[i] += 1
+        out.append(f"{i}_{seen[i]}" if counts[i] > 1 else i)
+    return out
 
 
 @dataclass(frozen=True)
@@ -529,7 +550,7 @@ def assemble(infos: Iterable[FileInfo], date_pattern: str | None = None) -> tupl
         scene = scenes[target]
         assert role.mask is not None
         if not _same_place(scene.grid, info):
-            skipped.append(Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.scene_id}"))
+            skipped.append(Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.grid.path}"))
             continue
         best = scene.mask
         if best is None or masks.rank(role.mask.convention) < masks.rank(best.convention):
@@ -558,8 +579,11 @@ def _draft(group: _Group, skipped: list[Skipped]) -> SceneDraft | None:
                 )
             )
             continue
-        for band, bidx in role.bands.items():
-            band_sources.setdefault(band, (info.path, bidx))
+        new = {b: (info.path, i) for b, i in role.bands.items() if b not in band_sources}
+        if not new and not role.mask:
+            skipped.append(Skipped(info.path, f"{info.path}: duplicate of {grid.path} (same acquisition and bands)"))
+            continue
+        band_sources.update(new)
         sources.add(role.band_source)
         if role.mask and (mask is None or masks.rank(role.mask.convention) < masks.rank(mask.convention)):
             mask = role.mask

@@ -19,6 +19,7 @@ from cloudclear.scenes import (
     normalise_band,
     parse_datetime,
     read_file_info,
+    scene_ids,
 )
 
 
@@ -242,3 +243,23 @@ def test_assemble_skips_raster_without_crs(tmp_path):
 
 def s2_4(rng, size, bands=4):
     return rng.integers(1, 5000, (bands, size, size), dtype=np.uint16)
+
+
+def test_scene_ids_are_short_and_unique(tmp_path, rng):
+    bands = ["B02", "B03", "B04", "B08"]
+    paths = [
+        tmp_path / "a_31UDS" / "S2_10m_20180101T105000.tif",
+        tmp_path / "b_31UDS" / "S2_10m_20180101T105000.tif",  # same tile and date, other patch
+        tmp_path / "c" / "S2_T31UFQ_20180101T105000.tif",
+        tmp_path / "c" / "S2_T31UFQ_20180101T105000_copy.tif",  # same acquisition, same bands
+    ]
+    infos = [read_file_info(write_raster(p, s2_4(rng, 64), descriptions=bands)) for p in paths]
+    scenes, skipped = assemble(infos)
+    ids = dict(zip((s.grid.path for s in scenes), scene_ids(scenes), strict=True))
+    assert ids == {
+        str(paths[0]): "S2_31UDS_20180101T105000_a_31UDS",
+        str(paths[1]): "S2_31UDS_20180101T105000_b_31UDS",
+        str(paths[2]): "S2_31UFQ_20180101T105000",
+    }
+    # a second file of the same acquisition that adds no band is reported, not merged silently
+    assert [(k.path, "duplicate of" in k.reason) for k in skipped] == [(str(paths[3]), True)]
