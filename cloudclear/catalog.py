@@ -417,6 +417,23 @@ def _check_writable(path: Path) -> None:
         raise CatalogWriteError(f"{path}: catalog file is not writable")
 
 
+def _remove_stale_temporaries(cat_path: Path) -> None:
+    """Delete temporary files left by an index run that was killed (its process is gone)."""
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(cat_path.name)}(\.rtree)?\.tmp-(\d+)")
+    for p in cat_path.parent.glob(f".{cat_path.name}*.tmp-*"):
+        m = pattern.match(p.name)
+        if not m or int(m.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def build_index(
     root: str | os.PathLike[str],
     catalog_path: str | os.PathLike[str] | None = None,
@@ -456,6 +473,7 @@ def build_index(
         except re.error as exc:
             raise QueryError(f"date pattern {date_pattern!r} is not a valid regular expression: {exc}") from None
     _check_writable(cat_path)
+    _remove_stale_temporaries(cat_path)
 
     previous: Catalog | None = None
     if cat_path.exists() and not rebuild:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -185,12 +186,17 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
         InvalidRasterError: the file is not a raster GDAL can open, or a truncated GeoTIFF.
     """
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = os.path.abspath(path)
     st = os.stat(path)
     try:
-        with rasterio.open(path) as src:
+        # A raster without CRS is reported by assemble() in its own words; rasterio's warning
+        # would only repeat it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
             if src.driver == "GTiff":
                 _check_tiff_complete(src, st.st_size)
             tags = src.tags()

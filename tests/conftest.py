@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -45,7 +47,10 @@ def write_raster(
         profile.update(tiled=True, blockxsize=64, blockysize=64)
     if compress:
         profile["compress"] = compress
-    with rasterio.open(path, "w", **profile) as dst:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # crs=None is asked for
+        dst = rasterio.open(path, "w", **profile)
+    with dst:
         dst.write(data)
         if descriptions:
             for i, d in enumerate(descriptions, 1):

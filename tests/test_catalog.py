@@ -292,3 +292,27 @@ def test_query_in_native_crs_and_by_tile_and_sensor(grid_catalog):
 
 def test_cell_constant_matches_module():
     assert catalog_mod.CELL == 64 and catalog_mod.STRIP_ROWS % catalog_mod.CELL == 0
+
+
+def test_sigkill_mid_run_leaves_a_catalog_that_opens(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d = tmp_path / "d"
+    _scene(d, 0, 0)
+    cat = tmp_path / "cat.gpkg"
+    build_index(d, cat)
+    for day in range(1, 60):
+        _scene(d, day, day % 128)
+    code = f"from cloudclear.catalog import build_index; build_index({str(d)!r}, {str(cat)!r})"
+    for delay in (0.8, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(Catalog.open(cat).scenes) in (1, 60)  # the old catalog or the new one, never half
+    res = build_index(d, cat)  # a later run finishes and sweeps the dead run's temporary files
+    assert res.scenes == 60
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
