@@ -316,3 +316,11 @@ def test_sigkill_mid_run_leaves_a_catalog_that_opens(tmp_path):
     res = build_index(d, cat)  # a later run finishes and sweeps the dead run's temporary files
     assert res.scenes == 60
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_all_nodata_scene_is_catalogued_as_such(tmp_path):
+    _scene(tmp_path, 0, cloud_rows=0, nodata_cols=128)
+    row = Catalog.open(build_index(tmp_path).catalog_path).scenes.iloc[0]
+    assert row["nodata_pct"] == 100.0 and np.isnan(row["cloud_pct"])
+    cells = Catalog.open(tmp_path).cloud_cells(row["scene_id"])
+    assert (cells == 255).all()
