@@ -110,7 +110,10 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
     valid_n = np.zeros((ncy, ncx), np.int64)
     known_n = np.zeros((ncy, ncx), np.int64)
     cloud_n = np.zeros((ncy, ncx), np.int64)
-    total_n = np.zeros((ncy, ncx), np.int64)
+    # Pixels per cell: full cells, smaller ones along the bottom and right edges.
+    total_n = np.outer(
+        np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
+    )
     strip = max(cell, STRIP_ROWS - STRIP_ROWS % cell)
     current = path
     try:
@@ -125,7 +128,6 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
                     c0 = r0 // cell
                     c1 = c0 + -(-h // cell)
                     valid_n[c0:c1] += _cell_sums(valid, cell)
-                    total_n[c0:c1] += _cell_sums(np.ones_like(valid), cell)
                     if msrc is not None and draft.mask is not None:
                         current = draft.mask.path
                         cls = _mask_strip(msrc, draft.mask, grid, r0, h)
@@ -543,9 +545,8 @@ def _build(
         list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
     ):
         old = old_rows.get(scene_id)
-        sig = _signature(draft.files, infos)
-        old_mask = None if old is None or _isnull(old["mask_file"]) else old["mask_file"]
-        if old is not None and old["signature"] == sig and old_mask == (rel(draft.mask.path) if draft.mask else None):
+        # draft.files lists the mask file too, so the signature also tells a changed mask.
+        if old is not None and old["signature"] == _signature(draft.files, infos):
             stats = _stats_from_row(old)
             reused += 1
         else:
@@ -564,8 +565,6 @@ def _build(
         )
     frame = _frame(records)
     _link_nearest_s1(frame)
-    for row in file_rows:
-        row["path"] = rel(row["path"])
     meta = {
         "root": rel(str(root)),
         "version": __version__,
@@ -573,7 +572,7 @@ def _build(
         "generation": uuid.uuid4().hex,
     }
     write_catalog(cat_path, frame, file_rows, skipped, meta, rel)
-    catalog = Catalog.open(cat_path)
+    catalog = Catalog(cat_path, frame, meta)
     catalog.build_rtree(persist=True)
     return IndexResult(
         catalog_path=cat_path,
@@ -655,7 +654,7 @@ def write_catalog(
     files = pd.DataFrame(
         [
             {
-                "path": r["path"],
+                "path": rel(r["path"]),
                 "size": r["size"],
                 "mtime_ns": r["mtime_ns"],
                 "info": json.dumps(r["info"].to_dict()) if r["info"] else "",

@@ -352,9 +352,9 @@ def classify(info: FileInfo) -> FileRole:
     Raises:
         NotAScene: with the reason, for rasters that are none of these.
     """
-    if info.tags.get("CLOUDCLEAR_ROLE", "").lower() == "truth" or "TRUTH" in _tokens(info):
-        raise NotAScene(f"{info.path}: cloud-free reference (truth), not an acquisition")
     tokens = _tokens(info)
+    if info.tags.get("CLOUDCLEAR_ROLE", "").lower() == "truth" or "TRUTH" in tokens:
+        raise NotAScene(f"{info.path}: cloud-free reference (truth), not an acquisition")
     names = [normalise_band(d) for d in info.descriptions]
     convs = [masks.convention_of(d) if d else None for d in info.descriptions]
 
