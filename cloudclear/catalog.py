@@ -41,6 +41,7 @@ from cloudclear.scenes import (
     Skipped,
     assemble,
     read_file_info,
+    reflectance_scale,
     scene_ids,
 )
 
@@ -258,13 +259,7 @@ def _scale_offset(draft: SceneDraft) -> tuple[float, float]:
     path, bidx = next(iter(draft.band_sources.values()))
     if draft.sensor != "S2":
         return info.scales[0] if info.scales else 1.0, info.offsets[0] if info.offsets else 0.0
-    scale = info.scales[bidx - 1] if path == info.path else 1.0
-    offset = info.offsets[bidx - 1] if path == info.path else 0.0
-    if scale != 1.0 or offset != 0.0:
-        return scale, offset
-    quant = float(info.tags.get("QUANTIFICATION_VALUE", 10000) or 10000)
-    add = info.tags.get("BOA_ADD_OFFSET") or info.tags.get("RADIO_ADD_OFFSET") or "0"
-    return 1.0 / quant, float(add) / quant
+    return reflectance_scale(info, bidx if path == info.path else None)
 
 
 def _level(draft: SceneDraft) -> str:

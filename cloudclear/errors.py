@@ -48,5 +48,9 @@ class SynthError(CloudClearError, ValueError):
     """The arguments of :func:`cloudclear.synth.generate_series` describe no series that can be generated."""
 
 
+class ScoreError(CloudClearError, ValueError):
+    """A prediction and a reference cannot be compared: bands, grids or pixels do not match."""
+
+
 class CloudClearWarning(UserWarning):
     """Root of the warnings cloudclear emits."""

@@ -223,6 +223,22 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
     return info
 
 
+def reflectance_scale(info: FileInfo, bidx: int | None, default: float = 10000.0) -> tuple[float, float]:
+    """How to turn band ``bidx`` of an optical file into reflectance: ``DN * scale + offset``.
+
+    A GDAL scale/offset on the band wins (``bidx`` None: look at the tags only); else the
+    product's QUANTIFICATION_VALUE and BOA_ADD_OFFSET / RADIO_ADD_OFFSET tags (processing baseline
+    04.00 and later store -1000); else ``DN / default``.
+    """
+    scale = info.scales[bidx - 1] if bidx is not None else 1.0
+    offset = info.offsets[bidx - 1] if bidx is not None else 0.0
+    if scale != 1.0 or offset != 0.0:
+        return scale, offset
+    quant = float(info.tags.get("QUANTIFICATION_VALUE") or default)
+    add = info.tags.get("BOA_ADD_OFFSET") or info.tags.get("RADIO_ADD_OFFSET") or "0"
+    return 1.0 / quant, float(add) / quant
+
+
 def parse_datetime(text: str) -> datetime:
     """Parse an acquisition date as found in names and tags, to an aware UTC datetime.
 
