@@ -209,6 +209,51 @@ class Comparison:
     def to_json(self) -> str:
         return json.dumps(self.results[0].to_dict() if len(self.results) == 1 else self.to_dict(), indent=2)
 
+    def to_text(self) -> str:
+        """A table for people: per band for one prediction, one row per prediction for several."""
+        opts = self.options
+        err = (lambda v: f"{v:9.1f}") if opts.peak > 10 else (lambda v: f"{v:9.5f}")
+        first = self.results[0]
+        where = first.pixels + (f" (mask {first.mask})" if first.mask and first.pixels != "all" else "")
+        lines: list[str] = []
+        if len(self.results) == 1:
+            lines += [
+                f"prediction  {first.pred}",
+                f"reference   {first.ref}",
+                f"pixels      {where}: {first.n_pixels:,} scored, {first.n_ssim:,} for SSIM",
+                f"{'band':<8}{'MAE':>9} {'RMSE':>9} {'PSNR dB':>8} {'SSIM':>7}",
+            ]
+            for b in first.bands:
+                lines.append(f"{b.band:<8}{err(b.mae)} {err(b.rmse)} {b.psnr:8.2f} {b.ssim:7.4f}")
+            lines.append(
+                f"{'all':<8}{err(first.mae)} {err(first.rmse)} {first.psnr:8.2f} {first.ssim:7.4f}"
+                f"   SAM {first.sam:.3f} {first.sam_units}"
+            )
+            return "\n".join(lines)
+        refs = {r.ref for r in self.results}
+        if len(refs) == 1:
+            lines.append(f"reference   {first.ref}")
+        lines.append(f"pixels      {first.pixels}")
+        name_w = max(12, *(len(Path(r.pred).name) for r in self.results))
+        ref_w = max(10, *(len(Path(r.ref).name) for r in self.results)) if len(refs) > 1 else 0
+        head = f"{'prediction':<{name_w}} " + (f"{'reference':<{ref_w}} " if ref_w else "")
+        lines.append(
+            head + f"{'pixels':>11} {'MAE':>9} {'RMSE':>9} {'PSNR dB':>8} {'SSIM':>7} {'SAM ' + opts.sam_units:>8}"
+        )
+        rows = list(self.results)
+        if self.combined is not None:
+            rows.append(self.combined)
+        for i, r in enumerate(rows):
+            if i == len(self.results):
+                name = f"{self.combined.aggregate if self.combined else ''} ({r.n_images} images)"
+                label = f"{name:<{name_w}} " + (" " * (ref_w + 1) if ref_w else "")
+            else:
+                label = f"{Path(r.pred).name:<{name_w}} " + (f"{Path(r.ref).name:<{ref_w}} " if ref_w else "")
+            lines.append(
+                label + f"{r.n_pixels:>11,} {err(r.mae)} {err(r.rmse)} {r.psnr:8.2f} {r.ssim:7.4f} {r.sam:8.3f}"
+            )
+        return "\n".join(lines)
+
     def to_csv(self) -> str:
         """One row per prediction and band ("all" for the overall figures)."""
         lines = ["pred,ref,band,pixels,n_pixels,mae,rmse,psnr,ssim,sam,sam_units"]
@@ -448,21 +493,24 @@ class _Reader:
             self.col, self.row = grid.col_off, grid.row_off
             self.nodata = float("nan")
 
-    def read(self, row: int, height: int) -> np.ndarray:
-        """Rows [row, row + height) of the common grid, shape (bands, height, width); outside the
-        raster is filled with nodata (NaN for floats, else the nodata value or 0)."""
+    def read(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Rows [row, row + height) of the common grid, shape (bands, height, width) or
+        (bands, *out_shape) decimated by nearest neighbour; outside the raster is filled with
+        nodata (NaN for floats, else the nodata value or 0)."""
         from rasterio.windows import Window
 
         win = Window(self.col, self.row + row, self.grid.width, height)
         fill = self.nodata if self.nodata is not None else 0
-        return self._src.read(self.bands, window=win, boundless=self._outside(win), fill_value=fill)
+        shape = None if out_shape is None else (len(self.bands), *out_shape)
+        return self._src.read(self.bands, window=win, boundless=self._outside(win), fill_value=fill, out_shape=shape)
 
-    def read_valid(self, row: int, height: int) -> np.ndarray:
+    def read_valid(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> np.ndarray:
         """GDAL's mask of band 1 for the same rows: False outside the raster or where masked."""
         from rasterio.windows import Window
 
         win = Window(self.col, self.row + row, self.grid.width, height)
-        return self._src.read_masks(self.bands[0], window=win, boundless=self._outside(win)) > 0
+        valid = self._src.read_masks(self.bands[0], window=win, boundless=self._outside(win), out_shape=out_shape)
+        return valid > 0
 
     def _outside(self, win: Any) -> bool:
         src = self._src
@@ -647,27 +695,29 @@ class _Scorer:
         self.opts = opts
         self.window = SSIM_WINDOWS[opts.ssim_window]
 
-    def _read(self, row: int, height: int) -> _Strip:
-        p = self.pred.read(row, height)
-        r = self.ref.read(row, height)
+    def _read(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> _Strip:
+        p = self.pred.read(row, height, out_shape)
+        r = self.ref.read(row, height, out_shape)
         valid = _valid(p, self.pred.nodata) & _valid(r, self.ref.nodata)
         selected = valid.copy()
         if self.classes is not None and self.mask is not None and self.mask_band is not None:
-            selected &= np.isin(self._classes(self.mask, self.mask_band, row, height), self.classes)
+            selected &= np.isin(self._classes(self.mask, self.mask_band, row, height, out_shape), self.classes)
         if self.ref_mask is not None and self.ref_mask_band is not None:
-            rc = self._classes(self.ref_mask, self.ref_mask_band, row, height)
+            rc = self._classes(self.ref_mask, self.ref_mask_band, row, height, out_shape)
             selected &= np.isin(rc, (MaskClass.CLEAR, MaskClass.SNOW))
         return _Strip(p, r, valid, selected)
 
     @staticmethod
-    def _classes(reader: _Reader, band: masks.MaskBand, row: int, height: int) -> np.ndarray:
-        raw = reader.read(row, height)[0]
+    def _classes(
+        reader: _Reader, band: masks.MaskBand, row: int, height: int, out_shape: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        raw = reader.read(row, height, out_shape)[0]
         nodata = reader.info.nodata if reader._vrt is None else None
         if raw.dtype.kind == "f":
             outside = np.isnan(raw)
             raw = np.where(outside, 0, raw)
         else:
-            outside = ~reader.read_valid(row, height)
+            outside = ~reader.read_valid(row, height, out_shape)
         cls = masks.decode(raw, band.convention, nodata)
         cls[outside] = MaskClass.NODATA
         return cls
@@ -788,6 +838,62 @@ class Pair:
     ref_mask: str | None = None
 
 
+def _date_in_name(path: str) -> str | None:
+    import re
+
+    from cloudclear.scenes import DEFAULT_DATE_PATTERN
+
+    m = re.search(DEFAULT_DATE_PATTERN, Path(path).name)
+    return m.group("date").replace("-", "") if m else None
+
+
+def pair_up(
+    preds: Sequence[str],
+    refs: Sequence[str],
+    masks_: Sequence[str] = (),
+    ref_masks: Sequence[str] = (),
+) -> list[Pair]:
+    """Pair predictions with references and masks.
+
+    One reference serves every prediction (a comparison of methods); as many references as
+    predictions pair by order (a sequence: one date each). Masks likewise: none, one for all, or
+    one per prediction. Paired files whose names carry different dates are refused, so a sorted
+    glob that skipped a date cannot pair the wrong dates silently.
+
+    Raises:
+        ScoreError: the counts do not pair, or paired names carry different dates.
+    """
+    if not preds:
+        raise ScoreError("nothing to score: no prediction given")
+    if not refs:
+        raise ScoreError("no reference given")
+
+    def spread(items: Sequence[str], what: str) -> list[str | None]:
+        if not items:
+            return [None] * len(preds)
+        if len(items) == 1:
+            return [items[0]] * len(preds)
+        if len(items) != len(preds):
+            raise ScoreError(f"{len(preds)} prediction(s) but {len(items)} {what}: give one, or one per prediction")
+        return list(items)
+
+    ref_list = spread(refs, "references")
+    mask_list = spread(masks_, "masks")
+    ref_mask_list = spread(ref_masks, "reference masks")
+    pairs = []
+    for pred, ref, mask, ref_mask in zip(preds, ref_list, mask_list, ref_mask_list, strict=True):
+        assert ref is not None
+        if len(refs) > 1:
+            for other in (ref, mask):
+                if other is None:
+                    continue
+                dp, do = _date_in_name(pred), _date_in_name(other)
+                if dp and do and dp != do:
+                    raise ScoreError(f"{pred}: dated {dp} but paired by order with {other} dated {do}")
+        pairs.append(Pair(pred, ref, mask, ref_mask))
+    return pairs
+
+
 def _resolve_pixels(opts: ScoreOptions, mask: str | None) -> str:
     pixels = opts.pixels
     if pixels == "auto":
@@ -797,12 +903,24 @@ def _resolve_pixels(opts: ScoreOptions, mask: str | None) -> str:
     return pixels
 
 
-def _score_sums(
-    pair: Pair,
-    opts: ScoreOptions,
-    mask_convention: str | None,
-    progress: bool,
-) -> tuple[_Sums, list[str], str]:
+@dataclass
+class _OpenPair:
+    """A pair opened for reading: its readers on the common grid, and what to score."""
+
+    pair: Pair
+    ref_info: FileInfo
+    grid: _Grid
+    labels: list[str]
+    pixels: str
+    scorer: _Scorer
+    readers: list[_Reader]
+
+    def close(self) -> None:
+        for rd in self.readers:
+            rd.close()
+
+
+def _open_pair(pair: Pair, opts: ScoreOptions, mask_convention: str | None) -> _OpenPair:
     pred_info = _open_info(pair.pred, "prediction")
     ref_info = _open_info(pair.ref, "reference")
     pi, ri, labels = match_bands(pred_info, ref_info, opts.bands)
@@ -810,14 +928,8 @@ def _score_sums(
     pixels = _resolve_pixels(opts, pair.mask)
     readers: list[_Reader] = []
     try:
-        pred = _Reader(
-            pred_info,
-            ref_info,
-            grid,
-            pi,
-            warp="bilinear" if warped else None,
-            nodata=_nodata_of(pred_info, opts.nodata),
-        )
+        warp = "bilinear" if warped else None
+        pred = _Reader(pred_info, ref_info, grid, pi, warp=warp, nodata=_nodata_of(pred_info, opts.nodata))
         readers.append(pred)
         ref = _Reader(ref_info, ref_info, grid, ri, warp=None, nodata=_nodata_of(ref_info, opts.nodata))
         readers.append(ref)
@@ -840,21 +952,35 @@ def _score_sums(
             pixels,
             opts,
         )
+    except BaseException:
+        for rd in readers:
+            rd.close()
+        raise
+    return _OpenPair(pair, ref_info, grid, labels, pixels, scorer, readers)
+
+
+def _score_sums(
+    pair: Pair,
+    opts: ScoreOptions,
+    mask_convention: str | None,
+    progress: bool,
+) -> tuple[_Sums, list[str], str]:
+    opened = _open_pair(pair, opts, mask_convention)
+    try:
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=grid.height, unit="row", desc=Path(pair.pred).name, leave=False)
+            bar = tqdm(total=opened.grid.height, unit="row", desc=Path(pair.pred).name, leave=False)
         try:
-            sums = scorer.run(bar.update if bar is not None else None)
+            sums = opened.scorer.run(bar.update if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
     finally:
-        for rd in readers:
-            rd.close()
-    _check_sums(sums, pair, ref_info)
-    return sums, labels, pixels
+        opened.close()
+    _check_sums(sums, pair, opened.ref_info)
+    return sums, opened.labels, opened.pixels
 
 
 def _mask_reader(path: str, ref: FileInfo, grid: _Grid, convention: str | None) -> tuple[_Reader, masks.MaskBand]:
@@ -1013,3 +1139,109 @@ def _combine(
         sam_units=opts.sam_units,
         bands=bands,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Quicklooks for figures
+
+
+@dataclass(frozen=True)
+class Quicklook:
+    """A decimated view of one scored pair on its common grid, for figures.
+
+    ``pred`` and ``ref`` are (bands, h, w) float32 reflectance with NaN where nodata;
+    ``selected`` marks the scored pixels; ``rgb`` indexes the red, green and blue bands in
+    ``labels`` (None when the bands hold no RGB triplet).
+    """
+
+    pred_path: str
+    ref_path: str
+    labels: tuple[str, ...]
+    pred: np.ndarray
+    ref: np.ndarray
+    selected: np.ndarray
+    rgb: tuple[int, int, int] | None
+    input: np.ndarray | None = None
+
+
+def _decimated_shape(grid: _Grid, max_size: int) -> tuple[int, int]:
+    factor = max(1, math.ceil(max(grid.height, grid.width) / max_size))
+    return max(1, math.ceil(grid.height / factor)), max(1, math.ceil(grid.width / factor))
+
+
+def _rgb_of(labels: Sequence[str]) -> tuple[int, int, int] | None:
+    if all(b in labels for b in ("B04", "B03", "B02")):
+        return labels.index("B04"), labels.index("B03"), labels.index("B02")
+    return (0, 1, 2) if len(labels) >= 3 else None
+
+
+def quicklook(
+    pair: Pair,
+    options: ScoreOptions | None = None,
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    mask_convention: str | None = None,
+    max_size: int = 800,
+) -> Quicklook:
+    """Read a decimated view (at most ``max_size`` pixels a side) of a pair for a figure.
+
+    Args:
+        pair: the prediction, reference and masks, as for :func:`score_many`.
+        options: the same options as for scoring (bands, scale, nodata, pixels).
+        input_path: the cloudy input; its red, green and blue bands are read onto the same grid.
+        mask_convention: as for :func:`score`.
+        max_size: the longest side of the view, in pixels.
+    """
+    opts = options or ScoreOptions()
+    opened = _open_pair(pair, opts, mask_convention)
+    try:
+        shape = _decimated_shape(opened.grid, max_size)
+        strip = opened.scorer._read(0, opened.grid.height, shape)
+        sc = opened.scorer
+        pred = np.stack([sc._reflectance(strip.pred[i], sc.pred_scale[i]) for i in range(len(opened.labels))])
+        ref = np.stack([sc._reflectance(strip.ref[i], sc.ref_scale[i]) for i in range(len(opened.labels))])
+        pred[:, ~strip.valid] = np.nan
+        ref[:, ~strip.valid] = np.nan
+        rgb = _rgb_of(opened.labels)
+        cloudy = None
+        if input_path is not None:
+            cloudy = _input_rgb(str(input_path), opened, shape, opts)
+    finally:
+        opened.close()
+    return Quicklook(
+        pair.pred,
+        pair.ref,
+        tuple(opened.labels),
+        pred.astype(np.float32),
+        ref.astype(np.float32),
+        strip.selected,
+        rgb,
+        cloudy,
+    )
+
+
+def _input_rgb(path: str, opened: _OpenPair, shape: tuple[int, int], opts: ScoreOptions) -> np.ndarray:
+    info = _open_info(path, "input")
+    try:
+        bands = classify(info).bands
+    except InvalidRasterError:
+        bands = {}
+    if all(b in bands for b in ("B04", "B03", "B02")):
+        idx = [bands["B04"], bands["B03"], bands["B02"]]
+    elif info.count >= 3:
+        idx = [1, 2, 3]
+    else:
+        raise ScoreError(f"{path}: the input has {info.count} band(s); a colour view needs 3")
+    assert info.crs is not None and opened.ref_info.crs is not None
+    aligned = _same_crs(info.crs, opened.ref_info.crs) and _offset_on(opened.ref_info, info) is not None
+    reader = _Reader(info, opened.ref_info, opened.grid, idx, warp=None if aligned else "nearest", nodata=info.nodata)
+    try:
+        raw = reader.read(0, opened.grid.height, shape)
+    finally:
+        reader.close()
+    valid = _valid(raw, reader.nodata)
+    out = np.stack(
+        [opened.scorer._reflectance(raw[i], reflectance_scale(info, b, opts.scale)) for i, b in enumerate(idx)]
+    )
+    out[:, ~valid] = np.nan
+    return out.astype(np.float32)
