@@ -233,7 +233,8 @@ class Comparison:
         refs = {r.ref for r in self.results}
         if len(refs) == 1:
             lines.append(f"reference   {first.ref}")
-        lines.append(f"pixels      {first.pixels}")
+        shared_mask = len({r.mask for r in self.results}) == 1
+        lines.append(f"pixels      {where if shared_mask else first.pixels}")
         name_w = max(12, *(len(Path(r.pred).name) for r in self.results))
         ref_w = max(10, *(len(Path(r.ref).name) for r in self.results)) if len(refs) > 1 else 0
         head = f"{'prediction':<{name_w}} " + (f"{'reference':<{ref_w}} " if ref_w else "")
@@ -477,7 +478,13 @@ class _Reader:
         else:
             from rasterio.enums import Resampling
             from rasterio.vrt import WarpedVRT
+            from rasterio.warp import transform_bounds
 
+            # GDAL derives the resampling scale from each requested window unless told; fixing
+            # it to the whole raster's ratio makes strip reads equal one whole read.
+            left, bottom, right, top = transform_bounds(info.crs, ref.crs, *info.bounds)
+            xscale = (right - left) / abs(ref.transform[0]) / info.width
+            yscale = (top - bottom) / abs(ref.transform[4]) / info.height
             self._vrt = WarpedVRT(
                 self._ds,
                 crs=ref.crs,
@@ -488,6 +495,8 @@ class _Reader:
                 dtype="float32",
                 nodata=float("nan"),
                 src_nodata=nodata,
+                XSCALE=f"{xscale:.12g}",
+                YSCALE=f"{yscale:.12g}",
             )
             self._src = self._vrt
             self.col, self.row = grid.col_off, grid.row_off
@@ -622,46 +631,51 @@ def _finish(
     )
 
 
-def _correlate(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def _ssim_map(x: np.ndarray, y: np.ndarray, window: SsimWindow, peak: float) -> np.ndarray:
+    """The SSIM map of two float64 images (valid only where the window fits; the caller crops).
+
+    Six image-sized buffers, reused in place: large temporaries cost page faults at tile width.
+    """
     from scipy.ndimage import correlate1d
 
-    out = correlate1d(a, kernel, axis=0, mode="nearest")
-    return correlate1d(out, kernel, axis=1, mode="nearest", output=out)
-
-
-def _ssim_map(x: np.ndarray, y: np.ndarray, window: SsimWindow, peak: float) -> np.ndarray:
-    """The SSIM map of two float64 images (valid only where the window fits; the caller crops)."""
     k = np.asarray(window.kernel)
     c1, c2 = (_K1 * peak) ** 2, (_K2 * peak) ** 2
-    ux = _correlate(x, k)
-    uy = _correlate(y, k)
+    tmp, ux, uy, sxy, sxx_yy, out = (np.empty_like(x) for _ in range(6))
+
+    def local_mean(a: np.ndarray, dst: np.ndarray) -> None:
+        correlate1d(a, k, axis=0, mode="nearest", output=tmp)
+        correlate1d(tmp, k, axis=1, mode="nearest", output=dst)
+
+    local_mean(x, ux)
+    local_mean(y, uy)
+    np.multiply(x, y, out=out)
+    local_mean(out, sxy)
     # The denominator needs only var(x) + var(y): filter x^2 + y^2 once instead of twice.
-    sxy = _correlate(x * y, k)
-    sq = x * x
-    sq += y * y
-    sxx_yy = _correlate(sq, k)
-    del sq
+    np.multiply(x, x, out=out)
+    np.multiply(y, y, out=tmp)
+    out += tmp
+    local_mean(out, sxx_yy)
     cov_norm = 1.0
     if window.sample_covariance:
         npix = len(k) ** 2
         cov_norm = npix / (npix - 1.0)
-    uxy = ux * uy
-    sxy -= uxy
+    np.multiply(ux, uy, out=out)  # ux uy
+    sxy -= out
     sxy *= 2.0 * cov_norm
     sxy += c2  # A2 = 2 cov + C2
-    uxy *= 2.0
-    uxy += c1  # A1 = 2 ux uy + C1
-    ux *= ux
-    uy *= uy
+    out *= 2.0
+    out += c1  # A1 = 2 ux uy + C1
+    np.square(ux, out=ux)
+    np.square(uy, out=uy)
     ux += uy  # ux^2 + uy^2
     sxx_yy -= ux
     sxx_yy *= cov_norm
     sxx_yy += c2  # B2 = var x + var y + C2
     ux += c1  # B1
-    uxy *= sxy
+    out *= sxy
     ux *= sxx_yy
-    uxy /= ux
-    return uxy
+    out /= ux
+    return out
 
 
 @dataclass
@@ -694,6 +708,7 @@ class _Scorer:
         self.classes = PIXEL_SETS[pixels][0]
         self.opts = opts
         self.window = SSIM_WINDOWS[opts.ssim_window]
+        self._pool: ThreadPoolExecutor
 
     def _read(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> _Strip:
         p = self.pred.read(row, height, out_shape)
@@ -742,7 +757,8 @@ class _Scorer:
         carry_row = 0
         done = 0  # rows [0, done) are scored
         starts = list(range(0, H, block))
-        with ThreadPoolExecutor(1) as pool:
+        threads = max(1, min(nb, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads) as self._pool:
             future = pool.submit(self._read, 0, min(block, H))
             for k, r0 in enumerate(starts):
                 h = min(block, H - r0)
@@ -786,24 +802,40 @@ class _Scorer:
         sums.n_ssim += n_ssim
         if n_sel == 0 and n_ssim == 0:
             return
-        dot = np.zeros(int(n_sel))
-        pp = np.zeros(int(n_sel))
-        rr = np.zeros(int(n_sel))
-        for i in range(len(self.pred.bands)):
+
+        def band(i: int) -> tuple[float, float, float, float, float, np.ndarray, np.ndarray, np.ndarray]:
             x = self._reflectance(slab.pred[i], self.pred_scale[i])
             y = self._reflectance(slab.ref[i], self.ref_scale[i])
             xs, ys = x[a:b][sel], y[a:b][sel]
             d = xs - ys
-            sums.abs_err[i] += float(np.abs(d).sum())
-            sums.sq_err[i] += float(np.dot(d, d))
-            sums.sum_pred += float(xs.sum())
-            sums.sum_ref += float(ys.sum())
-            dot += xs * ys
-            pp += xs * xs
-            rr += ys * ys
+            ssim = 0.0
             if n_ssim:
-                smap = _ssim_map(x, y, self.window, self.opts.peak)[a:b]
-                sums.ssim[i] += float(smap[ssim_sel].sum())
+                ssim = float(_ssim_map(x, y, self.window, self.opts.peak)[a:b][ssim_sel].sum())
+            return (
+                float(np.abs(d).sum()),
+                float(np.dot(d, d)),
+                float(xs.sum()),
+                float(ys.sum()),
+                ssim,
+                xs * ys,
+                np.square(xs, out=xs),
+                np.square(ys, out=ys),
+            )
+
+        dot = np.zeros(n_sel)
+        pp = np.zeros(n_sel)
+        rr = np.zeros(n_sel)
+        # Bands are independent; scipy and numpy release the GIL, so threads share the cores.
+        # Results are summed in band order, so figures do not depend on thread timing.
+        for i, res in enumerate(self._pool.map(band, range(len(self.pred.bands)))):
+            sums.abs_err[i] += res[0]
+            sums.sq_err[i] += res[1]
+            sums.sum_pred += res[2]
+            sums.sum_ref += res[3]
+            sums.ssim[i] += res[4]
+            dot += res[5]
+            pp += res[6]
+            rr += res[7]
         norm = np.sqrt(pp * rr)
         ok = norm > 0
         cos = np.clip(dot[ok] / norm[ok], -1.0, 1.0)
@@ -1104,7 +1136,7 @@ def _combine(
         for s in sums:
             total.add(s)
         out = _finish(total, labels, opts, pred=name, ref=name, mask=None, pixels=pixels)
-        return replace(out, n_images=len(results))
+        return replace(out, n_images=sum(1 for r in results if r.n_pixels > 0))
     scored = [r for r in results if r.n_pixels > 0]
 
     def mean(values: Iterator[float]) -> float:
