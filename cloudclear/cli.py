@@ -385,6 +385,11 @@ def score(
     ] = None,
     block_rows: Annotated[int, typer.Option("--block-rows", help="Rows read per strip (memory grows with it).")] = 512,
 ) -> None:
+    import os
+
+    # Every block is read once, so GDAL's default block cache (5 % of RAM) would only hold
+    # memory; 512 MiB still holds a strip of a 13-band tile. A user's own setting wins.
+    os.environ.setdefault("GDAL_CACHEMAX", "512")
     from cloudclear.errors import ScoreError
     from cloudclear.metrics import ScoreOptions, pair_up, score_many
 
@@ -413,7 +418,7 @@ def score(
     except ScoreError as exc:
         raise typer.BadParameter(str(exc)) from None
     pairs = pair_up(files, refs, _expand(mask, "mask"), _expand(ref_mask, "reference mask"))
-    result = score_many(pairs, options, mask_convention=mask_convention, progress=_progress())
+    result = score_many(pairs, options, mask_convention=mask_convention, progress=_progress(), views=800 if plot else 0)
     if plot is not None:
         from cloudclear.plots import plot_comparison
 

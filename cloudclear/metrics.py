@@ -22,6 +22,7 @@ to [0, peak]) over the scored pixel set P and bands b = 1..B:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -93,6 +94,8 @@ SSIM_WINDOWS: dict[str, SsimWindow] = {
 }
 
 SAM_UNITS = ("deg", "rad")
+# Columns processed at once per band: bounds the SSIM working set (eight float64 buffers).
+_COL_CHUNK = 2048
 _K1, _K2 = 0.01, 0.03
 
 
@@ -199,6 +202,7 @@ class Comparison:
     results: tuple[Score, ...]
     combined: Score | None = None
     options: ScoreOptions = field(default_factory=ScoreOptions)
+    views: tuple[Quicklook, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"results": [r.to_dict() for r in self.results]}
@@ -709,6 +713,7 @@ class _Scorer:
         self.opts = opts
         self.window = SSIM_WINDOWS[opts.ssim_window]
         self._pool: ThreadPoolExecutor
+        self.view_parts: list[_Strip] = []
 
     def _read(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> _Strip:
         p = self.pred.read(row, height, out_shape)
@@ -746,7 +751,9 @@ class _Scorer:
             np.clip(out, 0.0, self.opts.peak, out=out)
         return out
 
-    def run(self, progress: Callable[[int], None] | None = None) -> _Sums:
+    def run(self, progress: Callable[[int], None] | None = None, view_factor: int = 0) -> _Sums:
+        """Score every strip; with ``view_factor``, also keep every ``view_factor``-th row and
+        column of each strip as read (in ``self.view_parts``), so a figure needs no second read."""
         grid = self.pred.grid
         H, W = grid.height, grid.width
         nb = len(self.pred.bands)
@@ -757,12 +764,23 @@ class _Scorer:
         carry_row = 0
         done = 0  # rows [0, done) are scored
         starts = list(range(0, H, block))
-        threads = max(1, min(nb, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads) as self._pool:
             future = pool.submit(self._read, 0, min(block, H))
             for k, r0 in enumerate(starts):
                 h = min(block, H - r0)
                 new = future.result()
+                k0 = (-r0) % view_factor if view_factor else h
+                if k0 < h:
+                    f = view_factor
+                    self.view_parts.append(
+                        _Strip(
+                            new.pred[:, k0::f, ::f],
+                            new.ref[:, k0::f, ::f],
+                            new.valid[k0::f, ::f],
+                            new.selected[k0::f, ::f],
+                        )
+                    )
                 if k + 1 < len(starts):
                     nxt = starts[k + 1]
                     future = pool.submit(self._read, nxt, min(block, H - nxt))
@@ -803,44 +821,47 @@ class _Scorer:
         if n_sel == 0 and n_ssim == 0:
             return
 
-        def band(i: int) -> tuple[float, float, float, float, float, np.ndarray, np.ndarray, np.ndarray]:
-            x = self._reflectance(slab.pred[i], self.pred_scale[i])
-            y = self._reflectance(slab.ref[i], self.ref_scale[i])
-            xs, ys = x[a:b][sel], y[a:b][sel]
-            d = xs - ys
-            ssim = 0.0
-            if n_ssim:
-                ssim = float(_ssim_map(x, y, self.window, self.opts.peak)[a:b][ssim_sel].sum())
-            return (
-                float(np.abs(d).sum()),
-                float(np.dot(d, d)),
-                float(xs.sum()),
-                float(ys.sum()),
-                ssim,
-                xs * ys,
-                np.square(xs, out=xs),
-                np.square(ys, out=ys),
-            )
+        chunks = [(c0, min(c0 + _COL_CHUNK, W)) for c0 in range(0, W, _COL_CHUNK)]
+        peak, window = self.opts.peak, self.window
 
-        dot = np.zeros(n_sel)
-        pp = np.zeros(n_sel)
-        rr = np.zeros(n_sel)
-        # Bands are independent; scipy and numpy release the GIL, so threads share the cores.
-        # Results are summed in band order, so figures do not depend on thread timing.
-        for i, res in enumerate(self._pool.map(band, range(len(self.pred.bands)))):
-            sums.abs_err[i] += res[0]
-            sums.sq_err[i] += res[1]
-            sums.sum_pred += res[2]
-            sums.sum_ref += res[3]
-            sums.ssim[i] += res[4]
-            dot += res[5]
-            pp += res[6]
-            rr += res[7]
-        norm = np.sqrt(pp * rr)
-        ok = norm > 0
-        cos = np.clip(dot[ok] / norm[ok], -1.0, 1.0)
-        sums.sam += float(np.arccos(cos).sum())
-        sums.n_sam += int(ok.sum())
+        nb = len(self.pred.bands)
+
+        def chunk(c0: int, c1: int) -> tuple[list[tuple[float, float, float, float, float]], float, int]:
+            # Columns [c0, c1) of every band, read with a halo of the window radius each side.
+            e0, e1 = max(c0 - pad, 0), min(c1 + pad, W)
+            core = (slice(a, b), slice(c0 - e0, c1 - e0))
+            sel_c = sel[:, c0:c1]
+            ssim_c = ssim_sel[:, c0:c1]
+            n = int(sel_c.sum())
+            dot, pp, rr = np.zeros(n), np.zeros(n), np.zeros(n)
+            per_band = []
+            for i in range(nb):
+                x = self._reflectance(slab.pred[i][:, e0:e1], self.pred_scale[i])
+                y = self._reflectance(slab.ref[i][:, e0:e1], self.ref_scale[i])
+                xs, ys = x[core][sel_c], y[core][sel_c]
+                d = xs - ys
+                ssim = float(_ssim_map(x, y, window, peak)[core][ssim_c].sum()) if ssim_c.any() else 0.0
+                per_band.append((float(np.abs(d).sum()), float(np.dot(d, d)), float(xs.sum()), float(ys.sum()), ssim))
+                dot += xs * ys
+                pp += xs * xs
+                rr += ys * ys
+            norm = np.sqrt(pp * rr)
+            ok = norm > 0
+            cos = np.clip(dot[ok] / norm[ok], -1.0, 1.0)
+            return per_band, float(np.arccos(cos).sum()), int(ok.sum())
+
+        # Column chunks are independent and scipy / numpy release the GIL, so threads share
+        # the cores; chunks keep the working set small whatever the tile width. Results are
+        # summed in chunk order, so figures do not depend on thread timing.
+        for per_band, sam, n_ok in self._pool.map(lambda c: chunk(*c), chunks):
+            for i, (ae, se, sp, sr, ss) in enumerate(per_band):
+                sums.abs_err[i] += ae
+                sums.sq_err[i] += se
+                sums.sum_pred += sp
+                sums.sum_ref += sr
+                sums.ssim[i] += ss
+            sums.sam += sam
+            sums.n_sam += n_ok
 
 
 def _concat(a: _Strip, b: _Strip) -> _Strip:
@@ -996,8 +1017,10 @@ def _score_sums(
     opts: ScoreOptions,
     mask_convention: str | None,
     progress: bool,
-) -> tuple[_Sums, list[str], str]:
+    view_size: int = 0,
+) -> tuple[_Sums, list[str], str, Quicklook | None]:
     opened = _open_pair(pair, opts, mask_convention)
+    factor = _decimation(opened.grid, view_size) if view_size else 0
     try:
         bar = None
         if progress:
@@ -1005,14 +1028,15 @@ def _score_sums(
 
             bar = tqdm(total=opened.grid.height, unit="row", desc=Path(pair.pred).name, leave=False)
         try:
-            sums = opened.scorer.run(bar.update if bar is not None else None)
+            sums = opened.scorer.run(bar.update if bar is not None else None, factor)
         finally:
             if bar is not None:
                 bar.close()
     finally:
         opened.close()
     _check_sums(sums, pair, opened.ref_info)
-    return sums, opened.labels, opened.pixels
+    view = _view(opened, functools.reduce(_concat, opened.scorer.view_parts)) if factor else None
+    return sums, opened.labels, opened.pixels, view
 
 
 def _mask_reader(path: str, ref: FileInfo, grid: _Grid, convention: str | None) -> tuple[_Reader, masks.MaskBand]:
@@ -1078,12 +1102,14 @@ def score_many(
     options: ScoreOptions | None = None,
     mask_convention: str | None = None,
     progress: bool = False,
+    views: int = 0,
 ) -> Comparison:
     """Score several predictions; combine them when their references differ (a sequence).
 
     Several predictions of one reference are a comparison (one row each). When each prediction
     has its own reference (dates of a sequence), :attr:`Comparison.combined` aggregates them,
-    pooled or per image as ``options.aggregate`` says.
+    pooled or per image as ``options.aggregate`` says. With ``views`` > 0, each pair's
+    decimated view (at most ``views`` pixels a side) is kept from the same reads, for figures.
     """
     opts = options or ScoreOptions()
     if not pairs:
@@ -1092,8 +1118,11 @@ def score_many(
     all_sums: list[_Sums] = []
     labels: list[str] = []
     pixels = ""
+    kept: list[Quicklook] = []
     for pair in pairs:
-        sums, labels_i, pixels = _score_sums(pair, opts, mask_convention, progress)
+        sums, labels_i, pixels, view = _score_sums(pair, opts, mask_convention, progress, views)
+        if view is not None:
+            kept.append(view)
         if sums.n == 0:
             _explain_empty(pair, opts, pixels)
         if labels and labels_i != labels and len({p.ref for p in pairs}) > 1:
@@ -1104,7 +1133,7 @@ def score_many(
     combined = None
     if len(pairs) > 1 and len({p.ref for p in pairs}) > 1:
         combined = _combine(results, all_sums, labels, opts, pixels)
-    return Comparison(tuple(results), combined, opts)
+    return Comparison(tuple(results), combined, opts, tuple(kept))
 
 
 def _explain_empty(pair: Pair, opts: ScoreOptions, pixels: str) -> None:
@@ -1196,15 +1225,47 @@ class Quicklook:
     input: np.ndarray | None = None
 
 
-def _decimated_shape(grid: _Grid, max_size: int) -> tuple[int, int]:
-    factor = max(1, math.ceil(max(grid.height, grid.width) / max_size))
-    return max(1, math.ceil(grid.height / factor)), max(1, math.ceil(grid.width / factor))
+def _decimation(grid: _Grid, max_size: int) -> int:
+    return max(1, math.ceil(max(grid.height, grid.width) / max_size))
+
+
+def _strided_rows(height: int, block: int, factor: int) -> list[tuple[int, int, int]]:
+    """Strips (row, height, first kept row in the strip) that hold every ``factor``-th row.
+
+    Views are read strip by strip at full resolution and subsampled: on tiled, compressed files
+    without overviews a decimated GDAL read costs several times one full read.
+    """
+    out = []
+    for r0 in range(0, height, block):
+        h = min(block, height - r0)
+        k0 = (-r0) % factor
+        if k0 < h:
+            out.append((r0, h, k0))
+    return out
 
 
 def _rgb_of(labels: Sequence[str]) -> tuple[int, int, int] | None:
     if all(b in labels for b in ("B04", "B03", "B02")):
         return labels.index("B04"), labels.index("B03"), labels.index("B02")
     return (0, 1, 2) if len(labels) >= 3 else None
+
+
+def _view(opened: _OpenPair, strip: _Strip) -> Quicklook:
+    sc = opened.scorer
+    n = len(opened.labels)
+    pred = np.stack([sc._reflectance(strip.pred[i], sc.pred_scale[i]) for i in range(n)])
+    ref = np.stack([sc._reflectance(strip.ref[i], sc.ref_scale[i]) for i in range(n)])
+    pred[:, ~strip.valid] = np.nan
+    ref[:, ~strip.valid] = np.nan
+    return Quicklook(
+        opened.pair.pred,
+        opened.pair.ref,
+        tuple(opened.labels),
+        pred.astype(np.float32),
+        ref.astype(np.float32),
+        strip.selected,
+        _rgb_of(opened.labels),
+    )
 
 
 def quicklook(
@@ -1217,6 +1278,8 @@ def quicklook(
 ) -> Quicklook:
     """Read a decimated view (at most ``max_size`` pixels a side) of a pair for a figure.
 
+    :func:`score_many` with ``views`` gives the same view without a second read.
+
     Args:
         pair: the prediction, reference and masks, as for :func:`score_many`.
         options: the same options as for scoring (bands, scale, nodata, pixels).
@@ -1227,32 +1290,44 @@ def quicklook(
     opts = options or ScoreOptions()
     opened = _open_pair(pair, opts, mask_convention)
     try:
-        shape = _decimated_shape(opened.grid, max_size)
-        strip = opened.scorer._read(0, opened.grid.height, shape)
-        sc = opened.scorer
-        pred = np.stack([sc._reflectance(strip.pred[i], sc.pred_scale[i]) for i in range(len(opened.labels))])
-        ref = np.stack([sc._reflectance(strip.ref[i], sc.ref_scale[i]) for i in range(len(opened.labels))])
-        pred[:, ~strip.valid] = np.nan
-        ref[:, ~strip.valid] = np.nan
-        rgb = _rgb_of(opened.labels)
-        cloudy = None
+        factor = _decimation(opened.grid, max_size)
+
+        def read_every(r0: int, h: int, k0: int) -> _Strip:
+            s = opened.scorer._read(r0, h)
+            return _Strip(
+                s.pred[:, k0::factor, ::factor],
+                s.ref[:, k0::factor, ::factor],
+                s.valid[k0::factor, ::factor],
+                s.selected[k0::factor, ::factor],
+            )
+
+        parts = [read_every(r0, h, k0) for r0, h, k0 in _strided_rows(opened.grid.height, opts.block_rows, factor)]
+        view = _view(opened, functools.reduce(_concat, parts))
         if input_path is not None:
-            cloudy = _input_rgb(str(input_path), opened, shape, opts)
+            view = replace(view, input=_input_rgb(str(input_path), opened, factor, opts))
     finally:
         opened.close()
-    return Quicklook(
-        pair.pred,
-        pair.ref,
-        tuple(opened.labels),
-        pred.astype(np.float32),
-        ref.astype(np.float32),
-        strip.selected,
-        rgb,
-        cloudy,
-    )
+    return view
 
 
-def _input_rgb(path: str, opened: _OpenPair, shape: tuple[int, int], opts: ScoreOptions) -> np.ndarray:
+def input_view(
+    input_path: str | os.PathLike[str],
+    pair: Pair,
+    options: ScoreOptions | None = None,
+    *,
+    mask_convention: str | None = None,
+    max_size: int = 800,
+) -> np.ndarray:
+    """The cloudy input's red, green and blue reflectance on ``pair``'s view grid, (3, h, w)."""
+    opts = options or ScoreOptions()
+    opened = _open_pair(pair, opts, mask_convention)
+    try:
+        return _input_rgb(str(input_path), opened, _decimation(opened.grid, max_size), opts)
+    finally:
+        opened.close()
+
+
+def _input_rgb(path: str, opened: _OpenPair, factor: int, opts: ScoreOptions) -> np.ndarray:
     info = _open_info(path, "input")
     try:
         bands = classify(info).bands
@@ -1268,7 +1343,8 @@ def _input_rgb(path: str, opened: _OpenPair, shape: tuple[int, int], opts: Score
     aligned = _same_crs(info.crs, opened.ref_info.crs) and _offset_on(opened.ref_info, info) is not None
     reader = _Reader(info, opened.ref_info, opened.grid, idx, warp=None if aligned else "nearest", nodata=info.nodata)
     try:
-        raw = reader.read(0, opened.grid.height, shape)
+        rows = _strided_rows(opened.grid.height, opts.block_rows, factor)
+        raw = np.concatenate([reader.read(r0, h)[:, k0::factor, ::factor] for r0, h, k0 in rows], axis=1)
     finally:
         reader.close()
     valid = _valid(raw, reader.nodata)

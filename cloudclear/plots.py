@@ -10,11 +10,12 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from cloudclear.metrics import Comparison, Pair, Quicklook, Score, ScoreOptions, quicklook
+from cloudclear.metrics import Comparison, Pair, Quicklook, Score, ScoreOptions, input_view, quicklook
 
 
 def stretch(rgb: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -175,7 +176,8 @@ def plot_comparison(
     mask_convention: str | None = None,
     max_size: int = 800,
 ) -> Path:
-    """Read decimated views of scored pairs and write their figure (see :func:`plot_scores`).
+    """Write the figure of scored pairs (see :func:`plot_scores`), from the views kept while
+    scoring (``score_many(..., views=N)``) or, without them, from a decimated read.
 
     Args:
         dst_path: the PNG to write.
@@ -186,10 +188,11 @@ def plot_comparison(
         max_size: longest side of each view in pixels.
     """
     opts: ScoreOptions = comparison.options
-    views = [
-        quicklook(
-            p, opts, input_path=input_path if i == 0 else None, mask_convention=mask_convention, max_size=max_size
-        )
-        for i, p in enumerate(pairs)
-    ]
+    if len(comparison.views) == len(pairs):
+        views = list(comparison.views)
+    else:
+        views = [quicklook(p, opts, mask_convention=mask_convention, max_size=max_size) for p in pairs]
+    if input_path is not None:
+        rgb = input_view(input_path, pairs[0], opts, mask_convention=mask_convention, max_size=max_size)
+        views[0] = replace(views[0], input=rgb)
     return plot_scores(dst_path, views, comparison.results)

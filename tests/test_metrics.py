@@ -32,6 +32,7 @@ from cloudclear.metrics import (
     SSIM_WINDOWS,
     Pair,
     ScoreOptions,
+    quicklook,
     score,
     score_many,
 )
@@ -835,3 +836,26 @@ def test_blockwise_figures_equal_whole_image_figures(height, width, block_rows, 
     for k in ("mae", "rmse", "ssim", "sam"):
         assert getattr(strips, k) == pytest.approx(getattr(whole, k), rel=1e-12, abs=1e-15, nan_ok=True), k
     _assert_figures(strips, _expected(_refl(pred), _refl(ref), ~holes, window=window), rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Views for figures
+
+
+@pytest.mark.parametrize("block_rows", [5, 37, 512])
+def test_views_kept_while_scoring_equal_a_separate_decimated_read(tmp_path, rng, block_rows):
+    pp, rp, pred, ref = _pair(tmp_path, rng, 70, 90)
+    scl = np.full((70, 90), 4, np.uint8)
+    scl[10:30, 20:60] = 9
+    mp = write_raster(tmp_path / "m_SCL.tif", scl, descriptions=["SCL"])
+    opts = ScoreOptions(block_rows=block_rows)
+    kept = score_many([Pair(str(pp), str(rp), str(mp))], opts, views=32).views
+    assert len(kept) == 1
+    alone = quicklook(Pair(str(pp), str(rp), str(mp)), opts, max_size=32)
+    factor = 3  # ceil(90 / 32)
+    assert kept[0].pred.shape == alone.pred.shape == (4, 24, 30)
+    np.testing.assert_array_equal(kept[0].pred, alone.pred)
+    np.testing.assert_array_equal(kept[0].selected, alone.selected)
+    np.testing.assert_allclose(alone.ref, _refl(ref)[:, ::factor, ::factor], rtol=1e-6)
+    np.testing.assert_array_equal(alone.selected, (scl == 9)[::factor, ::factor])
+    assert alone.rgb == (2, 1, 0)  # B04, B03, B02
