@@ -773,14 +773,7 @@ class _Scorer:
                 k0 = (-r0) % view_factor if view_factor else h
                 if k0 < h:
                     f = view_factor
-                    self.view_parts.append(
-                        _Strip(
-                            new.pred[:, k0::f, ::f],
-                            new.ref[:, k0::f, ::f],
-                            new.valid[k0::f, ::f],
-                            new.selected[k0::f, ::f],
-                        )
-                    )
+                    self.view_parts.append(_every(new, k0, f))
                 if k + 1 < len(starts):
                     nxt = starts[k + 1]
                     future = pool.submit(self._read, nxt, min(block, H - nxt))
@@ -870,6 +863,16 @@ def _concat(a: _Strip, b: _Strip) -> _Strip:
         np.concatenate([a.ref, b.ref], axis=1),
         np.concatenate([a.valid, b.valid], axis=0),
         np.concatenate([a.selected, b.selected], axis=0),
+    )
+
+
+def _every(s: _Strip, k0: int, f: int) -> _Strip:
+    """Every f-th row (from row k0) and column of a strip, copied so the strip can be freed."""
+    return _Strip(
+        s.pred[:, k0::f, ::f].copy(),
+        s.ref[:, k0::f, ::f].copy(),
+        s.valid[k0::f, ::f].copy(),
+        s.selected[k0::f, ::f].copy(),
     )
 
 
@@ -1292,16 +1295,8 @@ def quicklook(
     try:
         factor = _decimation(opened.grid, max_size)
 
-        def read_every(r0: int, h: int, k0: int) -> _Strip:
-            s = opened.scorer._read(r0, h)
-            return _Strip(
-                s.pred[:, k0::factor, ::factor],
-                s.ref[:, k0::factor, ::factor],
-                s.valid[k0::factor, ::factor],
-                s.selected[k0::factor, ::factor],
-            )
-
-        parts = [read_every(r0, h, k0) for r0, h, k0 in _strided_rows(opened.grid.height, opts.block_rows, factor)]
+        rows = _strided_rows(opened.grid.height, opts.block_rows, factor)
+        parts = [_every(opened.scorer._read(r0, h), k0, factor) for r0, h, k0 in rows]
         view = _view(opened, functools.reduce(_concat, parts))
         if input_path is not None:
             view = replace(view, input=_input_rgb(str(input_path), opened, factor, opts))
@@ -1344,7 +1339,7 @@ def _input_rgb(path: str, opened: _OpenPair, factor: int, opts: ScoreOptions) ->
     reader = _Reader(info, opened.ref_info, opened.grid, idx, warp=None if aligned else "nearest", nodata=info.nodata)
     try:
         rows = _strided_rows(opened.grid.height, opts.block_rows, factor)
-        raw = np.concatenate([reader.read(r0, h)[:, k0::factor, ::factor] for r0, h, k0 in rows], axis=1)
+        raw = np.concatenate([reader.read(r0, h)[:, k0::factor, ::factor].copy() for r0, h, k0 in rows], axis=1)
     finally:
         reader.close()
     valid = _valid(raw, reader.nodata)
