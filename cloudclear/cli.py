@@ -328,7 +328,7 @@ mask is given, SAM in degrees.
 def score(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Predictions (globs allowed); without --ref, exactly PRED REF.", metavar="PRED... [REF]"),
+        typer.Argument(help="Predictions (globs allowed); without --ref, exactly PRED REF.", metavar="FILES"),
     ],
     ref: Annotated[
         list[str] | None,
