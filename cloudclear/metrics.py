@@ -506,24 +506,21 @@ class _Reader:
             self.col, self.row = grid.col_off, grid.row_off
             self.nodata = float("nan")
 
-    def read(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> np.ndarray:
-        """Rows [row, row + height) of the common grid, shape (bands, height, width) or
-        (bands, *out_shape) decimated by nearest neighbour; outside the raster is filled with
-        nodata (NaN for floats, else the nodata value or 0)."""
+    def read(self, row: int, height: int) -> np.ndarray:
+        """Rows [row, row + height) of the common grid, shape (bands, height, width); outside the
+        raster is filled with nodata (NaN for floats, else the nodata value or 0)."""
         from rasterio.windows import Window
 
         win = Window(self.col, self.row + row, self.grid.width, height)
         fill = self.nodata if self.nodata is not None else 0
-        shape = None if out_shape is None else (len(self.bands), *out_shape)
-        return self._src.read(self.bands, window=win, boundless=self._outside(win), fill_value=fill, out_shape=shape)
+        return self._src.read(self.bands, window=win, boundless=self._outside(win), fill_value=fill)
 
-    def read_valid(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    def read_valid(self, row: int, height: int) -> np.ndarray:
         """GDAL's mask of band 1 for the same rows: False outside the raster or where masked."""
         from rasterio.windows import Window
 
         win = Window(self.col, self.row + row, self.grid.width, height)
-        valid = self._src.read_masks(self.bands[0], window=win, boundless=self._outside(win), out_shape=out_shape)
-        return valid > 0
+        return self._src.read_masks(self.bands[0], window=win, boundless=self._outside(win)) > 0
 
     def _outside(self, win: Any) -> bool:
         src = self._src
@@ -715,29 +712,27 @@ class _Scorer:
         self._pool: ThreadPoolExecutor
         self.view_parts: list[_Strip] = []
 
-    def _read(self, row: int, height: int, out_shape: tuple[int, int] | None = None) -> _Strip:
-        p = self.pred.read(row, height, out_shape)
-        r = self.ref.read(row, height, out_shape)
+    def _read(self, row: int, height: int) -> _Strip:
+        p = self.pred.read(row, height)
+        r = self.ref.read(row, height)
         valid = _valid(p, self.pred.nodata) & _valid(r, self.ref.nodata)
         selected = valid.copy()
         if self.classes is not None and self.mask is not None and self.mask_band is not None:
-            selected &= np.isin(self._classes(self.mask, self.mask_band, row, height, out_shape), self.classes)
+            selected &= np.isin(self._classes(self.mask, self.mask_band, row, height), self.classes)
         if self.ref_mask is not None and self.ref_mask_band is not None:
-            rc = self._classes(self.ref_mask, self.ref_mask_band, row, height, out_shape)
+            rc = self._classes(self.ref_mask, self.ref_mask_band, row, height)
             selected &= np.isin(rc, (MaskClass.CLEAR, MaskClass.SNOW))
         return _Strip(p, r, valid, selected)
 
     @staticmethod
-    def _classes(
-        reader: _Reader, band: masks.MaskBand, row: int, height: int, out_shape: tuple[int, int] | None = None
-    ) -> np.ndarray:
-        raw = reader.read(row, height, out_shape)[0]
+    def _classes(reader: _Reader, band: masks.MaskBand, row: int, height: int) -> np.ndarray:
+        raw = reader.read(row, height)[0]
         nodata = reader.info.nodata if reader._vrt is None else None
         if raw.dtype.kind == "f":
             outside = np.isnan(raw)
             raw = np.where(outside, 0, raw)
         else:
-            outside = ~reader.read_valid(row, height, out_shape)
+            outside = ~reader.read_valid(row, height)
         cls = masks.decode(raw, band.convention, nodata)
         cls[outside] = MaskClass.NODATA
         return cls
@@ -764,16 +759,15 @@ class _Scorer:
         carry_row = 0
         done = 0  # rows [0, done) are scored
         starts = list(range(0, H, block))
+        view_rows = {r0: k0 for r0, _, k0 in _strided_rows(H, block, view_factor)} if view_factor else {}
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads) as self._pool:
             future = pool.submit(self._read, 0, min(block, H))
             for k, r0 in enumerate(starts):
                 h = min(block, H - r0)
                 new = future.result()
-                k0 = (-r0) % view_factor if view_factor else h
-                if k0 < h:
-                    f = view_factor
-                    self.view_parts.append(_every(new, k0, f))
+                if r0 in view_rows:
+                    self.view_parts.append(_every(new, view_rows[r0], view_factor))
                 if k + 1 < len(starts):
                     nxt = starts[k + 1]
                     future = pool.submit(self._read, nxt, min(block, H - nxt))
@@ -1037,7 +1031,7 @@ def _score_sums(
                 bar.close()
     finally:
         opened.close()
-    _check_sums(sums, pair, opened.ref_info)
+    _check_sums(sums, pair)
     view = _view(opened, functools.reduce(_concat, opened.scorer.view_parts)) if factor else None
     return sums, opened.labels, opened.pixels, view
 
@@ -1052,9 +1046,7 @@ def _mask_reader(path: str, ref: FileInfo, grid: _Grid, convention: str | None) 
     return reader, band
 
 
-def _check_sums(sums: _Sums, pair: Pair, ref_info: FileInfo) -> None:
-    if sums.n == 0 and sums.n_ssim == 0:
-        return
+def _check_sums(sums: _Sums, pair: Pair) -> None:
     if sums.sum_ref > 0 and sums.sum_pred > 0:
         ratio = sums.sum_pred / sums.sum_ref
         if ratio > 20 or ratio < 1 / 20:

@@ -121,11 +121,6 @@ class WindowPlan:
         cols = self.spans(self.padded_width)
         return [Window2D(r, c) for r in rows for c in cols]
 
-    def strips(self) -> list[list[Window2D]]:
-        """Windows grouped by row of windows: one group per strip of the image."""
-        cols = self.spans(self.padded_width)
-        return [[Window2D(r, c) for c in cols] for r in self.spans(self.padded_height)]
-
 
 def hann_weights(length: int) -> np.ndarray:
     """A positive taper over ``length`` pixels: sin^2(pi (i + 0.5) / length), never zero."""
