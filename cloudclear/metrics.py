@@ -399,13 +399,17 @@ def _align(pred: FileInfo, ref: FileInfo, reproject: bool) -> tuple[_Grid, bool]
     offset = _offset_on(ref, pred) if same_crs else None
     if offset is None:
         if not reproject:
+            from rasterio.crs import CRS
+
             if not same_crs:
                 why = "a different CRS"
             elif not (
                 math.isclose(pred.transform[0], ref.transform[0], rel_tol=1e-9)
                 and math.isclose(pred.transform[4], ref.transform[4], rel_tol=1e-9)
             ):
-                why = f"a different resolution ({abs(pred.transform[0]):g} m vs {abs(ref.transform[0]):g} m)"
+                unit = "deg" if CRS.from_wkt(ref.crs).is_geographic else "m"
+                res = f"{abs(pred.transform[0]):g} {unit} vs {abs(ref.transform[0]):g} {unit}"
+                why = f"a different resolution ({res})"
             else:
                 why = "a grid shifted by a fraction of a pixel"
             raise ScoreError(
