@@ -433,6 +433,182 @@ def score(
         typer.echo(f"figure: {plot}", err=True)
 
 
+def _dates(values: list[str], every: int) -> list[str]:
+    from cloudclear.inference.select import date_range
+
+    out: list[str] = []
+    for v in values:
+        if ".." in v:
+            a, _, b = v.partition("..")
+            out += [d.strftime("%Y-%m-%d") for d in date_range(a, b, every)]
+        else:
+            out.append(v)
+    return out
+
+
+def _floats(text: str | None, n: int, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise typer.BadParameter(f"{name} takes {n} comma-separated numbers, not {text!r}")
+    return values
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the run can remove its temporary files."""
+
+
+@app.command()
+@_user_errors
+def infer(
+    catalog: Annotated[
+        Path, typer.Option("--catalog", "-c", help="Catalog written by `cloudclear index` (or its folder).")
+    ],
+    date: Annotated[
+        list[str],
+        typer.Option(
+            "--date",
+            "-d",
+            help="Date to reconstruct: YYYY-MM-DD (with or without an S2 acquisition), an ISO "
+            "datetime, or a range START..END stepped by --every. Repeat for several.",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output GeoTIFF for one date; for several, a folder (files S2_T{tile}_{YYYYMMDD}_{method}.tif) "
+            "or a path containing {date}.",
+        ),
+    ],
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="gapfill, or a checkpoint models/NAME.safetensors.")
+    ] = "gapfill",
+    tile: Annotated[str | None, typer.Option("--tile", "-t", help="S2 tile when the catalog holds several.")] = None,
+    every: Annotated[int, typer.Option("--every", help="Days between dates of a START..END range.")] = 10,
+    bands: Annotated[
+        str | None, typer.Option("--bands", help="S2 bands to fill with gapfill, e.g. B02,B03,B04,B08.")
+    ] = None,
+    neighbours: Annotated[int, typer.Option("--neighbours", help="gapfill: scenes used on each side.")] = 3,
+    max_days: Annotated[
+        float | None, typer.Option("--max-days", help="How far from the date to look for S2. [default: 60]")
+    ] = None,
+    max_cloud: Annotated[
+        float | None,
+        typer.Option("--max-cloud", help="Neighbour scenes above this cloud % are not used. [default: 95]"),
+    ] = None,
+    keep_observed: Annotated[
+        bool,
+        typer.Option(
+            "--keep-observed/--no-keep-observed",
+            help="Copy the date's own clear pixels as they are (off: reconstruct every pixel).",
+        ),
+    ] = True,
+    status: Annotated[
+        bool,
+        typer.Option("--status/--no-status", help="Write NAME_status.tif: 0 nodata, 1 observed, 2 reconstructed."),
+    ] = True,
+    bbox: Annotated[
+        str | None, typer.Option("--bbox", help="minx,miny,maxx,maxy in the tile's CRS: only this part.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (networks).")] = "auto",
+    window: Annotated[int | None, typer.Option("--window", help="Network window side. [default: the card's]")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Windows per network call.")] = 8,
+    strip_rows: Annotated[int, typer.Option("--strip-rows", help="Rows read per strip (memory grows with it).")] = 512,
+    cog: Annotated[bool, typer.Option("--cog", help="Write the output as a Cloud-Optimized GeoTIFF.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Reconstruct cloud-free S2 images of a tile for one or more dates.
+
+    Inputs are chosen from the catalog: the date's own acquisition (if any), then the nearest and
+    least cloudy S2 scenes before and after it (and S1 near each, for networks that read S1).
+    gapfill interpolates each pixel linearly in time between the nearest clear observations
+    before and after the date (the nearest one at the ends of the series). A checkpoint runs its
+    network in overlapping windows (GPU when there is one).
+
+    Writes uint16 reflectance x 10000 (nodata 0), 512 x 512 tiles, ZSTD, on the S2 grid, plus a
+    status sidecar. Files appear under their final name only when complete.
+
+    Example: cloudclear infer -c sample_tiles/T31UFQ -d 2021-05-16 -o out/T31UFQ_20210516.tif
+    """
+    import os
+    import signal
+
+    os.environ.setdefault("GDAL_CACHEMAX", "512")
+    from cloudclear.catalog import Catalog
+    from cloudclear.inference.pipeline import InferOptions, infer, load_method
+
+    box = _floats(bbox, 4, "--bbox")
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
+    if batch < 1 or strip_rows < 1 or neighbours < 1:
+        raise typer.BadParameter("--batch, --strip-rows and --neighbours must be >= 1")
+    dates = _dates(date, every)
+    cat = Catalog.open(catalog)
+    m = load_method(
+        method,
+        neighbours=neighbours,
+        max_days=max_days,
+        max_cloud=max_cloud,
+        bands=[b.strip() for b in bands.split(",") if b.strip()] if bands else None,
+        device=device,
+        window=window,
+        batch=batch,
+    )
+    options = InferOptions(
+        keep_observed=keep_observed,
+        strip_rows=strip_rows,
+        window=window,
+        batch=batch,
+        device=device,
+        overwrite=overwrite,
+        cog=cog,
+        status=status,
+        bbox=box,  # type: ignore[arg-type]
+        progress=_progress(),
+    )
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    def report(r: Any) -> None:
+        if as_json:
+            return
+        total = max(r.width * r.height, 1)
+        typer.echo(
+            f"{r.date.date()}  {r.path}  observed {100 * r.observed / total:.1f} %  "
+            f"reconstructed {100 * r.reconstructed / total:.1f} %  nodata {100 * r.nodata / total:.1f} %  "
+            f"({r.width} x {r.height}, {r.seconds:.1f} s, {r.device})"
+        )
+        for i in r.inputs:
+            cloud = "-" if i["cloud_pct"] is None else f"{i['cloud_pct']:.0f} %"
+            typer.echo(f"    {i['slot']:<6} {i['scene_id']}  {i['days']:+.1f} d  cloud {cloud}")
+        for note in r.notes:
+            typer.echo(f"    note: {note}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = infer(cat, dates, m, out, tile=tile, options=options, on_result=report)
+    except (KeyboardInterrupt, _Terminated):
+        typer.echo("cloudclear: error: interrupted; no partial output was left", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    n = len(result.results)
+    secs = sum(r.seconds for r in result.results)
+    px = sum(r.width * r.height for r in result.results)
+    typer.echo(f"{n} date(s), {px / 1e6:.1f} Mpx in {secs:.1f} s ({px / 1e6 / max(secs, 1e-9):.1f} Mpx/s)")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -52,5 +52,17 @@ class ScoreError(CloudClearError, ValueError):
     """A prediction and a reference cannot be compared: bands, grids or pixels do not match."""
 
 
+class ModelError(CloudClearError, ValueError):
+    """A checkpoint or its card cannot be used: unknown architecture, weights that do not match."""
+
+
+class InferError(CloudClearError, ValueError):
+    """Inference cannot run: no usable inputs for the date, a tile not in the catalog, bad bands."""
+
+
+class OutputExistsError(InferError, FileExistsError):
+    """The output path exists and overwriting was not asked for."""
+
+
 class CloudClearWarning(UserWarning):
     """Root of the warnings cloudclear emits."""

@@ -1,0 +1,395 @@
+"""Choose the acquisitions a method needs for one date from the catalog.
+
+For a target date D and a tile, the candidates are the tile's S2 scenes within ``max_days`` of D.
+The acquisition on D itself (if any) fills the ``target`` slot; the others fill ``before`` and
+``after`` slots nearest first, and among scenes equally near, least cloudy first (Decloud's
+processor ranks its candidates the same way). Scenes above ``max_cloud`` % are not candidates for
+the neighbour slots. S1 slots take the S1 acquisition nearest to their S2 slot's time (or to D),
+within ``s1_max_hours``, whose footprint covers the tile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cloudclear.errors import InferError
+from cloudclear.masks import MaskBand
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """One acquisition a method asks for: sensor, role (target / before / after) and rank."""
+
+    name: str
+    sensor: str
+    role: str
+    rank: int = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a method needs from the catalog for one date.
+
+    Attributes:
+        slots: the acquisitions, in the method's input order.
+        max_days: how far from the date S2 slots may look.
+        max_cloud: neighbour scenes above this cloud % are skipped (unknown cover is allowed).
+        s1_max_hours: the largest gap between an S1 slot and its S2 slot.
+        required: slots that must be filled; others may stay empty (their inputs are nodata).
+    """
+
+    slots: tuple[SlotRequest, ...]
+    max_days: float = 60.0
+    max_cloud: float = 95.0
+    s1_max_hours: float = 72.0
+    required: tuple[str, ...] = ()
+
+
+def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> Layout:
+    """The gap-filling layout: the date's own acquisition and ``neighbours`` scenes on each side."""
+    slots = [SlotRequest(f"t-{k}", "S2", "before", k) for k in range(neighbours, 0, -1)]
+    slots.append(SlotRequest("t", "S2", "target"))
+    slots += [SlotRequest(f"t+{k}", "S2", "after", k) for k in range(1, neighbours + 1)]
+    return Layout(tuple(slots), max_days=max_days, max_cloud=max_cloud)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The output grid: CRS (WKT), affine transform coefficients, size."""
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    @property
+    def res(self) -> float:
+        return abs(self.transform[0])
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        a, _, c, _, e, f = self.transform
+        return (c, f + e * self.height, c + a * self.width, f)
+
+    def crop(self, bbox: Sequence[float]) -> Grid:
+        """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward."""
+        a, _, c, _, e, f = self.transform
+        x0, y0, x1, y1 = bbox
+        c0 = max(math.floor((x0 - c) / a + 1e-9), 0)
+        c1 = min(math.ceil((x1 - c) / a - 1e-9), self.width)
+        r0 = max(math.floor((y1 - f) / e + 1e-9), 0)
+        r1 = min(math.ceil((y0 - f) / e - 1e-9), self.height)
+        if c1 <= c0 or r1 <= r0:
+            gb = ", ".join(f"{v:.1f}" for v in self.bounds())
+            raise InferError(f"bbox {tuple(bbox)} does not overlap the tile (bounds {gb})")
+        return Grid(self.crs, (a, 0.0, c + a * c0, 0.0, e, f + e * r0), c1 - c0, r1 - r0)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One chosen scene: where its bands and mask are, and how to read them as physical values.
+
+    Attributes:
+        slot: the slot it fills.
+        role: target / before / after.
+        sensor: S2 or S1.
+        scene_id: catalog id.
+        datetime: acquisition time (UTC).
+        days: signed offset from the target date in days.
+        cloud_pct: catalog cloud cover (None if unknown).
+        bands: band names, in the order read.
+        sources: (path, 1-based band) per band.
+        mask: the S2 mask, or None (then every valid pixel counts as clear).
+        scale: DN * scale + offset = reflectance (S2) or the file's value (S1).
+        offset: see ``scale``.
+        nodata: the band nodata value (S2 0 when unset).
+        units: catalog units ("reflectance", "dB", "linear", ...).
+    """
+
+    slot: str
+    role: str
+    sensor: str
+    scene_id: str
+    datetime: datetime
+    days: float
+    cloud_pct: float | None
+    bands: tuple[str, ...]
+    sources: tuple[tuple[str, int], ...]
+    mask: MaskBand | None
+    scale: float
+    offset: float
+    nodata: float | None
+    units: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "scene_id": self.scene_id,
+            "datetime": self.datetime.isoformat(),
+            "days": round(self.days, 3),
+            "cloud_pct": self.cloud_pct,
+        }
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """Everything chosen for one date: the grid and the acquisitions per slot (None when empty)."""
+
+    tile: str
+    target: datetime
+    grid: Grid
+    bands: tuple[str, ...]
+    slots: tuple[tuple[SlotRequest, Acquisition | None], ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def acquisitions(self) -> list[Acquisition]:
+        return [a for _, a in self.slots if a is not None]
+
+    def get(self, name: str) -> Acquisition | None:
+        return next(a for s, a in self.slots if s.name == name)
+
+
+def parse_when(value: str | datetime) -> tuple[datetime, bool]:
+    """A date or datetime as an aware UTC datetime, and whether only a date was given."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)), False
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc), True
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InferError(f"date {value!r} is not YYYY-MM-DD or an ISO datetime") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)), False
+
+
+def date_range(start: str, stop: str, every_days: int) -> list[datetime]:
+    """Dates from ``start`` to ``stop`` inclusive, every ``every_days`` days (a regular grid)."""
+    a, _ = parse_when(start)
+    b, _ = parse_when(stop)
+    if every_days < 1:
+        raise InferError(f"date step must be >= 1 day, not {every_days}")
+    if b < a:
+        raise InferError(f"date range is inverted: {start} is after {stop}")
+    out = []
+    while a <= b:
+        out.append(a)
+        a += timedelta(days=every_days)
+    return out
+
+
+def _row_time(row: Any) -> datetime:
+    return row["datetime"].to_pydatetime()
+
+
+def _dedupe(rows: list[Any]) -> list[Any]:
+    """One record per acquisition: the same scene indexed twice (a stack and per-band files)."""
+    best: dict[datetime, Any] = {}
+    for row in rows:
+        key = _row_time(row).replace(second=0, microsecond=0)
+        prev = best.get(key)
+        if prev is None or _preference(row) < _preference(prev):
+            best[key] = row
+    return sorted(best.values(), key=_row_time)
+
+
+def _preference(row: Any) -> tuple[Any, ...]:
+    cloud = row["cloud_pct"]
+    has_mask = not (cloud is None or (isinstance(cloud, float) and math.isnan(cloud)))
+    return (not has_mask, len(json.loads(row["files"])), row["scene_id"])
+
+
+def _cloud(row: Any) -> float | None:
+    c = row["cloud_pct"]
+    return None if c is None or (isinstance(c, float) and math.isnan(c)) else float(c)
+
+
+def _acquisition(catalog: Any, row: Any, slot: SlotRequest, target: datetime, bands: Sequence[str]) -> Acquisition:
+    have = str(row["bands"]).split(",")
+    band_files = json.loads(row["band_files"])
+    missing = [b for b in bands if b not in band_files]
+    if missing:
+        first = catalog.resolve(next(iter(band_files.values()))[0]) if band_files else row["scene_id"]
+        raise InferError(
+            f"{first}: scene {row['scene_id']} has bands {','.join(have)} but {','.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} needed (choose bands every scene has with --bands)"
+        )
+    sources = tuple((str(catalog.resolve(band_files[b][0])), int(band_files[b][1])) for b in bands)
+    mask = None
+    if isinstance(row["mask_file"], str) and row["mask_file"]:
+        mask = MaskBand(str(catalog.resolve(row["mask_file"])), int(row["mask_band"]), str(row["mask_source"]))
+    nodata = row["nodata"]
+    nodata = None if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)) else float(nodata)
+    when = _row_time(row)
+    return Acquisition(
+        slot=slot.name,
+        role=slot.role,
+        sensor=str(row["sensor"]),
+        scene_id=str(row["scene_id"]),
+        datetime=when,
+        days=(when - target).total_seconds() / 86400.0,
+        cloud_pct=_cloud(row),
+        bands=tuple(bands),
+        sources=sources,
+        mask=mask,
+        scale=float(row["scale"]) if row["scale"] == row["scale"] else 1.0,
+        offset=float(row["offset"]) if row["offset"] == row["offset"] else 0.0,
+        nodata=nodata,
+        units=str(row["units"]),
+    )
+
+
+def _grid_of(catalog: Any, row: Any) -> Grid:
+    import rasterio
+
+    width, height = int(row["width"]), int(row["height"])
+    for rel, _ in json.loads(row["band_files"]).values():
+        path = catalog.resolve(rel)
+        with rasterio.open(path) as src:
+            if (src.width, src.height) == (width, height) and src.crs is not None:
+                return Grid(src.crs.to_wkt(), tuple(src.transform)[:6], width, height)  # type: ignore[arg-type]
+    raise InferError(f"scene {row['scene_id']}: no band file on the scene's {width} x {height} grid")
+
+
+def choose_inputs(
+    catalog: Any,
+    when: str | datetime,
+    layout: Layout,
+    *,
+    tile: str | None = None,
+    bands: Sequence[str] | None = None,
+    s1_bands: Sequence[str] = ("VV", "VH"),
+) -> InputSet:
+    """Pick the acquisitions of ``layout`` for date ``when`` on ``tile``.
+
+    Args:
+        catalog: an open :class:`cloudclear.catalog.Catalog`.
+        when: the date to reconstruct (``YYYY-MM-DD`` or an ISO datetime).
+        layout: the slots the method asks for.
+        tile: MGRS tile; may be left out when the catalog holds one S2 tile.
+        bands: S2 bands to read; default: those of the nearest scene.
+        s1_bands: S1 bands to read for S1 slots.
+
+    Raises:
+        InferError: the tile is not in the catalog (or several are and none was named), no S2
+            scene lies within ``max_days``, a chosen scene lacks a band, a required slot is empty.
+    """
+    target, date_only = parse_when(when)
+    s2_all = catalog.scenes[catalog.scenes["sensor"] == "S2"]
+    tiles = sorted({str(t) for t in s2_all["tile"].dropna()})
+    if tile is None:
+        if len(tiles) > 1:
+            raise InferError(f"{catalog.path}: holds S2 tiles {', '.join(tiles)}; choose one with --tile")
+        if not tiles:
+            raise InferError(f"{catalog.path}: no S2 scenes with a tile id; nothing to reconstruct")
+        tile = tiles[0]
+    tile = tile.upper().lstrip("T")
+    if tile not in tiles:
+        raise InferError(f"{catalog.path}: no S2 scenes of tile {tile} (tiles: {', '.join(tiles) or 'none'})")
+    span = timedelta(days=layout.max_days)
+    rows = [r for _, r in catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span).iterrows()]
+    rows = _dedupe(rows)
+
+    # The target acquisition: on the same UTC day for a date, within an hour for a datetime.
+    def on_target(row: Any) -> bool:
+        t = _row_time(row)
+        return t.date() == target.date() if date_only else abs((t - target).total_seconds()) <= 3600
+
+    target_row = next((r for r in rows if on_target(r)), None)
+    if target_row is not None:
+        target = _row_time(target_row)
+    usable = [r for r in rows if r is not target_row and (_cloud(r) is None or _cloud(r) <= layout.max_cloud)]  # type: ignore[operator]
+
+    def rank(side: str) -> list[Any]:
+        cands = [r for r in usable if (_row_time(r) < target if side == "before" else _row_time(r) > target)]
+        return sorted(cands, key=lambda r: (abs((_row_time(r) - target).total_seconds()) // 86400, _cloud(r) or 0.0))
+
+    ranked = {"before": rank("before"), "after": rank("after")}
+    s2_rows: dict[str, Any] = {}
+    for slot in layout.slots:
+        if slot.sensor != "S2":
+            continue
+        if slot.role == "target":
+            s2_rows[slot.name] = target_row
+        else:
+            cands = ranked[slot.role]
+            s2_rows[slot.name] = cands[slot.rank - 1] if len(cands) >= slot.rank else None
+    chosen = [r for r in s2_rows.values() if r is not None]
+    if not chosen:
+        raise InferError(_no_neighbours(catalog, tile, target, layout))
+    nearest = min(chosen, key=lambda r: abs((_row_time(r) - target).total_seconds()))
+    if bands is None:
+        bands = str(nearest["bands"]).split(",")
+    grid = _grid_of(catalog, target_row if target_row is not None else nearest)
+
+    notes: list[str] = []
+    slots: list[tuple[SlotRequest, Acquisition | None]] = []
+    for slot in layout.slots:
+        acq: Acquisition | None = None
+        if slot.sensor == "S2":
+            row = s2_rows[slot.name]
+            acq = None if row is None else _acquisition(catalog, row, slot, target, bands)
+        else:
+            anchor = s2_rows.get(_s2_twin(layout, slot))
+            when_s1 = _row_time(anchor) if anchor is not None else target
+            row = _nearest_s1(catalog, grid, when_s1, layout.s1_max_hours)
+            acq = None if row is None else _acquisition(catalog, row, slot, target, s1_bands)
+        if acq is None:
+            if slot.name in layout.required:
+                raise InferError(_empty_slot(tile, target, slot, layout))
+            notes.append(f"slot {slot.name}: no {slot.sensor} scene; its inputs are nodata")
+        slots.append((slot, acq))
+    return InputSet(tile, target, grid, tuple(bands), tuple(slots), tuple(notes))
+
+
+def _s2_twin(layout: Layout, slot: SlotRequest) -> str:
+    """The S2 slot an S1 slot sits near: same role and rank."""
+    for s in layout.slots:
+        if s.sensor == "S2" and s.role == slot.role and (s.role == "target" or s.rank == slot.rank):
+            return s.name
+    return ""
+
+
+def _nearest_s1(catalog: Any, grid: Grid, when: datetime, max_hours: float) -> Any:
+    span = timedelta(hours=max_hours)
+    hits = catalog.query(bbox=grid.bounds(), bbox_crs=grid.crs, sensor="S1", start=when - span, end=when + span)
+    if hits.empty:
+        return None
+    gaps = (hits["datetime"] - when).abs()
+    best = hits.loc[gaps.idxmin()]
+    return best if abs((_row_time(best) - when).total_seconds()) <= max_hours * 3600 else None
+
+
+def _no_neighbours(catalog: Any, tile: str, target: datetime, layout: Layout) -> str:
+    s2 = catalog.query(sensor="S2", tile=tile)
+    day = target.date().isoformat()
+    if s2.empty:
+        return f"{catalog.path}: tile {tile} has no S2 scenes"
+    gaps = (s2["datetime"] - target).abs()
+    near = s2.loc[gaps.idxmin()]
+    d = abs((_row_time(near) - target).total_seconds()) / 86400
+    cloud = _cloud(near)
+    why = f"{d:.0f} days away" + (f", {cloud:.0f} % cloud" if cloud is not None else "")
+    return (
+        f"{catalog.path}: no usable S2 scene of tile {tile} within {layout.max_days:g} days of {day} "
+        f"with cloud <= {layout.max_cloud:g} % (nearest: {near['scene_id']}, {why}); "
+        f"widen --max-days or --max-cloud"
+    )
+
+
+def _empty_slot(tile: str, target: datetime, slot: SlotRequest, layout: Layout) -> str:
+    return (
+        f"slot {slot.name}: no {slot.sensor} scene of tile {tile} for {target.date().isoformat()} "
+        f"({slot.role}, rank {slot.rank}, within {layout.max_days:g} days, cloud <= {layout.max_cloud:g} %)"
+    )
+
+
+def output_name(tile: str, target: datetime, method: str) -> str:
+    """File name for one date's output: ``S2_T{tile}_{YYYYMMDD}_{method}.tif``."""
+    return f"S2_T{tile}_{target:%Y%m%d}_{Path(method).stem}.tif"

@@ -1,0 +1,246 @@
+"""Checkpoints: safetensors weights with a JSON model card in their metadata.
+
+The card says everything :mod:`cloudclear.inference` needs to run a network on a tile without
+guessing: the architecture and its options (built through :data:`cloudclear.nets.ARCHITECTURES`),
+the input slots (which acquisitions, in which order, with which bands), the normalisation, the
+receptive field and pooling alignment (for margin-crop windows), and whether the network is fully
+convolutional (otherwise windows are Hann-blended). Nothing is unpickled: weights are safetensors,
+the card is JSON. ``save_checkpoint`` also writes the card beside the weights as ``NAME.json`` for
+people to read; loading uses the copy embedded in the weights file, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudclear.errors import ModelError, SceneNotFoundError
+
+FORMAT = "cloudclear-model/1"
+META_KEY = "cloudclear.card"
+ROLES = ("target", "before", "after")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One input acquisition of a network.
+
+    Attributes:
+        name: label, e.g. ``"t-1"`` or ``"s1@t"``.
+        sensor: ``"S2"`` or ``"S1"``.
+        role: for S2, ``"target"`` (the acquisition on the date itself, if any), ``"before"`` or
+            ``"after"``; for S1, the role of the S2 slot it sits near.
+        rank: 1 for the best candidate on that side, 2 for the next, ...
+        bands: band names read for this slot.
+    """
+
+    name: str
+    sensor: str
+    role: str
+    rank: int = 1
+    bands: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sensor", self.sensor.upper())
+        object.__setattr__(self, "bands", tuple(self.bands))
+        if self.sensor not in ("S1", "S2"):
+            raise ModelError(f"slot {self.name!r}: sensor must be S1 or S2, not {self.sensor!r}")
+        if self.role not in ROLES:
+            raise ModelError(f"slot {self.name!r}: role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if self.rank < 1 or not self.bands:
+            raise ModelError(f"slot {self.name!r}: needs a rank >= 1 and at least one band")
+
+    @property
+    def channels(self) -> int:
+        """Input channels: the bands plus one validity channel (1 where the slot saw the surface)."""
+        return len(self.bands) + 1
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint is and how to feed it.
+
+    Attributes:
+        architecture: a key of :data:`cloudclear.nets.ARCHITECTURES`.
+        options: keyword options of that architecture (width, depth, ...).
+        bands: output S2 bands, in order.
+        slots: input slots in channel order.
+        normalisation: sensor -> {"mean": [...], "std": [...]} per band of that sensor's slots,
+            in reflectance (S2, 0..1) or dB (S1). The output is de-normalised with S2's.
+        receptive_radius: pixels on each side an output pixel depends on.
+        align: the pooling factor; window sides and origins are multiples of it.
+        fully_convolutional: True if a window's output does not depend on where the window is
+            (margin crop is exact); False for per-window context (blend the overlap).
+        window: preferred window side in pixels.
+        max_days: how far from the date the S2 slots may look.
+        max_cloud: S2 scenes above this cloud % are never candidates.
+        s1_max_hours: the largest gap between an S1 slot and its S2 slot's time.
+        info: free-form provenance (training store, scores, ...).
+        version: cloudclear version that wrote it.
+    """
+
+    architecture: str
+    bands: tuple[str, ...]
+    slots: tuple[Slot, ...]
+    normalisation: dict[str, dict[str, list[float]]]
+    receptive_radius: int
+    align: int
+    options: dict[str, Any] = field(default_factory=dict)
+    fully_convolutional: bool = True
+    window: int = 512
+    max_days: float = 60.0
+    max_cloud: float = 95.0
+    s1_max_hours: float = 72.0
+    info: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        from cloudclear import __version__
+        from cloudclear.nets import ARCHITECTURES
+
+        object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "slots", tuple(s if isinstance(s, Slot) else Slot(**s) for s in self.slots))
+        if not self.version:
+            object.__setattr__(self, "version", __version__)
+        if self.architecture not in ARCHITECTURES:
+            known = ", ".join(ARCHITECTURES)
+            raise ModelError(f"card names unknown architecture {self.architecture!r}; known: {known}")
+        if not self.bands or not self.slots:
+            raise ModelError("card needs output bands and at least one input slot")
+        if not any(s.sensor == "S2" for s in self.slots):
+            raise ModelError("card needs at least one S2 slot")
+        names = [s.name for s in self.slots]
+        if len(set(names)) != len(names):
+            raise ModelError(f"card repeats slot names: {names}")
+        for sensor in {s.sensor for s in self.slots}:
+            norm = self.normalisation.get(sensor)
+            if norm is None:
+                raise ModelError(f"card has {sensor} slots but no {sensor} normalisation")
+            bands = {s.bands for s in self.slots if s.sensor == sensor}
+            if len(bands) != 1:
+                raise ModelError(f"card's {sensor} slots read different bands: {sorted(bands)}")
+            n = len(next(iter(bands)))
+            if len(norm.get("mean", [])) != n or len(norm.get("std", [])) != n:
+                raise ModelError(f"card's {sensor} normalisation needs {n} means and stds")
+            if any(s <= 0 for s in norm["std"]):
+                raise ModelError(f"card's {sensor} normalisation has a std <= 0")
+        s2_bands = next(s.bands for s in self.slots if s.sensor == "S2")
+        if set(self.bands) - set(s2_bands):
+            raise ModelError(f"output bands {self.bands} are not all among the S2 input bands {s2_bands}")
+        if self.align < 1 or self.receptive_radius < 0 or self.window < 2 * self.receptive_radius + self.align:
+            raise ModelError(f"window {self.window} px is too small for receptive radius {self.receptive_radius} px")
+
+    @property
+    def in_channels(self) -> int:
+        return sum(s.channels for s in self.slots)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.bands)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = FORMAT
+        d["in_channels"] = self.in_channels
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        d = dict(d)
+        fmt = d.pop("format", None)
+        if fmt != FORMAT:
+            raise ModelError(f"card format {fmt!r} is not {FORMAT!r}")
+        d.pop("in_channels", None)
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ModelError(f"card has unknown or missing fields: {exc}") from None
+
+
+def build_net(card: ModelCard) -> Any:
+    """An untrained network of the card's architecture (eval mode off)."""
+    from cloudclear.nets import build
+
+    net, radius, align = build(card.architecture, card.in_channels, card.out_channels, card.options)
+    if radius > card.receptive_radius or align != card.align:
+        raise ModelError(
+            f"card declares receptive radius {card.receptive_radius} and alignment {card.align}, "
+            f"but {card.architecture} with {card.options} has {radius} and {align}"
+        )
+    return net
+
+
+def save_checkpoint(path: str | os.PathLike[str], net: Any, card: ModelCard) -> Path:
+    """Write ``net``'s weights as safetensors with ``card`` embedded, and ``NAME.json`` beside it.
+
+    Both are written to temporary names and renamed, so a killed save leaves the old files.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ModelError(f"{path}: checkpoints are .safetensors files")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(card.to_dict(), indent=2)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    for target, write in (
+        (path, lambda tmp: save_file(state, tmp, metadata={META_KEY: text})),
+        (path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n")),
+    ):
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def read_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The card embedded in a checkpoint, without loading the weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise SceneNotFoundError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own and OS errors
+        raise ModelError(f"{path}: not a safetensors checkpoint ({exc})") from None
+    if META_KEY not in meta:
+        raise ModelError(f"{path}: safetensors file has no cloudclear card (metadata key {META_KEY!r})")
+    try:
+        d = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: card is not valid JSON ({exc})") from None
+    try:
+        return ModelCard.from_dict(d)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
+    """Build the card's network and load the weights into it (eval mode).
+
+    Raises:
+        SceneNotFoundError: no file.
+        ModelError: not a checkpoint, a bad card, or weights that do not fit the card's network.
+    """
+    from safetensors.torch import load_file
+
+    card = read_card(path)
+    net = build_net(card)
+    state = load_file(str(path))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[:2]
+        raise ModelError(f"{path}: weights do not match the card's network ({' '.join(first)})") from None
+    return net.eval(), card
