@@ -195,6 +195,9 @@ def save_checkpoint(path: str | os.PathLike[str], net: Any, card: ModelCard) -> 
         os.close(fd)
         try:
             write(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is not
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
