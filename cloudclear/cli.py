@@ -581,8 +581,9 @@ def infer(
         if as_json:
             return
         total = max(r.width * r.height, 1)
+        shown = os.path.relpath(r.path) if r.path.is_relative_to(Path.cwd()) else r.path
         typer.echo(
-            f"{r.date.date()}  {r.path}  observed {100 * r.observed / total:.1f} %  "
+            f"{r.date.date()}  {shown}  observed {100 * r.observed / total:.1f} %  "
             f"reconstructed {100 * r.reconstructed / total:.1f} %  nodata {100 * r.nodata / total:.1f} %  "
             f"({r.width} x {r.height}, {r.seconds:.1f} s, {r.device})"
         )

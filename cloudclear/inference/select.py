@@ -328,7 +328,7 @@ def choose_inputs(
         bands = str(nearest["bands"]).split(",")
     grid = _grid_of(catalog, target_row if target_row is not None else nearest)
 
-    notes: list[str] = []
+    empty: list[str] = []
     slots: list[tuple[SlotRequest, Acquisition | None]] = []
     for slot in layout.slots:
         acq: Acquisition | None = None
@@ -343,9 +343,10 @@ def choose_inputs(
         if acq is None:
             if slot.name in layout.required:
                 raise InferError(_empty_slot(tile, target, slot, layout))
-            notes.append(f"slot {slot.name}: no {slot.sensor} scene; its inputs are nodata")
+            empty.append(slot.name)
         slots.append((slot, acq))
-    return InputSet(tile, target, grid, tuple(bands), tuple(slots), tuple(notes))
+    notes = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
+    return InputSet(tile, target, grid, tuple(bands), tuple(slots), notes)
 
 
 def _s2_twin(layout: Layout, slot: SlotRequest) -> str:
