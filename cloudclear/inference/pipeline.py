@@ -266,8 +266,13 @@ class _Source:
 
     @property
     def block_rows(self) -> int:
-        rows = [b.block_rows for b, _ in self.files if b.block_rows]
-        return max(rows) if rows else 0
+        """Block height of the first band file read directly (0 when read through a VRT)."""
+        return self.files[0][0].block_rows
+
+    @property
+    def row_off(self) -> int:
+        """Row of the output grid's first row in the first band file."""
+        return self.files[0][0].row_off
 
     def read(self, r0: int, r1: int) -> Strip:
         parts = [(band.read(r0, r1), pos) for band, pos in self.files]
@@ -303,10 +308,9 @@ _DONE = object()
 class _Prefetcher:
     """A thread that reads consecutive strips of every source ahead of the computation."""
 
-    def __init__(self, sources: Sequence[_Source], height: int, strip_rows: int, ring: int):
+    def __init__(self, sources: Sequence[_Source], bounds: Sequence[tuple[int, int]], ring: int):
         self.sources = sources
-        self.height = height
-        self.strip_rows = strip_rows
+        self.bounds = bounds
         self.q: queue.Queue[Any] = queue.Queue(maxsize=max(ring, 1))
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 2, 4)))
@@ -324,8 +328,7 @@ class _Prefetcher:
 
     def _run(self) -> None:
         try:
-            for r0 in range(0, self.height, self.strip_rows):
-                r1 = min(r0 + self.strip_rows, self.height)
+            for r0, r1 in self.bounds:
                 strips = list(self.pool.map(lambda s, a=r0, b=r1: s.read(a, b), self.sources))
                 if not self._put((r0, r1, strips)):
                     return
@@ -346,6 +349,22 @@ class _Prefetcher:
         self.stop.set()
         self.thread.join(timeout=30)
         self.pool.shutdown(wait=True)
+
+
+def _strip_bounds(sources: Sequence[_Source], height: int, strip_rows: int) -> list[tuple[int, int]]:
+    """Strip row ranges on the output grid that fall on the first S2 file's block boundaries.
+
+    Strips are a whole number of blocks high, and with a bbox (a crop starting mid-block) the first
+    strip ends at the next block boundary, so every strip reads whole blocks, each once.
+    """
+    main = next((s for s in sources if s.acq.sensor == "S2" and s.block_rows), None)
+    if main is None:
+        return [(r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)]
+    block = main.block_rows
+    rows = max(block, int(math.ceil(strip_rows / block) * block))
+    phase = main.row_off % block
+    cuts = [0] + [r - phase for r in range(rows, height + phase, rows) if 0 < r - phase < height] + [height]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 class _RowBuffer:
@@ -390,7 +409,10 @@ class Method:
     def layout(self) -> Layout:
         raise NotImplementedError
 
-    def row_spans(self, height: int, width: int, strip_rows: int) -> tuple[list[Span], WindowPlan | None]:
+    def row_spans(
+        self, height: int, width: int, strips: Sequence[tuple[int, int]]
+    ) -> tuple[list[Span], WindowPlan | None]:
+        """Row spans to compute, in order (each a window row: rows to read, core rows kept)."""
         raise NotImplementedError
 
     def run(
@@ -445,7 +467,6 @@ class GapfillMethod(Method):
         self._layout = gapfill_layout(neighbours, max_days, max_cloud)
         self._bands = bands
         self.chunk_cols = chunk_cols
-        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
 
     def layout(self) -> Layout:
         return self._layout
@@ -453,10 +474,11 @@ class GapfillMethod(Method):
     def bands(self) -> Sequence[str] | None:
         return self._bands
 
-    def row_spans(self, height: int, width: int, strip_rows: int) -> tuple[list[Span], WindowPlan | None]:
-        return [
-            Span(r, min(strip_rows, height - r), r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)
-        ], None
+    def row_spans(
+        self, height: int, width: int, strips: Sequence[tuple[int, int]]
+    ) -> tuple[list[Span], WindowPlan | None]:
+        # Per pixel: compute exactly the strips the reader delivers, so no rows are copied.
+        return [Span(a, b - a, a, b) for a, b in strips], None
 
     def run(
         self, inputs: InputSet, strips: list[Strip | None], span: Span, plan: Any, opts: InferOptions
@@ -482,7 +504,8 @@ class GapfillMethod(Method):
             out[:, :, cols], status[:, cols] = gapfill(stack, clear, times, 0.0)
 
         if used:
-            list(self.pool.map(work, range(0, width, self.chunk_cols)))
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                list(pool.map(work, range(0, width, self.chunk_cols)))
         return SpanResult(out, status)
 
 
@@ -558,7 +581,9 @@ class NetMethod(Method):
     def output_bands(self, inputs: InputSet) -> list[str]:
         return list(self.card.bands)
 
-    def row_spans(self, height: int, width: int, strip_rows: int) -> tuple[list[Span], WindowPlan | None]:
+    def row_spans(
+        self, height: int, width: int, strips: Sequence[tuple[int, int]]
+    ) -> tuple[list[Span], WindowPlan | None]:
         try:
             plan = WindowPlan.build(
                 height, width, window=self.window, radius=self.card.receptive_radius, align=self.card.align
@@ -925,9 +950,8 @@ def run(
     try:
         for _, acq in used:
             sources.append(_Source(acq, grid))
-        block = max([s.block_rows for s in sources] + [1])
-        strip_rows = max(block, int(math.ceil(options.strip_rows / block) * block))
-        spans, plan = method.row_spans(grid.height, grid.width, strip_rows)
+        bounds = _strip_bounds(sources, grid.height, options.strip_rows)
+        spans, plan = method.row_spans(grid.height, grid.width, bounds)
         tags = {
             "DATETIME": inputs.target.strftime("%Y-%m-%dT%H:%M:%S"),
             "TILE_ID": inputs.tile,
@@ -941,7 +965,7 @@ def run(
         out_bands = method.output_bands(inputs)
         keep_idx = [inputs.bands.index(b) for b in out_bands]
         writer = _Writer(tmp, stmp, grid, out_bands, tags)
-        reader = _Prefetcher(sources, grid.height, strip_rows, options.ring)
+        reader = _Prefetcher(sources, bounds, options.ring)
         buf = _RowBuffer(iter(reader), len(sources))
         if options.progress:
             from tqdm import tqdm
