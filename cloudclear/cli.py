@@ -564,9 +564,6 @@ def infer(
     options = InferOptions(
         keep_observed=keep_observed,
         strip_rows=strip_rows,
-        window=window,
-        batch=batch,
-        device=device,
         overwrite=overwrite,
         cog=cog,
         status=status,

@@ -20,6 +20,7 @@ Peak memory follows the strip height, the window batch and the tile width, not t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
@@ -68,9 +69,6 @@ class InferOptions:
     Attributes:
         keep_observed: copy the target date's clear pixels to the output as they are.
         strip_rows: rows read per strip (rounded to the files' block height).
-        window: network window side (default: the card's).
-        batch: windows per network call.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         overwrite: replace an existing output.
         cog: make the output a Cloud-Optimized GeoTIFF (a copy of the streamed file, with overviews).
         status: write the status sidecar.
@@ -81,9 +79,6 @@ class InferOptions:
 
     keep_observed: bool = True
     strip_rows: int = 512
-    window: int | None = None
-    batch: int = 8
-    device: str = "auto"
     overwrite: bool = False
     cog: bool = False
     status: bool = True
@@ -938,7 +933,9 @@ def run(
     _remove_stale_partials(path)
     if spath is not None:
         _remove_stale_partials(spath)
-    grid = inputs.grid.crop(options.bbox) if options.bbox else inputs.grid
+    if options.bbox:
+        inputs = dataclasses.replace(inputs, grid=inputs.grid.crop(options.bbox))
+    grid = inputs.grid
     slots = [(s, a) for s, a in inputs.slots]
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
     tmp, stmp = _temp_name(path), (_temp_name(spath) if spath else None)

@@ -158,7 +158,7 @@ class InputSet:
 def parse_when(value: str | datetime) -> tuple[datetime, bool]:
     """A date or datetime as an aware UTC datetime, and whether only a date was given."""
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)), False
+        return (value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)), False
     text = value.strip()
     try:
         if len(text) == 10:
@@ -166,7 +166,7 @@ def parse_when(value: str | datetime) -> tuple[datetime, bool]:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InferError(f"date {value!r} is not YYYY-MM-DD or an ISO datetime") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)), False
+    return (dt.astimezone(timezone.utc) if dt.tzinfo else dt.replace(tzinfo=timezone.utc)), False
 
 
 def date_range(start: str, stop: str, every_days: int) -> list[datetime]:
@@ -308,7 +308,13 @@ def choose_inputs(
 
     def rank(side: str) -> list[Any]:
         cands = [r for r in usable if (_row_time(r) < target if side == "before" else _row_time(r) > target)]
-        return sorted(cands, key=lambda r: (abs((_row_time(r) - target).total_seconds()) // 86400, _cloud(r) or 0.0))
+
+        # Unknown cover (no mask) ranks after every known cover on the same day.
+        def key(r: Any) -> tuple[float, float]:
+            cloud = _cloud(r)
+            return (abs((_row_time(r) - target).total_seconds()) // 86400, 101.0 if cloud is None else cloud)
+
+        return sorted(cands, key=key)
 
     ranked = {"before": rank("before"), "after": rank("after")}
     s2_rows: dict[str, Any] = {}
