@@ -547,8 +547,8 @@ def infer(
     box = _floats(bbox, 4, "--bbox")
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
-    if batch < 1 or strip_rows < 1 or neighbours < 1:
-        raise typer.BadParameter("--batch, --strip-rows and --neighbours must be >= 1")
+    if batch < 1 or strip_rows < 1 or neighbours < 1 or every < 1:
+        raise typer.BadParameter("--batch, --strip-rows, --neighbours and --every must be >= 1")
     dates = _dates(date, every)
     cat = Catalog.open(catalog)
     m = load_method(

@@ -300,6 +300,35 @@ class _Source:
 _DONE = object()
 
 
+class _Worker:
+    """A daemon thread started apart from construction, so the owner holds it before it runs.
+
+    A signal can interrupt ``Thread.start()`` after the thread began but before it said so; then
+    ``join()`` refuses ("cannot join thread before it is started") for a moment, so it is retried.
+    """
+
+    def __init__(self, target: Callable[[], None], name: str):
+        self.thread = threading.Thread(target=target, name=name, daemon=True)
+        self.start_called = False
+
+    def start(self) -> None:
+        self.start_called = True
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        if not self.start_called:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+
+
 class _Prefetcher:
     """A thread that reads consecutive strips of every source ahead of the computation."""
 
@@ -309,8 +338,10 @@ class _Prefetcher:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=max(ring, 1))
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 2, 4)))
-        self.thread = threading.Thread(target=self._run, name="cloudclear-reader", daemon=True)
-        self.thread.start()
+        self.worker = _Worker(self._run, "cloudclear-reader")
+
+    def start(self) -> None:
+        self.worker.start()
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -342,8 +373,8 @@ class _Prefetcher:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(timeout=30)
-        self.pool.shutdown(wait=True)
+        self.worker.join(timeout=60)
+        self.pool.shutdown(wait=True)  # no read may still use a dataset the caller closes next
 
 
 def _strip_bounds(sources: Sequence[_Source], height: int, strip_rows: int) -> list[tuple[int, int]]:
@@ -746,8 +777,11 @@ class _Writer:
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.next_row = 0
         self.buffered = 0
-        self.thread = threading.Thread(target=self._run, name="cloudclear-writer", daemon=True)
-        self.thread.start()
+        self.abort = threading.Event()
+        self.worker = _Worker(self._run, "cloudclear-writer")
+
+    def start(self) -> None:
+        self.worker.start()
 
     def put(self, row0: int, values: np.ndarray, status: np.ndarray) -> None:
         while True:
@@ -763,6 +797,8 @@ class _Writer:
         try:
             while True:
                 item = self.q.get()
+                if self.abort.is_set():
+                    return
                 if item is None:
                     self._flush(final=True)
                     return
@@ -796,19 +832,26 @@ class _Writer:
 
     def finish(self) -> None:
         self.q.put(None)
-        self.thread.join()
+        self.worker.thread.join()
         if self.error is not None:
             raise self.error
         if self.next_row != self.height:
             raise RuntimeError(f"wrote {self.next_row} of {self.height} rows")
 
     def close(self) -> None:
-        if self.thread.is_alive():
-            try:
-                self.q.put_nowait(None)
-            except queue.Full:
-                pass
-            self.thread.join(timeout=60)
+        """Stop the thread (dropping queued rows) and close the files; safe at any point."""
+        self.abort.set()
+        if self.worker.start_called:
+            while True:  # wake the thread: make room in the queue for the stop marker
+                try:
+                    self.q.put_nowait(None)
+                    break
+                except queue.Full:
+                    try:
+                        self.q.get_nowait()
+                    except queue.Empty:
+                        pass
+            self.worker.join(timeout=60)
         self.dst.close()
         if self.sdst is not None:
             self.sdst.close()
@@ -929,12 +972,12 @@ def run(
     t0 = time.perf_counter()
     path = Path(dst_path).expanduser().resolve()
     spath = status_path_for(path) if options.status else None
+    if options.bbox:
+        inputs = dataclasses.replace(inputs, grid=inputs.grid.crop(options.bbox))
     _check_output(path, spath, options.overwrite)
     _remove_stale_partials(path)
     if spath is not None:
         _remove_stale_partials(spath)
-    if options.bbox:
-        inputs = dataclasses.replace(inputs, grid=inputs.grid.crop(options.bbox))
     grid = inputs.grid
     slots = [(s, a) for s, a in inputs.slots]
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
@@ -962,7 +1005,9 @@ def run(
         out_bands = method.output_bands(inputs)
         keep_idx = [inputs.bands.index(b) for b in out_bands]
         writer = _Writer(tmp, stmp, grid, out_bands, tags)
+        writer.start()
         reader = _Prefetcher(sources, bounds, options.ring)
+        reader.start()
         buf = _RowBuffer(iter(reader), len(sources))
         if options.progress:
             from tqdm import tqdm
@@ -1127,6 +1172,13 @@ def infer(
         for d in dates
     ]
     dst_text = str(dst)
+    if (
+        len(chosen) > 1
+        and "{date}" not in dst_text
+        and Path(dst_text).suffix.lower() in (".tif", ".tiff")
+        and not Path(dst_text).is_dir()
+    ):
+        raise InferError(f"{dst_text}: {len(chosen)} dates need a folder or a path containing {{date}}")
     paths: list[Path] = []
     for inp in chosen:
         if "{date}" in dst_text:

