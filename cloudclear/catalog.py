@@ -418,17 +418,10 @@ def _remove_stale_temporaries(cat_path: Path) -> None:
     """Delete temporary files left by an index run that was killed (its process is gone)."""
     import re
 
-    pattern = re.compile(rf"^\.{re.escape(cat_path.name)}(\.rtree)?\.tmp-(\d+)")
-    for p in cat_path.parent.glob(f".{cat_path.name}*.tmp-*"):
-        m = pattern.match(p.name)
-        if not m or int(m.group(2)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
+    from cloudclear._tempfiles import remove_orphans
+
+    pattern = re.compile(rf"^\.{re.escape(cat_path.name)}(\.rtree)?\.tmp-(?P<pid>\d+)")
+    remove_orphans(cat_path.parent, f".{cat_path.name}*.tmp-*", pattern)
 
 
 def build_index(

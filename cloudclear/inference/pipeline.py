@@ -871,17 +871,10 @@ def _temp_name(path: Path) -> Path:
 
 def _remove_stale_partials(path: Path) -> None:
     """Delete temporaries left by a killed run for this output (their process is gone)."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}(\.cog)?\.partial-(\d+)$")
-    for p in path.parent.glob(f".{path.name}*.partial-*"):
-        m = pattern.match(p.name)
-        if not m or int(m.group(2)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+    from cloudclear._tempfiles import remove_orphans
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}(\.cog)?\.partial-(?P<pid>\d+)$")
+    remove_orphans(path.parent, f".{path.name}*.partial-*", pattern)
 
 
 def _check_output(path: Path, status: Path | None, overwrite: bool) -> None:
