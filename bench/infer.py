@@ -68,12 +68,10 @@ def _bound(cat: Any, spec: dict[str, Any], method: Any, options: Any) -> dict[st
 
     import numpy as np
     import rasterio
-    from affine import Affine
-    from rasterio.crs import CRS
     from rasterio.windows import Window
 
     from cloudclear.inference.gapfill import PixelStatus
-    from cloudclear.inference.pipeline import OUTPUT_PROFILE, _Source, _strip_bounds
+    from cloudclear.inference.pipeline import _Source, _strip_bounds, output_profile, status_profile
     from cloudclear.inference.select import choose_inputs
 
     inputs = choose_inputs(cat, spec["date"], method.layout(), bands=method.bands(), s1_bands=method.s1_bands())
@@ -86,17 +84,8 @@ def _bound(cat: Any, spec: dict[str, Any], method: Any, options: Any) -> dict[st
         t_i = next(i for i, a in enumerate(acqs) if a.sensor == "S2")
     path = Path(spec["out"])
     spath = path.with_name(f"{path.stem}_status{path.suffix}")
-    profile = dict(OUTPUT_PROFILE)
-    profile.update(
-        width=grid.width,
-        height=grid.height,
-        count=len(out_bands),
-        dtype="uint16",
-        nodata=0,
-        crs=CRS.from_wkt(grid.crs),
-        transform=Affine(*grid.transform),
-    )
-    sprofile = dict(profile, count=1, dtype="uint8", nodata=None, predictor=1)
+    profile = output_profile(grid, len(out_bands))
+    sprofile = status_profile(grid)
     sources = [_Source(a, grid) for a in acqs]
     bounds = _strip_bounds(sources, grid.height, options.strip_rows)  # the pipeline's own strips
     readers = ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 2, 4)))

@@ -43,6 +43,7 @@ from cloudclear.scenes import (
     read_file_info,
     reflectance_scale,
     scene_ids,
+    valid_pixels,
 )
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
                     current = path
                     h = min(strip, height - r0)
                     data = src.read(bidx, window=Window(0, r0, width, h))
-                    valid = _valid(data, src.nodatavals[bidx - 1], draft.sensor)
+                    valid = valid_pixels(data, src.nodatavals[bidx - 1], draft.sensor)
                     c0 = r0 // cell
                     c1 = c0 + -(-h // cell)
                     valid_n[c0:c1] += _cell_sums(valid, cell)
@@ -155,20 +156,6 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
         known = int(known_n.sum())
         cloud_pct = 100.0 * cloud_n.sum() / known if known else None
     return SceneStats(float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells)
-
-
-def _valid(data: np.ndarray, nodata: float | None, sensor: str) -> np.ndarray:
-    import numpy as np
-
-    if data.dtype.kind == "f":
-        valid = np.isfinite(data)
-        if nodata is not None and not np.isnan(nodata):
-            valid &= data != nodata
-        return valid
-    # Optical reflectance uses 0 for nodata even where a file forgets to say so (DESIGN.md 3).
-    if nodata is None and sensor == "S2":
-        nodata = 0
-    return data != nodata if nodata is not None else np.ones(data.shape, bool)
 
 
 def _mask_strip(msrc: Any, mask: masks.MaskBand, grid: FileInfo, r0: int, h: int) -> np.ndarray:

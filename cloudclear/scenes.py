@@ -223,6 +223,24 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
     return info
 
 
+def valid_pixels(data: Any, nodata: float | None, sensor: str) -> Any:
+    """Where ``data`` holds a value: finite and not ``nodata``.
+
+    Optical reflectance uses 0 for nodata even where a file forgets to say so (DESIGN.md 3), so
+    an S2 integer band without a declared nodata treats 0 as nodata.
+    """
+    import numpy as np
+
+    if data.dtype.kind == "f":
+        valid = np.isfinite(data)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= data != nodata
+        return valid
+    if nodata is None and sensor == "S2":
+        nodata = 0
+    return data != nodata if nodata is not None else np.ones(data.shape, bool)
+
+
 def reflectance_scale(info: FileInfo, bidx: int | None, default: float = 10000.0) -> tuple[float, float]:
     """How to turn band ``bidx`` of an optical file into reflectance: ``DN * scale + offset``.
 

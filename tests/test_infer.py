@@ -32,7 +32,7 @@ from cloudclear.inference import pipeline
 from cloudclear.inference.gapfill import PixelStatus, gapfill
 from cloudclear.inference.pipeline import GapfillMethod, InferOptions, NetMethod, _Source, infer, status_path_for
 from cloudclear.inference.select import Grid, choose_inputs, date_range, gapfill_layout, parse_when
-from cloudclear.inference.tiling import _pad_to
+from cloudclear.inference.tiling import pad_to
 from cloudclear.inference.windows import WindowPlan
 from cloudclear.nets.card import ModelCard, Slot, build_net, save_checkpoint
 from cloudclear.nets.unet import receptive_radius
@@ -169,7 +169,7 @@ def _whole_pass(method: NetMethod, inputs):
         s = _read_all(acq, inputs.grid)
         seen |= s.valid
         ok = s.clear if acq.sensor == "S2" else s.valid
-        parts.append((_pad_to(s.values, ph, pw)[None], _pad_to(ok[None], ph, pw)))
+        parts.append((pad_to(s.values, ph, pw)[None], pad_to(ok[None], ph, pw)))
     net = method.net.inner if isinstance(method.net, Recorder) else method.net
     with torch.inference_mode():
         x = method._inputs(inputs, parts, 1, ph, pw)

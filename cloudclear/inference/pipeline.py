@@ -42,6 +42,7 @@ from cloudclear.errors import InferError, InvalidRasterError, OutputExistsError
 from cloudclear.inference.gapfill import PixelStatus, gapfill
 from cloudclear.inference.select import Acquisition, Grid, InputSet, Layout, SlotRequest, gapfill_layout
 from cloudclear.inference.windows import Span, WindowPlan, blend_weights
+from cloudclear.scenes import valid_pixels
 
 #: Output creation options (DESIGN.md section 7).
 OUTPUT_PROFILE: dict[str, Any] = {
@@ -275,14 +276,8 @@ class _Source:
         values = np.empty((len(self.acq.bands), r1 - r0, parts[0][0].shape[2]), dtype)
         for data, pos in parts:
             values[pos] = data
-        if values.dtype.kind == "f":
-            valid = np.isfinite(values).all(axis=0)
-            if self.nodata is not None and not math.isnan(self.nodata):
-                valid &= (values != self.nodata).all(axis=0)
-        elif self.nodata is not None:
-            valid = (values != self.nodata).all(axis=0)
-        else:
-            valid = np.ones(values.shape[1:], bool)
+        # A pixel is valid where every band read is (the catalog's rule, per band).
+        valid = valid_pixels(values, self.acq.nodata, self.acq.sensor).all(axis=0)
         clear = valid
         if self.mask is not None and self.acq.mask is not None:
             raw = self.mask.read(r0, r1)[0]
@@ -655,7 +650,7 @@ class NetMethod(Method):
     ) -> SpanResult:
         import torch
 
-        from cloudclear.inference.tiling import _pad_to
+        from cloudclear.inference.tiling import pad_to
 
         assert plan is not None
         rows = span.length
@@ -666,9 +661,9 @@ class NetMethod(Method):
                 padded.append(None)
                 continue
             # S1 pixels count as valid when seen; S2 slots feed only clear pixels.
-            values = _pad_to(s.values, rows, pw)
-            valid = _pad_to(s.valid[None], rows, pw)[0]
-            clear = _pad_to(s.clear[None], rows, pw)[0]
+            values = pad_to(s.values, rows, pw)
+            valid = pad_to(s.valid[None], rows, pw)[0]
+            clear = pad_to(s.clear[None], rows, pw)[0]
             padded.append(Strip(values, valid, clear))
         col_spans = plan.spans(pw)
         n_out = len(self.card.bands)
@@ -733,6 +728,28 @@ class NetMethod(Method):
 # -- writing ------------------------------------------------------------------------------------
 
 
+def output_profile(grid: Grid, count: int) -> dict[str, Any]:
+    """rasterio creation options of a reconstruction on ``grid``: :data:`OUTPUT_PROFILE`, uint16."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    return dict(
+        OUTPUT_PROFILE,
+        width=grid.width,
+        height=grid.height,
+        count=count,
+        dtype="uint16",
+        nodata=0,
+        crs=CRS.from_wkt(grid.crs),
+        transform=Affine(*grid.transform),
+    )
+
+
+def status_profile(grid: Grid) -> dict[str, Any]:
+    """Creation options of the status sidecar: one uint8 band, no nodata (0 is a class)."""
+    return dict(output_profile(grid, 1), dtype="uint8", nodata=None, predictor=1)
+
+
 def _to_dn(values: np.ndarray, status: np.ndarray) -> np.ndarray:
     dn = np.rint(values * np.float32(QUANTIFICATION))
     np.clip(dn, 1, 65535, out=dn)  # 0 is nodata: a valid dark pixel is written as 1
@@ -746,19 +763,8 @@ class _Writer:
 
     def __init__(self, path: Path, status_path: Path | None, grid: Grid, bands: Sequence[str], tags: dict[str, str]):
         import rasterio
-        from affine import Affine
-        from rasterio.crs import CRS
 
-        profile = dict(OUTPUT_PROFILE)
-        profile.update(
-            width=grid.width,
-            height=grid.height,
-            count=len(bands),
-            dtype="uint16",
-            nodata=0,
-            crs=CRS.from_wkt(grid.crs),
-            transform=Affine(*grid.transform),
-        )
+        profile = output_profile(grid, len(bands))
         self.height = grid.height
         self.block = 512
         self.dst = rasterio.open(path, "w", **profile)
@@ -767,7 +773,7 @@ class _Writer:
             self.dst.set_band_description(i, b)
         self.sdst: Any = None
         if status_path is not None:
-            sprof = dict(profile, count=1, dtype="uint8", nodata=None, predictor=1)
+            sprof = status_profile(grid)
             self.sdst = rasterio.open(status_path, "w", **sprof)
             self.sdst.set_band_description(1, "status")
             self.sdst.update_tags(STATUS_CLASSES=", ".join(f"{s.value}={s.name.lower()}" for s in PixelStatus), **tags)
@@ -972,7 +978,7 @@ def run(
     if spath is not None:
         _remove_stale_partials(spath)
     grid = inputs.grid
-    slots = [(s, a) for s, a in inputs.slots]
+    slots = inputs.slots
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
     tmp, stmp = _temp_name(path), (_temp_name(spath) if spath else None)
     cog_tmp = path.with_name(f".{path.name}.cog.partial-{os.getpid()}")

@@ -199,15 +199,19 @@ def _dedupe(rows: list[Any]) -> list[Any]:
     return sorted(best.values(), key=_row_time)
 
 
+def _number(row: Any, key: str) -> float | None:
+    """A numeric catalog field, None where it is unset (None or NaN in the GeoPackage)."""
+    v = row[key]
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
 def _preference(row: Any) -> tuple[Any, ...]:
-    cloud = row["cloud_pct"]
-    has_mask = not (cloud is None or (isinstance(cloud, float) and math.isnan(cloud)))
+    has_mask = _cloud(row) is not None
     return (not has_mask, len(json.loads(row["files"])), row["scene_id"])
 
 
 def _cloud(row: Any) -> float | None:
-    c = row["cloud_pct"]
-    return None if c is None or (isinstance(c, float) and math.isnan(c)) else float(c)
+    return _number(row, "cloud_pct")
 
 
 def _acquisition(catalog: Any, row: Any, slot: SlotRequest, target: datetime, bands: Sequence[str]) -> Acquisition:
@@ -224,8 +228,7 @@ def _acquisition(catalog: Any, row: Any, slot: SlotRequest, target: datetime, ba
     mask = None
     if isinstance(row["mask_file"], str) and row["mask_file"]:
         mask = MaskBand(str(catalog.resolve(row["mask_file"])), int(row["mask_band"]), str(row["mask_source"]))
-    nodata = row["nodata"]
-    nodata = None if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)) else float(nodata)
+    scale, offset = _number(row, "scale"), _number(row, "offset")
     when = _row_time(row)
     return Acquisition(
         slot=slot.name,
@@ -238,9 +241,9 @@ def _acquisition(catalog: Any, row: Any, slot: SlotRequest, target: datetime, ba
         bands=tuple(bands),
         sources=sources,
         mask=mask,
-        scale=float(row["scale"]) if row["scale"] == row["scale"] else 1.0,
-        offset=float(row["offset"]) if row["offset"] == row["offset"] else 0.0,
-        nodata=nodata,
+        scale=1.0 if scale is None else scale,
+        offset=0.0 if offset is None else offset,
+        nodata=_number(row, "nodata"),
         units=str(row["units"]),
     )
 

@@ -15,7 +15,8 @@ from cloudclear.inference.windows import Window2D, WindowPlan, blend_weights
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-def _pad_to(x: np.ndarray, height: int, width: int) -> np.ndarray:
+def pad_to(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad (channels, rows, cols) at the bottom and right to ``height`` x ``width``."""
     ph, pw = height - x.shape[1], width - x.shape[2]
     if ph == 0 and pw == 0:
         return x
@@ -50,7 +51,7 @@ def predict_array(
     """
     if x.shape[1:] != (plan.height, plan.width):
         raise ValueError(f"plan is for {plan.height} x {plan.width}, array is {x.shape[1]} x {x.shape[2]}")
-    xp = _pad_to(x, plan.padded_height, plan.padded_width)
+    xp = pad_to(x, plan.padded_height, plan.padded_width)
     channels = out_channels or x.shape[0]
     out = np.zeros((channels, plan.padded_height, plan.padded_width), np.float32)
     weight = np.zeros((plan.padded_height, plan.padded_width), np.float32) if blend else None
