@@ -327,6 +327,25 @@ def test_neighbour_without_a_band_names_file_and_band(three_band_scene, tmp_path
         assert src.descriptions == BANDS[:3]
 
 
+def test_all_nodata_scene_is_no_input(tmp_path):
+    """A scene with no valid pixel fills no slot: alone, it is an error, not an empty output."""
+    root = _copy_s2(tmp_path / "T31UFQ")
+    path = root / "S2" / "S2_T31UFQ_20210516T103021.tif"
+    with rasterio.open(path, "r+") as dst:
+        dst.write(np.zeros((dst.count, dst.height, dst.width), "uint16"))
+    catalog = index(root, tmp_path / "cat.gpkg")
+    out = tmp_path / "out" / "x.tif"
+    res = infer("-c", catalog, "-d", "2021-05-16", "--max-days", "1", "-o", out)
+    assert_one_line_error(res, "(nearest: S2_31UFQ_20210516T103021, 0 days away, all nodata)")
+    assert not out.parent.exists()
+    # With neighbours the date is filled from them: the empty scene is not the target.
+    res = infer("-c", catalog, "-d", "2021-05-16", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert "S2_31UFQ_20210516T103021" not in [i["scene_id"] for i in d["inputs"]]
+    assert d["pixels"]["observed"] == 0 and d["pixels"]["reconstructed"] == 480 * 480
+
+
 def test_existing_output_needs_overwrite(sample_catalog, tmp_path):
     out = tmp_path / "x.tif"
     out.write_bytes(b"previous result")

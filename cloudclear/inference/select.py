@@ -4,8 +4,9 @@ For a target date D and a tile, the candidates are the tile's S2 scenes within `
 The acquisition on D itself (if any) fills the ``target`` slot; the others fill ``before`` and
 ``after`` slots nearest first, and among scenes equally near, least cloudy first (Decloud's
 processor ranks its candidates the same way). Scenes above ``max_cloud`` % are not candidates for
-the neighbour slots. S1 slots take the S1 acquisition nearest to their S2 slot's time (or to D),
-within ``s1_max_hours``, whose footprint covers the tile.
+the neighbour slots, and scenes with no valid pixel are candidates for no slot. S1 slots take
+the S1 acquisition nearest to their S2 slot's time (or to D), within ``s1_max_hours``, whose
+footprint covers the tile.
 """
 
 from __future__ import annotations
@@ -297,7 +298,8 @@ def choose_inputs(
         raise InferError(f"{catalog.path}: no S2 scenes of tile {tile} (tiles: {', '.join(tiles) or 'none'})")
     span = timedelta(days=layout.max_days)
     rows = [r for _, r in catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span).iterrows()]
-    rows = _dedupe(rows)
+    # A scene with no valid pixel (100 % nodata in the catalog) can fill no slot.
+    rows = _dedupe([r for r in rows if (_number(r, "nodata_pct") or 0.0) < 100.0])
 
     # The target acquisition: on the same UTC day for a date, within an hour for a datetime.
     def on_target(row: Any) -> bool:
@@ -386,6 +388,8 @@ def _no_neighbours(catalog: Any, tile: str, target: datetime, layout: Layout) ->
     d = abs((_row_time(near) - target).total_seconds()) / 86400
     cloud = _cloud(near)
     why = f"{d:.0f} days away" + (f", {cloud:.0f} % cloud" if cloud is not None else "")
+    if (_number(near, "nodata_pct") or 0.0) >= 100.0:
+        why += ", all nodata"
     return (
         f"{catalog.path}: no usable S2 scene of tile {tile} within {layout.max_days:g} days of {day} "
         f"with cloud <= {layout.max_cloud:g} % (nearest: {near['scene_id']}, {why}); "
