@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from cloudclear import masks
-from cloudclear.errors import InferError, InvalidRasterError, OutputExistsError
+from cloudclear.errors import InferError, OutputExistsError
+from cloudclear.gridio import Grid, GridReader
 from cloudclear.inference.gapfill import PixelStatus, gapfill
-from cloudclear.inference.select import Acquisition, Grid, InputSet, Layout, SlotRequest, gapfill_layout
+from cloudclear.inference.select import Acquisition, InputSet, Layout, SlotRequest, gapfill_layout
 from cloudclear.inference.windows import Span, WindowPlan, blend_weights
 from cloudclear.scenes import valid_pixels
 
@@ -166,78 +167,6 @@ class Strip:
         )
 
 
-def _same(a: float, b: float, res: float) -> bool:
-    return abs(a - b) <= 1e-6 * max(res, 1.0)
-
-
-class _Band:
-    """One file opened for strip reads on the output grid (directly, or through a WarpedVRT)."""
-
-    def __init__(self, path: str, indexes: list[int], grid: Grid, resampling: str, nodata: float | None):
-        import rasterio
-        from rasterio.crs import CRS
-        from rasterio.enums import Resampling
-
-        self.path = path
-        self.indexes = indexes
-        try:
-            self.src = rasterio.open(path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise InvalidRasterError(f"{path}: cannot open ({exc})") from None
-        self.vrt: Any = None
-        self.row_off = self.col_off = 0
-        src = self.src
-        if max(indexes) > src.count:
-            raise InvalidRasterError(f"{path}: has {src.count} bands, band {max(indexes)} was indexed")
-        a, _, c, _, e, f = grid.transform
-        t = src.transform
-        aligned = False
-        if src.crs is not None and CRS.from_wkt(grid.crs) == src.crs and t.b == 0 and t.d == 0:
-            if _same(t.a, a, grid.res) and _same(t.e, e, grid.res):
-                dc, dr = (c - t.c) / a, (f - t.f) / e
-                if abs(dc - round(dc)) < 1e-6 and abs(dr - round(dr)) < 1e-6:
-                    dc, dr = round(dc), round(dr)
-                    aligned = dc >= 0 and dr >= 0 and dc + grid.width <= src.width and dr + grid.height <= src.height
-                    self.row_off, self.col_off = dr, dc
-        if not aligned:
-            from affine import Affine
-            from rasterio.vrt import WarpedVRT
-
-            if src.crs is None:
-                raise InvalidRasterError(f"{path}: has no CRS, cannot be placed on the output grid")
-            self.row_off = self.col_off = 0
-            kwargs: dict[str, Any] = {}
-            if nodata is not None:
-                kwargs["nodata"] = nodata
-            self.vrt = WarpedVRT(
-                src,
-                crs=CRS.from_wkt(grid.crs),
-                transform=Affine(*grid.transform),
-                width=grid.width,
-                height=grid.height,
-                resampling=Resampling[resampling],
-                **kwargs,
-            )
-        self.block_rows = src.block_shapes[0][0] if not self.vrt else 0
-        self.width = grid.width
-        self.nodatavals = src.nodatavals
-
-    def read(self, r0: int, r1: int) -> np.ndarray:
-        from rasterio.windows import Window
-
-        ds = self.vrt or self.src
-        win = Window(self.col_off, self.row_off + r0, self.width, r1 - r0)
-        try:
-            return ds.read(self.indexes, window=win)
-        except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
-            raise InvalidRasterError(f"{self.path}: cannot read rows {r0}..{r1} ({exc})") from None
-
-    def close(self) -> None:
-        if self.vrt is not None:
-            self.vrt.close()
-        self.src.close()
-
-
 class _Source:
     """One acquisition's bands and mask, read strip by strip on the output grid."""
 
@@ -248,14 +177,14 @@ class _Source:
             by_file.setdefault(path, []).append((pos, bidx))
         cont = "bilinear"
         self.nodata = acq.nodata if acq.nodata is not None else (0.0 if acq.sensor == "S2" else None)
-        self.files: list[tuple[_Band, list[int]]] = []
-        self.mask: _Band | None = None
+        self.files: list[tuple[GridReader, list[int]]] = []
+        self.mask: GridReader | None = None
         try:
             for path, items in by_file.items():
-                band = _Band(path, [b for _, b in items], grid, cont, self.nodata)
+                band = GridReader(path, [b for _, b in items], grid, cont, self.nodata)
                 self.files.append((band, [p for p, _ in items]))
             if acq.mask is not None:
-                self.mask = _Band(acq.mask.path, [acq.mask.band], grid, "nearest", None)
+                self.mask = GridReader(acq.mask.path, [acq.mask.band], grid, "nearest", None)
         except BaseException:
             self.close()
             raise

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudclear.errors import InferError
+from cloudclear.gridio import Grid
 from cloudclear.masks import MaskBand
 
 
@@ -58,37 +59,6 @@ def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float
     slots.append(SlotRequest("t", "S2", "target"))
     slots += [SlotRequest(f"t+{k}", "S2", "after", k) for k in range(1, neighbours + 1)]
     return Layout(tuple(slots), max_days=max_days, max_cloud=max_cloud)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The output grid: CRS (WKT), affine transform coefficients, size."""
-
-    crs: str
-    transform: tuple[float, float, float, float, float, float]
-    width: int
-    height: int
-
-    @property
-    def res(self) -> float:
-        return abs(self.transform[0])
-
-    def bounds(self) -> tuple[float, float, float, float]:
-        a, _, c, _, e, f = self.transform
-        return (c, f + e * self.height, c + a * self.width, f)
-
-    def crop(self, bbox: Sequence[float]) -> Grid:
-        """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward."""
-        a, _, c, _, e, f = self.transform
-        x0, y0, x1, y1 = bbox
-        c0 = max(math.floor((x0 - c) / a + 1e-9), 0)
-        c1 = min(math.ceil((x1 - c) / a - 1e-9), self.width)
-        r0 = max(math.floor((y1 - f) / e + 1e-9), 0)
-        r1 = min(math.ceil((y0 - f) / e - 1e-9), self.height)
-        if c1 <= c0 or r1 <= r0:
-            gb = ", ".join(f"{v:.1f}" for v in self.bounds())
-            raise InferError(f"bbox {tuple(bbox)} does not overlap the tile (bounds {gb})")
-        return Grid(self.crs, (a, 0.0, c + a * c0, 0.0, e, f + e * r0), c1 - c0, r1 - r0)
 
 
 @dataclass(frozen=True)

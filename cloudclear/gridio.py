@@ -1,0 +1,132 @@
+"""A raster grid (CRS, transform, size) and reading any file's bands in row ranges on it.
+
+Both the mask detector and the inference pipeline read scenes whose bands come at several
+resolutions (a 10 m stack with 20 m SWIR files, a 20 m SCL) strip by strip on one output grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cloudclear.errors import InferError, InvalidRasterError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The output grid: CRS (WKT), affine transform coefficients, size."""
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    @property
+    def res(self) -> float:
+        return abs(self.transform[0])
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        a, _, c, _, e, f = self.transform
+        return (c, f + e * self.height, c + a * self.width, f)
+
+    def crop(self, bbox: Sequence[float]) -> Grid:
+        """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward."""
+        a, _, c, _, e, f = self.transform
+        x0, y0, x1, y1 = bbox
+        c0 = max(math.floor((x0 - c) / a + 1e-9), 0)
+        c1 = min(math.ceil((x1 - c) / a - 1e-9), self.width)
+        r0 = max(math.floor((y1 - f) / e + 1e-9), 0)
+        r1 = min(math.ceil((y0 - f) / e - 1e-9), self.height)
+        if c1 <= c0 or r1 <= r0:
+            gb = ", ".join(f"{v:.1f}" for v in self.bounds())
+            raise InferError(f"bbox {tuple(bbox)} does not overlap the tile (bounds {gb})")
+        return Grid(self.crs, (a, 0.0, c + a * c0, 0.0, e, f + e * r0), c1 - c0, r1 - r0)
+
+
+def _same(a: float, b: float, res: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(res, 1.0)
+
+
+class GridReader:
+    """Bands of one file read in row ranges on a given grid (directly when aligned, else through a WarpedVRT).
+
+    Args:
+        path: the raster.
+        indexes: 1-based bands to read.
+        grid: the grid rows are read on.
+        resampling: a rasterio Resampling name, used only when the file is not on ``grid``.
+        nodata: nodata value the warped view declares.
+
+    Raises:
+        InvalidRasterError: the file cannot be opened, lacks a band, or has no CRS when it must be warped.
+    """
+
+    def __init__(self, path: str, indexes: list[int], grid: Grid, resampling: str, nodata: float | None):
+        import rasterio
+        from rasterio.crs import CRS
+        from rasterio.enums import Resampling
+
+        self.path = path
+        self.indexes = indexes
+        try:
+            self.src = rasterio.open(path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise InvalidRasterError(f"{path}: cannot open ({exc})") from None
+        self.vrt: Any = None
+        self.row_off = self.col_off = 0
+        src = self.src
+        if max(indexes) > src.count:
+            raise InvalidRasterError(f"{path}: has {src.count} bands, band {max(indexes)} was indexed")
+        a, _, c, _, e, f = grid.transform
+        t = src.transform
+        aligned = False
+        if src.crs is not None and CRS.from_wkt(grid.crs) == src.crs and t.b == 0 and t.d == 0:
+            if _same(t.a, a, grid.res) and _same(t.e, e, grid.res):
+                dc, dr = (c - t.c) / a, (f - t.f) / e
+                if abs(dc - round(dc)) < 1e-6 and abs(dr - round(dr)) < 1e-6:
+                    dc, dr = round(dc), round(dr)
+                    aligned = dc >= 0 and dr >= 0 and dc + grid.width <= src.width and dr + grid.height <= src.height
+                    self.row_off, self.col_off = dr, dc
+        if not aligned:
+            from affine import Affine
+            from rasterio.vrt import WarpedVRT
+
+            if src.crs is None:
+                raise InvalidRasterError(f"{path}: has no CRS, cannot be placed on the output grid")
+            self.row_off = self.col_off = 0
+            kwargs: dict[str, Any] = {}
+            if nodata is not None:
+                kwargs["nodata"] = nodata
+            self.vrt = WarpedVRT(
+                src,
+                crs=CRS.from_wkt(grid.crs),
+                transform=Affine(*grid.transform),
+                width=grid.width,
+                height=grid.height,
+                resampling=Resampling[resampling],
+                **kwargs,
+            )
+        self.block_rows = src.block_shapes[0][0] if not self.vrt else 0
+        self.width = grid.width
+        self.nodatavals = src.nodatavals
+
+    def read(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0..r1`` of the grid, shape (bands, rows, width), the file's dtype."""
+        from rasterio.windows import Window
+
+        ds = self.vrt or self.src
+        win = Window(self.col_off, self.row_off + r0, self.width, r1 - r0)
+        try:
+            return ds.read(self.indexes, window=win)
+        except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
+            raise InvalidRasterError(f"{self.path}: cannot read rows {r0}..{r1} ({exc})") from None
+
+    def close(self) -> None:
+        """Close the file (and its warped view)."""
+        if self.vrt is not None:
+            self.vrt.close()
+        self.src.close()
