@@ -60,9 +60,14 @@ class InferError(CloudClearError, ValueError):
     """Inference cannot run: no usable inputs for the date, a tile not in the catalog, bad bands."""
 
 
-class OutputExistsError(InferError, FileExistsError):
+class OutputExistsError(CloudClearError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
 
 class CloudClearWarning(UserWarning):
     """Root of the warnings cloudclear emits."""
+
+
+class DetectError(CloudClearError, ValueError):
+    """A mask cannot be computed: bands the detector needs are missing, the reflectance scale is
+    wrong, the scene is all nodata, or an optional detector package is not installed."""

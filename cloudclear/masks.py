@@ -49,11 +49,87 @@ SCL_TABLE: dict[int, MaskClass] = {
 CLP_THRESHOLD = 0.4
 
 
-def _decode_scl(data: np.ndarray, nodata: float | None) -> np.ndarray:
+#: Sen2Cor scene classification code -> class name, written into every mask cloudclear makes.
+SCL_NAMES: dict[int, str] = {
+    0: "NO_DATA",
+    1: "SATURATED_OR_DEFECTIVE",
+    2: "DARK_AREA_PIXELS",
+    3: "CLOUD_SHADOWS",
+    4: "VEGETATION",
+    5: "NOT_VEGETATED",
+    6: "WATER",
+    7: "UNCLASSIFIED",
+    8: "CLOUD_MEDIUM_PROBABILITY",
+    9: "CLOUD_HIGH_PROBABILITY",
+    10: "THIN_CIRRUS",
+    11: "SNOW",
+}
+
+#: Display colours for SCL codes (the Sen2Cor legend), so QGIS shows a written mask as a class map.
+SCL_COLOURS: dict[int, tuple[int, int, int, int]] = {
+    0: (0, 0, 0, 0),
+    1: (255, 0, 0, 255),
+    2: (47, 47, 47, 255),
+    3: (100, 50, 0, 255),
+    4: (0, 160, 0, 255),
+    5: (255, 230, 90, 255),
+    6: (0, 0, 255, 255),
+    7: (128, 128, 128, 255),
+    8: (192, 192, 192, 255),
+    9: (255, 255, 255, 255),
+    10: (100, 200, 255, 255),
+    11: (255, 150, 255, 255),
+}
+
+#: Fmask (Zhu & Woodcock) output codes -> MaskClass; 255 is no observation.
+FMASK_TABLE: dict[int, MaskClass] = {
+    0: MaskClass.CLEAR,  # clear land
+    1: MaskClass.CLEAR,  # clear water
+    2: MaskClass.SHADOW,
+    3: MaskClass.SNOW,
+    4: MaskClass.CLOUD,
+}
+
+#: EarthNet / GreenEarthNet learned mask ("dlmask") codes -> MaskClass; 255 is nodata.
+DLMASK_TABLE: dict[int, MaskClass] = {
+    0: MaskClass.CLEAR,
+    1: MaskClass.CLOUD,
+    2: MaskClass.SHADOW,
+    3: MaskClass.SNOW,
+    4: MaskClass.NODATA,  # masked by the cube builder
+}
+
+
+def _table_decoder(table: dict[int, MaskClass]) -> Callable[[np.ndarray, float | None], np.ndarray]:
     lut = np.full(256, MaskClass.NODATA, dtype=np.uint8)
-    for code, cls in SCL_TABLE.items():
+    for code, cls in table.items():
         lut[code] = cls
-    out = lut[np.clip(data, 0, 255).astype(np.uint8)]
+
+    def decode(data: np.ndarray, nodata: float | None) -> np.ndarray:
+        out = lut[np.clip(data, 0, 255).astype(np.uint8)]
+        bad = (data < 0) | (data > 255)
+        if nodata is not None:
+            bad |= data == nodata
+        out[bad] = MaskClass.NODATA
+        return out
+
+    return decode
+
+
+# MAJA / THEIA CLM bits (the CLM_R1 / CLM_R2 files of a MAJA L2A product).
+_MAJA_CLOUD_BITS = 0b0000_1110  # all clouds except the thinnest; mono- and multi-temporal tests
+_MAJA_THIN_BITS = 0b1001_0000  # the thinnest clouds; high clouds seen at 1.38 um
+_MAJA_SHADOW_BITS = 0b0110_0000  # shadows of clouds in the image, of clouds outside it
+
+
+def _decode_maja(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    bits = np.clip(data, 0, 255).astype(np.uint8)
+    out = np.full(bits.shape, MaskClass.CLEAR, np.uint8)
+    out[(bits & _MAJA_SHADOW_BITS) != 0] = MaskClass.SHADOW
+    out[(bits & _MAJA_THIN_BITS) != 0] = MaskClass.THIN_CLOUD
+    out[(bits & _MAJA_CLOUD_BITS) != 0] = MaskClass.CLOUD
+    if nodata is not None:
+        out[data == nodata] = MaskClass.NODATA
     return out
 
 
@@ -81,16 +157,22 @@ def _probability_decoder(peak: float) -> Callable[[np.ndarray, float | None], np
 
 #: Mask conventions: name -> decoder(data, nodata) -> MaskClass array.
 CONVENTIONS: dict[str, Callable[[np.ndarray, float | None], np.ndarray]] = {
-    "SCL": _decode_scl,
+    "SCL": _table_decoder(SCL_TABLE),
+    "MAJA": _decode_maja,
+    "FMASK": _table_decoder(FMASK_TABLE),
+    "DLMASK": _table_decoder(DLMASK_TABLE),
     "CLM": _decode_binary,
     "CLP": _probability_decoder(255.0),
     "CLDPRB": _probability_decoder(100.0),
 }
 
-# How a band description or a file-name token names a convention, best first. Sen2Cor SCL wins
-# because it also marks shadows; a probability is the last resort.
+# How a band description or a file-name token names a convention, best first. Masks that also
+# mark shadows win (Sen2Cor SCL first); a plain cloud mask next; a probability is the last resort.
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("SCL", re.compile(r"^(SCL|SCENE[_ ]?CLASSIFICATION)\b", re.I)),
+    ("MAJA", re.compile(r"^(MAJA|THEIA)[_ ]?(CLM|CLOUD)", re.I)),
+    ("FMASK", re.compile(r"^FMASK", re.I)),
+    ("DLMASK", re.compile(r"^DLMASK", re.I)),
     ("CLM", re.compile(r"^(CLM|CLOUD[_ ]?MASK|CLD[_ ]?MASK)\b", re.I)),
     ("CLDPRB", re.compile(r"(MSK_CLDPRB|CLDPRB|0-100)", re.I)),
     ("CLP", re.compile(r"^(CLP|CLOUD[_ ]?PROB)", re.I)),
@@ -110,6 +192,18 @@ def convention_of(name: str) -> str | None:
         if pattern.search(name.strip()):
             return conv
     return None
+
+
+def convention_of_tokens(tokens: set[str]) -> str | None:
+    """The mask convention a file name names, from its upper-case tokens, if any.
+
+    A MAJA product's ``..._CLM_R1.tif`` is told from an s2cloudless ``CLM`` by the MAJA product
+    name (``SENTINEL2A_...``) or the ``R1`` / ``R2`` resolution suffix.
+    """
+    if "CLM" in tokens and (tokens & {"R1", "R2"} or any(t.startswith("SENTINEL2") for t in tokens)):
+        return "MAJA"
+    named = [c for c in map(convention_of, tokens) if c]
+    return min(named, key=rank) if named else None
 
 
 _RANK = {conv: i for i, (conv, _) in enumerate(_PATTERNS)}

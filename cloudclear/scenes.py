@@ -52,7 +52,7 @@ _TILE_RE = re.compile(r"(?<![A-Za-z0-9])T?(\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?![A-
 _ESA_BAND_RE = re.compile(r"^T(?P<tile>\d{2}[A-Z]{3})_(?P<dt>\d{8}T\d{6})_(?P<band>B\d{2}|B8A)(?:_\d{2}m)?$", re.I)
 _S2_BAND_RE = re.compile(r"^B(?P<num>\d{1,2}|8A)$", re.I)
 _TOKEN_SPLIT = re.compile(r"[_\-.\s]+")
-_MASK_TOKENS = {"SCL", "CLM", "CLP", "MASK", "CLOUDMASK", "CLDMASK", "FMASK", "CLOUD", "CLD", "QA"}
+_MASK_TOKENS = {"SCL", "CLM", "CLP", "MASK", "CLOUDMASK", "CLDMASK", "FMASK", "FMASK4", "CLOUD", "CLD", "QA"}
 _TAG_KEYS = (
     *_DATE_TAGS,
     "TILE_ID",
@@ -427,9 +427,9 @@ def _pick_mask_band(info: FileInfo, convs: list[str | None], tokens: set[str]) -
         _, bidx, conv = min(found)
         return masks.MaskBand(info.path, bidx, conv)
     if info.count == 1 and tokens & _MASK_TOKENS and not info.dtype.startswith("float"):
-        named = [c for c in map(masks.convention_of, tokens) if c]
+        named = masks.convention_of_tokens(tokens)
         if named:
-            return masks.MaskBand(info.path, 1, min(named, key=masks.rank))
+            return masks.MaskBand(info.path, 1, named)
     return None
 
 
