@@ -347,6 +347,8 @@ class IndexResult:
         scenes_reused: scenes carried over unchanged from the previous catalog.
         skipped: files left out, with reasons.
         seconds: wall time.
+        summary: counts by sensor and tile, dates, cloud distribution.
+        masks_detected: S2 scenes whose mask was computed (or reused) by a detector.
     """
 
     catalog_path: Path
@@ -358,6 +360,7 @@ class IndexResult:
     skipped: tuple[Skipped, ...]
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)
+    masks_detected: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -367,16 +370,19 @@ class IndexResult:
             "files_opened": self.files_opened,
             "scenes_computed": self.scenes_computed,
             "scenes_reused": self.scenes_reused,
+            "masks_detected": self.masks_detected,
             "seconds": round(self.seconds, 3),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "summary": self.summary,
         }
 
 
-def _iter_rasters(root: Path, exclude: set[Path]) -> list[Path]:
+def _iter_rasters(
+    root: Path, exclude: set[Path], exclude_dirs: frozenset[Path] | set[Path] = frozenset()
+) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) not in exclude_dirs)
         for name in sorted(filenames):
             p = Path(dirpath, name)
             if name.lower().endswith(RASTER_SUFFIXES) and not name.startswith(".") and p not in exclude:
@@ -418,6 +424,7 @@ def build_index(
     date_pattern: str | None = None,
     rebuild: bool = False,
     progress: bool = False,
+    detect: str | None = None,
 ) -> IndexResult:
     """Scan a directory for S2, S1 and mask rasters and write (or update) its catalog.
 
@@ -428,6 +435,9 @@ def build_index(
             optional ``time`` (HHMMSS), or ``datetime``; default matches YYYYMMDD[THHMMSS].
         rebuild: ignore the previous catalog and reopen every file.
         progress: show progress bars on stderr.
+        detect: a detector (:data:`cloudclear.detect.DETECTORS`) that computes a mask for every S2
+            scene without one. Masks go to ``CATALOG_masks/`` beside the catalog as SCL GeoTIFFs and
+            are reused by later runs (with or without ``detect``) while the scene is unchanged.
 
     Returns:
         An :class:`IndexResult`.
@@ -462,8 +472,45 @@ def build_index(
     import rasterio
 
     # GDAL lists a file's folder on every open to find sidecars: quadratic in big folders.
+    if detect is not None:
+        from cloudclear.detect.pixels import get_detector
+
+        get_detector(detect)  # a wrong name or a missing package fails before the scan
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        return _build(root, cat_path, previous, date_pattern, progress, t0)
+        return _build(root, cat_path, previous, date_pattern, progress, t0, detect)
+
+
+def masks_folder(cat_path: Path) -> Path:
+    """Where ``index --detect`` writes the masks it computes: ``CATALOG_masks/`` beside the catalog."""
+    return cat_path.parent / f"{cat_path.stem}_masks"
+
+
+def _detected_mask(
+    draft: SceneDraft, scene_id: str, folder: Path, detect: str | None, progress: bool
+) -> tuple[masks.MaskBand | None, str | None]:
+    """The detected mask of an unmasked S2 scene: reused if current, computed if ``detect``.
+
+    Returns the mask (or None) and, when detection failed, why.
+    """
+    import rasterio
+
+    from cloudclear.detect.scene import MaskOptions, mask_draft, mask_name
+    from cloudclear.errors import DetectError
+
+    dst = folder / mask_name(scene_id)
+    if dst.exists():
+        newest = max(Path(p).stat().st_mtime_ns for p in draft.files)
+        with rasterio.open(dst) as src:
+            made_by = src.tags().get("CLOUDCLEAR_DETECTOR")
+        if dst.stat().st_mtime_ns >= newest and (detect is None or made_by == detect):
+            return masks.MaskBand(str(dst), 1, "SCL"), None
+    if detect is None:
+        return None, None
+    try:
+        mask_draft(draft, scene_id, dst, MaskOptions(detector=detect, overwrite=True, progress=progress))
+    except (DetectError, InvalidRasterError) as exc:
+        return None, str(exc)
+    return masks.MaskBand(str(dst), 1, "SCL"), None
 
 
 def _build(
@@ -473,10 +520,14 @@ def _build(
     date_pattern: str | None,
     progress: bool,
     t0: float,
+    detect: str | None = None,
 ) -> IndexResult:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
-    paths = _iter_rasters(root, {cat_path})
+    mask_dir = masks_folder(cat_path)
+    paths = _iter_rasters(root, {cat_path}, {mask_dir})
     cache = previous.file_cache() if previous else {}
     infos: dict[str, FileInfo] = {}
     errors: list[Skipped] = []
@@ -516,12 +567,22 @@ def _build(
     records = []
     computed = reused = 0
     ids = scene_ids(drafts)
+    detected = 0
     for scene_id, draft in tqdm(
         list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
     ):
         old = old_rows.get(scene_id)
-        # draft.files lists the mask file too, so the signature also tells a changed mask.
-        if old is not None and old["signature"] == _signature(draft.files, infos):
+        if draft.sensor == "S2" and draft.mask is None and (detect or mask_dir.is_dir()):
+            found, why = _detected_mask(draft, scene_id, mask_dir, detect, progress)
+            if why:
+                log.warning("no mask detected for %s: %s", scene_id, why)
+            if found is not None:
+                draft = replace(draft, mask=found, mask_files=(found.path,))
+                detected += 1
+        # draft.files lists the mask file too, so the signature also tells a changed mask; a
+        # detected mask is not among the files, so its path is compared as well.
+        same_mask = old is not None and (old["mask_file"] or None) == (rel(draft.mask.path) if draft.mask else None)
+        if old is not None and same_mask and old["signature"] == _signature(draft.files, infos):
             stats = _stats_from_row(old)
             reused += 1
         else:
@@ -559,6 +620,7 @@ def _build(
         skipped=tuple(skipped),
         seconds=time.perf_counter() - t0,
         summary=catalog.summary(),
+        masks_detected=detected,
     )
 
 

@@ -110,6 +110,14 @@ def index(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     show_skipped: Annotated[int, typer.Option("--show-skipped", help="Skipped files listed per reason (0 = all).")] = 5,
+    detect: Annotated[
+        str | None,
+        typer.Option(
+            "--detect",
+            help="Compute a cloud/shadow mask with this detector (builtin, s2cloudless) for every S2 "
+            "scene without one; masks go to CATALOG_masks/ and are reused while the scene is unchanged.",
+        ),
+    ] = None,
 ) -> None:
     """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
 
@@ -121,7 +129,9 @@ def index(
     from cloudclear.errors import EmptyCatalogError
 
     try:
-        result = build_index(directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=_progress())
+        result = build_index(
+            directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=_progress(), detect=detect
+        )
     except EmptyCatalogError as exc:
         _print_skipped(exc.skipped, show_skipped)
         raise
@@ -136,6 +146,8 @@ def index(
         f"{result.scenes_reused} unchanged)"
     )
     typer.echo(f"catalog: {result.catalog_path}")
+    if result.masks_detected:
+        typer.echo(f"  detected masks: {result.masks_detected} scene(s), in {result.catalog_path.stem}_masks/")
     for row in s["by_sensor_tile"]:
         typer.echo(f"  {row['sensor']}  tile {row['tile']:<6} {row['scenes']:>6} scenes")
     typer.echo(f"  dates: {s['first'][:10]} .. {s['last'][:10]}")

@@ -227,8 +227,11 @@ def mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions
 
     t0 = time.perf_counter()
     det = px.get_detector(options.detector)
-    mapping = px.resolve_bands(det, list(draft.band_sources))
     info = draft.grid
+    try:
+        mapping = px.resolve_bands(det, list(draft.band_sources))
+    except DetectError as exc:
+        raise DetectError(f"{info.path}: {exc}") from None
     a, b, c, d, e, f = info.transform[:6]
     grid = Grid(info.crs or "", (a, b, c, d, e, f), info.width, info.height)
     infos = {info.path: info}
