@@ -487,10 +487,10 @@ def masks_folder(cat_path: Path) -> Path:
 
 def _detected_mask(
     draft: SceneDraft, scene_id: str, folder: Path, detect: str | None, progress: bool
-) -> tuple[masks.MaskBand | None, str | None]:
+) -> tuple[masks.MaskBand | None, str | None, bool]:
     """The detected mask of an unmasked S2 scene: reused if current, computed if ``detect``.
 
-    Returns the mask (or None) and, when detection failed, why.
+    Returns the mask (or None), why detection failed (or None), and whether it was computed now.
     """
     import rasterio
 
@@ -503,14 +503,14 @@ def _detected_mask(
         with rasterio.open(dst) as src:
             made_by = src.tags().get("CLOUDCLEAR_DETECTOR")
         if dst.stat().st_mtime_ns >= newest and (detect is None or made_by == detect):
-            return masks.MaskBand(str(dst), 1, "SCL"), None
+            return masks.MaskBand(str(dst), 1, "SCL"), None, False
     if detect is None:
-        return None, None
+        return None, None, False
     try:
         mask_draft(draft, scene_id, dst, MaskOptions(detector=detect, overwrite=True, progress=progress))
     except (DetectError, InvalidRasterError) as exc:
-        return None, str(exc)
-    return masks.MaskBand(str(dst), 1, "SCL"), None
+        return None, str(exc), False
+    return masks.MaskBand(str(dst), 1, "SCL"), None, True
 
 
 def _build(
@@ -572,8 +572,9 @@ def _build(
         list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
     ):
         old = old_rows.get(scene_id)
+        fresh = False
         if draft.sensor == "S2" and draft.mask is None and (detect or mask_dir.is_dir()):
-            found, why = _detected_mask(draft, scene_id, mask_dir, detect, progress)
+            found, why, fresh = _detected_mask(draft, scene_id, mask_dir, detect, progress)
             if why:
                 log.warning("no mask detected for %s: %s", scene_id, why)
             if found is not None:
@@ -582,7 +583,7 @@ def _build(
         # draft.files lists the mask file too, so the signature also tells a changed mask; a
         # detected mask is not among the files, so its path is compared as well.
         same_mask = old is not None and (old["mask_file"] or None) == (rel(draft.mask.path) if draft.mask else None)
-        if old is not None and same_mask and old["signature"] == _signature(draft.files, infos):
+        if old is not None and same_mask and not fresh and old["signature"] == _signature(draft.files, infos):
             stats = _stats_from_row(old)
             reused += 1
         else:

@@ -128,6 +128,12 @@ def index(
     from cloudclear.catalog import build_index
     from cloudclear.errors import EmptyCatalogError
 
+    if detect is not None:
+        from cloudclear.detect.pixels import DETECTORS
+
+        if detect not in DETECTORS:
+            raise typer.BadParameter(f"{detect!r}: choose one of {', '.join(DETECTORS)}", param_hint="--detect")
+
     try:
         result = build_index(
             directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=_progress(), detect=detect

@@ -239,4 +239,14 @@ def decode(data: np.ndarray, convention: str, nodata: float | None = None) -> np
     except KeyError:
         valid = ", ".join(CONVENTIONS)
         raise ValueError(f"unknown mask convention {convention!r}; known: {valid}") from None
+    if data.dtype.kind == "f":
+        # NaN (a float mask's usual nodata) compares unequal to everything and casts to 0: take it
+        # out before decoding so it cannot read as a class.
+        missing = ~np.isfinite(data)
+        if missing.any():
+            out = decoder(np.where(missing, 0, data), None if nodata is None or nodata != nodata else nodata)
+            out[missing] = MaskClass.NODATA
+            return out
+        if nodata is not None and nodata != nodata:
+            nodata = None
     return decoder(data, nodata)

@@ -31,14 +31,17 @@ from cloudclear.scenes import (
     FileInfo,
     SceneDraft,
     assemble,
+    classify,
     read_file_info,
     reflectance_scale,
     scene_ids,
     valid_pixels,
 )
 
-#: Median visible reflectance outside this range means the scale is wrong.
-PLAUSIBLE_REFLECTANCE = (0.002, 1.5)
+#: Median visible reflectance outside this range means the scale is wrong. Overcast L2A scenes
+#: reach a median of 1.6 (over-corrected bright cloud), so the upper bound only catches data
+#: scaled twice or not at all.
+PLAUSIBLE_REFLECTANCE = (0.002, 5.0)
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,11 @@ def find_scenes(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[SceneDraf
     s2 = [d for d in drafts if d.sensor == "S2"]
     used = {f for d in s2 for f in d.files}
     for name in sorted(named - used):
-        mask_of = any(name in d.mask_files for d in drafts)
-        what = "a mask" if mask_of else "not part of an S2 scene (S1, or not recognised)"
+        try:
+            kind = classify(next(i for i in infos if i.path == name)).kind
+        except InvalidRasterError:
+            kind = "unknown"
+        what = {"mask": "a mask", "s1": "a Sentinel-1 image"}.get(kind, "not part of an S2 scene")
         raise DetectError(f"{name}: {what}; give the S2 band file(s)")
     if not s2:
         raise DetectError(f"{', '.join(map(str, paths))}: no S2 scene found")
@@ -185,8 +191,11 @@ def _pixel_size(grid: FileInfo) -> float:
         return abs(grid.transform[0])
     crs = CRS.from_wkt(grid.crs)
     if crs.is_geographic:
+        # Geometric mean of the east and north pixel sizes at the centre latitude.
         lat = grid.transform[5] + grid.transform[4] * grid.height / 2
-        return abs(grid.transform[0]) * 111_320.0 * math.sqrt(abs(math.cos(math.radians(lat))))
+        dx = abs(grid.transform[0]) * 111_320.0 * abs(math.cos(math.radians(lat)))
+        dy = abs(grid.transform[4]) * 111_320.0
+        return math.sqrt(dx * dy)
     return abs(grid.transform[0]) * crs.axis_info[0].unit_conversion_factor
 
 
@@ -340,7 +349,8 @@ def mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions
 
 def _check_scale(refl: dict[str, np.ndarray], valid: np.ndarray, mapping: dict[str, str], draft: SceneDraft) -> None:
     lo, hi = PLAUSIBLE_REFLECTANCE
-    for key in ("B02", "B03", "B04", "B08"):
+    # Visible bands only: open water can have a NIR reflectance near 0.
+    for key in ("B02", "B03", "B04"):
         med = float(np.median(refl[key][valid]))
         if lo <= med <= hi:
             continue

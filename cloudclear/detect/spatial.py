@@ -25,6 +25,8 @@ from cloudclear.detect.sun import SunAngles
 
 #: Shadow matching runs on a grid coarsened to at most this many pixels a side.
 MATCH_SIZE = 2048
+#: The most distances tried per cloud object.
+MAX_DISTANCES = 300
 #: Rows per strip for smoothing and dilation.
 STRIP = 1024
 
@@ -87,19 +89,23 @@ def _strips(height: int) -> range:
     return range(0, height, STRIP)
 
 
-def _smoothed_above(score: np.ndarray, size: int, threshold: float) -> np.ndarray:
-    """score averaged over size x size pixels (nodata counted out) > threshold, strip by strip."""
+def _smoothed_above(score: np.ndarray, size: int, threshold: float, exclude: np.ndarray) -> np.ndarray:
+    """score averaged over size x size pixels > threshold, strip by strip.
+
+    Nodata pixels and ``exclude`` pixels (snow) are left out of the average, so a bright snowfield
+    does not lift its neighbours' score.
+    """
     from scipy import ndimage as ndi
 
     h = score.shape[0]
     out = np.zeros(score.shape, bool)
     if size <= 1:
-        return score > threshold
+        return (score > threshold) & ~exclude
     halo = size // 2 + 1
     for r0 in _strips(h):
         a, b = max(0, r0 - halo), min(h, r0 + STRIP + halo)
-        s = score[a:b].astype(np.float32)
-        v = (s > 0).astype(np.float32)
+        v = ((score[a:b] > 0) & ~exclude[a:b]).astype(np.float32)
+        s = score[a:b].astype(np.float32) * v
         num = ndi.uniform_filter(s, size, mode="nearest")
         den = ndi.uniform_filter(v, size, mode="nearest")
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -196,7 +202,7 @@ def project_shadows(
     direction: tuple[float, float],
     distances: np.ndarray,
     min_match: float,
-    sample: int = 3000,
+    sample: int = 1500,
 ) -> np.ndarray:
     """Move each cloud object along ``direction`` to where it best lands on dark pixels.
 
@@ -286,7 +292,8 @@ def finish(
     size = max(1, int(round(det.smooth_m / pixel_size)))
     size += 1 - size % 2
     veto = (flags & (px.NOTCLOUD | px.SNOW | px.WATER)) != 0
-    cloud = _smoothed_above(score, size, threshold) & valid & ~veto
+    snow = (flags & px.SNOW) != 0
+    cloud = _smoothed_above(score, size, threshold, snow) & valid & ~veto
     cirrus = ((flags & px.CIRRUS) != 0) & ~cloud & valid
 
     shadow = np.zeros_like(cloud)
@@ -347,7 +354,10 @@ def _shadows(
         direction = (dy / length, dx / length)
         d0, d1 = 0.0, min(reach, 4.0 * length)
         source = "image"
-    distances = np.arange(math.floor(d0), math.ceil(d1) + 1, dtype=np.float64)
+    # At most MAX_DISTANCES steps: finer than the tolerance on any scene, and the search stays
+    # linear in the number of cloud objects.
+    step = max(1.0, (d1 - d0) / MAX_DISTANCES)
+    distances = np.arange(math.floor(d0), math.ceil(d1) + step, step, dtype=np.float64)
     moved = project_shadows(cloud_c, dark_c, direction, distances, options.min_match)
     tol = int(math.ceil(options.tolerance_m / cpx))
     moved = dilate(moved, tol)

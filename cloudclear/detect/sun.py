@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 #: Tag pairs (zenith, azimuth) that products use for the mean solar angles, best first.
 ANGLE_TAGS: tuple[tuple[str, str], ...] = (
     ("MEAN_SOLAR_ZENITH_ANGLE", "MEAN_SOLAR_AZIMUTH_ANGLE"),
+    ("MEAN_SUN_ZENITH_ANGLE", "MEAN_SUN_AZIMUTH_ANGLE"),
     ("SUN_ZENITH", "SUN_AZIMUTH"),
     ("SOLAR_ZENITH_ANGLE", "SOLAR_AZIMUTH_ANGLE"),
     ("SUN_ZENITH_ANGLE", "SUN_AZIMUTH_ANGLE"),
