@@ -42,6 +42,8 @@ from cloudclear.scenes import (
 #: reach a median of 1.6 (over-corrected bright cloud), so the upper bound only catches data
 #: scaled twice or not at all.
 PLAUSIBLE_REFLECTANCE = (0.002, 5.0)
+#: GDAL block cache while masking, MiB.
+GDAL_CACHE_MB = 256
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,14 @@ def _sun_for(draft: SceneDraft, tags: dict[str, str], options: MaskOptions) -> t
 
 def mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions) -> MaskResult:
     """Detect and write the mask of one assembled scene (see :func:`mask_scenes`)."""
+    import rasterio
+
+    # Strips are read once: a block cache bigger than a strip only costs memory.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _mask_draft(draft, scene_id, dst, options)
+
+
+def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions) -> MaskResult:
     from tqdm import tqdm
 
     t0 = time.perf_counter()

@@ -311,19 +311,30 @@ def finish(
         else:
             source = "no clear pixels to measure darkness"
 
-    scl = np.full(cloud.shape, NOT_VEGETATED, np.uint8)
-    scl[(flags & px.VEG) != 0] = VEGETATION
-    scl[(flags & px.WATER) != 0] = WATER
-    scl[(flags & px.SNOW) != 0] = SNOW
+    # Surface classes from the flags through a lookup table (one pass), then the obscured classes
+    # on top, weakest first; putmask is several times faster than boolean-index assignment.
+    scl = _SURFACE[flags]
     if options.shadow_dilation and shadow.any():
-        scl[dilate(shadow, options.shadow_dilation)] = SHADOW
-    scl[shadow] = SHADOW
-    scl[cirrus] = CIRRUS
+        np.putmask(scl, dilate(shadow, options.shadow_dilation) & valid, SHADOW)
+    np.putmask(scl, shadow, SHADOW)
+    np.putmask(scl, cirrus, CIRRUS)
     if options.cloud_dilation:
-        scl[dilate(cloud, options.cloud_dilation)] = CLOUD_RING
-    scl[cloud] = CLOUD
-    scl[~valid] = NODATA
+        np.putmask(scl, dilate(cloud, options.cloud_dilation) & valid, CLOUD_RING)
+    np.putmask(scl, cloud, CLOUD)
     return SpatialResult(scl, threshold, used_sun, direction, source)
+
+
+def _surface_table() -> np.ndarray:
+    lut = np.full(256, NODATA, np.uint8)
+    for f in range(256):
+        if not f & px.VALID:
+            continue
+        lut[f] = SNOW if f & px.SNOW else WATER if f & px.WATER else VEGETATION if f & px.VEG else NOT_VEGETATED
+    return lut
+
+
+#: flags -> SCL code of the surface (nodata, snow, water, vegetation, not vegetated).
+_SURFACE = _surface_table()
 
 
 def _shadows(
