@@ -35,6 +35,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from cloudclear.errors import SynthError
+from cloudclear.masks import SCL_NAMES
 
 __all__ = [
     "S2_BANDS",
@@ -60,20 +61,7 @@ S2_BANDS: dict[str, int] = {
 }
 
 #: Sen2Cor scene classification (SCL) codes; the generator writes 3, 4, 5, 6, 8, 9 and 10.
-SCL_CLASSES: dict[int, str] = {
-    0: "NO_DATA",
-    1: "SATURATED_OR_DEFECTIVE",
-    2: "DARK_AREA_PIXELS",
-    3: "CLOUD_SHADOWS",
-    4: "VEGETATION",
-    5: "NOT_VEGETATED",
-    6: "WATER",
-    7: "UNCLASSIFIED",
-    8: "CLOUD_MEDIUM_PROBABILITY",
-    9: "CLOUD_HIGH_PROBABILITY",
-    10: "THIN_CIRRUS",
-    11: "SNOW",
-}
+SCL_CLASSES: dict[int, str] = SCL_NAMES
 
 _SCL_SHADOW, _SCL_VEG, _SCL_BARE, _SCL_WATER = 3, 4, 5, 6
 _SCL_CLOUD_MED, _SCL_CLOUD_HIGH, _SCL_CIRRUS = 8, 9, 10
