@@ -88,6 +88,14 @@ def _print_skipped(skipped: Any, limit: int) -> None:
             typer.echo(f"  ... and {len(paths) - len(shown)} more: {reason}", err=True)
 
 
+def _check_detector(name: str, option: str) -> None:
+    """A detector name not in the registry is a usage error (exit 2) listing the known ones."""
+    from cloudclear.detect.pixels import DETECTORS
+
+    if name not in DETECTORS:
+        raise typer.BadParameter(f"{name!r}: choose one of {', '.join(DETECTORS)}", param_hint=option)
+
+
 @app.command()
 @_user_errors
 def index(
@@ -129,10 +137,7 @@ def index(
     from cloudclear.errors import EmptyCatalogError
 
     if detect is not None:
-        from cloudclear.detect.pixels import DETECTORS
-
-        if detect not in DETECTORS:
-            raise typer.BadParameter(f"{detect!r}: choose one of {', '.join(DETECTORS)}", param_hint="--detect")
+        _check_detector(detect, "--detect")
 
     try:
         result = build_index(
@@ -660,13 +665,11 @@ def mask(
     ring), 9 cloud, 10 thin cirrus, 11 snow; the table is in the file's tags. The builtin detector
     needs B02, B03, B04 and B08 (or B8A) and uses B11, B12, B10 when present.
     """
-    from cloudclear.detect.pixels import DETECTORS
     from cloudclear.detect.scene import MaskOptions, mask_scenes
     from cloudclear.detect.spatial import SpatialOptions
     from cloudclear.detect.sun import SunAngles
 
-    if detector not in DETECTORS:
-        raise typer.BadParameter(f"{detector!r}: choose one of {', '.join(DETECTORS)}", param_hint="--detector")
+    _check_detector(detector, "--detector")
     angles = None
     if sun is not None:
         zen, az = _floats(sun, 2, "--sun") or (0.0, 0.0)

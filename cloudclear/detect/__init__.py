@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cloudclear.detect import pixels as px
 from cloudclear.detect.pixels import DETECTORS, get_detector, pixel_layers, resolve_bands
 from cloudclear.detect.spatial import SpatialOptions, SpatialResult, finish
 from cloudclear.detect.sun import SunAngles, solar_position
@@ -80,8 +81,6 @@ def detect_array(
 
 def histogram(score: np.ndarray, bright: np.ndarray, flags: np.ndarray) -> np.ndarray:
     """(256, 256) counts of (score, bright) over valid pixels that are not water."""
-    from cloudclear.detect import pixels as px
-
     keep = ((flags & px.VALID) != 0) & ((flags & px.WATER) == 0)
     idx = score[keep].astype(np.int64) * 256 + bright[keep]
     return np.bincount(idx, minlength=65536).reshape(256, 256)

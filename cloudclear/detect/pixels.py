@@ -16,6 +16,7 @@ Each detector turns reflectances (0..1) into three uint8 layers that the spatial
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ VALID, SNOW, WATER, VEG, CIRRUS, NOTCLOUD = 1, 2, 4, 8, 16, 32
 HOT_MIN, HOT_STEP = -0.1, 0.002
 #: Darkness quantisation: bright = (NIR + SWIR1) / BRIGHT_STEP, 0..255.
 BRIGHT_STEP = 0.006
+#: B10 (1.38 um, TOA) reflectance above which a pixel is thin cirrus, for every detector.
+CIRRUS_REFLECTANCE = 0.012
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class BuiltinDetector:
     alternatives = {"B08": "B8A"}
     optional = ("B10", "B11", "B12")
 
-    def __init__(self, hot_excess: float = 0.045, smooth_m: float = 50.0, cirrus: float = 0.012):
+    def __init__(self, hot_excess: float = 0.045, smooth_m: float = 50.0, cirrus: float = CIRRUS_REFLECTANCE):
         self.hot_excess = hot_excess
         self.smooth_m = smooth_m
         self.cirrus = cirrus
@@ -102,7 +105,7 @@ class S2CloudlessDetector:
     def __init__(self, probability: float = 0.4, smooth_m: float = 220.0):
         self.probability = probability
         self.smooth_m = smooth_m
-        self._classifier: Any = None
+        self.cirrus = CIRRUS_REFLECTANCE
 
     def unavailable(self) -> str | None:
         try:
@@ -112,18 +115,22 @@ class S2CloudlessDetector:
         return None
 
     def score(self, refl: Mapping[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
-        if self._classifier is None:
-            from s2cloudless import S2PixelCloudDetector
-
-            self._classifier = S2PixelCloudDetector(all_bands=False)
         stack = np.stack([refl[b] for b in self.needs], axis=-1)[None]
-        prob = self._classifier.get_cloud_probability_maps(np.nan_to_num(stack))[0]
+        prob = _s2cloudless_classifier().get_cloud_probability_maps(np.nan_to_num(stack))[0]
         q = np.clip(np.rint(prob * 254.0) + 1, 1, 255).astype(np.uint8)
         q[~valid] = 0
         return q
 
     def threshold(self, hist: np.ndarray) -> float:
         return 1 + self.probability * 254.0
+
+
+@functools.cache
+def _s2cloudless_classifier() -> Any:
+    """s2cloudless' LightGBM classifier, loaded once per process (about 1 s), not once per scene."""
+    from s2cloudless import S2PixelCloudDetector
+
+    return S2PixelCloudDetector(all_bands=False)
 
 
 Detector = BuiltinDetector | S2CloudlessDetector
@@ -209,7 +216,7 @@ def pixel_layers(det: Detector, refl: Mapping[str, np.ndarray], valid: np.ndarra
         flags |= np.where(ndvi > 0.4, VEG, 0).astype(np.uint8)
         flags |= np.where(notcloud, NOTCLOUD, 0).astype(np.uint8)
         if "B10" in refl:
-            flags |= np.where(refl["B10"] > getattr(det, "cirrus", 0.012), CIRRUS, 0).astype(np.uint8)
+            flags |= np.where(refl["B10"] > det.cirrus, CIRRUS, 0).astype(np.uint8)
         dark = n + s1 if s1 is not None else n
         bright = np.clip(np.rint(np.nan_to_num(dark) / BRIGHT_STEP), 0, 255).astype(np.uint8)
     flags[~valid] = 0

@@ -22,7 +22,7 @@ import numpy as np
 from cloudclear import __version__, masks
 from cloudclear.detect import histogram
 from cloudclear.detect import pixels as px
-from cloudclear.detect.spatial import CLOUD, CLOUD_RING, SHADOW, SNOW, SpatialOptions, finish
+from cloudclear.detect.spatial import CIRRUS, CLOUD, CLOUD_RING, SHADOW, SNOW, SpatialOptions, finish
 from cloudclear.detect.sun import SunAngles, from_tags, solar_position
 from cloudclear.errors import DetectError, InvalidRasterError, OutputExistsError, SceneNotFoundError
 from cloudclear.gridio import Grid, GridReader
@@ -309,7 +309,7 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
     scl = res.scl
     valid_all = scl != 0
     pct = 100.0 / n_valid
-    cloud_pct = float(np.isin(scl, (CLOUD, CLOUD_RING, 10)).sum() * pct)
+    cloud_pct = float(np.isin(scl, (CLOUD, CLOUD_RING, CIRRUS)).sum() * pct)
     shadow_pct = float((scl == SHADOW).sum() * pct)
     snow_pct = float((scl == SNOW).sum() * pct)
     nodata_pct = 100.0 * (1.0 - valid_all.sum() / scl.size)
