@@ -532,6 +532,22 @@ def test_a_mask_given_alone_is_reported_as_a_mask(tmp_path):
         mask_scenes(paths)
 
 
+def test_band_files_of_one_date_in_two_crs_name_the_reason(tmp_path):
+    rng = np.random.default_rng(3)
+    dn = rng.integers(500, 3000, (4, 64, 64)).astype(np.uint16)
+    ten = write_raster(tmp_path / "S2_T31UFQ_20210516T103021_10m.tif", dn, descriptions=B4, nodata=0)
+    other = write_raster(
+        tmp_path / "S2_T31UFQ_20210516T103021_20m.tif",
+        dn,
+        crs="EPSG:32632",
+        descriptions=("B05", "B06", "B11", "B12"),
+        nodata=0,
+    )
+    with pytest.raises(DetectError, match=r"_20m\.tif: same date as .*_10m\.tif but a different CRS or extent"):
+        mask_scenes([ten, other], tmp_path / "out.tif")
+    assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*partial*"))
+
+
 def test_unknown_detector_lists_the_known_ones():
     assert list(DETECTORS) == ["builtin", "s2cloudless"]
     with pytest.raises(DetectError, match=r"unknown detector 'fmask'; choose one of: builtin, s2cloudless"):

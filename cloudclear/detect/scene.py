@@ -129,7 +129,7 @@ def find_scenes(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[SceneDraf
         else:
             infos.append(read_file_info(path))
             named.add(str(path))
-    drafts, _ = assemble(infos)
+    drafts, skipped = assemble(infos)
     s2 = [d for d in drafts if d.sensor == "S2"]
     used = {f for d in s2 for f in d.files}
     for name in sorted(named - used):
@@ -137,8 +137,12 @@ def find_scenes(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[SceneDraf
             kind = classify(next(i for i in infos if i.path == name)).kind
         except InvalidRasterError:
             kind = "unknown"
-        what = {"mask": "a mask", "s1": "a Sentinel-1 image"}.get(kind, "not part of an S2 scene")
-        raise DetectError(f"{name}: {what}; give the S2 band file(s)")
+        if kind in ("mask", "s1"):
+            what = "a mask" if kind == "mask" else "a Sentinel-1 image"
+            raise DetectError(f"{name}: {what}; give the S2 band file(s)")
+        # Why assembling left it out (another CRS or extent than the scene's other files...).
+        reason = next((s.reason for s in skipped if s.path == name), f"{name}: not part of an S2 scene")
+        raise DetectError(reason)
     if not s2:
         raise DetectError(f"{', '.join(map(str, paths))}: no S2 scene found")
     return s2, scene_ids(s2)
