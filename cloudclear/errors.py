@@ -71,3 +71,16 @@ class CloudClearWarning(UserWarning):
 class DetectError(CloudClearError, ValueError):
     """A mask cannot be computed: bands the detector needs are missing, the reflectance scale is
     wrong, the scene is all nodata, or an optional detector package is not installed."""
+
+
+class LayoutError(CloudClearError, ValueError):
+    """A layout file cannot be used: bad TOML, an unknown field, a value out of range. The message
+    names the file, the slot and the field."""
+
+
+class SampleError(CloudClearError, ValueError):
+    """Sampling cannot produce a store: no location satisfies the layout, bad options."""
+
+
+class StoreError(CloudClearError, ValueError):
+    """A patch store is missing, incomplete (an interrupted run) or not a cloudclear store."""

@@ -125,6 +125,19 @@ class GridReader:
         except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
             raise InvalidRasterError(f"{self.path}: cannot read rows {r0}..{r1} ({exc})") from None
 
+    def read_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0..r1`` and columns ``c0..c1`` of the grid, shape (bands, rows, cols)."""
+        from rasterio.windows import Window
+
+        ds = self.vrt or self.src
+        win = Window(self.col_off + c0, self.row_off + r0, c1 - c0, r1 - r0)
+        try:
+            return ds.read(self.indexes, window=win)
+        except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
+            raise InvalidRasterError(
+                f"{self.path}: cannot read window rows {r0}..{r1}, cols {c0}..{c1} ({exc})"
+            ) from None
+
     def close(self) -> None:
         """Close the file (and its warped view)."""
         if self.vrt is not None:

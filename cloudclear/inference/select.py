@@ -11,17 +11,15 @@ footprint covers the tile.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from cloudclear.acquisitions import Acquisition, acquisition, cloud_of, dedupe, grid_of, number, row_time
 from cloudclear.errors import InferError
 from cloudclear.gridio import Grid
-from cloudclear.masks import MaskBand
 
 
 @dataclass(frozen=True)
@@ -59,52 +57,6 @@ def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float
     slots.append(SlotRequest("t", "S2", "target"))
     slots += [SlotRequest(f"t+{k}", "S2", "after", k) for k in range(1, neighbours + 1)]
     return Layout(tuple(slots), max_days=max_days, max_cloud=max_cloud)
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """One chosen scene: where its bands and mask are, and how to read them as physical values.
-
-    Attributes:
-        slot: the slot it fills.
-        role: target / before / after.
-        sensor: S2 or S1.
-        scene_id: catalog id.
-        datetime: acquisition time (UTC).
-        days: signed offset from the target date in days.
-        cloud_pct: catalog cloud cover (None if unknown).
-        bands: band names, in the order read.
-        sources: (path, 1-based band) per band.
-        mask: the S2 mask, or None (then every valid pixel counts as clear).
-        scale: DN * scale + offset = reflectance (S2) or the file's value (S1).
-        offset: see ``scale``.
-        nodata: the band nodata value (S2 0 when unset).
-        units: catalog units ("reflectance", "dB", "linear", ...).
-    """
-
-    slot: str
-    role: str
-    sensor: str
-    scene_id: str
-    datetime: datetime
-    days: float
-    cloud_pct: float | None
-    bands: tuple[str, ...]
-    sources: tuple[tuple[str, int], ...]
-    mask: MaskBand | None
-    scale: float
-    offset: float
-    nodata: float | None
-    units: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "slot": self.slot,
-            "scene_id": self.scene_id,
-            "datetime": self.datetime.isoformat(),
-            "days": round(self.days, 3),
-            "cloud_pct": self.cloud_pct,
-        }
 
 
 @dataclass(frozen=True)
@@ -155,82 +107,6 @@ def date_range(start: str, stop: str, every_days: int) -> list[datetime]:
     return out
 
 
-def _row_time(row: Any) -> datetime:
-    return row["datetime"].to_pydatetime()
-
-
-def _dedupe(rows: list[Any]) -> list[Any]:
-    """One record per acquisition: the same scene indexed twice (a stack and per-band files)."""
-    best: dict[datetime, Any] = {}
-    for row in rows:
-        key = _row_time(row).replace(second=0, microsecond=0)
-        prev = best.get(key)
-        if prev is None or _preference(row) < _preference(prev):
-            best[key] = row
-    return sorted(best.values(), key=_row_time)
-
-
-def _number(row: Any, key: str) -> float | None:
-    """A numeric catalog field, None where it is unset (None or NaN in the GeoPackage)."""
-    v = row[key]
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def _preference(row: Any) -> tuple[Any, ...]:
-    has_mask = _cloud(row) is not None
-    return (not has_mask, len(json.loads(row["files"])), row["scene_id"])
-
-
-def _cloud(row: Any) -> float | None:
-    return _number(row, "cloud_pct")
-
-
-def _acquisition(catalog: Any, row: Any, slot: SlotRequest, target: datetime, bands: Sequence[str]) -> Acquisition:
-    have = str(row["bands"]).split(",")
-    band_files = json.loads(row["band_files"])
-    missing = [b for b in bands if b not in band_files]
-    if missing:
-        first = catalog.resolve(next(iter(band_files.values()))[0]) if band_files else row["scene_id"]
-        raise InferError(
-            f"{first}: scene {row['scene_id']} has bands {','.join(have)} but {','.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} needed (choose bands every scene has with --bands)"
-        )
-    sources = tuple((str(catalog.resolve(band_files[b][0])), int(band_files[b][1])) for b in bands)
-    mask = None
-    if isinstance(row["mask_file"], str) and row["mask_file"]:
-        mask = MaskBand(str(catalog.resolve(row["mask_file"])), int(row["mask_band"]), str(row["mask_source"]))
-    scale, offset = _number(row, "scale"), _number(row, "offset")
-    when = _row_time(row)
-    return Acquisition(
-        slot=slot.name,
-        role=slot.role,
-        sensor=str(row["sensor"]),
-        scene_id=str(row["scene_id"]),
-        datetime=when,
-        days=(when - target).total_seconds() / 86400.0,
-        cloud_pct=_cloud(row),
-        bands=tuple(bands),
-        sources=sources,
-        mask=mask,
-        scale=1.0 if scale is None else scale,
-        offset=0.0 if offset is None else offset,
-        nodata=_number(row, "nodata"),
-        units=str(row["units"]),
-    )
-
-
-def _grid_of(catalog: Any, row: Any) -> Grid:
-    import rasterio
-
-    width, height = int(row["width"]), int(row["height"])
-    for rel, _ in json.loads(row["band_files"]).values():
-        path = catalog.resolve(rel)
-        with rasterio.open(path) as src:
-            if (src.width, src.height) == (width, height) and src.crs is not None:
-                return Grid(src.crs.to_wkt(), tuple(src.transform)[:6], width, height)  # type: ignore[arg-type]
-    raise InferError(f"scene {row['scene_id']}: no band file on the scene's {width} x {height} grid")
-
-
 def choose_inputs(
     catalog: Any,
     when: str | datetime,
@@ -269,25 +145,25 @@ def choose_inputs(
     span = timedelta(days=layout.max_days)
     rows = [r for _, r in catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span).iterrows()]
     # A scene with no valid pixel (100 % nodata in the catalog) can fill no slot.
-    rows = _dedupe([r for r in rows if (_number(r, "nodata_pct") or 0.0) < 100.0])
+    rows = dedupe([r for r in rows if (number(r, "nodata_pct") or 0.0) < 100.0])
 
     # The target acquisition: on the same UTC day for a date, within an hour for a datetime.
     def on_target(row: Any) -> bool:
-        t = _row_time(row)
+        t = row_time(row)
         return t.date() == target.date() if date_only else abs((t - target).total_seconds()) <= 3600
 
     target_row = next((r for r in rows if on_target(r)), None)
     if target_row is not None:
-        target = _row_time(target_row)
-    usable = [r for r in rows if r is not target_row and (_cloud(r) is None or _cloud(r) <= layout.max_cloud)]  # type: ignore[operator]
+        target = row_time(target_row)
+    usable = [r for r in rows if r is not target_row and (cloud_of(r) is None or cloud_of(r) <= layout.max_cloud)]  # type: ignore[operator]
 
     def rank(side: str) -> list[Any]:
-        cands = [r for r in usable if (_row_time(r) < target if side == "before" else _row_time(r) > target)]
+        cands = [r for r in usable if (row_time(r) < target if side == "before" else row_time(r) > target)]
 
         # Unknown cover (no mask) ranks after every known cover on the same day.
         def key(r: Any) -> tuple[float, float]:
-            cloud = _cloud(r)
-            return (abs((_row_time(r) - target).total_seconds()) // 86400, 101.0 if cloud is None else cloud)
+            cloud = cloud_of(r)
+            return (abs((row_time(r) - target).total_seconds()) // 86400, 101.0 if cloud is None else cloud)
 
         return sorted(cands, key=key)
 
@@ -304,10 +180,10 @@ def choose_inputs(
     chosen = [r for r in s2_rows.values() if r is not None]
     if not chosen:
         raise InferError(_no_neighbours(catalog, tile, target, layout))
-    nearest = min(chosen, key=lambda r: abs((_row_time(r) - target).total_seconds()))
+    nearest = min(chosen, key=lambda r: abs((row_time(r) - target).total_seconds()))
     if bands is None:
         bands = str(nearest["bands"]).split(",")
-    grid = _grid_of(catalog, target_row if target_row is not None else nearest)
+    grid = grid_of(catalog, target_row if target_row is not None else nearest, InferError)
 
     empty: list[str] = []
     slots: list[tuple[SlotRequest, Acquisition | None]] = []
@@ -315,12 +191,12 @@ def choose_inputs(
         acq: Acquisition | None = None
         if slot.sensor == "S2":
             row = s2_rows[slot.name]
-            acq = None if row is None else _acquisition(catalog, row, slot, target, bands)
+            acq = None if row is None else acquisition(catalog, row, slot.name, slot.role, target, bands, InferError)
         else:
             anchor = s2_rows.get(_s2_twin(layout, slot))
-            when_s1 = _row_time(anchor) if anchor is not None else target
+            when_s1 = row_time(anchor) if anchor is not None else target
             row = _nearest_s1(catalog, grid, when_s1, layout.s1_max_hours)
-            acq = None if row is None else _acquisition(catalog, row, slot, target, s1_bands)
+            acq = None if row is None else acquisition(catalog, row, slot.name, slot.role, target, s1_bands, InferError)
         if acq is None:
             if slot.name in layout.required:
                 raise InferError(_empty_slot(tile, target, slot, layout))
@@ -345,7 +221,7 @@ def _nearest_s1(catalog: Any, grid: Grid, when: datetime, max_hours: float) -> A
         return None
     gaps = (hits["datetime"] - when).abs()
     best = hits.loc[gaps.idxmin()]
-    return best if abs((_row_time(best) - when).total_seconds()) <= max_hours * 3600 else None
+    return best if abs((row_time(best) - when).total_seconds()) <= max_hours * 3600 else None
 
 
 def _no_neighbours(catalog: Any, tile: str, target: datetime, layout: Layout) -> str:
@@ -355,10 +231,10 @@ def _no_neighbours(catalog: Any, tile: str, target: datetime, layout: Layout) ->
         return f"{catalog.path}: tile {tile} has no S2 scenes"
     gaps = (s2["datetime"] - target).abs()
     near = s2.loc[gaps.idxmin()]
-    d = abs((_row_time(near) - target).total_seconds()) / 86400
-    cloud = _cloud(near)
+    d = abs((row_time(near) - target).total_seconds()) / 86400
+    cloud = cloud_of(near)
     why = f"{d:.0f} days away" + (f", {cloud:.0f} % cloud" if cloud is not None else "")
-    if (_number(near, "nodata_pct") or 0.0) >= 100.0:
+    if (number(near, "nodata_pct") or 0.0) >= 100.0:
         why += ", all nodata"
     return (
         f"{catalog.path}: no usable S2 scene of tile {tile} within {layout.max_days:g} days of {day} "
