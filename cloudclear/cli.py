@@ -807,6 +807,9 @@ def sample(
     dem: Annotated[Path | None, typer.Option("--dem", help="DEM raster for a layout's DEM slot.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same store.")] = 0,
     workers: Annotated[int, typer.Option("--workers", help="Reading threads.", min=1)] = 2,
+    compression: Annotated[
+        int, typer.Option("--compression", help="zlib level of the store (1 fastest, 9 smallest).", min=1, max=9)
+    ] = 3,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -822,6 +825,8 @@ def sample(
     import os
     import signal
 
+    # Patches are read once each: a large GDAL block cache only costs memory.
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
     from cloudclear.sampling import SampleOptions
     from cloudclear.sampling import sample as run_sample
 
@@ -844,6 +849,7 @@ def sample(
         seed=seed,
         dem=str(dem) if dem else None,
         workers=workers,
+        compression=compression,
         overwrite=overwrite,
         progress=_progress(),
     )

@@ -26,6 +26,7 @@ The presets follow Decloud's acquisition layouts (DESIGN.md section 5) plus a se
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -164,6 +165,8 @@ class Layout:
         (the nearest clear date, an approximation of the truth) is dropped and the reference becomes
         the target.
         """
+        if isinstance(names, str):
+            names = names.split(",")
         wanted = [n.strip() for n in names if n.strip()]
         if wanted == ["all"]:
             wanted = [s.name for s in self.s2_slots]
@@ -179,7 +182,7 @@ class Layout:
 
     def with_s1_gap(self, hours: float) -> Layout:
         """This layout with every S1-paired S2 slot's largest S1 gap set to ``hours``."""
-        if hours <= 0:
+        if not math.isfinite(hours) or hours <= 0:
             raise LayoutError(f"{self.source}: the S1 gap must be > 0 hours, not {hours:g}")
         slots = tuple(replace(s, s1_max_gap=hours) if s.s1_max_gap is not None else s for s in self.slots)
         return replace(self, slots=slots)
@@ -242,7 +245,8 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON string escapes are valid TOML basic-string escapes (control characters become \u00XX).
+        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} as TOML")

@@ -292,19 +292,26 @@ class _Context:
         r0, c0 = int(g.r0[loc]), int(g.c0[loc])
         nodata = number(row, "nodata")
         out = np.empty((len(self.opts.s1_bands), self.patch, self.patch), np.float32)
-        readers = self.reader()
+        by_file: dict[str, list[tuple[int, int]]] = {}
         for n, b in enumerate(self.opts.s1_bands):
             rel, bidx = band_files[b]
-            rd = readers.get(str(self.catalog.resolve(rel)), (int(bidx),), g.grid, "bilinear", nodata)
-            data = rd.read_window(r0, r0 + self.patch, c0, c0 + self.patch)[0].astype(np.float32)
-            bad = ~np.isfinite(data) if nodata is None or np.isnan(nodata) else (data == nodata) | ~np.isfinite(data)
-            scale, offset = number(row, "scale"), number(row, "offset")
-            data = data * np.float32(1.0 if scale is None else scale) + np.float32(offset or 0.0)
-            if str(row["units"]).lower() == "linear":
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    data = 10.0 * np.log10(np.maximum(data, 1e-6))
-            data[bad] = np.nan
-            out[n] = data
+            by_file.setdefault(str(self.catalog.resolve(rel)), []).append((n, int(bidx)))
+        readers = self.reader()
+        # VV and VH usually share a file: read them in one call so each block is decoded once.
+        for path, items in by_file.items():
+            rd = readers.get(path, tuple(b for _, b in items), g.grid, "bilinear", nodata)
+            data = rd.read_window(r0, r0 + self.patch, c0, c0 + self.patch).astype(np.float32)
+            for (n, _), d in zip(items, data, strict=True):
+                out[n] = d
+        bad = ~np.isfinite(out)
+        if nodata is not None and not np.isnan(nodata):
+            bad |= out == nodata
+        scale, offset = number(row, "scale"), number(row, "offset")
+        out = out * np.float32(1.0 if scale is None else scale) + np.float32(offset or 0.0)
+        if str(row["units"]).lower() == "linear":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = 10.0 * np.log10(np.maximum(out, 1e-6))
+        out[bad] = np.nan
         return out
 
     def read_dem(self, g: Group, loc: int) -> np.ndarray:
@@ -417,18 +424,19 @@ class _Context:
             arrays.append(encode_values(p.values, p.valid, "S2"))
             arrays.append(p.cls)
             cover = p.cloud
+            extra: dict[str, Any] = {}
             if slot.simulated:
                 pasted = self._paste(slot, g, j, loc, split, p, rng)
                 if pasted is None:
                     return f"slot {slot.name}: no mask to paste gives cloud in [{slot.cloud[0]:g}, {slot.cloud[1]:g}] %"
                 gap, cover, source = pasted
                 arrays.append(gap.astype(np.uint8))
-                meta[f"{slot.name}_gap_source"] = source
-                meta[f"{slot.name}_gap_pct"] = round(100.0 * float(gap.mean()), 3)
+                extra[f"{slot.name}_gap_source"] = source
+                extra[f"{slot.name}_gap_pct"] = round(100.0 * float(gap.mean()), 3)
             if s1 is not None:
                 k, data = s1
                 arrays.append(encode_values(data, np.isfinite(data).all(axis=0), "S1"))
-                self._meta_s1(meta, slot.name, g, k, float(g.times[j]))
+                self._meta_s1(extra, slot.name, g, k, float(g.times[j]))
             hours.append((float(g.times[j]) - t_ref) / 3600.0)
             meta[f"{slot.name}_scene"] = str(row["scene_id"])
             meta[f"{slot.name}_datetime"] = datetime.fromtimestamp(float(g.times[j]), timezone.utc).isoformat()
@@ -437,6 +445,7 @@ class _Context:
             cat_cloud = cloud_of(row)
             meta[f"{slot.name}_scene_cloud_pct"] = None if cat_cloud is None else round(cat_cloud, 3)
             meta[f"{slot.name}_files"] = json.dumps(cand_mod.scene_files(self.catalog, row))
+            meta.update(extra)
         return arrays, hours, meta
 
     def _paste(
@@ -676,8 +685,8 @@ def sample(
                     continue
                 if opts.per_location is not None and per_loc[(gi, loc)] >= opts.per_location:
                     continue
-                arrays, hours, meta = res
-                writer.append([pack(a, opts.compression) for a in arrays], sp, hours)
+                blobs, hours, meta = res
+                writer.append(blobs, sp, hours)
                 per_loc[(gi, loc)] += 1
                 g = ctx.cands[gi].group
                 season = SEASONS[int(season_of(np.array([g.times[r]]))[0])]
@@ -733,7 +742,13 @@ def sample(
 def _safe_build(ctx: _Context) -> Any:
     def run(task: tuple[int, int, int, int, int]) -> Any:
         try:
-            return ctx.build(task)
+            res = ctx.build(task)
+            if isinstance(res, str):
+                return res
+            arrays, hours, meta = res
+            # Compressing here, in the reading threads, overlaps it with the other threads' reads
+            # (zlib releases the GIL).
+            return [pack(a, ctx.opts.compression) for a in arrays], hours, meta
         except InvalidRasterError:
             raise
         except Exception as exc:  # noqa: BLE001 - one unreadable window costs one sample, not the run
