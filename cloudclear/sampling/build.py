@@ -599,6 +599,8 @@ def sample(
     out_path = Path(out).expanduser().resolve()
     if out_path.exists() and not opts.overwrite:
         raise OutputExistsError(f"{out_path}: exists; pass --overwrite to replace it")
+    if out_path.exists() and not out_path.is_dir():
+        raise OutputExistsError(f"{out_path}: exists and is a file, not a patch store; refusing to replace it")
     if out_path.exists() and not (out_path / "store.json").exists() and any(out_path.iterdir()):
         raise OutputExistsError(f"{out_path}: exists and is not a patch store; refusing to replace it")
     if any(s.sensor == "DEM" for s in lay.slots) and not opts.dem:
@@ -706,7 +708,10 @@ def sample(
             notes.append(f"{len(writer)} of the {opts.count} samples asked for satisfy the layout")
         for k, name in enumerate(SPLITS):
             if opts.fractions[k] > 0 and not by_split[name]:
-                notes.append(f"split {name} is empty: too few blocks; use a smaller --block")
+                if splits.candidates and splits.candidates[k] == 0:
+                    notes.append(f"split {name} is empty: no block holds a candidate for it; use a smaller --block")
+                else:
+                    notes.append(f"split {name} is empty: its candidates were not reached; raise --count")
         manifest = _manifest(lay, bands, opts, cat, len(writer), dict(by_split), splits)
         import geopandas as gpd
 

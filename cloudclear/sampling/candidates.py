@@ -456,6 +456,14 @@ def explain(cands: list[Candidates], layout: Layout, patch: int, catalog: Any = 
             where = f" as the {ordinal(s.nth)} acquisition {side} the reference" + _hours_text(s.window)
         else:
             where = _hours_text(s.window)
+        if s.nth is not None:
+            most = _nth_reach(cands, s, ref.name)
+            side = "follow" if s.nth > 0 else "precede"
+            return (
+                f"slot {s.name}: 0 scenes with {need}{extra}{where} of any of {n_ref} reference scenes "
+                f"(at most {most} acquisitions with data at the patch {side} a reference within the window; "
+                f"the {ordinal(s.nth)} is needed)"
+            )
         in_window, clearest, s1_gap = _window_stats(cands, s, ref.name)
         why = f" ({in_window} acquisitions with data at the patch lie in those windows"
         if clearest is not None:
@@ -470,6 +478,21 @@ def explain(cands: list[Candidates], layout: Layout, patch: int, catalog: Any = 
         return f"slot {s.name}: 0 scenes with {need}{extra}{where} of any of {n_ref} reference scenes{why}"
     per = ", ".join(f"{k} {sum(int(c.per_slot[k].sum()) for c in cands)}" for k in cands[0].per_slot)
     return f"no location has every slot filled at once (reference x location pairs per slot: {per})"
+
+
+def _nth_reach(cands: list[Candidates], slot: LayoutSlot, ref: str) -> int:
+    """The most acquisitions with data at a patch in an nth slot's window of one reference."""
+    assert slot.window is not None
+    most = 0
+    for c in cands:
+        g = c.group
+        for r in np.flatnonzero(c.per_slot[ref].any(axis=1)):
+            dt = (g.times - g.times[r]) / 3600.0
+            inwin = (dt >= slot.window[0] - 1e-6) & (dt <= slot.window[1] + 1e-6)
+            inwin[r] = False
+            if inwin.any():
+                most = max(most, int(g.valid[inwin][:, c.per_slot[ref][r]].sum(axis=0).max()))
+    return most
 
 
 def _window_stats(cands: list[Candidates], slot: LayoutSlot, ref: str) -> tuple[int, float | None, float | None]:

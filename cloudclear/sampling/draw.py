@@ -56,6 +56,7 @@ class Splits:
         unit_split: (merged block, time bin) -> split index.
         block_days: the time-bin length, None for space-only splits.
         straddling: locations left out because they straddle two blocks.
+        candidates: per split, the candidate samples its units hold.
     """
 
     block: list[np.ndarray]
@@ -63,6 +64,7 @@ class Splits:
     unit_split: dict[tuple[int, int], int]
     block_days: float | None
     straddling: int
+    candidates: tuple[int, ...] = ()
 
     def bin_of(self, t: float) -> int:
         return 0 if self.block_days is None else int(np.floor(t / (self.block_days * 86400.0)))
@@ -179,7 +181,8 @@ def assign_splits(
         members[donor].remove(move)
         members[empty].append(move)
         unit_split[move] = empty
-    return Splits(blocks, root, unit_split, block_days, straddling)
+    per_split = tuple(int(sum(weight[u] for u in members[k])) for k in range(len(frac)))
+    return Splits(blocks, root, unit_split, block_days, straddling, per_split)
 
 
 def draw_order(
