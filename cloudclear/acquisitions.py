@@ -70,10 +70,15 @@ def row_time(row: Any) -> datetime:
 
 
 def dedupe(rows: list[Any]) -> list[Any]:
-    """One record per acquisition: the same scene indexed twice (a stack and per-band files)."""
-    best: dict[datetime, Any] = {}
+    """One record per acquisition: the same scene indexed twice (a stack and per-band files).
+
+    Two records are one acquisition when they share the minute, the tile and the grid corner; the
+    tiles of one datatake share the minute but not the place.
+    """
+    best: dict[tuple[Any, ...], Any] = {}
     for row in rows:
-        key = row_time(row).replace(second=0, microsecond=0)
+        when = row_time(row).replace(second=0, microsecond=0)
+        key = (when, str(row["tile"] or ""), str(row["crs"]), round(float(row["left"])), round(float(row["top"])))
         prev = best.get(key)
         if prev is None or _preference(row) < _preference(prev):
             best[key] = row

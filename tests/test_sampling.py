@@ -20,10 +20,11 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
+from conftest import write_raster
 
 from cloudclear import masks
 from cloudclear.catalog import Catalog, build_index
-from cloudclear.errors import OutputExistsError, SampleError, StoreError
+from cloudclear.errors import LayoutError, OutputExistsError, SampleError, StoreError
 from cloudclear.layouts import Layout, load_layout, parse_layout
 from cloudclear.sampling import PatchDataset, PatchStore, SampleOptions, sample
 from cloudclear.sampling import build as build_mod
@@ -65,10 +66,10 @@ ONE_NEXT = {
 
 
 class Series:
-    """A generated series and its catalog."""
+    """A series generated under ``root`` (with ``kw``; none: already there) and its catalog."""
 
     def __init__(self, root: Path, **kw):
-        self.synth = generate_series(root, **kw)
+        self.synth = generate_series(root, **kw) if kw else None
         self.catalog_path = build_index(root).catalog_path
         self.catalog = Catalog.open(self.catalog_path)
         scenes = self.catalog.scenes
@@ -339,9 +340,10 @@ def grids(tmp_path_factory) -> Series:
     generate_series(root / "A", height=256, width=256, n_dates=3, interval_days=5, s1=False, seed=1)
     generate_series(root / "B", height=192, width=192, n_dates=3, start="2021-06-01", s1=False, seed=2)
     generate_series(root / "C", height=128, width=128, n_dates=3, interval_days=5, tile="31UGQ", s1=False, seed=3)
-    s = Series.__new__(Series)
-    s.catalog_path = build_index(root).catalog_path
-    s.catalog = Catalog.open(s.catalog_path)
+    s = Series(root)
+    s2 = s.catalog.scenes[s.catalog.scenes["sensor"] == "S2"]
+    by_tile = {t: sorted(s2[s2["tile"] == t]["datetime"]) for t in ("31UFQ", "31UGQ")}
+    assert len(s2) == 9 and by_tile["31UGQ"] == by_tile["31UFQ"][:3]  # C shares A's acquisition times
     return s
 
 
@@ -359,26 +361,13 @@ def test_splits_merge_blocks_of_overlapping_grids(grids, tmp_path):
         _footprints_by_split(meta)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: s2_groups dedupes S2 rows by acquisition minute across the whole catalog "
-    "(acquisitions.dedupe keys on time only), so a tile acquired at the same time as another "
-    "(one datatake) is dropped: only 31UFQ is sampled",
-)
 def test_every_tile_of_a_datatake_is_sampled(grids, tmp_path):
-    s2 = grids.catalog.scenes[grids.catalog.scenes["sensor"] == "S2"]
-    assert set(s2["tile"]) == {"31UFQ", "31UGQ"}
     opts = SampleOptions(patch_size=PATCH, block=1, count=500, s1=False)
     result = sample(grids.catalog_path, parse_layout(ONE, "ONE"), tmp_path / "st", opts)
     meta = PatchStore(result.path).metadata()
     assert set(meta["tile"]) == {"31UFQ", "31UGQ"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG?: per_location counts per (grid, location): two grids of one tile with the same origin "
-    "give K samples each at the same (tile, row, col), i.e. the same ground patch",
-)
 def test_per_location_counts_the_ground_patch_across_grids(grids, tmp_path):
     opts = SampleOptions(patch_size=PATCH, block=1, count=500, s1=False, per_location=1)
     result = sample(grids.catalog_path, parse_layout(ONE, "ONE"), tmp_path / "st", opts)
@@ -575,18 +564,24 @@ def test_overwrite_refuses_a_folder_that_is_not_a_store(series, tmp_path):
     assert (out / "notes.txt").read_text() == "keep me" and leftovers(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotADirectoryError,
-    reason="BUG: sample(overwrite=True) onto an existing regular file calls out.iterdir() and raises a raw "
-    "NotADirectoryError instead of OutputExistsError ('exists and is not a patch store')",
-)
 def test_overwrite_refuses_a_file(series, tmp_path):
     out = tmp_path / "afile"
     out.write_text("keep me")
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match="is a file, not a patch store"):
         sample(series.catalog_path, parse_layout(ONE, "ONE"), out, _quick(overwrite=True))
-    assert out.read_text() == "keep me"
+    assert out.read_text() == "keep me" and leftovers(out) == []
+
+
+def test_empty_split_notes_say_why(series, tmp_path):
+    few = sample(series.catalog_path, parse_layout(ONE, "ONE"), tmp_path / "few", _quick(count=1))
+    assert few.count == 1 and sum(v == 0 for v in few.by_split.values()) == 2
+    assert sum("its candidates were not reached; raise --count" in n for n in few.notes) == 2
+    # one 256 px block holds the whole grid: only one split can have candidates
+    one_block = sample(series.catalog_path, parse_layout(ONE, "ONE"), tmp_path / "block", _quick(count=20, block=4))
+    empty = [k for k, v in one_block.by_split.items() if v == 0]
+    assert len(empty) == 2 and one_block.by_split["train"] == 20
+    for name in empty:
+        assert f"split {name} is empty: no block holds a candidate for it; use a smaller --block" in one_block.notes
 
 
 @pytest.mark.parametrize(
@@ -667,6 +662,25 @@ def test_unsatisfiable_reference_is_named(overcast, tmp_path):
         sample(overcast.catalog_path, layout, tmp_path / "st", SampleOptions(patch_size=PATCH, block=1, count=5))
 
 
+def test_unsatisfiable_nth_slot_says_how_many_follow(overcast, tmp_path):
+    layout = parse_layout(
+        {
+            "name": "seq3",
+            "reference": "t0",
+            "slots": [
+                {"name": "t0", "sensor": "S2"},
+                {"name": "t1", "sensor": "S2", "nth": 1, "window": [0, 240]},
+                {"name": "t3", "sensor": "S2", "nth": 3, "window": [0, 240]},
+            ],
+        }
+    )
+    with pytest.raises(SampleError) as err:
+        sample(overcast.catalog_path, layout, tmp_path / "st", SampleOptions(patch_size=PATCH, block=1, count=5))
+    msg = str(err.value)
+    assert "slot t3: 0 scenes with data at the patch as the 3rd acquisition after the reference in [0 h, 240 h]" in msg
+    assert "at most 2 acquisitions with data at the patch follow a reference within the window" in msg
+
+
 def test_patch_larger_than_the_grid(overcast, tmp_path):
     with pytest.raises(SampleError, match=r"no 256 px patch fits.*128 x 128.*--patch-size"):
         sample(overcast.catalog_path, parse_layout(ONE, "ONE"), tmp_path / "st", SampleOptions(patch_size=256))
@@ -735,11 +749,6 @@ def test_seasonal_draws_equal_counts_per_season(year, tmp_path, count):
 
 
 def test_bands_dates_and_dem(series, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import write_raster
-
     with rasterio.open(series.synth.s2[0]) as ds:
         origin = (ds.transform.c, ds.transform.f)
     dem = (100 + np.arange(256)[:, None] * 0.5 + np.arange(256)[None, :] * 0.25).astype(np.float32)
@@ -771,7 +780,7 @@ def test_bands_dates_and_dem(series, tmp_path):
         np.testing.assert_allclose(item["t.truth"], src * np.float32(1e-4), rtol=1e-6)
         assert item["elev"].shape == (1, PATCH, PATCH) and item["elev.valid"].all()
         np.testing.assert_allclose(item["elev"][0], dem[r : r + PATCH, c : c + PATCH], atol=0.1 + 1e-4)
-    with pytest.raises(Exception, match="--dem"):
+    with pytest.raises(LayoutError, match="--dem"):
         sample(series.catalog_path, layout, tmp_path / "nodem", _quick())
 
 

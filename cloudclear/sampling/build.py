@@ -208,6 +208,13 @@ class _Context:
         self.local = threading.local()
         self.pools = {s.name: self._pool(s) for s in layout.s2_slots if s.simulated}
 
+    def place(self, gi: int, loc: int) -> tuple[Any, ...]:
+        """A patch's ground location: CRS and origin (grids of one place share it), for --per-location."""
+        g = self.cands[gi].group
+        a, _, c, _, e, f = g.grid.transform
+        x, y = c + a * float(g.c0[loc]), f + e * float(g.r0[loc])
+        return (g.grid.crs, round(x, 1), round(y, 1), round(a * self.patch, 1))
+
     def reader(self) -> _Readers:
         r = getattr(self.local, "r", None)
         if r is None:
@@ -651,7 +658,7 @@ def sample(
     rows: list[dict[str, Any]] = []
     geoms: list[Any] = []
     rejected: Counter[str] = Counter()
-    per_loc: Counter[tuple[int, int]] = Counter()
+    per_loc: Counter[tuple[Any, ...]] = Counter()
     by_split: Counter[str] = Counter()
     by_season: Counter[str] = Counter()
     bar = None
@@ -665,16 +672,19 @@ def sample(
         seq = 0
         while len(writer) < opts.count and pos < len(order):
             batch: list[tuple[int, int, int, int, int]] = []
-            pending: Counter[tuple[int, int]] = Counter()
+            pending: Counter[tuple[Any, ...]] = Counter()
             while pos < len(order) and len(batch) < BATCH:
                 gi, r, loc, sp = order[pos]
                 pos += 1
-                if opts.per_location is not None and per_loc[(gi, loc)] + pending[(gi, loc)] >= opts.per_location:
+                if (
+                    opts.per_location is not None
+                    and per_loc[ctx.place(gi, loc)] + pending[ctx.place(gi, loc)] >= opts.per_location
+                ):
                     continue
                 if not _inside_unit(ctx, gi, r, loc, sp):
                     rejected["acquisitions reach another split's dates"] += 1
                     continue
-                pending[(gi, loc)] += 1
+                pending[ctx.place(gi, loc)] += 1
                 batch.append((seq, gi, r, loc, sp))
                 seq += 1
             results = list(pool.map(_safe_build(ctx), batch))
@@ -685,11 +695,11 @@ def sample(
                 if isinstance(res, str):
                     rejected[res] += 1
                     continue
-                if opts.per_location is not None and per_loc[(gi, loc)] >= opts.per_location:
+                if opts.per_location is not None and per_loc[ctx.place(gi, loc)] >= opts.per_location:
                     continue
                 blobs, hours, meta = res
                 writer.append(blobs, sp, hours)
-                per_loc[(gi, loc)] += 1
+                per_loc[ctx.place(gi, loc)] += 1
                 g = ctx.cands[gi].group
                 season = SEASONS[int(season_of(np.array([g.times[r]]))[0])]
                 by_split[SPLITS[sp]] += 1
