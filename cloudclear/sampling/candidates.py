@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cloudclear.acquisitions import cloud_of, dedupe, grid_of, number, row_time
+from cloudclear.acquisitions import dedupe, grid_of, row_time
 from cloudclear.catalog import NO_CELL, decode_cells
 from cloudclear.errors import SampleError
 from cloudclear.gridio import Grid
@@ -211,29 +211,29 @@ def locate(group: Group, patch: int, stride: int) -> None:
     group.cloud_lo = lo.reshape(n, -1).astype(np.float32)
     group.cloud_hi = hi.reshape(n, -1).astype(np.float32)
     group.valid = ~invalid.reshape(n, -1) & group.has_bands[:, None]
-    group.lonlat = _footprints(group.grid, group.r0, group.c0, patch)
+    group.lonlat = rect_footprints(group, group.r0, group.c0, patch, patch)
 
 
-def _footprints(grid: Grid, r0: np.ndarray, c0: np.ndarray, patch: int) -> np.ndarray:
+def rect_footprints(group: Group, r0: np.ndarray, c0: np.ndarray, h: Any, w: Any) -> np.ndarray:
+    """Lon/lat polygons of pixel rectangles of a group's grid (corners and edge points, 16 per ring,
+    so edges that curve in lon/lat are followed)."""
     import shapely
     from pyproj import CRS, Transformer
 
-    a, _, c, _, e, f = grid.transform
+    a, _, c, _, e, f = group.grid.transform
+    h = np.broadcast_to(np.asarray(h, np.float64), r0.shape)
+    w = np.broadcast_to(np.asarray(w, np.float64), c0.shape)
     t = np.linspace(0.0, 1.0, 5)
-    # Ring of 16 points per patch: corners and edge points, so curved lon/lat edges are followed.
     u = np.concatenate([t, np.ones(4), t[::-1][1:], np.zeros(3)])
-    w = np.concatenate([np.zeros(5), t[1:], np.ones(4), t[::-1][1:4]])
-    xs = c + a * (c0[:, None] + patch * u[None, :])
-    ys = f + e * (r0[:, None] + patch * w[None, :])
-    crs = CRS.from_wkt(grid.crs)
-    if crs.is_geographic:
-        lon, lat = xs, ys
-    else:
+    v = np.concatenate([np.zeros(5), t[1:], np.ones(4), t[::-1][1:4]])
+    xs = c + a * (c0[:, None] + w[:, None] * u[None, :])
+    ys = f + e * (r0[:, None] + h[:, None] * v[None, :])
+    crs = CRS.from_wkt(group.grid.crs)
+    if not crs.is_geographic:
         tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         lon, lat = tr.transform(xs.ravel(), ys.ravel())
-        lon, lat = np.asarray(lon).reshape(xs.shape), np.asarray(lat).reshape(ys.shape)
-    coords = np.stack([lon, lat], axis=-1)
-    return np.asarray(shapely.polygons(coords), dtype=object)
+        xs, ys = np.asarray(lon).reshape(xs.shape), np.asarray(lat).reshape(ys.shape)
+    return np.asarray(shapely.polygons(np.stack([xs, ys], axis=-1)), dtype=object)
 
 
 def attach_s1(group: Group, catalog: Any, max_gap_hours: float) -> None:
@@ -348,7 +348,6 @@ def candidates(catalog: Any, group: Group, layout: Layout, refs: np.ndarray) -> 
     """For every reference scene in ``refs`` (bool per scene) and location, whether the layout fits."""
     n_sc, n_loc = group.valid.shape
     pos_to_scene = {int(p): i for i, p in enumerate(group.positions)}
-    s1_index = {int(p): k for k, p in enumerate(group.s1_pos)}
     ref_slot = layout.slot(layout.reference)
     ok = {s.name: slot_ok(group, s) for s in layout.s2_slots}
     feasible = ok[ref_slot.name] & refs[:, None]
@@ -370,7 +369,7 @@ def candidates(catalog: Any, group: Group, layout: Layout, refs: np.ndarray) -> 
         else:
             lists = []
             for r in range(n_sc):
-                if not feasible[r].any() and not per_slot[ref_slot.name][r].any():
+                if not per_slot[ref_slot.name][r].any():
                     lists.append(np.zeros(0, np.int64))
                     continue
                 if s.sensor == "S2":
@@ -389,7 +388,6 @@ def candidates(catalog: Any, group: Group, layout: Layout, refs: np.ndarray) -> 
             members[s.name] = lists
         per_slot[s.name] = here & per_slot[ref_slot.name]
         feasible &= here
-    del s1_index
     return Candidates(group, feasible, members, ok, nth, per_slot)
 
 
@@ -525,16 +523,3 @@ def _window_stats(cands: list[Candidates], slot: LayoutSlot, ref: str) -> tuple[
 def scene_files(catalog: Any, row: Any) -> list[str]:
     """Absolute paths of a record's files."""
     return [str(catalog.resolve(p)) for p in json.loads(row["files"])]
-
-
-def scene_cloud(row: Any) -> float | None:
-    return cloud_of(row)
-
-
-def scene_number(row: Any, key: str) -> float | None:
-    return number(row, key)
-
-
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise SampleError(message)

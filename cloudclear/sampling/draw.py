@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloudclear.sampling.candidates import Candidates, Group
+from cloudclear.sampling.candidates import Candidates, rect_footprints
 
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 
@@ -25,25 +25,6 @@ def season_of(epoch_s: np.ndarray) -> np.ndarray:
     """Meteorological season index (0 DJF, 1 MAM, 2 JJA, 3 SON) of times in seconds since 1970."""
     months = (np.asarray(epoch_s, "datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12) + 1
     return (months % 12) // 3
-
-
-def rect_footprints(group: Group, r0: np.ndarray, c0: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Lon/lat polygons of pixel rectangles of a group's grid (corners and edge points)."""
-    import shapely
-    from pyproj import CRS, Transformer
-
-    a, _, c, _, e, f = group.grid.transform
-    t = np.linspace(0.0, 1.0, 5)
-    u = np.concatenate([t, np.ones(4), t[::-1][1:], np.zeros(3)])
-    v = np.concatenate([np.zeros(5), t[1:], np.ones(4), t[::-1][1:4]])
-    xs = c + a * (c0[:, None] + w[:, None] * u[None, :])
-    ys = f + e * (r0[:, None] + h[:, None] * v[None, :])
-    crs = CRS.from_wkt(group.grid.crs)
-    if not crs.is_geographic:
-        tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-        lon, lat = tr.transform(xs.ravel(), ys.ravel())
-        xs, ys = np.asarray(lon).reshape(xs.shape), np.asarray(lat).reshape(ys.shape)
-    return np.asarray(shapely.polygons(np.stack([xs, ys], axis=-1)), dtype=object)
 
 
 @dataclass
