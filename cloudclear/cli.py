@@ -809,7 +809,7 @@ def sample(
     workers: Annotated[int, typer.Option("--workers", help="Reading threads.", min=1)] = 2,
     compression: Annotated[
         int, typer.Option("--compression", help="zlib level of the store (1 fastest, 9 smallest).", min=1, max=9)
-    ] = 3,
+    ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

@@ -45,6 +45,23 @@ BATCH = 16
 TRIES = 6
 #: Masks drawn per simulated slot before a sample is given up.
 PASTE_TRIES = 20
+
+
+def _cached_files() -> int:
+    """Open files kept per reading thread: a long series revisits the same few hundred files, and
+    opening one costs about 1 ms; bounded by a quarter of the process's file limit."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 16
+    except (ImportError, ValueError, OSError):
+        soft = 1024
+    return int(max(16, min(512, soft // 16)))
+
+
+CACHED_FILES = _cached_files()
 #: Least share of valid S1 / DEM pixels in a patch.
 MIN_VALID = 0.99
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
@@ -97,7 +114,7 @@ class SampleOptions:
     seed: int = 0
     dem: str | None = None
     workers: int = 2
-    compression: int = 3
+    compression: int = 1
     overwrite: bool = False
     progress: bool = False
 
@@ -166,7 +183,7 @@ class _Readers(threading.local):
         r = self.cache.pop(key, None)
         if r is None:
             r = GridReader(path, list(indexes), grid, resampling, nodata)
-            while len(self.cache) >= 48:
+            while len(self.cache) >= CACHED_FILES:
                 self.cache.pop(next(iter(self.cache))).close()
         self.cache[key] = r
         return r
@@ -207,6 +224,14 @@ class _Context:
         self.readers: list[_Readers] = []
         self.local = threading.local()
         self.pools = {s.name: self._pool(s) for s in layout.s2_slots if s.simulated}
+        self._paths: dict[str, str] = {}
+
+    def resolve(self, rel: str) -> str:
+        """A catalog path made absolute, memoised (Path.resolve stats every component)."""
+        out = self._paths.get(rel)
+        if out is None:
+            out = self._paths[rel] = str(self.catalog.resolve(rel))
+        return out
 
     def place(self, gi: int, loc: int) -> tuple[Any, ...]:
         """A patch's ground location: CRS and origin (grids of one place share it), for --per-location."""
@@ -260,7 +285,7 @@ class _Context:
         by_file: dict[str, list[tuple[int, int]]] = {}
         for pos, b in enumerate(self.bands):
             rel, bidx = band_files[b]
-            by_file.setdefault(str(self.catalog.resolve(rel)), []).append((pos, int(bidx)))
+            by_file.setdefault(self.resolve(rel), []).append((pos, int(bidx)))
         readers = self.reader()
         values = None
         for path, items in by_file.items():
@@ -276,7 +301,7 @@ class _Context:
         scale, offset = number(row, "scale"), number(row, "offset")
         refl = values.astype(np.float32) * np.float32(1.0 if scale is None else scale) + np.float32(offset or 0.0)
         if isinstance(row["mask_file"], str) and row["mask_file"]:
-            mpath = str(self.catalog.resolve(row["mask_file"]))
+            mpath = self.resolve(row["mask_file"])
             mb = int(row["mask_band"])
             mr = readers.get(mpath, (mb,), g.grid, "nearest", None)
             raw = mr.read_window(r0, r1, c0, c1)[0]
@@ -302,7 +327,7 @@ class _Context:
         by_file: dict[str, list[tuple[int, int]]] = {}
         for n, b in enumerate(self.opts.s1_bands):
             rel, bidx = band_files[b]
-            by_file.setdefault(str(self.catalog.resolve(rel)), []).append((n, int(bidx)))
+            by_file.setdefault(self.resolve(rel), []).append((n, int(bidx)))
         readers = self.reader()
         # VV and VH usually share a file: read them in one call so each block is decoded once.
         for path, items in by_file.items():
@@ -451,7 +476,7 @@ class _Context:
             meta[f"{slot.name}_cloud_pct"] = None if cover is None else round(cover, 4)
             cat_cloud = cloud_of(row)
             meta[f"{slot.name}_scene_cloud_pct"] = None if cat_cloud is None else round(cat_cloud, 3)
-            meta[f"{slot.name}_files"] = json.dumps(cand_mod.scene_files(self.catalog, row))
+            meta[f"{slot.name}_files"] = json.dumps([self.resolve(p) for p in json.loads(row["files"])])
             meta.update(extra)
         return arrays, hours, meta
 
@@ -484,7 +509,7 @@ class _Context:
             return None
         r0, c0 = int(g.r0[loc]), int(g.c0[loc])
         mb = int(row["mask_band"])
-        mr = self.reader().get(str(self.catalog.resolve(row["mask_file"])), (mb,), g.grid, "nearest", None)
+        mr = self.reader().get(self.resolve(row["mask_file"]), (mb,), g.grid, "nearest", None)
         raw = mr.read_window(r0, r0 + self.patch, c0, c0 + self.patch)[0]
         cls = masks.decode(raw, str(row["mask_source"]), mr.nodatavals[mb - 1])
         return None if (cls == masks.MaskClass.NODATA).any() else cls
@@ -494,7 +519,7 @@ class _Context:
         key = name if self.layout.slot(name).sensor == "S1" else f"{name}_s1"
         meta[f"{key}_scene"] = str(row["scene_id"])
         meta[f"{key}_gap_h" if key != name else f"{key}_hours"] = round((float(g.s1_times[k]) - t) / 3600.0, 3)
-        meta[f"{key}_files"] = json.dumps(cand_mod.scene_files(self.catalog, row))
+        meta[f"{key}_files"] = json.dumps([self.resolve(p) for p in json.loads(row["files"])])
 
 
 def array_specs(layout: Layout, bands: Sequence[str], s1_bands: Sequence[str], patch: int) -> list[ArraySpec]:

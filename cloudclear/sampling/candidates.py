@@ -10,7 +10,6 @@ catalog's rtree; S1 coverage by the scenes' footprints.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -518,8 +517,3 @@ def _window_stats(cands: list[Candidates], slot: LayoutSlot, ref: str) -> tuple[
                     dt = float(np.abs(g.s1_times[covering] - g.times[j]).min()) / 3600.0
                     gap = dt if gap is None else min(gap, dt)
     return len(seen), best, gap
-
-
-def scene_files(catalog: Any, row: Any) -> list[str]:
-    """Absolute paths of a record's files."""
-    return [str(catalog.resolve(p)) for p in json.loads(row["files"])]
