@@ -3,7 +3,7 @@
 Usage::
 
     python bench/sample.py [--size 10980] [--repeat 3] [--data DIR] [--count 200] [--patch 256]
-                           [--workers 2] [--s1-max-gap HOURS] [--no-level1]
+                           [--workers 2] [--s1-max-gap HOURS] [--no-level3]
 
 Generates a tile of ``--size`` x ``--size`` px (``cloudclear.synth``: 3 S2 dates 10 days apart x
 4 bands with SCL masks, the middle one clear, and the S1 acquisitions near them: every S2 date has
@@ -16,16 +16,16 @@ time on a tile this benchmark generated. Then, each in a fresh process:
 
 - ``sample()`` of layout OS2 with ``--simulate t`` (t-1 at -10 d, t clear with a real mask pasted
   on it, t+1 at +10 d, each S2 slot with its S1), ``--count`` patches of ``--patch`` px, in
-  ``--workers`` reading threads, zlib level 3 (the default);
-- the same at zlib level 1 (same seed, so the same samples: the difference is the compressor's
-  share), unless ``--no-level1``;
+  ``--workers`` reading threads, zlib level 1 (the default);
+- the same at zlib level 3 (same seed, so the same samples: the difference is the compressor's
+  share), unless ``--no-level3``;
 - ``sample()`` of layout single-date with ``--simulate t`` (t and its S1).
 
 Reported per case: samples (patches) per second, MB/s of raw array bytes (what the store holds
 before compression), the store's size on disk and compression ratio, peak RSS (VmHWM), and where
 the time goes: wrappers around the library's functions in the child process (the library's code
 is unchanged) sum the candidate search, the reads and checks in the threads (thread-seconds),
-the compression (``pack``, on the main thread) and the final commit.
+the compression (``pack``, in the reading threads) and the final commit.
 
 The I/O bound, per layout: for the very samples of the store just written (its samples.gpkg:
 row, col, each slot's scene and files, the S1 scene paired with it, and the ``SCENE@row,col`` a
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="S1-S2 gap in hours (default: the presets' 72 h, or what the data's S2 dates need when more)",
     )
-    parser.add_argument("--no-level1", action="store_true", help="skip the OS2 run at zlib level 1")
+    parser.add_argument("--no-level3", action="store_true", help="skip the OS2 run at zlib level 3")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -453,10 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             "s1_max_gap": s1_gap,
         }
         # name, label, layout, zlib level, bound of this case's store (None: same samples as another case)
-        cases: list[tuple[str, str, str, int, bool]] = [("os2", "OS2 --simulate t", "OS2", 3, True)]
-        if not args.no_level1:
-            cases.append(("os2_z1", "OS2 --simulate t, zlib 1", "OS2", 1, False))
-        cases.append(("single", "single-date --simulate t", "single-date", 3, True))
+        cases: list[tuple[str, str, str, int, bool]] = [("os2", "OS2 --simulate t", "OS2", 1, True)]
+        if not args.no_level3:
+            cases.append(("os2_z3", "OS2 --simulate t, zlib 3", "OS2", 3, False))
+        cases.append(("single", "single-date --simulate t", "single-date", 1, True))
 
         results: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for name, label, layout, level, bounded in cases:
