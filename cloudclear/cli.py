@@ -485,6 +485,27 @@ class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so the run can remove its temporary files."""
 
 
+R = TypeVar("R")
+
+
+def _interruptible(call: Callable[[], R], what: str) -> R:
+    """Run ``call`` with SIGTERM raised as an exception, so its temporaries are removed; Ctrl-C or
+    SIGTERM then exit 130 with one line saying no partial ``what`` was left."""
+    import signal
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return call()
+    except (KeyboardInterrupt, _Terminated):
+        typer.echo(f"cloudclear: error: interrupted; no partial {what} was left", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 @_user_errors
 def infer(
@@ -561,7 +582,6 @@ def infer(
     Example: cloudclear infer -c sample_tiles/T31UFQ -d 2021-05-16 -o out/T31UFQ_20210516.tif
     """
     import os
-    import signal
 
     os.environ.setdefault("GDAL_CACHEMAX", "512")
     from cloudclear.catalog import Catalog
@@ -594,9 +614,6 @@ def infer(
         progress=_progress(),
     )
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
     def report(r: Any) -> None:
         if as_json:
             return
@@ -613,14 +630,7 @@ def infer(
         for note in r.notes:
             typer.echo(f"    note: {note}")
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        result = infer(cat, dates, m, out, tile=tile, options=options, on_result=report)
-    except (KeyboardInterrupt, _Terminated):
-        typer.echo("cloudclear: error: interrupted; no partial output was left", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = _interruptible(lambda: infer(cat, dates, m, out, tile=tile, options=options, on_result=report), "output")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -823,7 +833,6 @@ def sample(
     Example: cloudclear sample -c sample_tiles/T31UFQ -l sequence -p 128 -n 40 -o out/seq
     """
     import os
-    import signal
 
     # Patches are read once each: a large GDAL block cache only costs memory.
     os.environ.setdefault("GDAL_CACHEMAX", "256")
@@ -854,17 +863,7 @@ def sample(
         progress=_progress(),
     )
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        result = run_sample(catalog, layout, out, options)
-    except (KeyboardInterrupt, _Terminated):
-        typer.echo("cloudclear: error: interrupted; no partial store was left", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = _interruptible(lambda: run_sample(catalog, layout, out, options), "store")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
