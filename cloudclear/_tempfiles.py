@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 
 def remove_orphans(folder: Path, glob: str, pattern: re.Pattern[str]) -> None:
-    """Delete files in ``folder`` matching ``glob`` whose ``pid`` group names a dead process.
+    """Delete files (or folders) in ``folder`` matching ``glob`` whose ``pid`` group names a dead process.
 
     ``pattern`` must match the whole name and have a named group ``pid``. Files of this process,
     of live processes and of other users are kept.
@@ -25,6 +26,9 @@ def remove_orphans(folder: Path, glob: str, pattern: re.Pattern[str]) -> None:
         try:
             os.kill(int(m.group("pid")), 0)
         except ProcessLookupError:
-            p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         except PermissionError:
             pass  # alive, another user's

@@ -29,6 +29,7 @@ from cloudclear import __version__, masks
 from cloudclear.errors import (
     CatalogError,
     CatalogWriteError,
+    CloudClearError,
     EmptyCatalogError,
     InvalidRasterError,
     QueryError,
@@ -231,7 +232,8 @@ def _footprints(info: FileInfo) -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _crs_label(wkt: str | None) -> tuple[str, int | None]:
+def crs_label(wkt: str | None) -> tuple[str, int | None]:
+    """A CRS's display label ("EPSG:32631", else its PROJ string) and EPSG code, cached by WKT."""
     from pyproj import CRS
 
     if not wkt:
@@ -266,7 +268,7 @@ def _record(
     scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any
 ) -> dict[str, Any]:
     native, geo = _footprints(draft.grid)
-    crs_label, epsg = _crs_label(draft.grid.crs)
+    label, epsg = crs_label(draft.grid.crs)
     scale, offset = _scale_offset(draft)
     info = draft.grid
     return {
@@ -276,7 +278,7 @@ def _record(
         "datetime": draft.datetime,
         "datetime_source": draft.datetime_source,
         "level": _level(draft),
-        "crs": crs_label,
+        "crs": label,
         "epsg": epsg,
         "left": info.bounds[0],
         "bottom": info.bounds[1],
@@ -902,8 +904,8 @@ class Catalog:
         """
         import numpy as np
 
-        t0 = _as_time(start, end_of_day=False) if start is not None else None
-        t1 = _as_time(end, end_of_day=True) if end is not None else None
+        t0 = parse_time(start, end_of_day=False) if start is not None else None
+        t1 = parse_time(end, end_of_day=True) if end is not None else None
         if t0 is not None and t1 is not None and t1 < t0:
             raise QueryError(f"date range is inverted: {start} is after {end}")
         if cloud_min is not None and cloud_max is not None and cloud_max < cloud_min:
@@ -984,7 +986,8 @@ class Catalog:
         }
 
 
-def _as_time(value: datetime | str, end_of_day: bool) -> datetime:
+def parse_time(value: datetime | str, end_of_day: bool, error: type[CloudClearError] = QueryError) -> datetime:
+    """A datetime or a date string as an aware datetime; a bare date's end of day with ``end_of_day``."""
     from datetime import timedelta
 
     from cloudclear.scenes import parse_datetime
@@ -994,7 +997,7 @@ def _as_time(value: datetime | str, end_of_day: bool) -> datetime:
     try:
         dt = parse_datetime(value)
     except ValueError:
-        raise QueryError(f"cannot read {value!r} as a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
+        raise error(f"cannot read {value!r} as a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
     if end_of_day and len(value.strip()) <= 10:
         dt = dt + timedelta(days=1) - timedelta(microseconds=1)
     return dt

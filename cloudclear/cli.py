@@ -759,15 +759,10 @@ def layouts_show(
 
 
 def _split_fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = [float(p) for p in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(
-            f"takes train,val,test shares like 0.8,0.1,0.1, not {text!r}", param_hint="--split"
-        ) from None
-    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0:
+    a, b, c = _floats(text, 3, "--split") or (0.0, 0.0, 0.0)
+    if min(a, b, c) < 0 or a <= 0:
         raise typer.BadParameter(f"takes 3 shares >= 0 with train > 0, not {text!r}", param_hint="--split")
-    return parts[0], parts[1], parts[2]
+    return a, b, c
 
 
 @app.command()

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from cloudclear import __version__, masks
+from cloudclear._tempfiles import remove_orphans
 from cloudclear.acquisitions import cloud_of, number
+from cloudclear.catalog import crs_label, parse_time
 from cloudclear.errors import InvalidRasterError, LayoutError, OutputExistsError, SampleError
 from cloudclear.gridio import Grid, GridReader
 from cloudclear.layouts import Layout, LayoutSlot, load_layout
@@ -36,6 +38,7 @@ from cloudclear.sampling import candidates as cand_mod
 from cloudclear.sampling.candidates import Candidates, Group
 from cloudclear.sampling.draw import SEASONS, Splits, assign_splits, draw_order, season_of
 from cloudclear.sampling.store import SPLITS, ArraySpec, StoreWriter, encode_values, pack
+from cloudclear.scenes import valid_pixels
 
 log = logging.getLogger(__name__)
 
@@ -275,66 +278,68 @@ class _Context:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read_s2(self, g: Group, j: int, loc: int) -> _S2Patch:
-        row = g.rows[j]
-        r0, c0 = int(g.r0[loc]), int(g.c0[loc])
-        r1, c1 = r0 + self.patch, c0 + self.patch
+    def _read_bands(
+        self, g: Group, row: Any, names: Sequence[str], loc: int, nodata: float | None
+    ) -> np.ndarray | None:
+        """Bands of a record at a location on the group's grid, one read per file (the file's
+        dtype); None when the record lacks one of them."""
         band_files = json.loads(row["band_files"])
-        nodata = number(row, "nodata")
-        nodata = 0.0 if nodata is None else nodata
+        if any(b not in band_files for b in names):
+            return None
+        r0, c0 = int(g.r0[loc]), int(g.c0[loc])
         by_file: dict[str, list[tuple[int, int]]] = {}
-        for pos, b in enumerate(self.bands):
+        for pos, b in enumerate(names):
             rel, bidx = band_files[b]
             by_file.setdefault(self.resolve(rel), []).append((pos, int(bidx)))
         readers = self.reader()
         values = None
+        # Bands sharing a file (a stack, VV + VH) are read in one call: each block is decoded once.
         for path, items in by_file.items():
-            data = readers.get(path, tuple(b for _, b in items), g.grid, "bilinear", nodata).read_window(r0, r1, c0, c1)
+            rd = readers.get(path, tuple(b for _, b in items), g.grid, "bilinear", nodata)
+            data = rd.read_window(r0, r0 + self.patch, c0, c0 + self.patch)
             if values is None:
-                values = np.empty((len(self.bands), r1 - r0, c1 - c0), data.dtype)
+                values = np.empty((len(names), self.patch, self.patch), data.dtype)
             for (pos, _), d in zip(items, data, strict=True):
                 values[pos] = d
-        assert values is not None
-        from cloudclear.scenes import valid_pixels
+        return values
 
+    def _read_mask(self, g: Group, row: Any, loc: int) -> np.ndarray | None:
+        """A record's mask at a location as MaskClass codes; None when it has no mask."""
+        if not (isinstance(row["mask_file"], str) and row["mask_file"]):
+            return None
+        r0, c0 = int(g.r0[loc]), int(g.c0[loc])
+        mb = int(row["mask_band"])
+        mr = self.reader().get(self.resolve(row["mask_file"]), (mb,), g.grid, "nearest", None)
+        raw = mr.read_window(r0, r0 + self.patch, c0, c0 + self.patch)[0]
+        return masks.decode(raw, str(row["mask_source"]), mr.nodatavals[mb - 1]).astype(np.uint8)
+
+    def read_s2(self, g: Group, j: int, loc: int) -> _S2Patch:
+        row = g.rows[j]
+        nodata = number(row, "nodata")
+        nodata = 0.0 if nodata is None else nodata
+        values = self._read_bands(g, row, self.bands, loc, nodata)
+        assert values is not None  # s2_groups kept only scenes with every band
         valid = valid_pixels(values, nodata, "S2").all(axis=0)
         scale, offset = number(row, "scale"), number(row, "offset")
         refl = values.astype(np.float32) * np.float32(1.0 if scale is None else scale) + np.float32(offset or 0.0)
-        if isinstance(row["mask_file"], str) and row["mask_file"]:
-            mpath = self.resolve(row["mask_file"])
-            mb = int(row["mask_band"])
-            mr = readers.get(mpath, (mb,), g.grid, "nearest", None)
-            raw = mr.read_window(r0, r1, c0, c1)[0]
-            cls = masks.decode(raw, str(row["mask_source"]), mr.nodatavals[mb - 1]).astype(np.uint8)
-            cls[~valid] = masks.MaskClass.NODATA
-            known = cls != masks.MaskClass.NODATA
-            nk = int(known.sum())
-            cloud = 100.0 * float((known & np.isin(cls, masks.OBSCURED)).sum()) / nk if nk else None
-        else:
+        cls = self._read_mask(g, row, loc)
+        if cls is None:
             cls = np.where(valid, masks.MaskClass.CLEAR, masks.MaskClass.NODATA).astype(np.uint8)
-            cloud = None
+            return _S2Patch(refl, valid, cls, None)
+        cls[~valid] = masks.MaskClass.NODATA
+        known = cls != masks.MaskClass.NODATA
+        nk = int(known.sum())
+        cloud = 100.0 * float((known & np.isin(cls, masks.OBSCURED)).sum()) / nk if nk else None
         return _S2Patch(refl, valid, cls, cloud)
 
     def read_s1(self, g: Group, k: int, loc: int) -> np.ndarray | None:
         """S1 patch in dB (bands, P, P), NaN where nodata; None when the scene lacks a band."""
         row = self.catalog.scenes.iloc[int(g.s1_pos[k])]
-        band_files = json.loads(row["band_files"])
-        if any(b not in band_files for b in self.opts.s1_bands):
-            return None
-        r0, c0 = int(g.r0[loc]), int(g.c0[loc])
         nodata = number(row, "nodata")
-        out = np.empty((len(self.opts.s1_bands), self.patch, self.patch), np.float32)
-        by_file: dict[str, list[tuple[int, int]]] = {}
-        for n, b in enumerate(self.opts.s1_bands):
-            rel, bidx = band_files[b]
-            by_file.setdefault(self.resolve(rel), []).append((n, int(bidx)))
-        readers = self.reader()
-        # VV and VH usually share a file: read them in one call so each block is decoded once.
-        for path, items in by_file.items():
-            rd = readers.get(path, tuple(b for _, b in items), g.grid, "bilinear", nodata)
-            data = rd.read_window(r0, r0 + self.patch, c0, c0 + self.patch).astype(np.float32)
-            for (n, _), d in zip(items, data, strict=True):
-                out[n] = d
+        raw = self._read_bands(g, row, self.opts.s1_bands, loc, nodata)
+        if raw is None:
+            return None
+        out = raw.astype(np.float32)
         bad = ~np.isfinite(out)
         if nodata is not None and not np.isnan(nodata):
             bad |= out == nodata
@@ -377,16 +382,12 @@ class _Context:
         keys = (m, cl, dt) if slot.pick == "nearest" else (m, dt, cl)
         return [int(x) for x in m[np.lexsort(keys)]]
 
-    def _s1_for(self, g: Group, t: float, hours: float, loc: int, lo: float | None = None) -> list[int]:
+    def _s1_for(self, g: Group, t: float, lo: float, hi: float, loc: int) -> list[int]:
+        """S1 scenes covering the patch between ``lo`` and ``hi`` hours from ``t``, nearest first."""
         if len(g.s1_pos) == 0:
             return []
         dt = (g.s1_times - t) / 3600.0
-        if lo is None:
-            ok = (np.abs(dt) <= hours + 1e-6) & g.s1_cover[:, loc]
-            ks = np.flatnonzero(ok)
-            return [int(k) for k in ks[np.lexsort((ks, np.abs(dt[ks])))]]
-        ok = (dt >= lo - 1e-6) & (dt <= hours + 1e-6) & g.s1_cover[:, loc]
-        ks = np.flatnonzero(ok)
+        ks = np.flatnonzero((dt >= lo - 1e-6) & (dt <= hi + 1e-6) & g.s1_cover[:, loc])
         return [int(k) for k in ks[np.lexsort((ks, np.abs(dt[ks])))]]
 
     def _first_s1(self, g: Group, ks: list[int], loc: int) -> tuple[int, np.ndarray] | None:
@@ -417,7 +418,7 @@ class _Context:
                 continue
             if slot.sensor == "S1":
                 assert slot.window is not None
-                got = self._first_s1(g, self._s1_for(g, t_ref, slot.window[1], loc, slot.window[0]), loc)
+                got = self._first_s1(g, self._s1_for(g, t_ref, slot.window[0], slot.window[1], loc), loc)
                 if got is None:
                     return f"slot {slot.name}: S1 nodata"
                 k, data = got
@@ -442,7 +443,9 @@ class _Context:
                     continue
                 s1 = None
                 if slot.s1_max_gap is not None:
-                    s1 = self._first_s1(g, self._s1_for(g, float(g.times[j]), slot.s1_max_gap, loc), loc)
+                    s1 = self._first_s1(
+                        g, self._s1_for(g, float(g.times[j]), -slot.s1_max_gap, slot.s1_max_gap, loc), loc
+                    )
                     if s1 is None:
                         why = "S1 nodata in the patch"
                         continue
@@ -504,15 +507,9 @@ class _Context:
         return None
 
     def read_s2_mask(self, g: Group, j: int, loc: int) -> np.ndarray | None:
-        row = g.rows[j]
-        if not (isinstance(row["mask_file"], str) and row["mask_file"]):
-            return None
-        r0, c0 = int(g.r0[loc]), int(g.c0[loc])
-        mb = int(row["mask_band"])
-        mr = self.reader().get(self.resolve(row["mask_file"]), (mb,), g.grid, "nearest", None)
-        raw = mr.read_window(r0, r0 + self.patch, c0, c0 + self.patch)[0]
-        cls = masks.decode(raw, str(row["mask_source"]), mr.nodatavals[mb - 1])
-        return None if (cls == masks.MaskClass.NODATA).any() else cls
+        """A mask to paste: None when the record has none or it has nodata in the patch."""
+        cls = self._read_mask(g, g.rows[j], loc)
+        return None if cls is None or (cls == masks.MaskClass.NODATA).any() else cls
 
     def _meta_s1(self, meta: dict[str, Any], name: str, g: Group, k: int, t: float) -> None:
         row = self.catalog.scenes.iloc[int(g.s1_pos[k])]
@@ -545,19 +542,6 @@ def array_specs(layout: Layout, bands: Sequence[str], s1_bands: Sequence[str], p
 # The command
 
 
-def _remove_orphans(out: Path) -> None:
-    for p in out.parent.glob(f".{out.name}.partial-*"):
-        m = _PARTIAL.match(p.name)
-        if not m or int(m.group("pid")) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group("pid")), 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def _check(opts: SampleOptions) -> None:
     if opts.patch_size < 8:
         raise SampleError(f"patch size must be >= 8 px, not {opts.patch_size}")
@@ -575,24 +559,6 @@ def _check(opts: SampleOptions) -> None:
         raise SampleError(f"date blocks must be > 0 days, not {opts.block_days}")
     if not 1 <= opts.compression <= 9:
         raise SampleError(f"compression level must be 1-9, not {opts.compression}")
-
-
-def _when(text: str | None, end: bool) -> datetime | None:
-    if text is None:
-        return None
-    from datetime import timedelta
-
-    from cloudclear.scenes import parse_datetime
-
-    try:
-        dt = parse_datetime(text)
-    except ValueError:
-        raise SampleError(f"cannot read {text!r} as a date (YYYY-MM-DD or an ISO datetime)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    if end and len(text.strip()) <= 10:
-        dt += timedelta(days=1) - timedelta(microseconds=1)
-    return dt
 
 
 def sample(
@@ -641,11 +607,12 @@ def sample(
     if opts.dem and not Path(opts.dem).is_file():
         raise SampleError(f"{opts.dem}: no such DEM file")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(out_path)
+    remove_orphans(out_path.parent, f".{out_path.name}.partial-*", _PARTIAL)
 
     patch = opts.patch_size
     stride = opts.stride or patch
-    start, end = _when(opts.start, False), _when(opts.end, True)
+    start = parse_time(opts.start, end_of_day=False, error=SampleError) if opts.start else None
+    end = parse_time(opts.end, end_of_day=True, error=SampleError) if opts.end else None
     groups, bands = cand_mod.s2_groups(cat, list(opts.bands) if opts.bands else None, opts.tile, start, end)
     max_gap = max(
         [s.s1_max_gap or 0.0 for s in lay.s2_slots]
@@ -822,16 +789,13 @@ def _inside_unit(ctx: _Context, gi: int, r: int, loc: int, sp: int) -> bool:
 def _row(i: int, g: Group, r: int, loc: int, sp: int, season: str, meta: dict[str, Any], patch: int) -> dict[str, Any]:
     a, _, c, _, e, f = g.grid.transform
     r0, c0 = int(g.r0[loc]), int(g.c0[loc])
-    from pyproj import CRS
-
-    crs = CRS.from_wkt(g.grid.crs)
-    epsg = crs.to_epsg()
+    crs, _ = crs_label(g.grid.crs)
     return {
         "sample_id": i,
         "split": SPLITS[sp],
         "season": season,
         "tile": g.tile,
-        "crs": f"EPSG:{epsg}" if epsg else crs.name,
+        "crs": crs,
         "row": r0,
         "col": c0,
         "left": c + a * c0,

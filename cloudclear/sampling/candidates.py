@@ -47,6 +47,7 @@ class Group:
         cloud_lo, cloud_hi: (scenes, locations) bounds of each patch's cloud % (NaN: no mask).
         valid: (scenes, locations) the patch has data everywhere (per the cells).
         lonlat: (locations,) patch footprints in lon/lat (shapely polygons).
+        bbox: lon/lat bounds of all the locations (the rtree query box).
     """
 
     index: int
@@ -62,6 +63,7 @@ class Group:
     cloud_hi: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
     lonlat: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    bbox: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     s1_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     s1_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     s1_cover: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
@@ -211,6 +213,9 @@ def locate(group: Group, patch: int, stride: int) -> None:
     group.cloud_hi = hi.reshape(n, -1).astype(np.float32)
     group.valid = ~invalid.reshape(n, -1) & group.has_bands[:, None]
     group.lonlat = rect_footprints(group, group.r0, group.c0, patch, patch)
+    import shapely
+
+    group.bbox = tuple(float(v) for v in shapely.total_bounds(group.lonlat))  # type: ignore[assignment]
 
 
 def rect_footprints(group: Group, r0: np.ndarray, c0: np.ndarray, h: Any, w: Any) -> np.ndarray:
@@ -248,7 +253,7 @@ def attach_s1(group: Group, catalog: Any, max_gap_hours: float) -> None:
         group.s1_times = np.zeros(0)
         group.s1_cover = np.zeros((0, group.n_locations), bool)
         return
-    x0, y0, x1, y1 = shapely.total_bounds(group.lonlat)
+    x0, y0, x1, y1 = group.bbox
     pad = max_gap_hours * 3600.0
     ids = catalog.rtree.intersection((x0, y0, group.times.min() - pad, x1, y1, group.times.max() + pad))
     pos = np.array(sorted(i for i in ids if s1_mask[i]), np.int64)
@@ -295,11 +300,9 @@ def slot_ok(group: Group, slot: LayoutSlot) -> np.ndarray:
 
 def window_members(catalog: Any, group: Group, ref: int, slot: LayoutSlot, pos_to_scene: dict[int, int]) -> np.ndarray:
     """Group scene indices (not ``ref``) in the slot's window around scene ``ref``, through the rtree."""
-    import shapely
-
     assert slot.window is not None
     t = group.times[ref]
-    x0, y0, x1, y1 = shapely.total_bounds(group.lonlat)
+    x0, y0, x1, y1 = group.bbox
     hits = catalog.rtree.intersection((x0, y0, t + slot.window[0] * 3600.0, x1, y1, t + slot.window[1] * 3600.0))
     out = sorted(pos_to_scene[h] for h in hits if h in pos_to_scene)
     return np.array([j for j in out if j != ref], np.int64)
