@@ -1344,3 +1344,78 @@ def _input_rgb(path: str, opened: _OpenPair, factor: int, opts: ScoreOptions) ->
     )
     out[:, ~valid] = np.nan
     return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory patches (training validation and evaluation)
+
+
+class PatchScores:
+    """The figures of :func:`score`, pooled over many in-memory patches.
+
+    Training validates on patch stores, not files; this applies the same formulas, clipping,
+    SSIM window (pixels whose window leaves the patch or meets an invalid pixel are left out of
+    SSIM, as :func:`score` does at the image edge and around nodata) and SAM, so the figures in a
+    model card mean what ``cloudclear score`` prints.
+
+    Args:
+        bands: band labels, in order.
+        opts: conventions (``pixels`` and ``aggregate`` are not used: the caller selects the
+            pixels, and patches are pooled).
+    """
+
+    def __init__(self, bands: Sequence[str], opts: ScoreOptions | None = None) -> None:
+        self.labels = list(bands)
+        self.opts = opts or ScoreOptions()
+        self.sums = _Sums(len(self.labels))
+        self.images = 0
+
+    def add(self, pred: np.ndarray, ref: np.ndarray, selected: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add one patch: ``pred`` and ``ref`` (bands, H, W) in reflectance; ``selected`` (H, W) the
+        pixels scored; ``valid`` (H, W) where the reference holds a value (default: everywhere)."""
+        from scipy.ndimage import minimum_filter
+
+        if pred.shape != ref.shape or pred.shape[0] != len(self.labels) or selected.shape != pred.shape[1:]:
+            raise ValueError(f"pred {pred.shape}, ref {ref.shape} and pixels {selected.shape} do not match")
+        opts, window = self.opts, SSIM_WINDOWS[self.opts.ssim_window]
+        valid = np.ones(selected.shape, bool) if valid is None else valid
+        sel = selected & valid
+        pad = window.radius
+        h, w = sel.shape
+        win_ok = minimum_filter(valid.view(np.uint8), size=2 * pad + 1, mode="constant", cval=0) > 0
+        win_ok[:pad], win_ok[h - pad :], win_ok[:, :pad], win_ok[:, w - pad :] = False, False, False, False
+        ssim_sel = sel & win_ok
+        s = self.sums
+        s.n += int(sel.sum())
+        s.n_ssim += int(ssim_sel.sum())
+        self.images += 1
+        if not sel.any():
+            return
+        n = int(sel.sum())
+        dot, pp, rr = np.zeros(n), np.zeros(n), np.zeros(n)
+        for i in range(len(self.labels)):
+            x = pred[i].astype(np.float64)
+            y = ref[i].astype(np.float64)
+            if opts.clip:
+                np.clip(x, 0.0, opts.peak, out=x)
+                np.clip(y, 0.0, opts.peak, out=y)
+            xs, ys = x[sel], y[sel]
+            d = xs - ys
+            s.abs_err[i] += float(np.abs(d).sum())
+            s.sq_err[i] += float(np.dot(d, d))
+            s.sum_pred += float(xs.sum())
+            s.sum_ref += float(ys.sum())
+            if ssim_sel.any():
+                s.ssim[i] += float(_ssim_map(x, y, window, opts.peak)[ssim_sel].sum())
+            dot += xs * ys
+            pp += xs * xs
+            rr += ys * ys
+        norm = np.sqrt(pp * rr)
+        ok = norm > 0
+        s.sam += float(np.arccos(np.clip(dot[ok] / norm[ok], -1.0, 1.0)).sum())
+        s.n_sam += int(ok.sum())
+
+    def result(self, pred: str = "", ref: str = "", pixels: str = "reconstructed") -> Score:
+        """The pooled :class:`Score` so far."""
+        out = _finish(self.sums, self.labels, self.opts, pred=pred, ref=ref, mask=None, pixels=pixels)
+        return replace(out, n_images=self.images)

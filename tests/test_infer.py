@@ -139,11 +139,11 @@ class Recorder(nn.Module):
         self.sizes: list[int] = []
         self.inputs: list[torch.Tensor] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
         self.sizes.append(int(x.shape[0]))
         if self.keep:
             self.inputs.append(x.clone())
-        return self.inner(x)
+        return self.inner(x, days)
 
 
 def _read_all(acq, grid):

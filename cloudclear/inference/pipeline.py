@@ -508,6 +508,7 @@ class NetMethod(Method):
             max_days=card.max_days if max_days is None else max_days,
             max_cloud=card.max_cloud if max_cloud is None else max_cloud,
             s1_max_hours=card.s1_max_hours,
+            stand_ins=tuple(card.stand_ins.items()),
         )
         self.norm = {
             k: (
@@ -518,6 +519,14 @@ class NetMethod(Method):
         }
         s2_bands = next(s.bands for s in card.slots if s.sensor == "S2")
         self.out_index = [s2_bands.index(b) for b in card.bands]
+        self.frame = card.output_frame()
+
+    def _days(self, inputs: InputSet) -> Any:
+        """(1, S2 slots) offsets in days of each S2 slot's acquisition from the date (0 if empty)."""
+        import torch
+
+        days = [acq.days if acq is not None else 0.0 for slot, acq in inputs.slots if slot.sensor == "S2"]
+        return torch.tensor([days], dtype=torch.float32, device=self.torch_device)
 
     def layout(self) -> Layout:
         return self._layout
@@ -529,7 +538,9 @@ class NetMethod(Method):
         return next((s.bands for s in self.card.slots if s.sensor == "S1"), ("VV", "VH"))
 
     def output_bands(self, inputs: InputSet) -> list[str]:
-        return list(self.card.bands)
+        # Named as read: a B08 stand-in for B8A is written (and scored) as B08.
+        read = dict(zip(self.bands() or (), inputs.bands, strict=False))
+        return [read.get(b, b) for b in self.card.bands]
 
     def row_spans(
         self, height: int, width: int, strips: Sequence[tuple[int, int]]
@@ -608,6 +619,7 @@ class NetMethod(Method):
             cs = slice(c.start, c.stop)
             if any(p is not None and p.valid[:, cs].any() for p in padded):
                 todo.append(c)
+        days_row = self._days(inputs)
         status_any = np.zeros((rows, pw), bool)
         for p in padded:
             if p is not None:
@@ -628,15 +640,17 @@ class NetMethod(Method):
                 )
             with torch.inference_mode():
                 x = self._inputs(inputs, parts, len(group), rows, group[0].length)
+                days = days_row.expand(len(group), -1)
                 if self.device == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self.net(x)
+                        y = self.net(x, days)
                 else:
-                    y = self.net(x)
+                    y = self.net(x, days)
                 mean, std = self.norm["S2"]
                 idx = self.out_index
-                y = (y.float() * std[idx] + mean[idx]).cpu().numpy()
+                f0 = self.frame * len(idx)
+                y = (y[:, f0 : f0 + len(idx)].float() * std[idx] + mean[idx]).cpu().numpy()
             for c, p in zip(group, y, strict=True):
                 if self.blend:
                     assert weight is not None
@@ -1043,9 +1057,17 @@ def load_method(
             95.0 if max_cloud is None else max_cloud,
             bands=bands,
         )
-    p = Path(method).expanduser()
-    if p.suffix != ".safetensors":
-        raise InferError(f"--method {method!r}: use gapfill or a .safetensors checkpoint")
+    from cloudclear.errors import SceneNotFoundError
+    from cloudclear.nets.card import find_checkpoint
+
+    if Path(method).suffix not in ("", ".safetensors"):
+        raise InferError(f"--method {method!r}: use gapfill or a .safetensors checkpoint (or a model name)")
+    try:
+        p = find_checkpoint(method)
+    except SceneNotFoundError as exc:
+        if Path(method).suffix:
+            raise  # a missing checkpoint file: its own message
+        raise InferError(f"--method {method!r}: use gapfill or a .safetensors checkpoint ({exc})") from None
     if bands:
         raise InferError("--bands applies to gapfill; a network reads the bands its card names")
     return NetMethod(p, device=device, window=window, batch=batch, max_days=max_days, max_cloud=max_cloud)

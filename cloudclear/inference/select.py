@@ -11,6 +11,7 @@ footprint covers the tile.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -42,6 +43,8 @@ class Layout:
         max_cloud: neighbour scenes above this cloud % are skipped (unknown cover is allowed).
         s1_max_hours: the largest gap between an S1 slot and its S2 slot.
         required: slots that must be filled; others may stay empty (their inputs are nodata).
+        stand_ins: (band, stand-in) pairs: a scene that lacks ``band`` but has the stand-in is
+            read with the stand-in in its place (a network trained on B8A accepts B08).
     """
 
     slots: tuple[SlotRequest, ...]
@@ -49,6 +52,7 @@ class Layout:
     max_cloud: float = 95.0
     s1_max_hours: float = 72.0
     required: tuple[str, ...] = ()
+    stand_ins: tuple[tuple[str, str], ...] = ()
 
 
 def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> Layout:
@@ -187,11 +191,28 @@ def choose_inputs(
 
     empty: list[str] = []
     slots: list[tuple[SlotRequest, Acquisition | None]] = []
+    swaps = dict(layout.stand_ins)
+    substituted: set[str] = set()
+
+    def row_bands(row: Any) -> list[str]:
+        have = json.loads(row["band_files"])
+        out = []
+        for b in bands:
+            if b not in have and swaps.get(b) in have:
+                substituted.add(f"{swaps[b]} read in place of {b}")
+                b = swaps[b]
+            out.append(b)
+        return out
+
     for slot in layout.slots:
         acq: Acquisition | None = None
         if slot.sensor == "S2":
             row = s2_rows[slot.name]
-            acq = None if row is None else acquisition(catalog, row, slot.name, slot.role, target, bands, InferError)
+            acq = (
+                None
+                if row is None
+                else acquisition(catalog, row, slot.name, slot.role, target, row_bands(row), InferError)
+            )
         else:
             anchor = s2_rows.get(_s2_twin(layout, slot))
             when_s1 = row_time(anchor) if anchor is not None else target
@@ -202,8 +223,9 @@ def choose_inputs(
                 raise InferError(_empty_slot(tile, target, slot, layout))
             empty.append(slot.name)
         slots.append((slot, acq))
-    notes = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
-    return InputSet(tile, target, grid, tuple(bands), tuple(slots), notes)
+    notes: tuple[str, ...] = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
+    notes += tuple(f"{s} (the network accepts it)" for s in sorted(substituted))
+    return InputSet(tile, target, grid, tuple(row_bands(nearest)), tuple(slots), notes)
 
 
 def _s2_twin(layout: Layout, slot: SlotRequest) -> str:

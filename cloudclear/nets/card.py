@@ -79,6 +79,11 @@ class ModelCard:
         max_days: how far from the date the S2 slots may look.
         max_cloud: S2 scenes above this cloud % are never candidates.
         s1_max_hours: the largest gap between an S1 slot and its S2 slot's time.
+        output_slots: for a network that reconstructs several dates (a sequence), the S2 slot
+            of each output frame, in order; empty for one frame (the date itself). Inference
+            writes the frame of the ``target`` slot.
+        stand_ins: S2 band -> the band read in its place when a scene lacks it (``{"B8A": "B08"}``:
+            the network was trained on B8A and accepts B08, the other near-infrared band).
         info: free-form provenance (training store, scores, ...).
         version: cloudclear version that wrote it.
     """
@@ -95,6 +100,8 @@ class ModelCard:
     max_days: float = 60.0
     max_cloud: float = 95.0
     s1_max_hours: float = 72.0
+    output_slots: tuple[str, ...] = ()
+    stand_ins: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     version: str = ""
 
@@ -103,6 +110,7 @@ class ModelCard:
         from cloudclear.nets import ARCHITECTURES
 
         object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "output_slots", tuple(self.output_slots))
         object.__setattr__(self, "slots", tuple(s if isinstance(s, Slot) else Slot(**s) for s in self.slots))
         if not self.version:
             object.__setattr__(self, "version", __version__)
@@ -131,6 +139,11 @@ class ModelCard:
         s2_bands = next(s.bands for s in self.slots if s.sensor == "S2")
         if set(self.bands) - set(s2_bands):
             raise ModelError(f"output bands {self.bands} are not all among the S2 input bands {s2_bands}")
+        s2_names = [s.name for s in self.slots if s.sensor == "S2"]
+        if set(self.output_slots) - set(s2_names) or len(set(self.output_slots)) != len(self.output_slots):
+            raise ModelError(f"output slots {list(self.output_slots)} must be distinct S2 slots of {s2_names}")
+        if self.output_slots and "target" not in {s.role for s in self.slots if s.name in self.output_slots}:
+            raise ModelError("a multi-frame card needs the target slot among its output slots")
         if self.align < 1 or self.receptive_radius < 0 or self.window < 2 * self.receptive_radius + self.align:
             raise ModelError(f"window {self.window} px is too small for receptive radius {self.receptive_radius} px")
 
@@ -139,8 +152,20 @@ class ModelCard:
         return sum(s.channels for s in self.slots)
 
     @property
+    def frames(self) -> int:
+        """Output frames: one per output slot, or 1."""
+        return max(1, len(self.output_slots))
+
+    @property
     def out_channels(self) -> int:
-        return len(self.bands)
+        return len(self.bands) * self.frames
+
+    def output_frame(self) -> int:
+        """Which output frame is the date itself (the target slot's)."""
+        if not self.output_slots:
+            return 0
+        roles = {s.name: s.role for s in self.slots}
+        return next(i for i, name in enumerate(self.output_slots) if roles[name] == "target")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -163,9 +188,10 @@ class ModelCard:
 
 def build_net(card: ModelCard) -> Any:
     """An untrained network of the card's architecture (eval mode off)."""
-    from cloudclear.nets import build
+    from cloudclear.nets import NetSpec, build
 
-    net, radius, align = build(card.architecture, card.in_channels, card.out_channels, card.options)
+    spec = NetSpec.of(card.slots, len(card.bands), card.frames)
+    net, radius, align = build(card.architecture, spec, card.options)
     if radius > card.receptive_radius or align != card.align:
         raise ModelError(
             f"card declares receptive radius {card.receptive_radius} and alignment {card.align}, "
@@ -247,3 +273,50 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
         first = str(exc).strip().splitlines()[:2]
         raise ModelError(f"{path}: weights do not match the card's network ({' '.join(first)})") from None
     return net.eval(), card
+
+
+def model_folders() -> list[Path]:
+    """Where checkpoints are looked up by name: ``./models``, then the project's ``models/``."""
+    shipped = Path(__file__).resolve().parents[2] / "models"
+    out = [Path("models")]
+    if shipped.resolve() != Path("models").resolve():
+        out.append(shipped)
+    return [p for p in out if p.is_dir()]
+
+
+def find_checkpoint(name: str | os.PathLike[str]) -> Path:
+    """A checkpoint path, or the name of one in :func:`model_folders` (``multi-temporal-small``).
+
+    Raises:
+        SceneNotFoundError: neither a file nor a known name.
+    """
+    p = Path(name).expanduser()
+    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name):
+        if not p.exists():
+            raise SceneNotFoundError(f"{p}: no such checkpoint")
+        return p
+    for folder in model_folders():
+        cand = folder / f"{name}.safetensors"
+        if cand.is_file():
+            return cand
+    known = sorted({q.stem for f in model_folders() for q in f.glob("*.safetensors")})
+    raise SceneNotFoundError(f"{name}: no such checkpoint or model name (known: {', '.join(known) or 'none'})")
+
+
+def list_checkpoints(folder: str | os.PathLike[str] | None = None) -> list[tuple[Path, ModelCard]]:
+    """The checkpoints (path, card) in ``folder`` or in :func:`model_folders`; files that are not
+    cloudclear checkpoints are skipped."""
+    folders = [Path(folder)] if folder is not None else model_folders()
+    if folder is not None and not Path(folder).is_dir():
+        raise SceneNotFoundError(f"{folder}: no such folder")
+    out, seen = [], set()
+    for f in folders:
+        for p in sorted(f.glob("*.safetensors")):
+            if p.name.startswith(".") or p.name in seen:
+                continue
+            try:
+                out.append((p, read_card(p)))
+                seen.add(p.name)
+            except ModelError:
+                continue
+    return out
