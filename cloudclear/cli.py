@@ -906,7 +906,7 @@ def train(
     s1_dropout: Annotated[float, typer.Option("--s1-dropout", help="Share of samples trained without S1.")] = 0.2,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.", min=0)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.", min=0)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last epoch.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

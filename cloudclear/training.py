@@ -113,8 +113,8 @@ class TrainOptions:
             raise ModelError(f"unknown size {self.size!r}; known: {', '.join(SIZES)}")
         if self.loss_pixels not in LOSS_PIXELS:
             raise ModelError(f"unknown loss pixels {self.loss_pixels!r}; choose {', '.join(LOSS_PIXELS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ModelError("epochs, batch size and patience must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.seed < 0:
+            raise ModelError("epochs, batch size and patience must be >= 1, the seed >= 0")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.s1_dropout <= 1:
             raise ModelError("lr must be > 0, weight decay >= 0 and S1 dropout in [0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -473,14 +473,24 @@ def _save_resume(path: Path, net: Any, optimizer: Any, state: dict[str, Any]) ->
         raise
 
 
-def _load_resume(path: Path, net: Any, optimizer: Any, device: Any) -> dict[str, Any]:
-    import torch
+def _resume_meta(path: Path) -> dict[str, Any]:
+    """The JSON part of a resume state (settings, epoch, history), without loading tensors."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})[RESUME_KEY])
+            meta: dict[str, Any] = json.loads((f.metadata() or {})[RESUME_KEY])
+    except Exception as exc:  # noqa: BLE001 - safetensors and JSON raise their own
+        raise ModelError(f"{path}: not a readable resume state ({exc})") from None
+    return meta
+
+
+def _load_resume(path: Path, net: Any, optimizer: Any, device: Any) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    meta = _resume_meta(path)
+    try:
         tensors = load_file(str(path), device=str(device))
     except Exception as exc:  # noqa: BLE001 - safetensors and JSON raise their own
         raise ModelError(f"{path}: not a readable resume state ({exc})") from None
@@ -662,22 +672,22 @@ def train(
 
     history: list[EpochRecord] = []
     best_psnr, best_epoch, start = -math.inf, -1, 0
-    fingerprint = {
-        "stores": [str(s.path) for s in opened],
-        "net": opts.net,
-        "options": card.options,
-        "seed": opts.seed,
-        "epochs": opts.epochs,
-        "batch_size": opts.batch_size,
-        "lr": opts.lr,
-    }
+    # Everything that changes what is trained; device, workers and the resume flags do not.
+    settings = {k: v for k, v in asdict(opts).items() if k not in ("device", "workers", "resume", "overwrite")}
+    fingerprint = json.loads(
+        json.dumps({"stores": [str(s.path) for s in opened], "options": card.options, "crop": crop, **settings})
+    )
     if opts.resume:
-        meta = _load_resume(state_path, net, optimizer, device)
-        if meta.get("fingerprint") != fingerprint:
+        previous = _resume_meta(state_path).get("fingerprint")
+        if previous != fingerprint:
+            changed = sorted(
+                k for k in set(fingerprint) | set(previous or {}) if (previous or {}).get(k) != fingerprint.get(k)
+            )
             raise ModelError(
-                f"{state_path}: the killed run used other settings ({meta.get('fingerprint')}); "
+                f"{state_path}: the killed run used other settings ({', '.join(changed)} differ); "
                 "resume with the same stores and options, or --overwrite"
             )
+        meta = _load_resume(state_path, net, optimizer, device)
         history = [EpochRecord(**h) for h in meta["history"]]
         best_psnr, best_epoch, start = meta["best_psnr"], meta["best_epoch"], meta["epoch"] + 1
         if best_psnr is None:

@@ -36,7 +36,7 @@ Factory = Callable[..., tuple[Any, int, int]]
 SIZES: dict[str, dict[str, int]] = {
     "small": {"width": 16, "depth": 3},
     "medium": {"width": 32, "depth": 4},
-    "large": {"width": 64, "depth": 4},
+    "large": {"width": 52, "depth": 4},
 }
 
 
