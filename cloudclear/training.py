@@ -578,7 +578,14 @@ def store_summary(store: Any) -> dict[str, Any]:
     """What a card records about a training store: where, which layout, what it was sampled from."""
     m = store.manifest
     meta = store.metadata()
-    sources = sorted({str(Path(p).parent) for col in meta.columns if col.endswith("_file") for p in meta[col].dropna()})
+    folders = {
+        str(Path(f).parent)
+        for col in meta.columns
+        if col.endswith("_files")
+        for text in meta[col].dropna()
+        for f in json.loads(text)
+    }
+    sources = sorted(folders)
     return {
         "store": str(store.path),
         "layout": store.layout.name,
@@ -589,7 +596,8 @@ def store_summary(store: Any) -> dict[str, Any]:
         "simulate": m.get("options", {}).get("simulate"),
         "s1": _store_s1(store),
         "sources": sources[:20],
-        "dates": [str(meta["date"].min())[:10], str(meta["date"].max())[:10]] if "date" in meta else None,
+        "tiles": sorted({str(t) for t in meta["tile"].dropna()}) if "tile" in meta else [],
+        "dates": [str(meta["datetime"].min())[:10], str(meta["datetime"].max())[:10]] if len(meta) else None,
     }
 
 
