@@ -291,7 +291,7 @@ def find_checkpoint(name: str | os.PathLike[str]) -> Path:
         SceneNotFoundError: neither a file nor a known name.
     """
     p = Path(name).expanduser()
-    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name):
+    if p.suffix == ".safetensors" or p.is_file() or os.sep in str(name):
         if not p.exists():
             raise SceneNotFoundError(f"{p}: no such checkpoint")
         return p
