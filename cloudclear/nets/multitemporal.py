@@ -11,16 +11,15 @@ network serves optical-only inputs.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from cloudclear.errors import ModelError
-from cloudclear.nets.unet import Decoder, Encoder
+from cloudclear.nets.unet import DateStack, Decoder, Encoder
 
 #: Day offsets are divided by this before they enter the network as a channel.
 DAY_SCALE = 30.0
 
 
-class MultiTemporal(nn.Module):
+class MultiTemporal(DateStack):
     """Shared per-date encoder, decoder over the dates' stacked features.
 
     Args:
@@ -33,31 +32,18 @@ class MultiTemporal(nn.Module):
         from cloudclear.nets import NetSpec
 
         assert isinstance(spec, NetSpec)
-        super().__init__()
         groups = spec.date_groups()
         if len(groups) < 2 or spec.frames != 1:
             raise ModelError(f"multi-temporal takes two or more S2 slots and gives one frame, not {len(groups)}")
         spec.target_index()
-        self.dates = len(groups)
-        self.register_buffer("index", torch.tensor(groups, dtype=torch.long).flatten(), persistent=False)
-        self.group_channels = len(groups[0])
+        super().__init__(groups, depth)
         self.encoder = Encoder(self.group_channels + 1, width, depth)
         self.decoder = Decoder([self.dates * c for c in self.encoder.chans], width, depth, spec.out_bands)
-        self.depth = depth
-
-    def _index(self) -> torch.Tensor:
-        index = self.index
-        assert isinstance(index, torch.Tensor)
-        return index
-
-    @property
-    def align(self) -> int:
-        return int(2**self.depth)
 
     def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         t, cg = self.dates, self.group_channels
-        g = x.index_select(1, self._index()).view(n, t, cg, h, w)
+        g = self.per_date(x)
         d = torch.zeros((n, t), device=x.device, dtype=x.dtype) if days is None else days.to(x.dtype)
         d = (d / DAY_SCALE)[:, :, None, None, None].expand(n, t, 1, h, w)
         feats = self.encoder(torch.cat([g, d], 2).reshape(n * t, cg + 1, h, w))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cloudclear.errors import ModelError
-from cloudclear.nets.unet import Decoder, Encoder
+from cloudclear.nets.unet import DateStack, Decoder, Encoder
 
 
 def day_encoding(days: torch.Tensor, dim: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ def day_encoding(days: torch.Tensor, dim: int) -> torch.Tensor:
     return enc
 
 
-class SequenceNet(nn.Module):
+class SequenceNet(DateStack):
     """Shared encoder, temporal attention at the bottleneck, shared decoder; T frames out.
 
     Args:
@@ -50,13 +50,10 @@ class SequenceNet(nn.Module):
         from cloudclear.nets import NetSpec
 
         assert isinstance(spec, NetSpec)
-        super().__init__()
         groups = spec.date_groups()
         if len(groups) < 2 or spec.frames != len(groups):
             raise ModelError(f"sequence takes two or more S2 slots and gives one frame each ({len(groups)} slots)")
-        self.dates = len(groups)
-        self.register_buffer("index", torch.tensor(groups, dtype=torch.long).flatten(), persistent=False)
-        self.group_channels = len(groups[0])
+        super().__init__(groups, depth)
         self.encoder = Encoder(self.group_channels, width, depth)
         c = self.encoder.chans[-1]
         if heads < 1 or c % heads:
@@ -68,16 +65,6 @@ class SequenceNet(nn.Module):
         self.norm2 = nn.LayerNorm(c)
         self.ffn = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
         self.decoder = Decoder(self.encoder.chans, width, depth, spec.out_bands)
-        self.depth = depth
-
-    def _index(self) -> torch.Tensor:
-        index = self.index
-        assert isinstance(index, torch.Tensor)
-        return index
-
-    @property
-    def align(self) -> int:
-        return int(2**self.depth)
 
     def _attend(self, tokens: torch.Tensor, days: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T, C), days (B, T) -> new tokens and head-averaged weights (B, T, T)."""
@@ -94,7 +81,7 @@ class SequenceNet(nn.Module):
     def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         t, cg = self.dates, self.group_channels
-        g = x.index_select(1, self._index()).view(n * t, cg, h, w)
+        g = self.per_date(x).view(n * t, cg, h, w)
         feats = self.encoder(g)
         d = torch.zeros((n, t), device=x.device) if days is None else days.float()
         d = d - d.mean(1, keepdim=True)

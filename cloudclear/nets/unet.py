@@ -124,3 +124,31 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
         """``days`` (the S2 slots' offsets) is accepted for a uniform call and not used."""
         return self.decoder(self.encoder(x))
+
+
+class DateStack(nn.Module):
+    """Base of the networks that read each date on its own: gathers every date's channels.
+
+    Args:
+        groups: per S2 slot, its input channels (its own, then its S1 slot's), from
+            :meth:`cloudclear.nets.NetSpec.date_groups`; every date has as many.
+        depth: poolings of the U-Net the subclass builds.
+    """
+
+    def __init__(self, groups: Sequence[Sequence[int]], depth: int) -> None:
+        super().__init__()
+        self.dates = len(groups)
+        self.group_channels = len(groups[0])
+        self.register_buffer("index", torch.tensor(groups, dtype=torch.long).flatten(), persistent=False)
+        self.depth = depth
+
+    @property
+    def align(self) -> int:
+        return int(2**self.depth)
+
+    def per_date(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, channels, H, W) -> (N, dates, channels per date, H, W)."""
+        n, _, h, w = x.shape
+        index = self.index
+        assert isinstance(index, torch.Tensor)
+        return x.index_select(1, index).view(n, self.dates, self.group_channels, h, w)
