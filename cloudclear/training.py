@@ -335,36 +335,44 @@ class CardSamples:
         self.seed = seed
         self.epoch = 0
         self.ids = self.data.ids
+        # Per card slot: the store slot it reads (an S1 slot: its S2 partner of the same role and
+        # rank, whose ".s1" arrays hold it) and its normalisation as (bands, 1, 1) arrays.
+        store_of = dict(slot_map.inputs)
+        s2 = {(s.role, s.rank): s.name for s in card.slots if s.sensor == "S2"}
+        self._feeds = []
+        for slot in card.slots:
+            partner = slot.name if slot.sensor == "S2" else s2[(slot.role, slot.rank)]
+            norm = card.normalisation[slot.sensor]
+            mean, std = (np.asarray(norm[key], np.float32)[:, None, None] for key in ("mean", "std"))
+            self._feeds.append((slot, store_of[partner], mean, std))
+        self._reference = store_of[next(s.name for s in card.slots if s.sensor == "S2" and s.role == "target")]
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
+        return self.tensors(self.data[k], k)
+
+    def tensors(self, item: dict[str, Any], k: int) -> dict[str, Any]:
+        """The network tensors of sample ``k`` from its :class:`PatchDataset` item."""
         import torch
 
-        item = self.data[k]
-        card = self.card
         store_of = dict(self.slot_map.inputs)
         rng = np.random.default_rng([self.seed, self.epoch, int(self.ids[k])])
         drop_s1 = self.augment and rng.random() < self.s1_dropout
-        ref_hours = 0.0
-        target_card = next(s.name for s in card.slots if s.sensor == "S2" and s.role == "target")
-        ref_hours = float(item.get(f"{store_of[target_card]}.hours", 0.0))
+        ref_hours = float(item.get(f"{self._reference}.hours", 0.0))
         chans, days = [], []
-        for slot in card.slots:
-            mean, std = (np.asarray(card.normalisation[slot.sensor][k], np.float32) for k in ("mean", "std"))
+        for slot, name, mean, std in self._feeds:
             if slot.sensor == "S2":
-                name = store_of[slot.name]
                 values, valid = item[name], item[f"{name}.valid"]
                 days.append((float(item[f"{name}.hours"]) - ref_hours) / 24.0)
             else:
-                name = store_of[slot.name[3:]]
                 if f"{name}.s1" in item and not drop_s1:
                     values, valid = item[f"{name}.s1"], item[f"{name}.s1.valid"]
                 else:
                     values = np.zeros((len(slot.bands), *item[name].shape[1:]), np.float32)
                     valid = np.zeros(item[name].shape[1:], bool)
-            x = np.where(valid[None], (values - mean[:, None, None]) / std[:, None, None], np.float32(0))
+            x = np.where(valid[None], (values - mean) / std, np.float32(0))
             chans += [x.astype(np.float32), valid[None].astype(np.float32)]
         truth, truth_valid, gaps = [], [], []
         for card_name, store_name in self.slot_map.outputs:
@@ -849,10 +857,9 @@ class Evaluation:
         return asdict(self)
 
 
-def _gapfill_frames(
-    item: dict[str, Any], card: Any, slot_map: _SlotMap, data: Any
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Gapfill of every output frame of one raw store item: (prediction, filled) per frame."""
+def _gapfill_frames(item: dict[str, Any], card: Any, slot_map: _SlotMap) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Gapfill of every output frame of one store item: (prediction, filled) per frame, in the
+    bands of the card planned for the item's store (its own bands, in order)."""
     from cloudclear.inference.gapfill import PixelStatus, gapfill
 
     store_of = dict(slot_map.inputs)
@@ -865,7 +872,7 @@ def _gapfill_frames(
     for card_name, _ in slot_map.outputs:
         t = float(item[f"{store_of[card_name]}.hours"])
         pred, status = gapfill(stack, clear, [float(h) for h in hours[order]], t)
-        out.append((pred[[list(data.store.bands).index(b) for b in card.bands]], status != PixelStatus.NODATA))
+        out.append((pred, status != PixelStatus.NODATA))
     return out
 
 
@@ -929,8 +936,14 @@ def evaluate(
         raise ModelError("nothing to evaluate: give gapfill and/or checkpoints")
     opened = _open_stores(stores)
     dev = _device(device)
-    nets = {m: load_checkpoint(m) for m in methods if m != "gapfill"}
     bands = opened[0].bands
+    nets = {}
+    for m in methods:
+        if m != "gapfill":
+            net, card = load_checkpoint(m)
+            if tuple(card.bands) != tuple(bands):
+                raise ModelError(f"{m}: the card's output bands {list(card.bands)} differ from the stores' {bands}")
+            nets[m] = (net.to(dev).eval(), card, _denorm(card))
     results = {m: PatchScores(bands) for m in methods}
     counts = {"samples": 0, "pixels": 0, "unfilled": 0}
     for store in opened:
@@ -940,22 +953,18 @@ def evaluate(
         kind = "sequence" if len(layout.targets) > 1 else "multi-temporal"
         ref_card, ref_map = plan_card([store], TrainOptions(net=kind, s1=False))
         ref_set = CardSamples(store, split, ref_card, ref_map)
-        feeds = {}
-        for m, (net, card) in nets.items():
-            if tuple(card.bands) != tuple(bands):
-                raise ModelError(f"{m}: the card's output bands {list(card.bands)} differ from the stores' {bands}")
-            feeds[m] = (net.to(dev).eval(), card, CardSamples(store, split, card, map_card(card, store)))
+        feeds = {m: CardSamples(store, split, card, map_card(card, store)) for m, (_, card, _) in nets.items()}
         for k in _bar(range(len(ref_set)), f"evaluate {store.path.name}", progress):
-            sample = ref_set[k]
-            frames = _gapfill_frames(ref_set.data[k], ref_card, ref_map, ref_set.data)
+            raw = ref_set.data[k]  # read and decoded once, fed to every method
+            sample = ref_set.tensors(raw, k)
+            frames = _gapfill_frames(raw, ref_card, ref_map)
             preds: dict[str, list[np.ndarray]] = {}
             if "gapfill" in results:
                 preds["gapfill"] = [p for p, _ in frames]
-            for m, (net, card, feed) in feeds.items():
-                x = feed[k]
+            for m, (net, card, (mean, std)) in nets.items():
+                x = feeds[m].tensors(raw, k)
                 with torch.inference_mode():
                     y = net(x["x"][None].to(dev), x["days"][None].to(dev)).float().cpu().numpy()[0]
-                mean, std = _denorm(card)
                 y = y * std[:, None, None] + mean[:, None, None]
                 nb = len(card.bands)
                 preds[m] = [y[f * nb : (f + 1) * nb] for f in range(card.frames)]
