@@ -50,13 +50,7 @@ def assert_one_line_error(res, *needles: str) -> str:
     return res.stderr
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny networks: on a busy 2-core machine a second torch thread makes each step slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,7 @@ SEQ_NAMES = ("t-3", "t-2", "t-1", "t", "t+1", "t+2")
 TINY = dict(width=4, depth=2, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny networks: thread hand-offs cost more than the convolutions, and on a busy 2-core
-    machine two threads make a step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- stores, built once ----------------------------------------------------------------------------
