@@ -594,6 +594,50 @@ class _Sums:
         self.sum_ref += other.sum_ref
 
 
+_BandSums = tuple[float, float, float, float, float]  # |d|, d^2, sum pred, sum ref, SSIM
+
+
+def _pixel_sums(
+    pairs: Iterator[tuple[np.ndarray, np.ndarray]],
+    core: tuple[slice, slice],
+    sel: np.ndarray,
+    ssim_sel: np.ndarray,
+    window: SsimWindow,
+    peak: float,
+) -> tuple[list[_BandSums], float, int]:
+    """Per band, the sums of one block of pixels; then the SAM sum and its pixel count.
+
+    ``pairs`` gives each band's (prediction, reference) reflectance, possibly with a halo around
+    ``core``; ``sel`` and ``ssim_sel`` select pixels of the core for the plain figures and SSIM.
+    """
+    n = int(sel.sum())
+    dot, pp, rr = np.zeros(n), np.zeros(n), np.zeros(n)
+    per_band = []
+    for x, y in pairs:
+        xs, ys = x[core][sel], y[core][sel]
+        d = xs - ys
+        ssim = float(_ssim_map(x, y, window, peak)[core][ssim_sel].sum()) if ssim_sel.any() else 0.0
+        per_band.append((float(np.abs(d).sum()), float(np.dot(d, d)), float(xs.sum()), float(ys.sum()), ssim))
+        dot += xs * ys
+        pp += xs * xs
+        rr += ys * ys
+    norm = np.sqrt(pp * rr)
+    ok = norm > 0
+    cos = np.clip(dot[ok] / norm[ok], -1.0, 1.0)
+    return per_band, float(np.arccos(cos).sum()), int(ok.sum())
+
+
+def _add_pixel_sums(sums: _Sums, per_band: list[_BandSums], sam: float, n_ok: int) -> None:
+    for i, (ae, se, sp, sr, ss) in enumerate(per_band):
+        sums.abs_err[i] += ae
+        sums.sq_err[i] += se
+        sums.sum_pred += sp
+        sums.sum_ref += sr
+        sums.ssim[i] += ss
+    sums.sam += sam
+    sums.n_sam += n_ok
+
+
 def _psnr(mse: float, peak: float) -> float:
     if mse == 0:
         return math.inf
@@ -817,42 +861,24 @@ class _Scorer:
 
         nb = len(self.pred.bands)
 
-        def chunk(c0: int, c1: int) -> tuple[list[tuple[float, float, float, float, float]], float, int]:
+        def chunk(c0: int, c1: int) -> tuple[list[_BandSums], float, int]:
             # Columns [c0, c1) of every band, read with a halo of the window radius each side.
             e0, e1 = max(c0 - pad, 0), min(c1 + pad, W)
             core = (slice(a, b), slice(c0 - e0, c1 - e0))
-            sel_c = sel[:, c0:c1]
-            ssim_c = ssim_sel[:, c0:c1]
-            n = int(sel_c.sum())
-            dot, pp, rr = np.zeros(n), np.zeros(n), np.zeros(n)
-            per_band = []
-            for i in range(nb):
-                x = self._reflectance(slab.pred[i][:, e0:e1], self.pred_scale[i])
-                y = self._reflectance(slab.ref[i][:, e0:e1], self.ref_scale[i])
-                xs, ys = x[core][sel_c], y[core][sel_c]
-                d = xs - ys
-                ssim = float(_ssim_map(x, y, window, peak)[core][ssim_c].sum()) if ssim_c.any() else 0.0
-                per_band.append((float(np.abs(d).sum()), float(np.dot(d, d)), float(xs.sum()), float(ys.sum()), ssim))
-                dot += xs * ys
-                pp += xs * xs
-                rr += ys * ys
-            norm = np.sqrt(pp * rr)
-            ok = norm > 0
-            cos = np.clip(dot[ok] / norm[ok], -1.0, 1.0)
-            return per_band, float(np.arccos(cos).sum()), int(ok.sum())
+            pairs = (
+                (
+                    self._reflectance(slab.pred[i][:, e0:e1], self.pred_scale[i]),
+                    self._reflectance(slab.ref[i][:, e0:e1], self.ref_scale[i]),
+                )
+                for i in range(nb)
+            )
+            return _pixel_sums(pairs, core, sel[:, c0:c1], ssim_sel[:, c0:c1], window, peak)
 
         # Column chunks are independent and scipy / numpy release the GIL, so threads share
         # the cores; chunks keep the working set small whatever the tile width. Results are
         # summed in chunk order, so figures do not depend on thread timing.
         for per_band, sam, n_ok in self._pool.map(lambda c: chunk(*c), chunks):
-            for i, (ae, se, sp, sr, ss) in enumerate(per_band):
-                sums.abs_err[i] += ae
-                sums.sq_err[i] += se
-                sums.sum_pred += sp
-                sums.sum_ref += sr
-                sums.ssim[i] += ss
-            sums.sam += sam
-            sums.n_sam += n_ok
+            _add_pixel_sums(sums, per_band, sam, n_ok)
 
 
 def _concat(a: _Strip, b: _Strip) -> _Strip:
@@ -1391,29 +1417,16 @@ class PatchScores:
         self.images += 1
         if not sel.any():
             return
-        n = int(sel.sum())
-        dot, pp, rr = np.zeros(n), np.zeros(n), np.zeros(n)
-        for i in range(len(self.labels)):
-            x = pred[i].astype(np.float64)
-            y = ref[i].astype(np.float64)
+
+        def reflectance(a: np.ndarray) -> np.ndarray:
+            out = a.astype(np.float64)
             if opts.clip:
-                np.clip(x, 0.0, opts.peak, out=x)
-                np.clip(y, 0.0, opts.peak, out=y)
-            xs, ys = x[sel], y[sel]
-            d = xs - ys
-            s.abs_err[i] += float(np.abs(d).sum())
-            s.sq_err[i] += float(np.dot(d, d))
-            s.sum_pred += float(xs.sum())
-            s.sum_ref += float(ys.sum())
-            if ssim_sel.any():
-                s.ssim[i] += float(_ssim_map(x, y, window, opts.peak)[ssim_sel].sum())
-            dot += xs * ys
-            pp += xs * xs
-            rr += ys * ys
-        norm = np.sqrt(pp * rr)
-        ok = norm > 0
-        s.sam += float(np.arccos(np.clip(dot[ok] / norm[ok], -1.0, 1.0)).sum())
-        s.n_sam += int(ok.sum())
+                np.clip(out, 0.0, opts.peak, out=out)
+            return out
+
+        pairs = ((reflectance(pred[i]), reflectance(ref[i])) for i in range(len(self.labels)))
+        whole = (slice(None), slice(None))
+        _add_pixel_sums(s, *_pixel_sums(pairs, whole, sel, ssim_sel, window, opts.peak))
 
     def result(self, pred: str = "", ref: str = "", pixels: str = "reconstructed") -> Score:
         """The pooled :class:`Score` so far."""
