@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudclear import masks
-from cloudclear.errors import InvalidRasterError, MissingDateError
+from cloudclear.errors import InvalidRasterError, MissingDateError, NotAScene
 
 #: File name extensions scanned for rasters (lower case).
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
@@ -367,10 +367,6 @@ class FileRole:
     band_source: str
     mask: masks.MaskBand | None = None
     units: str | None = None
-
-
-class NotAScene(InvalidRasterError):
-    """A readable raster that is not an S2, S1 or mask file (a DEM, an NDVI layer, truth...)."""
 
 
 def _tokens(info: FileInfo) -> set[str]:

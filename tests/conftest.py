@@ -86,3 +86,92 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_one_line_error(res, *needles: str, stdout_empty: bool = False) -> str:
+    """A CliRunner result failed as a user mistake should: exit 1, one line ``cloudclear: error: ...``
+    on stderr holding every needle, no traceback. Returns the line."""
+    assert res.exit_code == 1, (res.exit_code, res.output)
+    assert res.stderr.startswith("cloudclear: error: "), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if stdout_empty:
+        assert res.stdout == "", res.stdout
+    for n in needles:
+        assert n in res.stderr, (n, res.stderr)
+    return res.stderr
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A factory for small tmpfs volumes (``small_fs(bytes) -> Path``), to fill a disk for real.
+
+    Needs root (mount); skipped otherwise. Volumes are unmounted at teardown.
+    """
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mounted: list[Path] = []
+
+    def make(size: int) -> Path:
+        mnt = tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> None:
+    """Fill the file system holding ``folder`` until at most ``leave`` bytes remain free."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free - leave
+    path = folder / ".filler"
+    with open(path, "wb") as f:
+        chunk = b"\0" * (1 << 16)
+        while free > 0:
+            n = min(free, len(chunk))
+            try:
+                f.write(chunk[:n])
+                f.flush()
+            except OSError:
+                break
+            free -= n
+
+
+def read_only(folder: Path):
+    """A context manager making ``folder`` read-only for the duration (root bypasses modes, so
+    this uses a read-only bind mount when running as root)."""
+    import contextlib
+    import os
+    import subprocess
+
+    @contextlib.contextmanager
+    def ctx():
+        if os.geteuid() == 0:
+            r = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot bind-mount read-only: {r.stderr.decode().strip()}")
+            r = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True)
+            try:
+                yield folder
+            finally:
+                subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        else:
+            mode = folder.stat().st_mode
+            folder.chmod(0o555)
+            try:
+                yield folder
+            finally:
+                folder.chmod(mode)
+
+    return ctx()
