@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import shapely
+from common import median_time
 
 from cloudclear.catalog import Catalog, build_index
 from cloudclear.synth import generate_series
@@ -32,15 +33,6 @@ from cloudclear.synth import generate_series
 # MGRS column letters repeat every three zones: A-H, J-R, S-Z.
 _COLUMNS = {30: "TUVWXY", 31: "CDEFGH", 32: "KLMNPQ", 33: "TUVWXY"}
 TILES = [f"{z}U{a}{b}" for z, cols in _COLUMNS.items() for a in cols for b in "PQRSTU"]
-
-
-def _median(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def _metadata_bound(paths: list[Path]) -> int:
@@ -84,9 +76,9 @@ def main() -> None:
             shutil.rmtree(t)  # the bench indexes acquisitions only
         cat_path = root.parent / f"{root.name}.gpkg" if args.out else Path(tempfile.mkdtemp()) / "bench.gpkg"
 
-        bound, nfiles = _median(lambda: _metadata_bound(rasters), args.repeat)
-        cold, res = _median(lambda: build_index(root, cat_path, rebuild=True), args.repeat)
-        warm, res2 = _median(lambda: build_index(root, cat_path), args.repeat)
+        bound, nfiles = median_time(lambda: _metadata_bound(rasters), args.repeat)
+        cold, res = median_time(lambda: build_index(root, cat_path, rebuild=True), args.repeat)
+        warm, res2 = median_time(lambda: build_index(root, cat_path), args.repeat)
         n = res.scenes
         print(f"scenes: {n} ({res.summary['by_sensor']}), files: {nfiles}")
         print(f"metadata bound (open + metadata, every file): {bound:.2f} s  ({nfiles / bound:.0f} files/s)")

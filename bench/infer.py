@@ -36,12 +36,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import peak_rss_mib, prepare_tile, run_child, s2_files
 
 N_DATES = 3
 INTERVAL_DAYS = 10
@@ -50,16 +51,11 @@ BANDS = ("B02", "B03", "B04", "B08")
 SEED = 7
 CHECKPOINT = "bench_unet.safetensors"
 CATALOG = "cloudclear.gpkg"
+# The GDAL block cache `cloudclear infer` uses, for both measures alike.
+_ENV = {**os.environ, "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "512")}
 
 
 # -- child process: one measurement -------------------------------------------------------------
-
-
-def _peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _bound(cat: Any, spec: dict[str, Any], method: Any, options: Any) -> dict[str, Any]:
@@ -170,7 +166,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             pixels={"observed": res.observed, "reconstructed": res.reconstructed, "nodata": res.nodata},
             out_mb=(res.path.stat().st_size + (res.status_path.stat().st_size if res.status_path else 0)) / 1e6,
         )
-    out["peak_rss_mib"] = _peak_rss_mib()
+    out["peak_rss_mib"] = peak_rss_mib()
     if "torch" in sys.modules:
         import torch
 
@@ -181,61 +177,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    # The GDAL block cache `cloudclear infer` sets, for both measures alike.
-    env = {**os.environ, "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "512")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {spec['mode']} {spec['name']} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 # -- parent: data, checkpoint, cases, table -----------------------------------------------------
-
-
-def _s2_files(root: Path) -> list[Path]:
-    d = root / "S2"
-    return sorted(p for p in d.glob("S2_*.tif") if not p.stem.endswith("_SCL")) if d.is_dir() else []
-
-
-def _prepare_data(root: Path, size: int) -> float | None:
-    """Generate and index the tile unless ``root`` holds it; returns the seconds spent generating."""
-    import rasterio
-
-    s2 = _s2_files(root)
-    shapes = set()
-    for p in s2:
-        with rasterio.open(p) as src:
-            shapes.add((src.height, src.width))
-    if shapes and shapes != {(size, size)}:
-        raise SystemExit(f"{root}: holds a tile of {sorted(shapes)} px, not {size} x {size}; use another --data")
-    s1 = sorted((root / "S1").glob("S1_*.tif")) if (root / "S1").is_dir() else []
-    if len(s2) == N_DATES and s1 and (root / CATALOG).exists():
-        return None
-    from cloudclear.catalog import build_index
-    from cloudclear.synth import generate_series
-
-    print(f"generating a {size} x {size} tile ({N_DATES} dates x 4 bands + SCL + S1) in {root} ...", file=sys.stderr)
-    t0 = time.perf_counter()
-    generate_series(
-        root,
-        height=size,
-        width=size,
-        n_dates=N_DATES,
-        interval_days=INTERVAL_DAYS,
-        bands=BANDS,
-        cloud_cover=list(COVER),
-        s1=True,
-        seed=SEED,
-        progress=True,
-    )
-    gen = time.perf_counter() - t0
-    shutil.rmtree(root / "out", ignore_errors=True)  # earlier outputs must not be indexed as scenes
-    build_index(root, root / CATALOG, rebuild=True)
-    print(f"  generated in {gen:.1f} s, indexed in {time.perf_counter() - t0 - gen:.1f} s", file=sys.stderr)
-    return gen
 
 
 def _write_checkpoint(path: Path) -> int:
@@ -289,7 +231,7 @@ def _bbox(root: Path, r0: int, r1: int, c0: int, c1: int) -> list[float]:
     """Map coordinates of rows [r0, r1) and columns [c0, c1) of the tile."""
     import rasterio
 
-    with rasterio.open(_s2_files(root)[0]) as src:
+    with rasterio.open(s2_files(root)[0]) as src:
         a, _, c, _, e, f = tuple(src.transform)[:6]
     return [c + a * c0, f + e * r1, c + a * c1, f + e * r0]
 
@@ -363,7 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     root = root.expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        gen_s = _prepare_data(root, size)
+        gen_s = prepare_tile(
+            root,
+            size,
+            catalog=CATALOG,
+            n_dates=N_DATES,
+            interval_days=INTERVAL_DAYS,
+            bands=BANDS,
+            cover=COVER,
+            seed=SEED,
+        )
         date = _target_date(root)
         n_params = _write_checkpoint(root / CHECKPOINT) if not args.skip_unet else 0
         (root / "out").mkdir(exist_ok=True)
@@ -401,8 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.repeat if timed else 1):
                 if timed:
                     out = str(root / "out" / f"bound_{name}.tif")
-                    bounds.append(_run_child({**spec, "mode": "bound", "out": out}))
-                runs.append(_run_child({**spec, "mode": "infer", "out": str(root / "out" / f"{name}.tif")}))
+                    bounds.append(run_child(__file__, {**spec, "mode": "bound", "out": out}, env=_ENV))
+                runs.append(
+                    run_child(__file__, {**spec, "mode": "infer", "out": str(root / "out" / f"{name}.tif")}, env=_ENV)
+                )
                 r = runs[-1]
                 b = f", bound {bounds[-1]['seconds']:.2f} s" if timed else ""
                 print(

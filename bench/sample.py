@@ -46,7 +46,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +53,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from common import peak_rss_mib, prepare_tile, run_child, s2_files
 
 N_DATES = 3
 INTERVAL_DAYS = 10
@@ -67,20 +68,6 @@ PRESET_S1_GAP = 72.0
 
 
 # -- child process: one measurement -------------------------------------------------------------
-
-
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS: VmHWM, which exec resets.
-
-    Not ``ru_maxrss`` first: on Linux it carries the parent's high-water mark across fork and exec
-    (see bench/masks.py), and the parent may just have generated a full tile.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; an upper bound
 
 
 class _Timers:
@@ -162,7 +149,7 @@ def _sample_child(spec: dict[str, Any]) -> dict[str, Any]:
         # the sampling loop: from the first sample's read to the commit
         loop=tm.starts.get("commit", t0 + out["seconds"]) - tm.starts.get("build", t0),
     )
-    out["peak_rss_mib"] = _peak_rss_mib()
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
 
 
@@ -315,7 +302,7 @@ def _bound_child(spec: dict[str, Any]) -> dict[str, Any]:
         "windows": sum(n for n, _ in done),
         "read_bytes": sum(b for _, b in done),
         "files": len({k[0] for w in tasks for k, _, _ in w}),
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -323,66 +310,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return _bound_child(spec) if spec["mode"] == "bound" else _sample_child(spec)
 
 
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {spec['mode']} {spec['name']} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 # -- parent: data, cases, table -----------------------------------------------------------------
-
-
-def _s2_files(root: Path) -> list[Path]:
-    d = root / "S2"
-    return sorted(p for p in d.glob("S2_*.tif") if not p.stem.endswith("_SCL")) if d.is_dir() else []
-
-
-def _prepare_data(root: Path, size: int) -> float | None:
-    """Generate and index the tile unless ``root`` holds one; returns the seconds spent generating."""
-    import rasterio
-
-    s2 = _s2_files(root)
-    shapes = set()
-    for p in s2:
-        with rasterio.open(p) as src:
-            shapes.add((src.height, src.width))
-    if shapes and shapes != {(size, size)}:
-        raise SystemExit(f"{root}: holds a tile of {sorted(shapes)} px, not {size} x {size}; use another --data")
-    s1 = sorted((root / "S1").glob("S1_*.tif")) if (root / "S1").is_dir() else []
-    if s2 and s1 and (root / CATALOG).exists():
-        return None
-    from cloudclear.catalog import build_index
-    from cloudclear.synth import generate_series
-
-    gen = None
-    t0 = time.perf_counter()
-    if not s2:
-        print(
-            f"generating a {size} x {size} tile ({N_DATES} dates x 4 bands + SCL + S1) in {root} ...", file=sys.stderr
-        )
-        generate_series(
-            root,
-            height=size,
-            width=size,
-            n_dates=N_DATES,
-            start=START,
-            interval_days=INTERVAL_DAYS,
-            bands=BANDS,
-            cloud_cover=list(COVER),
-            s1=True,
-            seed=SEED,
-            progress=True,
-        )
-        gen = time.perf_counter() - t0
-    elif not s1:
-        raise SystemExit(f"{root}: holds S2 but no S1 (S1/S1_*.tif); the layouts here pair S2 with S1")
-    shutil.rmtree(root / "out", ignore_errors=True)  # earlier outputs must not be indexed as scenes
-    build_index(root, root / CATALOG, rebuild=True)
-    print(f"  indexed in {time.perf_counter() - t0 - (gen or 0.0):.1f} s", file=sys.stderr)
-    return gen
 
 
 def _s1_gap_needed(root: Path) -> tuple[float, list[str]]:
@@ -432,7 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     stores = Path(tempfile.mkdtemp(prefix="cloudclear-bench-sample-stores-"))
     try:
-        gen_s = _prepare_data(root, args.size)
+        gen_s = prepare_tile(
+            root,
+            args.size,
+            catalog=CATALOG,
+            n_dates=N_DATES,
+            interval_days=INTERVAL_DAYS,
+            bands=BANDS,
+            cover=COVER,
+            seed=SEED,
+            start=START,
+        )
         need, per_date = _s1_gap_needed(root)
         s1_gap = args.s1_max_gap
         nearest = f"nearest S1 per S2 date: {', '.join(per_date)}"
@@ -470,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             runs, bounds = [], []
             for k in range(args.repeat):
-                runs.append(_run_child({**spec, "mode": "sample"}))
+                runs.append(run_child(__file__, {**spec, "mode": "sample"}))
                 if bounded:  # reads what the store just written holds (the same each run: same seed)
-                    bounds.append(_run_child({**spec, "mode": "bound", "store": spec["out"]}))
+                    bounds.append(run_child(__file__, {**spec, "mode": "bound", "store": spec["out"]}))
                 r = runs[-1]
                 b = f", bound {bounds[-1]['seconds']:.2f} s" if bounded else ""
                 print(
@@ -488,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
 
         mem_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
         disk_mb = sum(p.stat().st_size for d in ("S2", "S1") for p in (root / d).glob("*.tif")) / 1e6
-        n_s2 = len(_s2_files(root))
+        n_s2 = len(s2_files(root))
         made = f"generated in {gen_s:.0f} s" if gen_s is not None else "reused"
         print(f"machine: {os.cpu_count()} cores, {mem_gib:.1f} GiB RAM; GDAL {rasterio.__gdal_version__}, ", end="")
         print(f"GDAL_CACHEMAX {os.environ.get('GDAL_CACHEMAX', 'unset (GDAL default: 5 % of RAM)')}")
