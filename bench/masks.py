@@ -274,15 +274,15 @@ def _worldcereal(root: Path) -> Dataset:
 def _availability(detector: str, bands: tuple[str, ...]) -> str | None:
     """Why ``detector`` cannot run on a scene with ``bands`` ("n/a (...)"), or None."""
     from cloudclear.detect.pixels import get_detector, resolve_bands
-    from cloudclear.errors import DetectError
+    from cloudclear.errors import MaskError
 
     try:
         det = get_detector(detector)
-    except DetectError:
+    except MaskError:
         return "n/a (not installed)"
     try:
         resolve_bands(det, list(bands))
-    except DetectError:
+    except MaskError:
         return "n/a (bands)"
     return None
 
@@ -304,7 +304,7 @@ def _predict(sample: Sample, detector: str, dilation: int, tmp: Path) -> tuple[n
 
 def _run_dataset(ds: Dataset, detectors: list[str], tmp: Path) -> dict[tuple[str, str, str], Tally | str]:
     """(reference, detector, dilation label) -> its tally, or why the detector did not run."""
-    from cloudclear.errors import DetectError
+    from cloudclear.errors import MaskError
 
     rows: dict[tuple[str, str, str], Tally | str] = {}
     for det in detectors:
@@ -324,7 +324,7 @@ def _run_dataset(ds: Dataset, detectors: list[str], tmp: Path) -> dict[tuple[str
                 t0 = time.perf_counter()
                 try:
                     scl, source = _predict(s, det, dil, tmp)
-                except DetectError as exc:  # reported below, not counted
+                except MaskError as exc:  # reported below, not counted
                     failed[s.label] = str(exc)
                     continue
                 dt = time.perf_counter() - t0

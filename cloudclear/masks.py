@@ -28,6 +28,9 @@ class MaskClass(IntEnum):
 
 #: Classes that hide the surface: counted in a scene's cloud percentage.
 OBSCURED = (MaskClass.CLOUD, MaskClass.THIN_CLOUD, MaskClass.SHADOW)
+#: Classes that show the surface (snow included): the one definition of a "clear" pixel, the
+#: complement of :data:`OBSCURED` among pixels with data.
+CLEAR_CLASSES = (MaskClass.CLEAR, MaskClass.SNOW)
 
 #: Sen2Cor scene classification codes -> MaskClass.
 SCL_TABLE: dict[int, MaskClass] = {

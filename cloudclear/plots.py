@@ -1,21 +1,23 @@
 """Figures for scores: RGB quicklooks of input, prediction and reference, error maps, per-band bars.
 
 matplotlib is driven through its object API (no pyplot state), so figures can be drawn from
-threads and never open a window.
+threads and never open a window. Every PNG is written through
+:func:`cloudclear.outputs.atomic_output` (complete or absent, an existing one untouched on failure).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cloudclear.metrics import Comparison, Pair, Quicklook, Score, ScoreOptions, input_view, quicklook
+from cloudclear.outputs import atomic_output, check_target, output_error
 
 
 def stretch(rgb: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -66,26 +68,58 @@ def plot_scores(
     *,
     title: str | None = None,
     dpi: int = 110,
+    overwrite: bool = False,
 ) -> Path:
     """Write a PNG: quicklooks (input if known, reference, each prediction), an error map under
     each prediction, and a per-band bar chart of RMSE with PSNR labels.
 
     Every RGB view is stretched with the reference's 2-98 % per band, so colours compare. The
-    file is written to a temporary name and renamed, so a failed run leaves no partial figure.
+    file is written through :func:`cloudclear.outputs.atomic_output`: it appears complete or not
+    at all, and a PNG already there is untouched by a failed run.
 
     Args:
-        dst_path: the PNG to write.
+        dst_path: the PNG to write (its folder is created if missing).
         views: one :class:`~cloudclear.metrics.Quicklook` per prediction (the first one's
             reference and input are shown).
         scores: the matching scores, for the bar chart and panel titles.
         title: a figure title.
         dpi: resolution of the PNG.
+        overwrite: replace an existing PNG.
+
+    Raises:
+        OutputExistsError: the PNG exists and ``overwrite`` is false.
+        OutputError: the PNG cannot be written (read-only folder, disk full...).
     """
+    if not views:
+        raise ValueError("no quicklook to plot")
+    dst = check_plot_target(dst_path, overwrite)
+    with atomic_output(dst, overwrite=overwrite, what="plot") as tmp:
+        _figure(views, scores, title).savefig(tmp, dpi=dpi, format="png")
+    return dst
+
+
+def check_plot_target(dst_path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Create the PNG's folder and refuse an existing PNG or an unwritable folder.
+
+    Callers that score first (``cloudclear score --plot``) call it before scoring, so a refusal
+    costs no reading.
+
+    Raises:
+        OutputExistsError: the PNG exists and ``overwrite`` is false.
+        OutputError: the folder cannot be made or written.
+    """
+    dst = Path(dst_path)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(dst, exc, "plot") from exc
+    return check_target(dst, overwrite, "plot")
+
+
+def _figure(views: Sequence[Quicklook], scores: Sequence[Score], title: str | None) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not views:
-        raise ValueError("no quicklook to plot")
     first = views[0]
     has_input = first.input is not None
     n_pred = len(views)
@@ -153,18 +187,7 @@ def plot_scores(
         ax.legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=10)
-
-    dst = Path(dst_path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp.png", dir=dst.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return fig
 
 
 def plot_comparison(
@@ -175,6 +198,7 @@ def plot_comparison(
     input_path: str | os.PathLike[str] | None = None,
     mask_convention: str | None = None,
     max_size: int = 800,
+    overwrite: bool = False,
 ) -> Path:
     """Write the figure of scored pairs (see :func:`plot_scores`), from the views kept while
     scoring (``score_many(..., views=N)``) or, without them, from a decimated read.
@@ -186,7 +210,13 @@ def plot_comparison(
         input_path: the cloudy input to show beside the first pair.
         mask_convention: as for scoring.
         max_size: longest side of each view in pixels.
+        overwrite: replace an existing PNG.
+
+    Raises:
+        OutputExistsError: the PNG exists and ``overwrite`` is false (checked before any read).
+        OutputError: the PNG cannot be written (read-only folder, disk full...).
     """
+    check_plot_target(dst_path, overwrite)
     opts: ScoreOptions = comparison.options
     if len(comparison.views) == len(pairs):
         views = list(comparison.views)
@@ -195,4 +225,4 @@ def plot_comparison(
     if input_path is not None:
         rgb = input_view(input_path, pairs[0], opts, mask_convention=mask_convention, max_size=max_size)
         views[0] = replace(views[0], input=rgb)
-    return plot_scores(dst_path, views, comparison.results)
+    return plot_scores(dst_path, views, comparison.results, overwrite=overwrite)

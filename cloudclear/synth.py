@@ -15,6 +15,7 @@ of rows in bounded memory and its content never depends on the strip height.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from cloudclear.errors import SynthError
 from cloudclear.masks import SCL_NAMES
+from cloudclear.outputs import atomic_outputs, check_geotiff_complete, output_error
 
 __all__ = [
     "S2_BANDS",
@@ -1483,16 +1485,16 @@ def _stamp_tags(stamp: datetime, tile: str) -> dict[str, str]:
 
 
 class _Outputs:
-    """Every output file of a call, open under a temporary name until all strips are written."""
+    """Every output file of a call, open under its temporary name until all strips are written."""
 
-    def __init__(self, crs: CRS, transform: Affine) -> None:
+    def __init__(self, crs: CRS, transform: Affine, temporaries: dict[Path, Path]) -> None:
         self.crs, self.transform = crs, transform
-        self._open: list[tuple[Any, Path, Path]] = []
+        self._tmp = temporaries
+        self._open: list[Any] = []
 
     def create(self, final: Path, profile: dict[str, Any], descriptions: Sequence[str], tags: dict[str, str]) -> Any:
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        ds = rasterio.open(tmp, "w", crs=self.crs, transform=self.transform, **profile)
-        self._open.append((ds, tmp, final))
+        ds = rasterio.open(self._tmp[final], "w", crs=self.crs, transform=self.transform, **profile)
+        self._open.append(ds)
         for i, name in enumerate(descriptions, start=1):
             ds.set_band_description(i, name)
             if name in S2_BANDS:
@@ -1500,20 +1502,41 @@ class _Outputs:
         ds.update_tags(**tags)
         return ds
 
-    def commit(self) -> None:
-        for ds, _, _ in self._open:
-            ds.close()
-        for _, tmp, final in self._open:
-            os.replace(tmp, final)
-        self._open.clear()
+    def close(self) -> None:
+        """Close every file, then check that each holds every block (GDAL logs some failed writes,
+        a full disk among them, instead of raising)."""
+        while self._open:
+            self._open.pop().close()
+        for final, tmp in self._tmp.items():
+            check_geotiff_complete(tmp, final)
 
     def abort(self) -> None:
-        for ds, tmp, _ in self._open:
-            try:
-                ds.close()
-            finally:
-                tmp.unlink(missing_ok=True)
-        self._open.clear()
+        """Close what is still open after a failure; the caller removes the temporaries."""
+        while self._open:
+            # the first failure is the one reported; closing the rest may fail the same way
+            with contextlib.suppress(Exception):
+                self._open.pop().close()
+
+
+def _make_folders(folders: Sequence[Path]) -> list[Path]:
+    """Create missing folders (parents first); returns those created, to remove after a failure."""
+    created: list[Path] = []
+    for folder in folders:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _remove_empty(created)
+            raise output_error(folder, exc, "folder") from exc
+        created.extend(reversed(missing))
+    return created
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    for folder in reversed(folders):
+        # a folder something else was put in meanwhile stays
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 _S2_TAGS = {
@@ -1702,7 +1725,8 @@ def generate_series(
     function of the arguments: the same arguments give byte-identical files.
 
     Args:
-        dst_dir: Destination directory, created if missing; files of the same names are replaced.
+        dst_dir: Destination directory, created if missing; files of the same names are replaced
+            once the whole series is written.
         height: Rows (10 m pixels); a full Sentinel-2 tile is 10980.
         width: Columns.
         n_dates: Number of S2 acquisitions.
@@ -1723,6 +1747,8 @@ def generate_series(
 
     Raises:
         SynthError: An argument is out of range (unknown band or tile, bad cover list, ...).
+        OutputError: A file cannot be written (read-only folder, disk full...); no file of the
+            series is then replaced or left behind.
     """
     band_names, covers = _validate(height, width, n_dates, interval_days, bands, cloud_cover, seed, sun_azimuth)
     height, width, seed = int(height), int(width), int(seed)
@@ -1748,24 +1774,44 @@ def generate_series(
         mask_paths.append(root / "S2" / f"{stem}_SCL.tif")
         truth_paths.append(root / "truth" / f"{stem}_truth.tif")
     s1_paths = [root / "S1" / f"S1_T{tile_id}_{t:%Y%m%dT%H%M%S}.tif" for t in s1_stamps]
-    for sub in ("S2", "truth") + (("S1",) if s1 else ()):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
-        outputs = _Outputs(CRS.from_epsg(grid.epsg), Affine(_PIXEL_M, 0.0, grid.x0, 0.0, -_PIXEL_M, grid.y0))
-        try:
-            s2_sets, s1_sets = _open_outputs(
-                outputs, scene, tile_id, sun_azimuth, s2_plans, s1_plans, s2_paths, mask_paths, truth_paths, s1_paths
+    created = _make_folders([root / sub for sub in ("S2", "truth") + (("S1",) if s1 else ())])
+    targets = [*s2_paths, *mask_paths, *truth_paths, *s1_paths]
+    try:
+        # Files of the same names are replaced, each only once the whole series is written.
+        with (
+            rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB),
+            atomic_outputs(targets, overwrite=True, what="synthetic image") as temporaries,
+        ):
+            outputs = _Outputs(
+                CRS.from_epsg(grid.epsg),
+                Affine(_PIXEL_M, 0.0, grid.x0, 0.0, -_PIXEL_M, grid.y0),
+                dict(zip(targets, temporaries, strict=True)),
             )
-            counts = _render_strips(scene, s2_plans, s1_plans, s2_sets, s1_sets, strip_rows, progress)
-            cloud_pct = [100.0 * c / (height * width) for c in counts]
-            for (s2_ds, _, mask_ds), pct in zip(s2_sets, cloud_pct, strict=True):
-                s2_ds.update_tags(CLOUDY_PIXEL_PERCENTAGE=f"{pct:.4f}")
-                mask_ds.update_tags(CLOUDY_PIXEL_PERCENTAGE=f"{pct:.4f}")
-            outputs.commit()
-        except BaseException:
-            outputs.abort()
-            raise
+            try:
+                s2_sets, s1_sets = _open_outputs(
+                    outputs,
+                    scene,
+                    tile_id,
+                    sun_azimuth,
+                    s2_plans,
+                    s1_plans,
+                    s2_paths,
+                    mask_paths,
+                    truth_paths,
+                    s1_paths,
+                )
+                counts = _render_strips(scene, s2_plans, s1_plans, s2_sets, s1_sets, strip_rows, progress)
+                cloud_pct = [100.0 * c / (height * width) for c in counts]
+                for (s2_ds, _, mask_ds), pct in zip(s2_sets, cloud_pct, strict=True):
+                    s2_ds.update_tags(CLOUDY_PIXEL_PERCENTAGE=f"{pct:.4f}")
+                    mask_ds.update_tags(CLOUDY_PIXEL_PERCENTAGE=f"{pct:.4f}")
+                outputs.close()
+            except BaseException:
+                outputs.abort()
+                raise
+    except BaseException:
+        _remove_empty(created)
+        raise
 
     return SynthSeries(
         root=root,

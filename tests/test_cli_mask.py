@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from conftest import write_raster
+from conftest import assert_one_line_error, fill_disk, read_only, write_raster
 from typer.testing import CliRunner
 
 from cloudclear.catalog import Catalog
@@ -37,15 +37,6 @@ def index(*args: object):
 def read(path: Path) -> np.ndarray:
     with rasterio.open(path) as src:
         return src.read(1)
-
-
-def assert_one_line_error(res, *messages: str) -> None:
-    assert res.exit_code == 1, res.output
-    assert res.stderr.startswith("cloudclear: error: "), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    for message in messages:
-        assert message in res.stderr, res.stderr
-    assert "Traceback" not in res.output
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +202,53 @@ def test_bad_detector_exits_2_listing_the_choices(scene, tmp_path):
     assert res.exit_code == 2, res.output
     assert "'fmask': choose one of builtin, s2cloudless" in res.stderr
     assert not (tmp_path / "m.tif").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "radius", "message"),
+    [
+        ("--dilate-cloud", 100000, "--dilate-cloud 100000: a cloud dilation radius above the limit of 1000 px"),
+        ("--dilate-shadow", 1001, "--dilate-shadow 1001: a shadow dilation radius above the limit of 1000 px"),
+        ("--dilate-cloud", 300, "--dilate-cloud 300: a cloud dilation radius larger than the scene itself (256 x 256"),
+    ],
+)
+def test_a_dilation_too_large_is_refused_before_reading(scene, tmp_path, option, radius, message):
+    res = mask(scene, "-o", tmp_path / "m.tif", option, radius)
+    assert_one_line_error(res, message, stdout_empty=True)
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_a_large_dilation_within_the_limit_grows_clouds_over_the_scene(scene, tmp_path):
+    res = mask(scene, "-o", tmp_path / "m.tif", "--dilate-cloud", "256", "--no-shadows")
+    assert res.exit_code == 0, res.output
+    scl = read(tmp_path / "m.tif")
+    assert set(np.unique(scl).tolist()) <= {8, 9, 10}  # every valid pixel lies within 256 px of a cloud
+
+
+def test_read_only_output_folder_is_one_line_and_keeps_the_old_mask(scene, tmp_path):
+    out = tmp_path / "masks"
+    out.mkdir()
+    old = out / "m.tif"
+    old.write_bytes(b"an older mask")
+    with read_only(out):
+        res = mask(scene, "-o", out / "new.tif")
+        assert_one_line_error(res, str(out / "new.tif"), "cannot write mask", stdout_empty=True)
+        res = mask(scene, "-o", old, "--overwrite")
+        assert_one_line_error(res, str(old), "cannot write mask", stdout_empty=True)
+    assert sorted(p.name for p in out.iterdir()) == ["m.tif"]
+    assert old.read_bytes() == b"an older mask"
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_mask(scene, small_fs):
+    vol = small_fs(1 << 20)
+    old = vol / "m.tif"
+    assert mask(scene, "-o", old).exit_code == 0
+    before = old.read_bytes()
+    fill_disk(vol)
+    res = mask(scene, "-o", old, "--overwrite", "--dilate-cloud", "5")
+    assert_one_line_error(res, str(old), "no space left on device", stdout_empty=True)
+    assert sorted(p.name for p in vol.iterdir()) == [".filler", "m.tif"]
+    assert old.read_bytes() == before
 
 
 BANDS = ["B02", "B03", "B04", "B08"]

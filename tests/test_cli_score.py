@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_raster
+from conftest import assert_one_line_error, fill_disk, read_only, write_raster
 from typer.testing import CliRunner
 
 from cloudclear.cli import app
@@ -115,6 +115,75 @@ def test_plot_writes_a_png(trio, tmp_path):
     img = imread(png)
     assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600
     assert not list(png.parent.glob(".*tmp*"))  # no temporary left beside it
+
+
+def _plot(trio, png, *more):
+    return runner.invoke(app, ["score", "--ref", trio["ref"], trio["good"], "--plot", str(png), *more])
+
+
+def test_plot_png_has_the_mode_of_any_file(trio, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        res = _plot(trio, tmp_path / "fig.png")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "fig.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_plot_refuses_an_existing_png_without_overwrite(trio, tmp_path):
+    png = tmp_path / "fig.png"
+    png.write_bytes(b"an older figure")
+    res = _plot(trio, png)
+    assert_one_line_error(res, str(png), "exists", "--overwrite", stdout_empty=True)
+    assert png.read_bytes() == b"an older figure"
+    res = _plot(trio, png, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_comparison_refuses_an_existing_png_before_reading(trio, tmp_path):
+    from cloudclear.errors import OutputExistsError
+    from cloudclear.metrics import Comparison, Pair, ScoreOptions
+    from cloudclear.plots import plot_comparison
+
+    png = tmp_path / "fig.png"
+    png.write_bytes(b"old")
+    # No views and pairs that do not exist: the refusal comes before any read.
+    comparison = Comparison((), None, ScoreOptions())
+    with pytest.raises(OutputExistsError, match="fig.png"):
+        plot_comparison(png, comparison, [Pair("nowhere.tif", "nothing.tif")])
+    assert png.read_bytes() == b"old"
+
+
+def test_plot_into_a_read_only_folder_is_one_line(trio, tmp_path):
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    old = folder / "fig.png"
+    old.write_bytes(b"an older figure")
+    with read_only(folder):
+        res = _plot(trio, folder / "new.png")
+        assert_one_line_error(res, str(folder / "new.png"), "cannot write plot", stdout_empty=True)
+        res = _plot(trio, old, "--overwrite")
+        assert_one_line_error(res, str(old), "cannot write plot", stdout_empty=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["fig.png"]
+    assert old.read_bytes() == b"an older figure"
+
+
+def test_plot_on_a_full_disk_is_one_line_and_leaves_nothing(trio, small_fs):
+    vol = small_fs(1 << 20)
+    png = vol / "fig.png"
+    res = _plot(trio, png)
+    assert res.exit_code == 0, res.output
+    before = png.read_bytes()
+    fill_disk(vol)
+    for target, more in ((vol / "new.png", ()), (png, ("--overwrite",))):
+        res = _plot(trio, target, *more)
+        assert_one_line_error(res, str(target), "no space left on device", stdout_empty=True)
+    assert sorted(p.name for p in vol.iterdir()) == [".filler", "fig.png"]
+    assert png.read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from cloudclear.detect.pixels import get_detector
 from cloudclear.detect.scene import MaskOptions, mask_scenes
 from cloudclear.detect.spatial import _disk, dilate, shadow_step
 from cloudclear.detect.sun import S2_LOCAL_TIME_H, SunAngles, from_tags, solar_position
-from cloudclear.errors import DetectError
+from cloudclear.errors import MaskError, ResourceLimitError
 from cloudclear.synth import generate_series
 
 B4 = ("B02", "B03", "B04", "B08")
@@ -211,6 +211,23 @@ def test_sun_from_tags_computed_or_given(scene, tmp_path):
     assert (tags["SUN_ZENITH"], tags["SUN_AZIMUTH"], tags["SUN_ANGLES_SOURCE"]) == ("40.000", "150.000", "parameters")
 
 
+def test_masking_reads_under_the_mask_block_cache(scene, tmp_path, monkeypatch):
+    from cloudclear.gdal import CACHE_MB
+    from cloudclear.gridio import GridReader
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    seen = []
+    read = GridReader.read
+
+    def spy(self, r0, r1):
+        seen.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
+        return read(self, r0, r1)
+
+    monkeypatch.setattr(GridReader, "read", spy)
+    mask_scenes([scene["path"]], tmp_path / "m.tif")
+    assert seen and set(seen) == {CACHE_MB["mask"] * 1024 * 1024}
+
+
 def test_mask_does_not_depend_on_strip_rows(scene, tmp_path):
     out = [
         read1(mask_scenes([scene["path"]], tmp_path / f"{rows}.tif", MaskOptions(strip_rows=rows))[0].path)
@@ -329,6 +346,35 @@ def test_dilate_is_the_same_across_strip_borders():
     for radius in (1, 3, 6):
         assert np.array_equal(dilate(mask, radius), ndi.binary_dilation(mask, structure=_disk(radius)))
     assert np.array_equal(dilate(mask, 0), mask)
+
+
+def test_distance_dilation_equals_the_disk(monkeypatch):
+    # Radii above the small-disk cut use a distance transform: same pixels, strips included.
+    import cloudclear.detect.spatial as sp
+
+    monkeypatch.setattr(sp, "STRIP", 37)
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 100, 2))
+        mask = rng.random((h, w)) < rng.choice([0.0, 0.002, 0.02, 0.2])
+        radius = int(rng.integers(1, 25))
+        assert np.array_equal(dilate(mask, radius), ndi.binary_dilation(mask, structure=_disk(radius))), (h, w, radius)
+
+
+def test_dilation_radius_is_bounded_before_allocating():
+    from cloudclear.detect.spatial import MAX_DILATION
+
+    with pytest.raises(ResourceLimitError, match=rf"--dilate-cloud 100000: .* limit of {MAX_DILATION} px"):
+        SpatialOptions(cloud_dilation=100000)
+    with pytest.raises(ResourceLimitError, match=rf"--dilate-shadow {MAX_DILATION + 1}: "):
+        SpatialOptions(shadow_dilation=MAX_DILATION + 1)
+    with pytest.raises(ResourceLimitError, match="limit"):
+        dilate(np.zeros((4, 4), bool), MAX_DILATION + 1)
+    _, bands = _square_cloud()
+    h, w = next(iter(bands.values())).shape
+    with pytest.raises(ResourceLimitError, match=rf"larger than the scene itself \({w} x {h} px\)"):
+        detect_array(bands, options=SpatialOptions(cloud_dilation=max(h, w) + 1))
+    assert isinstance(ResourceLimitError("x"), ValueError)
 
 
 def test_spatial_options_reject_nonsense():
@@ -520,7 +566,7 @@ def test_bad_input_raises_and_writes_nothing(tmp_path, case, message, out):
     folder = paths[0].parent
     before = leftovers(folder)
     dst = {"beside": None, "file": tmp_path / "out" / "m.tif", "folder": tmp_path / "out"}[out]
-    with pytest.raises(DetectError, match=message):
+    with pytest.raises(MaskError, match=message):
         mask_scenes(paths, dst, options)
     assert leftovers(folder) == before  # no mask and no .partial- file
     assert leftovers(tmp_path / "out") == []
@@ -528,7 +574,7 @@ def test_bad_input_raises_and_writes_nothing(tmp_path, case, message, out):
 
 def test_a_mask_given_alone_is_reported_as_a_mask(tmp_path):
     paths, _ = _bad_scene(tmp_path, "a mask")
-    with pytest.raises(DetectError, match=r"_SCL\.tif: a mask; give the S2 band file"):
+    with pytest.raises(MaskError, match=r"_SCL\.tif: a mask; give the S2 band file"):
         mask_scenes(paths)
 
 
@@ -543,21 +589,21 @@ def test_band_files_of_one_date_in_two_crs_name_the_reason(tmp_path):
         descriptions=("B05", "B06", "B11", "B12"),
         nodata=0,
     )
-    with pytest.raises(DetectError, match=r"_20m\.tif: same date as .*_10m\.tif but a different CRS or extent"):
+    with pytest.raises(MaskError, match=r"_20m\.tif: same date as .*_10m\.tif but a different CRS or extent"):
         mask_scenes([ten, other], tmp_path / "out.tif")
     assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*partial*"))
 
 
 def test_unknown_detector_lists_the_known_ones():
     assert list(DETECTORS) == ["builtin", "s2cloudless"]
-    with pytest.raises(DetectError, match=r"unknown detector 'fmask'; choose one of: builtin, s2cloudless"):
+    with pytest.raises(MaskError, match=r"unknown detector 'fmask'; choose one of: builtin, s2cloudless"):
         get_detector("fmask")
-    with pytest.raises(DetectError, match="unknown detector"):
+    with pytest.raises(MaskError, match="unknown detector"):
         detect_array(dict.fromkeys(B4, np.ones((8, 8), np.float32)), detector="fmask")
 
 
 def test_detect_array_names_the_missing_bands():
-    with pytest.raises(DetectError, match=r"missing B04, B08 \(or B8A\) \(the scene has B02, B03\)"):
+    with pytest.raises(MaskError, match=r"missing B04, B08 \(or B8A\) \(the scene has B02, B03\)"):
         detect_array({"B02": np.ones((8, 8)), "B03": np.ones((8, 8))})
 
 
@@ -596,16 +642,16 @@ def test_s2cloudless_on_a_13_band_scene():
 
 def test_s2cloudless_names_its_missing_bands():
     pytest.importorskip("s2cloudless")
-    with pytest.raises(DetectError, match=r"s2cloudless detector needs .*missing B01, B05, B8A, B09, B10, B11, B12"):
+    with pytest.raises(MaskError, match=r"s2cloudless detector needs .*missing B01, B05, B8A, B09, B10, B11, B12"):
         detect_array(dict.fromkeys(B4, np.ones((8, 8), np.float32)), detector="s2cloudless")
 
 
 def test_s2cloudless_missing_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "s2cloudless", None)  # `import s2cloudless` now fails
-    with pytest.raises(DetectError, match=r"pip install 'cloudclear\[s2cloudless\]'"):
+    with pytest.raises(MaskError, match=r"pip install 'cloudclear\[s2cloudless\]'"):
         get_detector("s2cloudless")
     paths, _ = _bad_scene(tmp_path, "fine")
-    with pytest.raises(DetectError, match="pip install"):
+    with pytest.raises(MaskError, match="pip install"):
         mask_scenes(paths, options=MaskOptions(detector="s2cloudless"))
     assert leftovers(paths[0].parent) == [paths[0].name]
     assert get_detector("builtin").name == "builtin"

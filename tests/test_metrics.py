@@ -723,6 +723,26 @@ def test_identical_images_are_perfect(tmp_path, rng):
         assert b.mae == 0 and b.rmse == 0 and b.psnr == math.inf and b.ssim == pytest.approx(1.0, abs=1e-12)
 
 
+def test_scoring_reads_under_the_score_block_cache(tmp_path, rng, monkeypatch):
+    # The library states GDAL's cache itself (cloudclear.gdal), not the CLI through os.environ.
+    from cloudclear.gdal import CACHE_MB
+    from cloudclear.metrics.reading import StripReader
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    seen = []
+    rows = StripReader.rows
+
+    def spy(self, row, height):
+        seen.append(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
+        return rows(self, row, height)
+
+    monkeypatch.setattr(StripReader, "rows", spy)
+    pp, rp, _, _ = _pair(tmp_path, rng)
+    score(pp, rp)
+    quicklook(Pair(pp, rp), max_size=16)
+    assert seen and set(seen) == {CACHE_MB["score"] * 1024 * 1024}
+
+
 def test_to_dict_puts_the_overall_figures_first_and_writes_inf_as_none(tmp_path, rng):
     _, rp, _, _ = _pair(tmp_path, rng)
     d = score(rp, rp).to_dict()

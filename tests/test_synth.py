@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -390,6 +391,7 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     assert not list(tmp_path.rglob("*.tif"))
 
 
+@pytest.mark.slow
 def test_tiled_rasters_are_deterministic_and_stripwise(tmp_path: Path) -> None:
     # >= 512 px: 512 x 512 tiles, several strips, partial edge blocks, threaded compression
     args = {"height": 576, "width": 640, "n_dates": 1, "cloud_cover": (0.5,), "seed": 8}
@@ -401,3 +403,54 @@ def test_tiled_rasters_are_deterministic_and_stripwise(tmp_path: Path) -> None:
     for fa, fb, fc in zip(all_files(a), all_files(b), all_files(c), strict=True):
         assert fa.read_bytes() == fb.read_bytes(), fa.name
         np.testing.assert_array_equal(read(fa), read(fc), err_msg=fa.name)
+
+
+def _synth_cli(out: Path, *more: str):
+    from typer.testing import CliRunner
+
+    from cloudclear.cli import app
+
+    return CliRunner().invoke(app, ["synth", str(out), "--size", "32", "--dates", "2", *more])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_read_only_folder_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    from conftest import assert_one_line_error, read_only
+
+    out = tmp_path / "series"
+    out.mkdir()
+    with read_only(out):
+        res = _synth_cli(out)
+    assert_one_line_error(res, str(out), "read-only file system" if os.geteuid() == 0 else "permission denied")
+    assert list(out.iterdir()) == []
+
+
+def test_cli_read_only_files_are_kept_when_a_rerun_cannot_write(tmp_path: Path) -> None:
+    from conftest import assert_one_line_error, read_only
+
+    out = tmp_path / "series"
+    assert _synth_cli(out).exit_code == 0
+    before = _snapshot(out)
+    with read_only(out / "S2"):
+        res = _synth_cli(out, "--seed", "3")
+    assert_one_line_error(res, str(out / "S2"))
+    assert _snapshot(out) == before  # truth/ and S1/ were writable, but nothing is replaced alone
+
+
+def test_cli_full_disk_is_one_line_and_leaves_no_partial_file(small_fs) -> None:
+    from conftest import assert_one_line_error, fill_disk
+
+    vol = small_fs(1 << 20)
+    out = vol / "series"
+    assert _synth_cli(out).exit_code == 0
+    before = _snapshot(out)
+    fill_disk(vol)
+    res = _synth_cli(out, "--seed", "3")
+    assert_one_line_error(res, str(out), "no space left on device")
+    assert _snapshot(out) == before
+    res = _synth_cli(vol / "other")
+    assert_one_line_error(res, str(vol / "other"), "no space left on device")
+    assert sorted(p.name for p in vol.iterdir()) == [".filler", "series"]

@@ -57,7 +57,7 @@ def detect_array(
         A :class:`SpatialResult` whose ``scl`` holds Sen2Cor codes.
 
     Raises:
-        DetectError: bands the detector needs are missing, or it is not installed.
+        MaskError: bands the detector needs are missing, or it is not installed.
     """
     det = get_detector(detector)
     mapping = resolve_bands(det, list(bands))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cloudclear.errors import DetectError
+from cloudclear.errors import MaskError
 
 VALID, SNOW, WATER, VEG, CIRRUS, NOTCLOUD = 1, 2, 4, 8, 16, 32
 
@@ -146,15 +146,15 @@ def get_detector(name: str) -> Detector:
     """A detector by name.
 
     Raises:
-        DetectError: unknown name (the message lists the known ones) or a missing optional package.
+        MaskError: unknown name (the message lists the known ones) or a missing optional package.
     """
     try:
         det = DETECTORS[name]()
     except KeyError:
-        raise DetectError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTORS)}") from None
+        raise MaskError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTORS)}") from None
     why = det.unavailable()
     if why:
-        raise DetectError(why)
+        raise MaskError(why)
     return det
 
 
@@ -162,7 +162,7 @@ def resolve_bands(det: Detector, available: Sequence[str]) -> dict[str, str]:
     """Map each band the detector reads to the band the scene has (B8A standing in for B08).
 
     Raises:
-        DetectError: naming the bands that are missing.
+        MaskError: naming the bands that are missing.
     """
     have = set(available)
     mapping: dict[str, str] = {}
@@ -176,7 +176,7 @@ def resolve_bands(det: Detector, available: Sequence[str]) -> dict[str, str]:
             alt = det.alternatives.get(b)
             missing.append(f"{b} (or {alt})" if alt else b)
     if missing:
-        raise DetectError(
+        raise MaskError(
             f"the {det.name} detector needs {', '.join(det.needs)}; missing {', '.join(missing)} "
             f"(the scene has {', '.join(available) or 'no S2 bands'})"
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +21,12 @@ import numpy as np
 from cloudclear import __version__, masks
 from cloudclear.detect import histogram
 from cloudclear.detect import pixels as px
-from cloudclear.detect.spatial import CIRRUS, CLOUD, CLOUD_RING, SHADOW, SNOW, SpatialOptions, finish
+from cloudclear.detect.spatial import CIRRUS, CLOUD, CLOUD_RING, SHADOW, SNOW, SpatialOptions, check_dilation, finish
 from cloudclear.detect.sun import SunAngles, from_tags, solar_position
-from cloudclear.errors import DetectError, InvalidRasterError, OutputExistsError, SceneNotFoundError
+from cloudclear.errors import InvalidRasterError, MaskError, OutputExistsError, SceneNotFoundError
+from cloudclear.gdal import gdal_env
 from cloudclear.gridio import Grid, GridReader
+from cloudclear.outputs import atomic_output, check_geotiff_complete, check_target, output_error
 from cloudclear.scenes import (
     RASTER_SUFFIXES,
     FileInfo,
@@ -42,8 +43,6 @@ from cloudclear.scenes import (
 #: reach a median of 1.6 (over-corrected bright cloud), so the upper bound only catches data
 #: scaled twice or not at all.
 PLAUSIBLE_REFLECTANCE = (0.002, 5.0)
-#: GDAL block cache while masking, MiB.
-GDAL_CACHE_MB = 256
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def find_scenes(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[SceneDraf
     Raises:
         SceneNotFoundError: a path does not exist.
         InvalidRasterError: a file given by name cannot be read or is not an S2 scene.
-        DetectError: no S2 scene was found.
+        MaskError: no S2 scene was found.
     """
     infos: list[FileInfo] = []
     named: set[str] = set()
@@ -139,12 +138,12 @@ def find_scenes(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[SceneDraf
             kind = "unknown"
         if kind in ("mask", "s1"):
             what = "a mask" if kind == "mask" else "a Sentinel-1 image"
-            raise DetectError(f"{name}: {what}; give the S2 band file(s)")
+            raise MaskError(f"{name}: {what}; give the S2 band file(s)")
         # Why assembling left it out (another CRS or extent than the scene's other files...).
         reason = next((s.reason for s in skipped if s.path == name), f"{name}: not part of an S2 scene")
-        raise DetectError(reason)
+        raise MaskError(reason)
     if not s2:
-        raise DetectError(f"{', '.join(map(str, paths))}: no S2 scene found")
+        raise MaskError(f"{', '.join(map(str, paths))}: no S2 scene found")
     return s2, scene_ids(s2)
 
 
@@ -167,27 +166,38 @@ def mask_scenes(
         options: see :class:`MaskOptions`.
 
     Raises:
-        DetectError: missing bands, wrong reflectance scale, all nodata, unknown detector.
+        MaskError: missing bands, wrong reflectance scale, all nodata, unknown detector.
+        ResourceLimitError: a dilation radius larger than the scene or than
+            :data:`~cloudclear.detect.spatial.MAX_DILATION`.
         OutputExistsError: a mask exists and ``options.overwrite`` is False.
+        OutputError: a mask cannot be written (read-only folder, disk full...).
     """
     options = options or MaskOptions()
     px.get_detector(options.detector)  # a wrong name fails before any reading
-    drafts, ids = find_scenes(paths)
+    with gdal_env("mask"):
+        drafts, ids = find_scenes(paths)
+        dests = _destinations(drafts, ids, out)
+        for draft, dst in zip(drafts, dests, strict=True):
+            check_dilation(options.spatial, draft.grid.height, draft.grid.width)
+            if not options.overwrite and (dst.exists() or dst.is_symlink()):
+                raise OutputExistsError(f"{dst}: exists; pass --overwrite to replace it")
+            if dst.parent.is_dir():  # a missing --out folder is made when the first mask is written
+                check_target(dst, True, "mask")  # a read-only folder fails before any detection
+        return [mask_draft(d, sid, dst, options) for d, sid, dst in zip(drafts, ids, dests, strict=True)]
+
+
+def _destinations(drafts: Sequence[SceneDraft], ids: Sequence[str], out: str | os.PathLike[str] | None) -> list[Path]:
     dests: list[Path] = []
     for draft, sid in zip(drafts, ids, strict=True):
         if out is None:
             dests.append(Path(draft.grid.path).parent / mask_name(sid))
         elif str(out).lower().endswith((".tif", ".tiff")):
             if len(drafts) > 1:
-                raise DetectError(f"{out}: {len(drafts)} scenes found; give a folder for --out")
+                raise MaskError(f"{out}: {len(drafts)} scenes found; give a folder for --out")
             dests.append(Path(out).expanduser().resolve())
         else:
             dests.append(Path(out).expanduser().resolve() / mask_name(sid))
-    if not options.overwrite:
-        for d in dests:
-            if d.exists():
-                raise OutputExistsError(f"{d}: exists; pass --overwrite to replace it")
-    return [mask_draft(d, sid, dst, options) for d, sid, dst in zip(drafts, ids, dests, strict=True)]
+    return dests
 
 
 def _pixel_size(grid: FileInfo) -> float:
@@ -237,11 +247,15 @@ def _sun_for(draft: SceneDraft, tags: dict[str, str], options: MaskOptions) -> t
 
 
 def mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions) -> MaskResult:
-    """Detect and write the mask of one assembled scene (see :func:`mask_scenes`)."""
-    import rasterio
+    """Detect and write the mask of one assembled scene (see :func:`mask_scenes`).
 
-    # Strips are read once: a block cache bigger than a strip only costs memory.
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    Raises:
+        MaskError: missing bands, wrong reflectance scale, all nodata, unknown detector.
+        ResourceLimitError: a dilation radius too large for the scene (checked before reading).
+        OutputError: the mask cannot be written; an existing mask is then untouched.
+    """
+    check_dilation(options.spatial, draft.grid.height, draft.grid.width)
+    with gdal_env("mask"):
         return _mask_draft(draft, scene_id, dst, options)
 
 
@@ -253,8 +267,8 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
     info = draft.grid
     try:
         mapping = px.resolve_bands(det, list(draft.band_sources))
-    except DetectError as exc:
-        raise DetectError(f"{info.path}: {exc}") from None
+    except MaskError as exc:
+        raise MaskError(f"{info.path}: {exc}") from None
     a, b, c, d, e, f = info.transform[:6]
     grid = Grid(info.crs or "", (a, b, c, d, e, f), info.width, info.height)
     infos = {info.path: info}
@@ -306,7 +320,7 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
 
     n_valid = int(((flags & px.VALID) != 0).sum())
     if n_valid == 0:
-        raise DetectError(f"{info.path}: every pixel is nodata; nothing to mask")
+        raise MaskError(f"{info.path}: every pixel is nodata; nothing to mask")
     sun, north = _sun_for(draft, tags, options)
     res = finish(det, score, bright, flags, hist, _pixel_size(info), sun, options.spatial, north)
     del score, bright
@@ -343,7 +357,7 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
         tags_out["SUN_ZENITH"] = f"{sun.zenith:.3f}"
         tags_out["SUN_AZIMUTH"] = f"{sun.azimuth:.3f}"
         tags_out["SUN_ANGLES_SOURCE"] = sun.source
-    write_scl(dst, scl, info, tags_out)
+    write_scl(dst, scl, info, tags_out, overwrite=options.overwrite)
     return MaskResult(
         path=dst,
         scene=scene_id,
@@ -370,33 +384,33 @@ def _check_scale(refl: dict[str, np.ndarray], valid: np.ndarray, mapping: dict[s
             continue
         path, bidx = draft.band_sources[mapping[key]]
         if med < lo:
-            raise DetectError(
+            raise MaskError(
                 f"{path}: band {mapping[key]} reflectance looks 10000 times too small (median {med:.6f} "
                 "after scaling): the values look like 0..1 floats where DN x 10000 is expected; "
                 "tag the file with QUANTIFICATION_VALUE=1 (gdal_edit.py -mo QUANTIFICATION_VALUE=1 FILE)"
             )
-        raise DetectError(
+        raise MaskError(
             f"{path}: band {mapping[key]} reflectance looks too large (median {med:.3f} after scaling); "
             "check the file's scale (QUANTIFICATION_VALUE tag or GDAL band scale)"
         )
 
 
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
-
-
-def write_scl(dst: Path, scl: np.ndarray, grid: FileInfo, tags: dict[str, str]) -> None:
+def write_scl(dst: Path, scl: np.ndarray, grid: FileInfo, tags: dict[str, str], overwrite: bool = True) -> None:
     """Write a uint8 SCL-coded mask on ``grid``: tiled, compressed, with the SCL colour table.
 
-    Written to ``.NAME.partial-PID`` beside ``dst`` and renamed, so a killed run leaves no file
-    that looks complete (the next run removes the stale partial).
+    Written through :func:`cloudclear.outputs.atomic_output`, so a failed or killed run leaves no
+    file that looks complete and an existing mask untouched.
+
+    Raises:
+        OutputExistsError: ``dst`` exists and ``overwrite`` is false.
+        OutputError: the mask cannot be written (read-only folder, disk full...).
     """
     import rasterio
 
-    from cloudclear._tempfiles import remove_orphans
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(dst.parent, f".{dst.name}.partial-*", _PARTIAL)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(dst, exc, "mask") from exc
     h, w = scl.shape
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -414,14 +428,11 @@ def write_scl(dst: Path, scl: np.ndarray, grid: FileInfo, tags: dict[str, str]) 
     }
     if profile["tiled"]:
         profile.update(blockxsize=512 if w >= 512 else 256, blockysize=512 if h >= 512 else 256)
-    try:
+    with atomic_output(dst, overwrite=overwrite, what="mask") as tmp:
         with rasterio.open(tmp, "w", **profile) as out:
             out.write(scl, 1)
             out.set_band_description(1, "SCL")
             out.update_tags(**tags)
             out.update_tags(1, **{f"SCL_{k}": v for k, v in masks.SCL_NAMES.items()})
             out.write_colormap(1, {**{i: (0, 0, 0, 0) for i in range(256)}, **masks.SCL_COLOURS})
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        check_geotiff_complete(tmp, dst)

@@ -22,6 +22,7 @@ import numpy as np
 
 from cloudclear.detect import pixels as px
 from cloudclear.detect.sun import SunAngles
+from cloudclear.errors import ResourceLimitError
 
 #: Shadow matching runs on a grid coarsened to at most this many pixels a side.
 MATCH_SIZE = 2048
@@ -29,6 +30,12 @@ MATCH_SIZE = 2048
 MAX_DISTANCES = 300
 #: Rows per strip for smoothing and dilation.
 STRIP = 1024
+#: The largest dilation radius accepted, pixels (10 km at 10 m). A strip of the dilation holds
+#: ``STRIP + 2 * radius`` rows of 16 bytes a pixel, so the bound keeps a tile's dilation near 0.5 GB.
+MAX_DILATION = 1000
+# Up to this radius a disk-shaped structuring element is fastest; beyond it, a distance transform
+# (same result, cost independent of the radius, where the element's cost grows with its area).
+_DISK_UP_TO = 5
 
 # SCL codes written.
 NODATA, SHADOW, VEGETATION, NOT_VEGETATED, WATER, CLOUD_RING, CLOUD, CIRRUS, SNOW = 0, 3, 4, 5, 6, 8, 9, 10, 11
@@ -61,6 +68,7 @@ class SpatialOptions:
     def __post_init__(self) -> None:
         if self.cloud_dilation < 0 or self.shadow_dilation < 0:
             raise ValueError("dilation must be 0 or more pixels")
+        check_dilation(self)
         if not 0 <= self.min_height < self.max_height:
             raise ValueError("cloud heights need 0 <= min_height < max_height")
 
@@ -115,6 +123,34 @@ def _smoothed_above(score: np.ndarray, size: int, threshold: float, exclude: np.
     return out
 
 
+def check_dilation(options: SpatialOptions, height: int | None = None, width: int | None = None) -> None:
+    """Refuse a dilation radius above :data:`MAX_DILATION` or larger than the scene, before any
+    memory is spent on it.
+
+    Args:
+        options: the dilation radii to check.
+        height: the scene's rows, if known.
+        width: the scene's columns, if known.
+
+    Raises:
+        ResourceLimitError: naming the option, the radius and the limit.
+    """
+    for what, flag, radius in (
+        ("cloud", "--dilate-cloud", options.cloud_dilation),
+        ("shadow", "--dilate-shadow", options.shadow_dilation),
+    ):
+        if radius > MAX_DILATION:
+            raise ResourceLimitError(
+                f"{flag} {radius}: a {what} dilation radius above the limit of {MAX_DILATION} px "
+                f"({MAX_DILATION * 10 // 1000} km at 10 m)"
+            )
+        if height is not None and width is not None and radius > max(height, width):
+            raise ResourceLimitError(
+                f"{flag} {radius}: a {what} dilation radius larger than the scene itself ({width} x {height} px); "
+                f"at most {max(height, width)} px"
+            )
+
+
 def _disk(radius: int) -> np.ndarray:
     y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
     return np.asarray(x * x + y * y <= radius * radius + radius)
@@ -123,20 +159,37 @@ def _disk(radius: int) -> np.ndarray:
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Grow a boolean mask by ``radius`` pixels (a disk), strip by strip.
 
+    A pixel joins when a mask pixel lies within the disk ``x^2 + y^2 <= radius^2 + radius``
+    around it, whichever way this is computed.
+
     Args:
         mask: (rows, cols) bool.
         radius: pixels; 0 returns a copy.
+
+    Raises:
+        ResourceLimitError: ``radius`` is above :data:`MAX_DILATION`.
     """
     from scipy import ndimage as ndi
 
     if radius <= 0:
         return mask.copy()
+    if radius > MAX_DILATION:
+        raise ResourceLimitError(f"dilation radius {radius} px: above the limit of {MAX_DILATION} px")
     h = mask.shape[0]
     out = np.zeros_like(mask)
-    disk = _disk(radius)
+    disk = _disk(radius) if radius <= _DISK_UP_TO else None
     for r0 in _strips(h):
         a, b = max(0, r0 - radius), min(h, r0 + STRIP + radius)
-        grown = ndi.binary_dilation(mask[a:b], structure=disk)
+        part = mask[a:b]
+        if not part.any():
+            continue
+        if disk is not None:
+            grown = ndi.binary_dilation(part, structure=disk)
+        else:
+            # Squared distances to the nearest mask pixel are integers: half a unit of slack
+            # absorbs the rounding of the square root.
+            dist = ndi.distance_transform_edt(~part)
+            grown = dist * dist <= radius * radius + radius + 0.5
         out[r0 : r0 + STRIP] = grown[r0 - a : r0 - a + min(STRIP, h - r0)]
     return out
 
@@ -286,7 +339,11 @@ def finish(
         sun: solar angles, or None to estimate the shadow direction from the image.
         options: see :class:`SpatialOptions`.
         grid_north: clockwise angle from grid up to true north, degrees.
+
+    Raises:
+        ResourceLimitError: a dilation radius larger than the scene or :data:`MAX_DILATION`.
     """
+    check_dilation(options, *score.shape)
     valid = (flags & px.VALID) != 0
     threshold = det.threshold(hist.sum(axis=1))
     size = max(1, int(round(det.smooth_m / pixel_size)))

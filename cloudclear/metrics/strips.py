@@ -1,0 +1,221 @@
+"""The strip scorer: streams a prediction and its reference in strips of rows, in bounded memory.
+
+SSIM needs the window radius of rows around each scored row, so each strip is scored with a halo
+carried over from the previous one: the blockwise figures equal the whole-image figures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloudclear import masks
+from cloudclear.masks import MaskClass
+from cloudclear.metrics.conventions import PIXEL_SETS, SSIM_WINDOWS, ScoreOptions
+from cloudclear.metrics.maths import BandSums, Sums, add_pixel_sums, pixel_sums
+from cloudclear.metrics.reading import StripReader, valid
+
+# Columns processed at once per band: bounds the SSIM working set (eight float64 buffers).
+_COL_CHUNK = 2048
+
+
+@dataclass
+class Strip:
+    """Rows of a pair as read (raw values), with their validity and the pixels selected for scoring."""
+
+    pred: np.ndarray
+    ref: np.ndarray
+    valid: np.ndarray  # both rasters valid
+    selected: np.ndarray  # valid and in the pixel set
+
+
+class Scorer:
+    """Streams one prediction against its reference and returns the sums."""
+
+    def __init__(
+        self,
+        pred: StripReader,
+        ref: StripReader,
+        mask: StripReader | None,
+        mask_band: masks.MaskBand | None,
+        ref_mask: StripReader | None,
+        ref_mask_band: masks.MaskBand | None,
+        pred_scale: Sequence[tuple[float, float]],
+        ref_scale: Sequence[tuple[float, float]],
+        pixels: str,
+        opts: ScoreOptions,
+    ) -> None:
+        self.pred, self.ref, self.mask, self.ref_mask = pred, ref, mask, ref_mask
+        self.mask_band, self.ref_mask_band = mask_band, ref_mask_band
+        self.pred_scale, self.ref_scale = pred_scale, ref_scale
+        self.classes = PIXEL_SETS[pixels][0]
+        self.opts = opts
+        self.window = SSIM_WINDOWS[opts.ssim_window]
+        self._pool: ThreadPoolExecutor
+        self.view_parts: list[Strip] = []
+
+    def read_strip(self, row: int, height: int) -> Strip:
+        """Rows [row, row + height) of the pair, with validity and the pixel set applied."""
+        p = self.pred.rows(row, height)
+        r = self.ref.rows(row, height)
+        ok = valid(p, self.pred.nodata) & valid(r, self.ref.nodata)
+        selected = ok.copy()
+        if self.classes is not None and self.mask is not None and self.mask_band is not None:
+            selected &= np.isin(self._classes(self.mask, self.mask_band, row, height), self.classes)
+        if self.ref_mask is not None and self.ref_mask_band is not None:
+            rc = self._classes(self.ref_mask, self.ref_mask_band, row, height)
+            selected &= np.isin(rc, masks.CLEAR_CLASSES)
+        return Strip(p, r, ok, selected)
+
+    @staticmethod
+    def _classes(reader: StripReader, band: masks.MaskBand, row: int, height: int) -> np.ndarray:
+        raw = reader.rows(row, height)[0]
+        nodata = None if reader.warped else reader.info.nodata
+        if raw.dtype.kind == "f":
+            outside = np.isnan(raw)
+            raw = np.where(outside, 0, raw)
+        else:
+            outside = ~reader.valid_rows(row, height)
+        cls = masks.decode(raw, band.convention, nodata)
+        cls[outside] = MaskClass.NODATA
+        return cls
+
+    def reflectance(self, raw: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+        """Raw values to float64 reflectance (``DN * scale + offset``), clipped when the options say."""
+        out = raw.astype(np.float64)
+        if scale != (1.0, 0.0):
+            out *= scale[0]
+            out += scale[1]
+        if self.opts.clip:
+            np.clip(out, 0.0, self.opts.peak, out=out)
+        return out
+
+    def run(self, progress: Callable[[int], None] | None = None, view_factor: int = 0) -> Sums:
+        """Score every strip; with ``view_factor``, also keep every ``view_factor``-th row and
+        column of each strip as read (in ``self.view_parts``), so a figure needs no second read."""
+        grid = self.pred.grid
+        H, W = grid.height, grid.width
+        nb = len(self.pred.bands)
+        pad = self.window.radius
+        sums = Sums(nb)
+        block = self.opts.block_rows
+        carry: Strip | None = None  # rows [carry_row, ...) kept for the next strip's halo
+        carry_row = 0
+        done = 0  # rows [0, done) are scored
+        starts = list(range(0, H, block))
+        view_rows = {r0: k0 for r0, _, k0 in strided_rows(H, block, view_factor)} if view_factor else {}
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads) as self._pool:
+            future = pool.submit(self.read_strip, 0, min(block, H))
+            for k, r0 in enumerate(starts):
+                h = min(block, H - r0)
+                new = future.result()
+                if r0 in view_rows:
+                    self.view_parts.append(every(new, view_rows[r0], view_factor))
+                if k + 1 < len(starts):
+                    nxt = starts[k + 1]
+                    future = pool.submit(self.read_strip, nxt, min(block, H - nxt))
+                buf = new if carry is None else concat(carry, new)
+                buf_row = r0 if carry is None else carry_row
+                last = r0 + h >= H
+                end = H if last else r0 + h - pad
+                if end > done:
+                    self._score_rows(buf, buf_row, done, end, H, W, pad, sums)
+                    if progress:
+                        progress(end - done)
+                    done = end
+                keep = max(done - pad, buf_row)
+                carry = strip_slice(buf, keep - buf_row, None)
+                carry_row = keep
+        return sums
+
+    def _score_rows(self, buf: Strip, buf_row: int, o0: int, o1: int, H: int, W: int, pad: int, sums: Sums) -> None:
+        """Score rows [o0, o1) of the grid; ``buf`` holds rows from ``buf_row`` with a halo."""
+        from scipy.ndimage import minimum_filter
+
+        s0 = max(o0 - pad, buf_row)
+        s1 = min(o1 + pad, buf_row + buf.valid.shape[0])
+        slab = strip_slice(buf, s0 - buf_row, s1 - buf_row)
+        a, b = o0 - s0, o1 - s0  # output rows inside the slab
+        sel = slab.selected[a:b]
+        # SSIM counts a pixel when its whole window lies inside the image and holds valid pixels.
+        win_ok = minimum_filter(slab.valid.view(np.uint8), size=2 * pad + 1, mode="constant", cval=0)[a:b] > 0
+        rows = np.arange(o0, o1)
+        inner_rows = (rows >= pad) & (rows < H - pad)
+        win_ok &= inner_rows[:, None]
+        win_ok[:, :pad] = False
+        win_ok[:, W - pad :] = False
+        ssim_sel = sel & win_ok
+        n_sel, n_ssim = int(sel.sum()), int(ssim_sel.sum())
+        sums.n += n_sel
+        sums.n_ssim += n_ssim
+        if n_sel == 0 and n_ssim == 0:
+            return
+
+        chunks = [(c0, min(c0 + _COL_CHUNK, W)) for c0 in range(0, W, _COL_CHUNK)]
+        peak, window = self.opts.peak, self.window
+
+        nb = len(self.pred.bands)
+
+        def chunk(c0: int, c1: int) -> tuple[list[BandSums], float, int]:
+            # Columns [c0, c1) of every band, read with a halo of the window radius each side.
+            e0, e1 = max(c0 - pad, 0), min(c1 + pad, W)
+            core = (slice(a, b), slice(c0 - e0, c1 - e0))
+            pairs = (
+                (
+                    self.reflectance(slab.pred[i][:, e0:e1], self.pred_scale[i]),
+                    self.reflectance(slab.ref[i][:, e0:e1], self.ref_scale[i]),
+                )
+                for i in range(nb)
+            )
+            return pixel_sums(pairs, core, sel[:, c0:c1], ssim_sel[:, c0:c1], window, peak)
+
+        # Column chunks are independent and scipy / numpy release the GIL, so threads share
+        # the cores; chunks keep the working set small whatever the tile width. Results are
+        # summed in chunk order, so figures do not depend on thread timing.
+        for per_band, sam, n_ok in self._pool.map(lambda c: chunk(*c), chunks):
+            add_pixel_sums(sums, per_band, sam, n_ok)
+
+
+def concat(a: Strip, b: Strip) -> Strip:
+    """``b``'s rows below ``a``'s."""
+    return Strip(
+        np.concatenate([a.pred, b.pred], axis=1),
+        np.concatenate([a.ref, b.ref], axis=1),
+        np.concatenate([a.valid, b.valid], axis=0),
+        np.concatenate([a.selected, b.selected], axis=0),
+    )
+
+
+def every(s: Strip, k0: int, f: int) -> Strip:
+    """Every f-th row (from row k0) and column of a strip, copied so the strip can be freed."""
+    return Strip(
+        s.pred[:, k0::f, ::f].copy(),
+        s.ref[:, k0::f, ::f].copy(),
+        s.valid[k0::f, ::f].copy(),
+        s.selected[k0::f, ::f].copy(),
+    )
+
+
+def strip_slice(s: Strip, start: int, stop: int | None) -> Strip:
+    """Rows [start, stop) of a strip (views, not copies)."""
+    return Strip(s.pred[:, start:stop], s.ref[:, start:stop], s.valid[start:stop], s.selected[start:stop])
+
+
+def strided_rows(height: int, block: int, factor: int) -> list[tuple[int, int, int]]:
+    """Strips (row, height, first kept row in the strip) that hold every ``factor``-th row.
+
+    Views are read strip by strip at full resolution and subsampled: on tiled, compressed files
+    without overviews a decimated GDAL read costs several times one full read.
+    """
+    out = []
+    for r0 in range(0, height, block):
+        h = min(block, height - r0)
+        k0 = (-r0) % factor
+        if k0 < h:
+            out.append((r0, h, k0))
+    return out
