@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 #: Block cache per operation, in MiB: a strip of a 13-band tile for scoring and inference, less for
-#: sampling and masking, which read small windows.
-CACHE_MB = {"score": 512, "infer": 512, "sample": 256, "mask": 256, "index": 256}
+#: sampling, masking and synthetic series, which read or write small windows.
+CACHE_MB = {"score": 512, "infer": 512, "sample": 256, "mask": 256, "index": 256, "synth": 256}
 
 
 def gdal_env(operation: str, **options: Any) -> Any:

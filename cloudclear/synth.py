@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from cloudclear.errors import SynthError
+from cloudclear.gdal import gdal_env
 from cloudclear.masks import SCL_NAMES
 from cloudclear.outputs import atomic_outputs, check_geotiff_complete, output_error
 
@@ -73,7 +74,6 @@ _PIXEL_M = 10.0
 _STRIP_ROWS = 512
 # Rows computed at once inside a strip: small enough that the temporaries stay in cache.
 _CHUNK_ROWS = 64
-_GDAL_CACHE_MB = 256
 _S2_TIME = (time(10, 30, 21), time(10, 30, 29))  # S2A / S2B, alternating on the 5-day grid
 _S2_EPOCH = date(2015, 6, 27)
 _S2_REVISIT = 5
@@ -1779,7 +1779,7 @@ def generate_series(
     try:
         # Files of the same names are replaced, each only once the whole series is written.
         with (
-            rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB),
+            gdal_env("synth"),
             atomic_outputs(targets, overwrite=True, what="synthetic image") as temporaries,
         ):
             outputs = _Outputs(
