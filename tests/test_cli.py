@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_raster
+from conftest import assert_one_line_error, write_raster
 from test_catalog import _s1, _scene
 from typer.testing import CliRunner
 
@@ -131,3 +131,169 @@ def test_index_only_bad_files_lists_them_and_fails(tmp_path):
     assert res.exit_code == 1
     assert "a.tif: not a readable raster" in res.stderr and "S2_20210101.tif: raster has no CRS" in res.stderr
     assert not (d / "cloudclear.gpkg").exists()
+
+
+# -- the CLI package: help, one place for errors, registry choices, quiet ---------------------------
+
+COMMANDS = [
+    ["index"],
+    ["query"],
+    ["synth"],
+    ["score"],
+    ["infer"],
+    ["mask"],
+    ["layouts"],
+    ["layouts", "show"],
+    ["sample"],
+    ["train"],
+    ["evaluate"],
+    ["models"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command):
+    res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert res.stdout.lstrip().startswith(f"Usage: cloudclear {' '.join(command)} ")
+    assert "{" + "detectors}" not in res.stdout and "{" + "layouts}" not in res.stdout  # registry names filled in
+
+
+def test_help_lists_the_registry_names():
+    from cloudclear.detect.pixels import DETECTORS
+    from cloudclear.layouts import PRESETS
+    from cloudclear.nets import ARCHITECTURES, SIZES
+
+    for command, names in (
+        (["mask"], DETECTORS),
+        (["index"], DETECTORS),
+        (["sample"], PRESETS),
+        (["layouts", "show"], PRESETS),
+        (["train"], {**ARCHITECTURES, **SIZES}),
+    ):
+        res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "400"})
+        assert res.exit_code == 0, res.output
+        assert all(n in res.stdout for n in names), (command, res.stdout)
+
+
+def _raise(exc):
+    def call(*args, **kwargs):
+        raise exc
+
+    return call
+
+
+def test_a_library_error_is_one_line(monkeypatch):
+    from cloudclear.errors import CheckpointError, LayoutError
+
+    monkeypatch.setattr("cloudclear.layouts.load_layout", _raise(LayoutError("x.toml: something is wrong")))
+    res = runner.invoke(app, ["layouts", "show", "OS2"])
+    assert_one_line_error(res, "cloudclear: error: x.toml: something is wrong", stdout_empty=True)
+    monkeypatch.setattr("cloudclear.nets.card.list_checkpoints", _raise(CheckpointError("m.json: not a card")))
+    res = runner.invoke(app, ["models"])
+    assert_one_line_error(res, "cloudclear: error: m.json: not a card", stdout_empty=True)
+
+
+def test_out_of_memory_is_one_line(monkeypatch):
+    monkeypatch.setattr("cloudclear.layouts.load_layout", _raise(MemoryError("Unable to allocate 74.5 GiB")))
+    res = runner.invoke(app, ["layouts", "show", "OS2"])
+    assert_one_line_error(res, "cloudclear: error: out of memory: Unable to allocate 74.5 GiB")
+    monkeypatch.setattr("cloudclear.layouts.load_layout", _raise(MemoryError()))
+    assert_one_line_error(runner.invoke(app, ["layouts", "show", "OS2"]), "out of memory")
+
+
+def _script() -> str:
+    import shutil
+    from pathlib import Path
+
+    found = Path(sys.executable).with_name("cloudclear")
+    return str(found) if found.exists() else (shutil.which("cloudclear") or pytest.skip("no cloudclear script"))
+
+
+def test_the_installed_script_prints_one_line_and_exits_1():
+    res = subprocess.run([_script(), "layouts", "show", "nope"], capture_output=True, text=True)
+    assert res.returncode == 1, res
+    assert res.stderr.startswith("cloudclear: error: nope: no such layout file")
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
+
+
+# A library call that fails the way a full disk does: GDAL logs its own records through the
+# rasterio loggers, then the library raises the error the CLI prints.
+_GDAL_NOISE = """
+import logging, sys
+import cloudclear.layouts
+from cloudclear.cli import main
+from cloudclear.errors import OutputError
+
+def fail(*args, **kwargs):
+    logging.getLogger("rasterio._io").error("_tiffWriteProc: No space left on device")
+    logging.getLogger("rasterio._env").error("TIFFAppendToStrip:Write error at scanline 3")
+    raise OutputError("out.tif: cannot write output (no space left on device)")
+
+cloudclear.layouts.load_layout = fail
+sys.argv = ["cloudclear", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_gdal_log_records_are_quiet_unless_verbose(verbose):
+    args = ["-v"] if verbose else []
+    res = subprocess.run(
+        [sys.executable, "-c", _GDAL_NOISE, *args, "layouts", "show", "OS2"], capture_output=True, text=True
+    )
+    assert res.returncode == 1, res
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1] == "cloudclear: error: out.tif: cannot write output (no space left on device)"
+    assert "Traceback" not in res.stderr
+    if verbose:
+        assert any("No space left on device" in line for line in lines[:-1]), lines
+    else:
+        assert len(lines) == 1, lines
+
+
+@pytest.mark.parametrize(
+    ("args", "registry", "value"),
+    [
+        (["train", "-s", "store", "-o", "x.safetensors", "--net", "resnet"], "architectures", "resnet"),
+        (["train", "-s", "store", "-o", "x.safetensors", "--size", "huge"], "sizes", "huge"),
+        (["train", "-s", "store", "-o", "x.safetensors", "--loss-pixels", "sky"], "loss_pixels", "sky"),
+        (["mask", "scene.tif", "--detector", "fmask"], "detectors", "fmask"),
+        (["index", "folder", "--detect", "fmask"], "detectors", "fmask"),
+        (["evaluate", "-s", "store", "-m", "gapfill", "--split", "dev"], "splits", "dev"),
+    ],
+    ids=["net", "size", "loss-pixels", "detector", "detect", "split"],
+)
+def test_an_unknown_registry_name_exits_2_listing_the_choices(tmp_path, monkeypatch, args, registry, value):
+    from cloudclear.cli.options import names
+
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.stderr.replace("│", " ").split())  # the usage box may wrap
+    valid = names(registry) + (["all"] if registry == "splits" else [])
+    assert f"{value!r}: choose one of {', '.join(valid)}" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys\n"
+        "from cloudclear.cli import main\n"
+        "sys.argv = ['cloudclear', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'rasterio', 'geopandas', 'numpy', 'pandas', 'matplotlib'}\n"
+        "print(sorted(heavy & set(sys.modules)), file=sys.stderr)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: cloudclear" in res.stdout
+    assert res.stderr.strip() == "[]"
+
+
+def test_quiet_silences_the_skipped_files(scenes_dir):
+    res = runner.invoke(app, ["-q", "index", str(scenes_dir)])
+    assert res.exit_code == 0, res.output
+    assert "4 scenes from 9 raster files" in res.stdout
+    assert res.stderr == ""
+    res = runner.invoke(app, ["index", str(scenes_dir)])  # -q does not stick to the next run
+    assert "README.tif: not a readable raster" in res.stderr

@@ -1,0 +1,154 @@
+"""``cloudclear index`` and ``cloudclear query``: build a catalog of a folder, list its scenes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cloudclear.cli.options import (
+    AsJson,
+    choice,
+    json_option,
+    parse_bbox,
+    parse_range,
+    print_skipped,
+    progress,
+)
+
+
+def index(
+    directory: Annotated[Path, typer.Argument(help="Folder to scan (recursively) for S2, S1 and mask rasters.")],
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--catalog", "-c", help="Catalog to write. [default: DIR/cloudclear.gpkg]"),
+    ] = None,
+    date_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--date-pattern",
+            help="Regex for the date in file names, with named groups 'date' (YYYYMMDD) and "
+            "optional 'time' (HHMMSS). Default: YYYYMMDD[THHMMSS] anywhere in the name, then the "
+            "DATETIME / TIFFTAG_DATETIME tags.",
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Reopen every file, ignoring the previous catalog.")
+    ] = False,
+    as_json: AsJson = False,
+    show_skipped: Annotated[int, typer.Option("--show-skipped", help="Skipped files listed per reason (0 = all).")] = 5,
+    detect: Annotated[
+        str | None,
+        typer.Option(
+            "--detect",
+            help="Compute a cloud/shadow mask with this detector ({detectors}) for every S2 "
+            "scene without one; masks go to CATALOG_masks/ and are reused while the scene is unchanged.",
+            callback=choice("detectors"),
+        ),
+    ] = None,
+) -> None:
+    """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
+
+    Writes a GeoPackage (layer 'scenes', footprints in EPSG:4326; open it in QGIS or geopandas)
+    and an rtree index beside it. Re-running reads only new or changed files. Files that are not
+    usable scenes are listed on stderr with the reason.
+    """
+    from cloudclear.catalog import build_index
+    from cloudclear.errors import EmptyCatalogError
+
+    try:
+        result = build_index(
+            directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=progress(), detect=detect
+        )
+    except EmptyCatalogError as exc:
+        print_skipped(exc.skipped, show_skipped)
+        raise
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    print_skipped(result.skipped, show_skipped)
+    s = result.summary
+    typer.echo(
+        f"{result.scenes} scenes from {result.files_seen} raster files in {result.seconds:.1f} s "
+        f"({result.files_opened} opened, {result.scenes_computed} computed, "
+        f"{result.scenes_reused} unchanged)"
+    )
+    typer.echo(f"catalog: {result.catalog_path}")
+    if result.masks_detected:
+        typer.echo(f"  detected masks: {result.masks_detected} scene(s), in {result.catalog_path.stem}_masks/")
+    for row in s["by_sensor_tile"]:
+        typer.echo(f"  {row['sensor']}  tile {row['tile']:<6} {row['scenes']:>6} scenes")
+    typer.echo(f"  dates: {s['first'][:10]} .. {s['last'][:10]}")
+    dist = "  ".join(f"{k}: {v}" for k, v in s["s2_cloud_distribution"].items())
+    typer.echo(f"  S2 cloud cover: {dist}")
+    if s["s2_with_s1"]:
+        typer.echo(f"  S2 with an S1 over them: {s['s2_with_s1']} (median gap {s['s1_gap_hours_median']:.1f} h)")
+
+
+_QUERY_COLUMNS = [
+    "scene_id",
+    "sensor",
+    "tile",
+    "datetime",
+    "cloud_pct",
+    "nodata_pct",
+    "bands",
+    "nearest_s1",
+    "s1_gap_hours",
+]
+
+
+def query(
+    catalog: Annotated[Path, typer.Argument(help="A catalog (.gpkg) or the folder that holds cloudclear.gpkg.")],
+    bbox: Annotated[
+        str | None,
+        typer.Option("--bbox", help="minx,miny,maxx,maxy in --bbox-crs (default lon/lat)."),
+    ] = None,
+    bbox_crs: Annotated[str, typer.Option("--bbox-crs", help="CRS of --bbox.")] = "EPSG:4326",
+    start: Annotated[str | None, typer.Option("--start", help="First date, YYYY-MM-DD[THH:MM:SS].")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last date (inclusive).")] = None,
+    cloud: Annotated[str | None, typer.Option("--cloud", help="Cloud % range MIN:MAX (e.g. 0:20, :10, 50:).")] = None,
+    sensor: Annotated[str | None, typer.Option("--sensor", help="S2 or S1.")] = None,
+    tile: Annotated[str | None, typer.Option("--tile", help="MGRS tile id, e.g. 31UFQ.")] = None,
+    with_unmasked: Annotated[
+        bool,
+        typer.Option("--with-unmasked/--masked-only", help="With --cloud, keep scenes of unknown cloud %."),
+    ] = False,
+    as_json: Annotated[bool, json_option("Print records as JSON.")] = False,
+) -> None:
+    """List catalogued scenes by place, date range, cloud range, sensor and tile."""
+    from cloudclear.catalog import Catalog
+
+    lo, hi = parse_range(cloud)
+    cat = Catalog.open(catalog)
+    # the records as a table: the columns printed below are the catalog's own
+    hits = cat.query_frame(
+        parse_bbox(bbox),
+        bbox_crs=bbox_crs,
+        start=start,
+        end=end,
+        cloud_min=lo,
+        cloud_max=hi,
+        sensor=sensor,
+        tile=tile,
+        include_unmasked=with_unmasked,
+    )
+    if as_json:
+        records = json.loads(hits[_QUERY_COLUMNS + ["crs", "files"]].to_json(orient="records", date_format="iso"))
+        typer.echo(json.dumps(records, indent=2))
+        return
+    typer.echo(f"{'datetime':<20} {'sensor':<6} {'tile':<6} {'cloud%':>7} {'nodata%':>7}  scene")
+    for _, r in hits.iterrows():
+        cloud_txt = "-" if r["cloud_pct"] is None or r["cloud_pct"] != r["cloud_pct"] else f"{r['cloud_pct']:.1f}"
+        typer.echo(
+            f"{r['datetime'].strftime('%Y-%m-%dT%H:%M:%S'):<20} {r['sensor']:<6} "
+            f"{str(r['tile'] or '-'):<6} "
+            f"{cloud_txt:>7} {r['nodata_pct']:>7.1f}  {r['scene_id']}"
+        )
+    counts = Counter(hits["sensor"])
+    typer.echo(
+        f"{len(hits)} scene(s)" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else "")
+    )

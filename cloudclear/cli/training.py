@@ -1,0 +1,185 @@
+"""``cloudclear train``, ``evaluate`` and ``models``: fit networks, score them, list them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cloudclear.cli.options import AsJson, choice, interruptible, overwrite_option, progress
+
+
+def train(
+    store: Annotated[
+        list[Path], typer.Option("--store", "-s", help="Patch store from `cloudclear sample` (repeat to combine).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors; card as .json).")],
+    net: Annotated[
+        str,
+        typer.Option(
+            "--net", help="Architecture: {architectures} (see `cloudclear models`).", callback=choice("architectures")
+        ),
+    ] = "multi-temporal",
+    size: Annotated[
+        str, typer.Option("--size", help="Width/depth preset: {sizes}.", callback=choice("sizes"))
+    ] = "small",
+    width: Annotated[int | None, typer.Option("--width", help="Channels at full resolution.", min=1)] = None,
+    depth: Annotated[int | None, typer.Option("--depth", help="Poolings (2**depth aligns windows).", min=1)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="The most epochs.", min=1)] = 40,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Samples per step.", min=1)] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine decay).")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 1e-4,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Stop after N epochs without a better val PSNR.", min=1)
+    ] = 10,
+    loss_pixels: Annotated[
+        str,
+        typer.Option(
+            "--loss-pixels",
+            help="Pixels the loss covers: {loss_pixels} (gaps: masked L1 on reconstructed pixels; all: every "
+            "truth pixel).",
+            callback=choice("loss_pixels"),
+        ),
+    ] = "gaps",
+    crop: Annotated[int | None, typer.Option("--crop", help="Training crop side [default: smallest patch].")] = None,
+    s1: Annotated[bool | None, typer.Option("--s1/--no-s1", help="Feed S1 [default: when a store has it].")] = None,
+    s1_dropout: Annotated[float, typer.Option("--s1-dropout", help="Share of samples trained without S1.")] = 0.2,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.", min=0)] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.", min=0)] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last epoch.")] = False,
+    overwrite: Annotated[bool, overwrite_option("an existing checkpoint")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Train a reconstruction network on patch stores and write a safetensors checkpoint with its card.
+
+    The network's input slots follow the store's layout; inputs are normalised with constants
+    measured on the train split. Masked L1 loss, AdamW, cosine schedule; after every epoch the
+    val split is scored (PSNR, SSIM, SAM, MAE as `cloudclear score`), the best epoch is kept and a
+    resume state is saved beside the checkpoint. CUDA with bf16 autocast when present.
+
+    Example: cloudclear train -s out/os2 --net multi-temporal -o models/mt.safetensors
+    """
+    from cloudclear.training import TrainOptions, resume_path
+    from cloudclear.training import train as run_train
+
+    options = TrainOptions(
+        net=net,
+        size=size,
+        width=width,
+        depth=depth,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        loss_pixels=loss_pixels,
+        crop=crop,
+        s1=s1,
+        s1_dropout=s1_dropout,
+        workers=workers,
+        device=device,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    show = progress()
+
+    def report(rec: Any) -> None:
+        if not as_json:
+            v = rec.val
+            typer.echo(
+                f"epoch {rec.epoch}: loss {rec.loss:.4f}, val PSNR {v['psnr']} dB, SSIM {v['ssim']}, "
+                f"SAM {v['sam']}, MAE {v['mae']} ({rec.samples_per_s:.0f} samples/s)",
+                err=True,
+            )
+
+    again = f"the last finished epoch is kept in {resume_path(out).name}: continue with --resume"
+    result = interruptible(lambda: run_train(store, out, options, progress=show, on_epoch=report), "", again)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    v = result.card.info.get("val", {})
+    typer.echo(
+        f"{result.path}: {result.card.architecture} {result.card.options}, {result.parameters:,} parameters, "
+        f"best epoch {result.best_epoch} of {len(result.history)}"
+        + (" (stopped early)" if result.stopped_early else "")
+    )
+    typer.echo(f"    val: PSNR {v.get('psnr')} dB, SSIM {v.get('ssim')}, SAM {v.get('sam')} deg, MAE {v.get('mae')}")
+
+
+def evaluate(
+    store: Annotated[list[Path], typer.Option("--store", "-s", help="Patch store (repeat to pool several).")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="gapfill, or a checkpoint path or name (repeat).")],
+    split: Annotated[
+        str, typer.Option("--split", help="{splits} or all.", callback=choice("splits", extra=("all",)))
+    ] = "test",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Score gapfill and checkpoints on the reconstructed pixels of a store split.
+
+    Every method is scored on the same pixels: valid in the truth, not seen in the input (the
+    pasted gaps), and filled by gapfill. Figures are those of `cloudclear score`, pooled.
+
+    Example: cloudclear evaluate -s out/os2 -m gapfill -m models/multi-temporal-small.safetensors
+    """
+    from cloudclear.nets.card import find_checkpoint
+    from cloudclear.training import evaluate as run_evaluate
+
+    methods = [m if m == "gapfill" else str(find_checkpoint(m)) for m in model]
+    results = run_evaluate(store, methods, None if split == "all" else split, device=device, progress=progress())
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    first = results[0]
+    typer.echo(
+        f"split {split}: {first.samples} samples, {first.pixels:,} reconstructed pixels scored"
+        + (f" ({first.unfilled:,} left out: no date saw them)" if first.unfilled else "")
+    )
+    typer.echo(f"{'method':40s} {'PSNR':>7s} {'SSIM':>6s} {'SAM':>6s} {'MAE':>7s} {'RMSE':>7s}")
+    for r in results:
+        f = r.figures
+        typer.echo(
+            f"{Path(r.method).name:40s} {f['psnr'] or float('nan'):7.2f} {f['ssim'] or float('nan'):6.3f} "
+            f"{f['sam'] or float('nan'):6.2f} {f['mae'] or float('nan'):7.4f} {f['rmse'] or float('nan'):7.4f}"
+        )
+
+
+def models(
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="Checkpoint folder [default: ./models, then the shipped models].")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """List the network architectures and the trained checkpoints (cards only; weights are not loaded)."""
+    from cloudclear.nets import DESCRIPTIONS, SIZES
+    from cloudclear.nets.card import list_checkpoints
+
+    found = list_checkpoints(folder)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "architectures": DESCRIPTIONS,
+                    "sizes": SIZES,
+                    "checkpoints": [{"path": str(p), **c.to_dict()} for p, c in found],
+                },
+                indent=2,
+            )
+        )
+        return
+    typer.echo(f"architectures (cloudclear train --net NAME --size {'|'.join(SIZES)}):")
+    for name, text in DESCRIPTIONS.items():
+        typer.echo(f"  {name:15s} {text}")
+    typer.echo("checkpoints:" if found else "checkpoints: none found")
+    for path, card in found:
+        v = card.info.get("val", {})
+        params = card.info.get("training", {}).get("parameters")
+        slots = ",".join(s.name for s in card.slots)
+        typer.echo(
+            f"  {path.stem:28s} {card.architecture:15s} {params or 0:>10,} params  bands {','.join(card.bands)}"
+            f"  slots {slots}  val PSNR {v.get('psnr')} dB  ({path})"
+        )
