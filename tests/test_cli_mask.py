@@ -251,6 +251,22 @@ def test_full_disk_is_one_line_and_keeps_the_old_mask(scene, small_fs):
     assert old.read_bytes() == before
 
 
+def test_full_disk_in_a_real_process_prints_only_our_line(scene, small_fs):
+    """CliRunner cannot see what libtiff prints below Python; a real process can."""
+    import subprocess
+    import sys
+
+    vol = small_fs(1 << 20)
+    fill_disk(vol)
+    out = vol / "m.tif"
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudclear.cli", "mask", str(scene), "-o", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"cloudclear: error: {out}: cannot write output (no space left on device)"]
+    assert sorted(p.name for p in vol.iterdir()) == [".filler"]
+
+
 BANDS = ["B02", "B03", "B04", "B08"]
 
 
