@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import peak_rss_mib, run_child
 
 DETECTOR_NAMES = ("builtin", "s2cloudless")
 PRED_CLOUD = (8, 9, 10)
@@ -477,21 +477,6 @@ def accuracy(shared: Path, detectors: list[str]) -> None:
 # -- B. throughput ------------------------------------------------------------------------------
 
 
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS: VmHWM, which exec resets.
-
-    Not ``ru_maxrss``: on Linux it carries the parent's high-water mark across fork and exec, so a
-    child of a parent that generated the tile reports the parent's peak (seen: 413 MiB for a read
-    loop that holds 12 MB).
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; an upper bound
-
-
 def _timed(name: str, fn: Callable[..., Any], timers: dict[str, float], starts: dict[str, float]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -551,17 +536,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             shadow_source=r.shadow_source,
             out_mb=Path(spec["out"]).stat().st_size / 1e6,
         )
-    out["peak_rss_mib"] = _peak_rss_mib()
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {spec['mode']} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _tile(root: Path, size: int) -> tuple[Path, tuple[str, ...], float | None]:
@@ -617,8 +593,8 @@ def throughput(size: int, repeat: int, data: Path | None, detectors: list[str], 
         spec = {"path": str(path), "strip_rows": strip_rows, "detector": "builtin", "bands": list(used)}
         runs, bounds = [], []
         for k in range(repeat):
-            bounds.append(_run_child({**spec, "mode": "bound"}))
-            runs.append(_run_child({**spec, "mode": "mask", "out": str(root / "out" / "mask_SCL.tif")}))
+            bounds.append(run_child(__file__, {**spec, "mode": "bound"}))
+            runs.append(run_child(__file__, {**spec, "mode": "mask", "out": str(root / "out" / "mask_SCL.tif")}))
             print(
                 f"  [{k + 1}] mask {runs[-1]['seconds']:.2f} s, bound {bounds[-1]['seconds']:.2f} s, "
                 f"peak RSS {runs[-1]['peak_rss_mib']:.0f} MiB",
