@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import assert_one_line_error, fill_disk, read_only
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -37,17 +38,6 @@ FIGURES = ("psnr", "ssim", "sam", "mae", "rmse")
 
 def cli(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    assert res.stderr.startswith("cloudclear: error: "), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    for n in needles:
-        assert n in res.stderr, (n, res.stderr)
-    return res.stderr
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -273,6 +263,7 @@ def test_negative_seed_is_a_usage_error(store, tmp_path):
 # -- SIGTERM and --resume --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_the_resume_state_and_resume_finishes(store, tmp_path):
     out = tmp_path / "long.safetensors"
     state = tmp_path / ".long.resume.safetensors"
@@ -334,3 +325,107 @@ def test_sigterm_keeps_the_resume_state_and_resume_finishes(store, tmp_path):
     assert not state.exists()
     info = card_of(out)["info"]
     assert [h["epoch"] for h in info["history"]] == [1, 2, 3, 4] and info["training"]["epochs_run"] == 4
+
+
+# -- guards: network size, divergence, damaged checkpoints ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "needles"),
+    [
+        (("--width", "100000"), ("width 100000", "200,000,000", "--width")),
+        (("--width", "580"), ("width 580", "parameters", "200,000,000")),  # counted on the meta device
+        (("--depth", "30"), ("--depth 30", "64 px", "at most --depth 6")),
+        (("--depth", "7"), ("--depth 7", "at most --depth 6")),
+        (("--depth", "5", "--crop", "16"), ("--depth 5", "16 px", "at most --depth 4")),
+    ],
+)
+def test_too_wide_or_deep_networks_are_refused_before_allocating(store, tmp_path, option, needles):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = cli(
+        "train", "-s", store, "--net", "multi-temporal", "--device", "cpu", *option, "-o", tmp_path / "x.safetensors"
+    )
+    assert_one_line_error(res, *needles)
+    # nothing near the network's size was allocated (a 2e8-parameter network is 800 MB)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_diverging_training_is_an_error_and_writes_no_checkpoint(store, tmp_path):
+    out = tmp_path / "x.safetensors"
+    res = cli("train", "-s", store, *TINY, "--epochs", 2, "--lr", "1e6", "-o", out)
+    line = assert_one_line_error(res, f"{out}: training diverged at epoch 1", "no checkpoint was written", "lower --lr")
+    assert "1000 x the first step's" in line or "loss nan" in line or "loss inf" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def _damaged(src: Path, dst: Path, value: float) -> Path:
+    from cloudclear.nets.card import load_checkpoint, save_checkpoint
+
+    net, card = load_checkpoint(src)
+    with torch.no_grad():
+        next(iter(net.parameters())).view(-1)[0] = value
+    return save_checkpoint(dst, net, card)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused(trained, store, tmp_path, value):
+    _, out = trained
+    bad = _damaged(out, tmp_path / "bad.safetensors", value)
+    res = cli("evaluate", "-s", store, "-m", "gapfill", "-m", bad, "--device", "cpu")
+    assert_one_line_error(res, f"{bad}: weights", "NaN or infinite values")
+
+
+def test_a_missing_checkpoint_is_not_found(store, tmp_path):
+    from cloudclear.errors import CheckpointNotFoundError
+    from cloudclear.nets.card import find_checkpoint
+
+    res = cli("evaluate", "-s", store, "-m", tmp_path / "gone.safetensors")
+    assert_one_line_error(res, "gone.safetensors: no such checkpoint")
+    with pytest.raises(CheckpointNotFoundError):
+        find_checkpoint(tmp_path / "gone.safetensors")
+
+
+# -- writes: disk full, read-only folder ------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name not in (".filler", "lost+found")}
+
+
+def test_disk_full_during_train_leaves_the_existing_checkpoint(trained, store, small_fs):
+    _, done = trained
+    vol = small_fs(4 << 20)
+    out = vol / "mt.safetensors"
+    shutil.copy(done, out)
+    shutil.copy(done.with_suffix(".json"), out.with_suffix(".json"))
+    before = _files(vol)
+    fill_disk(vol, leave=4096)
+    res = cli("train", "-s", store, *TINY, "--epochs", 1, "--overwrite", "-o", out)
+    assert_one_line_error(res, str(out), "no space left on device")
+    assert _files(vol) == before  # no temporary, no resume state, the old pair byte-identical
+
+
+def test_disk_full_during_train_into_an_empty_folder(store, small_fs):
+    vol = small_fs(4 << 20)
+    fill_disk(vol, leave=4096)
+    res = cli("train", "-s", store, *TINY, "--epochs", 1, "-o", vol / "new.safetensors")
+    assert_one_line_error(res, "new.safetensors", "no space left on device")
+    assert _files(vol) == {}
+
+
+def test_read_only_output_folder(trained, store, tmp_path):
+    _, done = trained
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    out = folder / "mt.safetensors"
+    shutil.copy(done, out)
+    before = out.read_bytes()
+    with read_only(folder):
+        res = cli("train", "-s", store, *TINY, "--epochs", 1, "--overwrite", "-o", out)
+        assert_one_line_error(res, str(out), "cannot write checkpoint")
+        res = cli("train", "-s", store, *TINY, "--epochs", 1, "-o", folder / "new.safetensors")
+        assert_one_line_error(res, "new.safetensors", "cannot write checkpoint")
+    assert [p.name for p in folder.iterdir()] == ["mt.safetensors"] and out.read_bytes() == before

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from cloudclear.errors import ModelError, SceneNotFoundError
+from cloudclear.errors import CheckpointNotFoundError, ModelError
 from cloudclear.nets import ARCHITECTURES, SIZES, NetSpec, build, parameter_count
 from cloudclear.nets.card import (
     FORMAT,
@@ -341,9 +341,9 @@ def test_card_declaring_a_smaller_radius_than_its_network_is_refused(tmp_path):
 
 
 def test_read_card_of_a_missing_file(tmp_path):
-    with pytest.raises(SceneNotFoundError, match=r"no such checkpoint"):
+    with pytest.raises(CheckpointNotFoundError, match=r"no such checkpoint"):
         read_card(tmp_path / "nope.safetensors")
-    with pytest.raises(SceneNotFoundError):
+    with pytest.raises(CheckpointNotFoundError):
         load_checkpoint(tmp_path / "nope.safetensors")
 
 
@@ -782,9 +782,9 @@ def test_find_checkpoint_by_path(tmp_path):
     p, _ = _save_named(tmp_path, "m")
     assert find_checkpoint(p) == p
     assert find_checkpoint(str(p)) == p
-    with pytest.raises(SceneNotFoundError, match=r"nope\.safetensors: no such checkpoint"):
+    with pytest.raises(CheckpointNotFoundError, match=r"nope\.safetensors: no such checkpoint"):
         find_checkpoint(tmp_path / "nope.safetensors")
-    with pytest.raises(SceneNotFoundError, match=r"no such checkpoint"):
+    with pytest.raises(CheckpointNotFoundError, match=r"no such checkpoint"):
         find_checkpoint(str(tmp_path / "sub" / "nope"))  # a path, not a name: never looked up in folders
 
 
@@ -796,7 +796,7 @@ def test_find_checkpoint_by_name_in_the_model_folders(models):
     assert find_checkpoint("multi-temporal-small") == a  # ./models first
     assert find_checkpoint("sequence-small") == c
     with pytest.raises(
-        SceneNotFoundError,
+        CheckpointNotFoundError,
         match=r"mt-large: no such checkpoint or model name \(known: multi-temporal-small, sequence-small\)",
     ):
         find_checkpoint("mt-large")
@@ -806,7 +806,7 @@ def test_find_checkpoint_by_name_in_the_model_folders(models):
 def test_find_checkpoint_with_no_model_folders(monkeypatch, tmp_path):
     monkeypatch.setattr("cloudclear.nets.card.model_folders", lambda: [])
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SceneNotFoundError, match=r"known: none"):
+    with pytest.raises(CheckpointNotFoundError, match=r"known: none"):
         find_checkpoint("multi-temporal-small")
 
 
@@ -823,7 +823,7 @@ def test_list_checkpoints_skips_files_that_are_not_checkpoints(models):
     assert [(p, c) for p, c in listed] == [(a, card_a), (b, card_b)]
     assert [p for p, _ in list_checkpoints(first)] == [a]
     assert [(p.name, c.window) for p, c in list_checkpoints(second)] == [("a.safetensors", 128), ("b.safetensors", 96)]
-    with pytest.raises(SceneNotFoundError, match=r"no such folder"):
+    with pytest.raises(CheckpointNotFoundError, match=r"no such folder"):
         list_checkpoints(first / "nope")
 
 
@@ -842,3 +842,139 @@ def test_a_folder_named_like_a_model_does_not_hide_it(models):
     a, _ = _save_named(first, "multi-temporal-small")
     Path("multi-temporal-small").mkdir()  # e.g. an output folder of that name
     assert find_checkpoint("multi-temporal-small") == a
+
+
+# -- the network feed ----------------------------------------------------------------------------------
+
+
+def _pixels(rng: np.random.Generator, n: int = 2, bands: int = 4, size: int = 8):
+    values = rng.uniform(0.0, 0.5, (n, bands, size, size)).astype(np.float32)
+    valid = rng.random((n, size, size)) > 0.3
+    return values, valid
+
+
+def test_feed_normalises_each_slot_and_zeroes_what_was_not_seen(rng):
+    from cloudclear.nets.feed import Feed, SlotPixels
+
+    card = _card()
+    feed = Feed(card)
+    s2 = [_pixels(rng) for _ in range(3)]
+    s1 = (rng.uniform(-25, 0, (2, 2, 8, 8)).astype(np.float32), rng.random((2, 8, 8)) > 0.5)
+    slots = [SlotPixels(torch.from_numpy(v), torch.from_numpy(ok)) for v, ok in (*s2, s1)]
+    x = feed.input(slots, 2, 8, 8)
+    assert x.shape == (2, card.in_channels, 8, 8) and x.dtype == torch.float32
+    start = 0
+    for slot, (values, valid) in zip(card.slots, (*s2, s1), strict=True):
+        norm = NORM[slot.sensor]
+        mean = np.asarray(norm["mean"], np.float32)[:, None, None]
+        std = np.asarray(norm["std"], np.float32)[:, None, None]
+        expected = np.where(valid[:, None], (values - mean) / std, np.float32(0))
+        nb = len(slot.bands)
+        np.testing.assert_array_equal(x[:, start : start + nb].numpy(), expected)
+        np.testing.assert_array_equal(x[:, start + nb].numpy(), valid.astype(np.float32))
+        start += nb + 1
+    # a slot without an acquisition is all zeros, validity included
+    empty = feed.input([*slots[:3], None], 2, 8, 8)
+    assert not empty[:, 15:].any() and torch.equal(empty[:, :15], x[:, :15])
+
+
+def test_feed_converts_digital_numbers_and_linear_s1_as_the_reader_would(rng):
+    from cloudclear.nets.feed import Feed, SlotPixels
+
+    card = _card()
+    feed = Feed(card)
+    dn = rng.integers(1, 40000, (2, 4, 8, 8)).astype(np.uint16)
+    dn[0, 0, 0, 0] = 65535  # above int16: moved as 16 bits, widened on the device
+    valid = np.ones((2, 8, 8), bool)
+    db = rng.uniform(-25, 0, (2, 2, 8, 8)).astype(np.float32)
+    linear = (10 ** (db / 10)).astype(np.float32)
+    raw = feed.input(
+        [SlotPixels(feed.tensor(dn), feed.tensor(valid), scale=1e-4, offset=-0.1)] * 3
+        + [SlotPixels(feed.tensor(linear), feed.tensor(valid), linear=True)],
+        2,
+        8,
+        8,
+    )
+    physical = dn.astype(np.float32) * np.float32(1e-4) - np.float32(0.1)
+    decoded = feed.input(
+        [SlotPixels(torch.from_numpy(physical), torch.from_numpy(valid))] * 3
+        + [SlotPixels(torch.from_numpy(db), torch.from_numpy(valid))],
+        2,
+        8,
+        8,
+    )
+    torch.testing.assert_close(raw, decoded, rtol=1e-5, atol=1e-4)
+    assert feed.tensor(dn)[0, 0, 0, 0] == 65535
+
+
+def test_feed_days_and_output_round_trip(rng):
+    from cloudclear.nets.feed import Feed, day_offsets, output_stats
+
+    card = ModelCard(**_seq_fields())
+    feed = Feed(card)
+    days = feed.days([-10.0, None, 12.5], n=3)
+    assert days.shape == (3, 3) and days[2].tolist() == [-10.0, 0.0, 12.5]
+    assert day_offsets([0.0, 36.0, -12.0], 12.0) == [-0.5, 1.0, -1.0]
+    truth = torch.from_numpy(rng.uniform(0, 0.5, (2, card.out_channels, 8, 8)).astype(np.float32))
+    y = feed.normalise(truth)
+    torch.testing.assert_close(feed.reflectance(y), truth)
+    torch.testing.assert_close(feed.reflectance(y, frame=1), truth[:, 4:8])
+    mean, std = output_stats(card)
+    assert mean.shape == std.shape == (card.out_channels,)
+    with pytest.raises(ModelError, match="3 S2 slots, not 2 day offsets"):
+        feed.days([0.0, 1.0])
+    with pytest.raises(ModelError, match="input slots, not 1"):
+        feed.input([None], 1, 8, 8)
+
+
+# -- resource guards, damaged checkpoints --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"width": 100000, "depth": 3}, r"width 100000, depth 3 would have more than .* parameters"),
+        ({"width": 580, "depth": 3}, r"width 580, depth 3 would have [\d,]+ parameters, more than the 200,000,000"),
+        ({"width": 4, "depth": 31}, r"at most depth 30"),
+    ],
+)
+def test_networks_too_big_are_refused_before_allocating(options, message):
+    from cloudclear.errors import ResourceLimitError
+    from cloudclear.nets import MAX_PARAMETERS
+
+    spec = NetSpec.of(_dated_slots(), 4)
+    with pytest.raises(ResourceLimitError, match=message):
+        build("multi-temporal", spec, options)
+    assert MAX_PARAMETERS == 200_000_000
+
+
+def test_build_on_the_meta_device_allocates_nothing():
+    net, radius, align = build("multi-temporal", NetSpec.of(_dated_slots(), 4), {"width": 16, "depth": 3}, "meta")
+    assert all(p.is_meta for p in net.parameters()) and (radius, align) == (receptive_radius(3), 8)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path, value):
+    card = _card()
+    net = build_net(card)
+    with torch.no_grad():
+        net.decoder.head.bias[1] = value
+    path = save_checkpoint(tmp_path / "bad.safetensors", net, card)
+    with pytest.raises(ModelError, match=r"bad\.safetensors: weights decoder\.head\.bias hold NaN or infinite"):
+        load_checkpoint(path)
+
+
+def test_save_checkpoint_is_atomic_and_names_the_file(tmp_path, monkeypatch):
+    from cloudclear.errors import OutputError
+
+    card = _card()
+    path = save_checkpoint(tmp_path / "m.safetensors", build_net(card), card)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)  # the card, written after the weights
+    with pytest.raises(OutputError, match=r"m\.safetensors: cannot write checkpoint \(no space left on device\)"):
+        save_checkpoint(path, build_net(card), card)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

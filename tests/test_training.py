@@ -24,7 +24,13 @@ from conftest import write_raster
 from safetensors.torch import load_file
 
 from cloudclear.catalog import build_index
-from cloudclear.errors import ModelError, OutputExistsError, SceneNotFoundError, StoreError
+from cloudclear.errors import (
+    ModelError,
+    OutputExistsError,
+    StoreError,
+    StoreNotFoundError,
+    TrainingDivergedError,
+)
 from cloudclear.inference.gapfill import PixelStatus, gapfill
 from cloudclear.metrics import Pair as ScorePair
 from cloudclear.metrics import PatchScores, ScoreOptions, score, score_many
@@ -382,7 +388,7 @@ def test_existing_checkpoint_needs_overwrite(os2, trained):
 def test_stores_of_other_layouts_are_not_combined(os2, single, tmp_path):
     with pytest.raises(StoreError, match="layout single-date has other slots"):
         train([os2.path, single.path], tmp_path / "x.safetensors", TrainOptions(epochs=1, **TINY))
-    with pytest.raises(SceneNotFoundError, match="no patch store here"):
+    with pytest.raises(StoreNotFoundError, match="no patch store here"):
         train([tmp_path / "absent"], tmp_path / "x.safetensors", TrainOptions(epochs=1, **TINY))
     assert list(tmp_path.iterdir()) == []
 
@@ -511,6 +517,62 @@ def test_gaps_loss_ignores_the_truth_outside_the_gaps(os2, tmp_path, monkeypatch
     assert all(torch.equal(base[k], moved[k]) for k in base)
     base, moved = weights("all", False), weights("all", True)
     assert not all(torch.allclose(base[k], moved[k], atol=1e-6) for k in base)
+
+
+# -- divergence ------------------------------------------------------------------------------------
+
+DIVERGE = TrainOptions(net="multi-temporal", epochs=3, batch_size=4, limit=8, seed=1, **TINY)
+
+
+def _truth_from_epoch(epoch: int, change):
+    """CardSamples.__getitem__ whose training truth is changed from ``epoch`` (0-based) on."""
+    original = CardSamples.__getitem__
+
+    def changed(self, k):
+        out = original(self, k)
+        if self.augment and self.epoch >= epoch:
+            out["truth"] = change(out["truth"])
+        return out
+
+    return changed
+
+
+def test_exploding_loss_stops_the_run_and_removes_what_it_wrote(os2, tmp_path, monkeypatch):
+    out = tmp_path / "d.safetensors"
+    written = []
+
+    def hook(rec):
+        written.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    monkeypatch.setattr(CardSamples, "__getitem__", _truth_from_epoch(1, lambda t: t * 1e6))
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"d\.safetensors: training diverged at epoch 2 \(loss .+, over 1000 x the first step's .+\); "
+        r"no checkpoint was written; the run's earlier checkpoint and resume state were removed: "
+        r"train again with a lower --lr than 0\.002",
+    ):
+        train([os2.path], out, DIVERGE, on_epoch=hook)
+    assert written == [[".d.resume.safetensors", "d.json", "d.safetensors"]]  # epoch 1 wrote them ...
+    assert list(tmp_path.iterdir()) == []  # ... and the diverged epoch 2 removed them
+
+
+def test_nan_loss_stops_the_run_and_leaves_an_older_checkpoint_alone(os2, trained, tmp_path, monkeypatch):
+    out = tmp_path / "old.safetensors"
+    shutil.copy(trained[0].path, out)
+    shutil.copy(trained[0].path.with_suffix(".json"), out.with_suffix(".json"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(CardSamples, "__getitem__", _truth_from_epoch(0, lambda t: t * float("nan")))
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 \(loss nan\); no checkpoint was written: "):
+        train([os2.path], out, replace(DIVERGE, overwrite=True))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_resumed_run_remembers_the_first_step_loss(resumed):
+    from safetensors import safe_open
+
+    with safe_open(str(resumed.spare), framework="pt") as f:
+        meta = json.loads(f.metadata()["cloudclear.resume"])
+    assert 0 < meta["first_loss"] < 10  # normalised L1 of an untrained network
 
 
 # -- evaluate --------------------------------------------------------------------------------------

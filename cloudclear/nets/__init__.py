@@ -25,10 +25,12 @@ unet           any slots stacked as channels -> S2 at t                  :mod:`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from cloudclear.errors import ModelError
+from cloudclear.errors import CheckpointError, ResourceLimitError
+from cloudclear.nets.card import Slot, s2_partner
 
 Factory = Callable[..., tuple[Any, int, int]]
 
@@ -41,21 +43,6 @@ SIZES: dict[str, dict[str, int]] = {
 
 
 @dataclass(frozen=True)
-class SlotSpec:
-    """One input slot as a network sees it: name, sensor (S2 / S1), role, rank and band count."""
-
-    name: str
-    sensor: str
-    role: str
-    rank: int
-    n_bands: int
-
-    @property
-    def channels(self) -> int:
-        return self.n_bands + 1
-
-
-@dataclass(frozen=True)
 class NetSpec:
     """The inputs and outputs a network must fit.
 
@@ -65,55 +52,52 @@ class NetSpec:
         frames: output frames (1, or one per S2 slot for a sequence).
     """
 
-    slots: tuple[SlotSpec, ...]
+    slots: tuple[Slot, ...]
     out_bands: int
     frames: int = 1
 
     @classmethod
-    def of(cls, slots: Sequence[Any], out_bands: int, frames: int = 1) -> NetSpec:
-        """From card slots (anything with name, sensor, role, rank and bands)."""
-        return cls(tuple(SlotSpec(s.name, s.sensor, s.role, s.rank, len(s.bands)) for s in slots), out_bands, frames)
+    def of(cls, slots: Sequence[Slot], out_bands: int, frames: int = 1) -> NetSpec:
+        """From the card's slots."""
+        return cls(tuple(slots), out_bands, frames)
 
     @property
     def in_channels(self) -> int:
         return sum(s.channels for s in self.slots)
 
     @property
-    def s2_slots(self) -> list[SlotSpec]:
+    def s2_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.sensor == "S2"]
 
     def date_groups(self) -> list[list[int]]:
         """Per S2 slot, in order, the input channels of that date: its own, then its S1 slot's.
 
         Raises:
-            ModelError: an S1 slot with no S2 slot of the same role and rank, or dates that carry
+            CheckpointError: an S1 slot with no S2 slot of the same role and rank, or dates that carry
                 different channels (every date must have S1, or none).
         """
         offsets, start = {}, 0
         for s in self.slots:
             offsets[s.name] = list(range(start, start + s.channels))
             start += s.channels
+        partners = {o.name: s2_partner(self.slots, o) for o in self.slots if o.sensor == "S1"}
         groups = []
-        paired = set()
         for s in self.s2_slots:
-            chans = list(offsets[s.name])
-            for o in self.slots:
-                if o.sensor == "S1" and (o.role, o.rank) == (s.role, s.rank):
-                    chans += offsets[o.name]
-                    paired.add(o.name)
-            groups.append(chans)
-        lost = [s.name for s in self.slots if s.sensor == "S1" and s.name not in paired]
+            groups.append(
+                offsets[s.name] + [c for o in self.slots if partners.get(o.name) is s for c in offsets[o.name]]
+            )
+        lost = [name for name, partner in partners.items() if partner is None]
         if lost:
-            raise ModelError(f"S1 slots {lost} have no S2 slot of the same role and rank")
+            raise CheckpointError(f"S1 slots {lost} have no S2 slot of the same role and rank")
         if len({len(g) for g in groups}) > 1:
-            raise ModelError("every S2 slot needs the same inputs (each with its S1 slot, or none with one)")
+            raise CheckpointError("every S2 slot needs the same inputs (each with its S1 slot, or none with one)")
         return groups
 
     def target_index(self) -> int:
         """Position of the target S2 slot among the S2 slots."""
         roles = [s.role for s in self.s2_slots]
         if roles.count("target") != 1:
-            raise ModelError(f"needs exactly one S2 slot with role 'target', not {roles.count('target')}")
+            raise CheckpointError(f"needs exactly one S2 slot with role 'target', not {roles.count('target')}")
         return roles.index("target")
 
 
@@ -166,22 +150,75 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def build(name: str, spec: NetSpec, options: dict[str, Any]) -> tuple[Any, int, int]:
+#: The most parameters a network may have: 2e8 (0.8 GB of float32 weights, about 3.2 GB with
+#: gradients and AdamW's moments), far above the ``large`` preset (about 7e6).
+MAX_PARAMETERS = 200_000_000
+
+
+def build(name: str, spec: NetSpec, options: dict[str, Any], device: Any = None) -> tuple[Any, int, int]:
     """Build a network by registry name: returns (module, receptive radius, alignment).
 
+    The parameters are counted first on torch's ``meta`` device (nothing allocated), so a width
+    or depth asked for by mistake is refused before the memory is taken.
+
+    Args:
+        name: a key of :data:`ARCHITECTURES`.
+        spec: the slots and outputs to fit.
+        options: the architecture's keyword options (width, depth, ...).
+        device: where to build (None: the default device; ``"meta"``: shapes only, for planning).
+
     Raises:
-        ModelError: an unknown name, options the architecture does not take, or slots it cannot use.
+        CheckpointError: an unknown name, options the architecture does not take, or slots it
+            cannot use.
+        ResourceLimitError: more than :data:`MAX_PARAMETERS` parameters.
     """
+    import torch
+
     try:
         factory = ARCHITECTURES[name]
     except KeyError:
-        raise ModelError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+        raise CheckpointError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+    _check_size(name, options)
     try:
-        return factory(spec, **options)
+        with torch.device("meta"):
+            planned = factory(spec, **options)
+        n = parameter_count(planned[0])
+        if n > MAX_PARAMETERS:
+            raise ResourceLimitError(
+                f"network {name} with {_describe(options)} would have {n:,} parameters, more than the "
+                f"{MAX_PARAMETERS:,} allowed: lower --width or --depth"
+            )
+        if device is not None and torch.device(device).type == "meta":
+            return planned
+        with torch.device(device) if device is not None else _nullcontext():
+            return factory(spec, **options)
     except TypeError as exc:
-        raise ModelError(f"architecture {name!r} does not take options {options}: {exc}") from None
+        raise CheckpointError(f"architecture {name!r} does not take options {options}: {exc}") from None
     except ValueError as exc:
-        raise ModelError(f"architecture {name!r} with {options}: {exc}") from None
+        if isinstance(exc, ResourceLimitError):
+            raise
+        raise CheckpointError(f"architecture {name!r} with {options}: {exc}") from None
+
+
+def _describe(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in options.items()) or "its default options"
+
+
+def _check_size(name: str, options: dict[str, Any]) -> None:
+    """Refuse without building what is certainly too big: the bottleneck's last convolution alone
+    has ``9 c**2`` weights for ``c = width * 2**depth`` channels (and huge depths overflow the
+    shapes even on the meta device)."""
+    width, depth = options.get("width", 32), options.get("depth", 3)
+    if not isinstance(width, int) or not isinstance(depth, int) or width < 1 or depth < 1:
+        return  # the architecture refuses them with its own message
+    if depth > 30:
+        raise ResourceLimitError(f"network {name} with depth {depth}: at most depth 30; lower --depth")
+    c = width * 2**depth
+    if 9 * c * c > MAX_PARAMETERS:
+        raise ResourceLimitError(
+            f"network {name} with {_describe(options)} would have more than {9 * c * c:.2g} parameters "
+            f"({c:,} channels at the bottleneck), more than the {MAX_PARAMETERS:,} allowed: lower --width or --depth"
+        )
 
 
 def parameter_count(net: Any) -> int:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudclear.errors import ModelError, SceneNotFoundError
+from cloudclear.errors import CheckpointError, CheckpointNotFoundError
 
 FORMAT = "cloudclear-model/1"
 META_KEY = "cloudclear.card"
@@ -48,16 +48,25 @@ class Slot:
         object.__setattr__(self, "sensor", self.sensor.upper())
         object.__setattr__(self, "bands", tuple(self.bands))
         if self.sensor not in ("S1", "S2"):
-            raise ModelError(f"slot {self.name!r}: sensor must be S1 or S2, not {self.sensor!r}")
+            raise CheckpointError(f"slot {self.name!r}: sensor must be S1 or S2, not {self.sensor!r}")
         if self.role not in ROLES:
-            raise ModelError(f"slot {self.name!r}: role must be one of {', '.join(ROLES)}, not {self.role!r}")
+            raise CheckpointError(f"slot {self.name!r}: role must be one of {', '.join(ROLES)}, not {self.role!r}")
         if self.rank < 1 or not self.bands:
-            raise ModelError(f"slot {self.name!r}: needs a rank >= 1 and at least one band")
+            raise CheckpointError(f"slot {self.name!r}: needs a rank >= 1 and at least one band")
 
     @property
     def channels(self) -> int:
         """Input channels: the bands plus one validity channel (1 where the slot saw the surface)."""
         return len(self.bands) + 1
+
+
+def s2_partner(slots: Sequence[Slot], slot: Slot) -> Slot | None:
+    """The S2 slot an S1 slot sits near: the one of the same role and rank (None if there is none).
+
+    Networks take an S1 slot's channels with its partner's date; stores keep an S1 slot's pixels
+    beside its partner's.
+    """
+    return next((s for s in slots if s.sensor == "S2" and (s.role, s.rank) == (slot.role, slot.rank)), None)
 
 
 @dataclass(frozen=True)
@@ -116,36 +125,38 @@ class ModelCard:
             object.__setattr__(self, "version", __version__)
         if self.architecture not in ARCHITECTURES:
             known = ", ".join(ARCHITECTURES)
-            raise ModelError(f"card names unknown architecture {self.architecture!r}; known: {known}")
+            raise CheckpointError(f"card names unknown architecture {self.architecture!r}; known: {known}")
         if not self.bands or not self.slots:
-            raise ModelError("card needs output bands and at least one input slot")
+            raise CheckpointError("card needs output bands and at least one input slot")
         if not any(s.sensor == "S2" for s in self.slots):
-            raise ModelError("card needs at least one S2 slot")
+            raise CheckpointError("card needs at least one S2 slot")
         names = [s.name for s in self.slots]
         if len(set(names)) != len(names):
-            raise ModelError(f"card repeats slot names: {names}")
+            raise CheckpointError(f"card repeats slot names: {names}")
         for sensor in {s.sensor for s in self.slots}:
             norm = self.normalisation.get(sensor)
             if norm is None:
-                raise ModelError(f"card has {sensor} slots but no {sensor} normalisation")
+                raise CheckpointError(f"card has {sensor} slots but no {sensor} normalisation")
             bands = {s.bands for s in self.slots if s.sensor == sensor}
             if len(bands) != 1:
-                raise ModelError(f"card's {sensor} slots read different bands: {sorted(bands)}")
+                raise CheckpointError(f"card's {sensor} slots read different bands: {sorted(bands)}")
             n = len(next(iter(bands)))
             if len(norm.get("mean", [])) != n or len(norm.get("std", [])) != n:
-                raise ModelError(f"card's {sensor} normalisation needs {n} means and stds")
+                raise CheckpointError(f"card's {sensor} normalisation needs {n} means and stds")
             if any(s <= 0 for s in norm["std"]):
-                raise ModelError(f"card's {sensor} normalisation has a std <= 0")
+                raise CheckpointError(f"card's {sensor} normalisation has a std <= 0")
         s2_bands = next(s.bands for s in self.slots if s.sensor == "S2")
         if set(self.bands) - set(s2_bands):
-            raise ModelError(f"output bands {self.bands} are not all among the S2 input bands {s2_bands}")
+            raise CheckpointError(f"output bands {self.bands} are not all among the S2 input bands {s2_bands}")
         s2_names = [s.name for s in self.slots if s.sensor == "S2"]
         if set(self.output_slots) - set(s2_names) or len(set(self.output_slots)) != len(self.output_slots):
-            raise ModelError(f"output slots {list(self.output_slots)} must be distinct S2 slots of {s2_names}")
+            raise CheckpointError(f"output slots {list(self.output_slots)} must be distinct S2 slots of {s2_names}")
         if self.output_slots and "target" not in {s.role for s in self.slots if s.name in self.output_slots}:
-            raise ModelError("a multi-frame card needs the target slot among its output slots")
+            raise CheckpointError("a multi-frame card needs the target slot among its output slots")
         if self.align < 1 or self.receptive_radius < 0 or self.window < 2 * self.receptive_radius + self.align:
-            raise ModelError(f"window {self.window} px is too small for receptive radius {self.receptive_radius} px")
+            raise CheckpointError(
+                f"window {self.window} px is too small for receptive radius {self.receptive_radius} px"
+            )
 
     @property
     def in_channels(self) -> int:
@@ -178,12 +189,12 @@ class ModelCard:
         d = dict(d)
         fmt = d.pop("format", None)
         if fmt != FORMAT:
-            raise ModelError(f"card format {fmt!r} is not {FORMAT!r}")
+            raise CheckpointError(f"card format {fmt!r} is not {FORMAT!r}")
         d.pop("in_channels", None)
         try:
             return cls(**d)
         except TypeError as exc:
-            raise ModelError(f"card has unknown or missing fields: {exc}") from None
+            raise CheckpointError(f"card has unknown or missing fields: {exc}") from None
 
 
 def build_net(card: ModelCard) -> Any:
@@ -193,7 +204,7 @@ def build_net(card: ModelCard) -> Any:
     spec = NetSpec.of(card.slots, len(card.bands), card.frames)
     net, radius, align = build(card.architecture, spec, card.options)
     if radius > card.receptive_radius or align != card.align:
-        raise ModelError(
+        raise CheckpointError(
             f"card declares receptive radius {card.receptive_radius} and alignment {card.align}, "
             f"but {card.architecture} with {card.options} has {radius} and {align}"
         )
@@ -203,31 +214,29 @@ def build_net(card: ModelCard) -> Any:
 def save_checkpoint(path: str | os.PathLike[str], net: Any, card: ModelCard) -> Path:
     """Write ``net``'s weights as safetensors with ``card`` embedded, and ``NAME.json`` beside it.
 
-    Both are written to temporary names and renamed, so a killed save leaves the old files.
+    Both go through :func:`cloudclear.outputs.atomic_outputs`: they appear together or not at all,
+    and a failed or killed save leaves the old pair untouched.
+
+    Raises:
+        CheckpointError: ``path`` is not a ``.safetensors`` name.
+        OutputError: the folder cannot take the files (read-only, disk full, ...); names the file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from cloudclear.outputs import atomic_outputs
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ModelError(f"{path}: checkpoints are .safetensors files")
+        raise CheckpointError(f"{path}: checkpoints are .safetensors files")
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(card.to_dict(), indent=2)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    for target, write in (
-        (path, lambda tmp: save_file(state, tmp, metadata={META_KEY: text})),
-        (path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n")),
-    ):
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-        os.close(fd)
-        try:
-            write(tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is not
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    # serialised in memory and written with Python's file API, so a full disk is an OSError naming
+    # its cause (safetensors' own writer reports it as an opaque error of its own)
+    data = save(state, metadata={META_KEY: text})
+    with atomic_outputs([path, path.with_suffix(".json")], overwrite=True, what="checkpoint") as (tmp, tmp_card):
+        tmp.write_bytes(data)
+        tmp_card.write_text(text + "\n")
     return path
 
 
@@ -237,41 +246,49 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
 
     path = Path(path)
     if not path.exists():
-        raise SceneNotFoundError(f"{path}: no such checkpoint")
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own and OS errors
-        raise ModelError(f"{path}: not a safetensors checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from None
     if META_KEY not in meta:
-        raise ModelError(f"{path}: safetensors file has no cloudclear card (metadata key {META_KEY!r})")
+        raise CheckpointError(f"{path}: safetensors file has no cloudclear card (metadata key {META_KEY!r})")
     try:
         d = json.loads(meta[META_KEY])
     except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: card is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path}: card is not valid JSON ({exc})") from None
     try:
         return ModelCard.from_dict(d)
-    except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
     """Build the card's network and load the weights into it (eval mode).
 
     Raises:
-        SceneNotFoundError: no file.
-        ModelError: not a checkpoint, a bad card, or weights that do not fit the card's network.
+        CheckpointNotFoundError: no file.
+        CheckpointError: not a checkpoint, a bad card, weights that do not fit the card's network,
+            or weights holding NaN or infinite values (a damaged file or a diverged training).
     """
+    import torch
     from safetensors.torch import load_file
 
     card = read_card(path)
     net = build_net(card)
     state = load_file(str(path))
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path}: weights {name} hold NaN or infinite values (a damaged checkpoint or a diverged "
+                "training); retrain it or use another"
+            )
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:2]
-        raise ModelError(f"{path}: weights do not match the card's network ({' '.join(first)})") from None
+        raise CheckpointError(f"{path}: weights do not match the card's network ({' '.join(first)})") from None
     return net.eval(), card
 
 
@@ -288,19 +305,19 @@ def find_checkpoint(name: str | os.PathLike[str]) -> Path:
     """A checkpoint path, or the name of one in :func:`model_folders` (``multi-temporal-small``).
 
     Raises:
-        SceneNotFoundError: neither a file nor a known name.
+        CheckpointNotFoundError: neither a file nor a known name.
     """
     p = Path(name).expanduser()
     if p.suffix == ".safetensors" or p.is_file() or os.sep in str(name):
         if not p.exists():
-            raise SceneNotFoundError(f"{p}: no such checkpoint")
+            raise CheckpointNotFoundError(f"{p}: no such checkpoint")
         return p
     for folder in model_folders():
         cand = folder / f"{name}.safetensors"
         if cand.is_file():
             return cand
     known = sorted({q.stem for f in model_folders() for q in f.glob("*.safetensors")})
-    raise SceneNotFoundError(f"{name}: no such checkpoint or model name (known: {', '.join(known) or 'none'})")
+    raise CheckpointNotFoundError(f"{name}: no such checkpoint or model name (known: {', '.join(known) or 'none'})")
 
 
 def list_checkpoints(folder: str | os.PathLike[str] | None = None) -> list[tuple[Path, ModelCard]]:
@@ -308,7 +325,7 @@ def list_checkpoints(folder: str | os.PathLike[str] | None = None) -> list[tuple
     cloudclear checkpoints are skipped."""
     folders = [Path(folder)] if folder is not None else model_folders()
     if folder is not None and not Path(folder).is_dir():
-        raise SceneNotFoundError(f"{folder}: no such folder")
+        raise CheckpointNotFoundError(f"{folder}: no such folder")
     out, seen = [], set()
     for f in folders:
         for p in sorted(f.glob("*.safetensors")):
@@ -317,6 +334,6 @@ def list_checkpoints(folder: str | os.PathLike[str] | None = None) -> list[tuple
             try:
                 out.append((p, read_card(p)))
                 seen.add(p.name)
-            except ModelError:
+            except CheckpointError:
                 continue
     return out

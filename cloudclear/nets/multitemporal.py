@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from cloudclear.errors import ModelError
+from cloudclear.errors import CheckpointError
 from cloudclear.nets.unet import DateStack, Decoder, Encoder
 
 #: Day offsets are divided by this before they enter the network as a channel.
@@ -34,7 +34,7 @@ class MultiTemporal(DateStack):
         assert isinstance(spec, NetSpec)
         groups = spec.date_groups()
         if len(groups) < 2 or spec.frames != 1:
-            raise ModelError(f"multi-temporal takes two or more S2 slots and gives one frame, not {len(groups)}")
+            raise CheckpointError(f"multi-temporal takes two or more S2 slots and gives one frame, not {len(groups)}")
         spec.target_index()
         super().__init__(groups, depth)
         self.encoder = Encoder(self.group_channels + 1, width, depth)

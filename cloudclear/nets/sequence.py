@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from cloudclear.errors import ModelError
+from cloudclear.errors import CheckpointError
 from cloudclear.nets.unet import DateStack, Decoder, Encoder
 
 
@@ -52,7 +52,7 @@ class SequenceNet(DateStack):
         assert isinstance(spec, NetSpec)
         groups = spec.date_groups()
         if len(groups) < 2 or spec.frames != len(groups):
-            raise ModelError(f"sequence takes two or more S2 slots and gives one frame each ({len(groups)} slots)")
+            raise CheckpointError(f"sequence takes two or more S2 slots and gives one frame each ({len(groups)} slots)")
         super().__init__(groups, depth)
         self.encoder = Encoder(self.group_channels, width, depth)
         c = self.encoder.chans[-1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cloudclear.errors import ModelError
+from cloudclear.errors import CheckpointError
 from cloudclear.nets.unet import UNet
 
 
@@ -28,7 +28,7 @@ class SingleDate(UNet):
 
         assert isinstance(spec, NetSpec)
         if len(spec.s2_slots) != 1 or spec.frames != 1:
-            raise ModelError(f"single-date takes one S2 slot and gives one frame, not {len(spec.s2_slots)} slots")
+            raise CheckpointError(f"single-date takes one S2 slot and gives one frame, not {len(spec.s2_slots)} slots")
         spec.target_index()
         spec.date_groups()
         super().__init__(spec.in_channels, spec.out_bands, width=width, depth=depth)
