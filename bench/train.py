@@ -46,13 +46,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+from common import children_peak_rss_mib, peak_rss_mib, run_child
 
 SAMPLE_TILES = Path(__file__).resolve().parents[1] / "sample_tiles" / "T31UFQ"
 CATALOG = "cat.gpkg"
@@ -66,21 +67,6 @@ STORES = {
 
 
 # -- child process: one measurement -------------------------------------------------------------
-
-
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS (VmHWM, which exec resets)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _children_peak_rss_mib() -> float:
-    """The largest peak RSS of the waited-for child processes (the DataLoader workers)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +124,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             rest += time.perf_counter() - t1
             starts.append(t1 - t0)
         out["data"][workers] = {"samples": n_rest, "seconds": rest, "first_batch": statistics.median(starts)}
-    out["data_rss_mib"] = _peak_rss_mib()
-    out["data_worker_rss_mib"] = _children_peak_rss_mib()
+    out["data_rss_mib"] = peak_rss_mib()
+    out["data_worker_rss_mib"] = children_peak_rss_mib()
 
     nb = len(card.bands)
     mean, std = tr._denorm(card)
@@ -209,19 +195,14 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             "warmup_seconds": warmup,
             "seen": seen,
             "skipped_batches": skipped,
-            "rss_mib": _peak_rss_mib(),
-            "worker_rss_mib": _children_peak_rss_mib(),
+            "rss_mib": peak_rss_mib(),
+            "worker_rss_mib": children_peak_rss_mib(),
         }
     return out
 
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {spec['net']} failed with exit code {done.returncode}")
-    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = run_child(__file__, {**spec, "name": spec["net"]})
     r["data"] = {int(k): v for k, v in r["data"].items()}  # JSON keys are strings
     r["train"] = {int(k): v for k, v in r["train"].items()}
     return r
