@@ -116,7 +116,7 @@ def main() -> None:
                 & ((frame["cloud_pct"] <= cmax) | frame["cloud_pct"].isna())
             ]
             t_brute.append(time.perf_counter() - t)
-            assert sorted(got["scene_id"]) == sorted(sel["scene_id"]), "rtree and brute force disagree"
+            assert sorted(s.scene_id for s in got) == sorted(sel["scene_id"]), "rtree and brute force disagree"
         mr, mb = statistics.median(t_rtree) * 1e3, statistics.median(t_brute) * 1e3
         print(
             f"query latency (median of {args.queries}): rtree {mr:.2f} ms, "

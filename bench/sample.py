@@ -159,9 +159,10 @@ def _itemsize(dtype: str) -> int:
 
 def _bound_tasks(store_path: str, catalog_path: str) -> tuple[list[list[tuple[tuple[Any, ...], int, int]]], Any]:
     """Per sample of the store, the (reader key, row, col) windows sampling read for it."""
-    from cloudclear.acquisitions import grid_of, number
+    from cloudclear.acquisitions import grid_of
     from cloudclear.catalog import Catalog
     from cloudclear.sampling import PatchStore
+    from cloudclear.scenes import Scene
 
     store = PatchStore(store_path)
     cat = Catalog.open(catalog_path)
@@ -169,49 +170,45 @@ def _bound_tasks(store_path: str, catalog_path: str) -> tuple[list[list[tuple[tu
     bands = store.bands
     s1_bands = list(store.manifest["s1_bands"])
     frame = store.metadata().sort_values("sample_id")
-    scenes = cat.scenes
-    by_id: dict[str, list[Any]] = {}
-    for _, row in scenes.iterrows():
-        by_id.setdefault(str(row["scene_id"]), []).append(row)
+    by_id: dict[str, list[Scene]] = {}
+    for sc in cat:
+        by_id.setdefault(sc.scene_id, []).append(sc)
     grids: dict[str, Any] = {}
 
-    def scene(scene_id: str, files: list[str] | None) -> Any:
-        rows = by_id.get(scene_id)
-        if not rows:
+    def scene(scene_id: str, files: list[str] | None) -> Scene:
+        found = by_id.get(scene_id)
+        if not found:
             raise SystemExit(f"bound: scene {scene_id} of the store is not in {catalog_path}")
-        for row in rows:
-            if files is None or sorted(str(cat.resolve(p)) for p in json.loads(row["files"])) == sorted(files):
-                return row
+        for sc in found:
+            if files is None or sorted(sc.files) == sorted(files):
+                return sc
         raise SystemExit(f"bound: no catalog record of {scene_id} has the files the store names ({files})")
 
-    def grid(row: Any) -> Any:
-        sid = str(row["scene_id"])
-        if sid not in grids:
-            grids[sid] = grid_of(cat, row)
-        return grids[sid]
+    def grid(sc: Scene) -> Any:
+        if sc.scene_id not in grids:
+            grids[sc.scene_id] = grid_of(sc)
+        return grids[sc.scene_id]
 
-    def s2_keys(row: Any, g: Any) -> list[tuple[Any, ...]]:
+    def s2_keys(sc: Scene, g: Any) -> list[tuple[Any, ...]]:
         """One reader per band file (bands in the store's order) as read_s2 opens them."""
-        band_files = json.loads(row["band_files"])
-        nodata = number(row, "nodata")
-        nodata = 0.0 if nodata is None else nodata
+        nodata = 0.0 if sc.nodata is None else sc.nodata
         by_file: dict[str, list[int]] = {}
         for band in bands:
-            rel, bidx = band_files[band]
-            by_file.setdefault(str(cat.resolve(rel)), []).append(int(bidx))
+            path, bidx = sc.sources[band]
+            by_file.setdefault(path, []).append(bidx)
         return [(path, tuple(idx), g, "bilinear", nodata) for path, idx in by_file.items()]
 
-    def mask_key(row: Any, g: Any) -> tuple[Any, ...]:
-        return (str(cat.resolve(row["mask_file"])), (int(row["mask_band"]),), g, "nearest", None)
+    def mask_key(sc: Scene, g: Any) -> tuple[Any, ...]:
+        assert sc.mask is not None
+        return (sc.mask.path, (sc.mask.band,), g, "nearest", None)
 
-    def s1_keys(row: Any, g: Any) -> list[tuple[Any, ...]]:
+    def s1_keys(sc: Scene, g: Any) -> list[tuple[Any, ...]]:
         """The S1 bands grouped by file (sampling reads them one band at a time)."""
-        band_files = json.loads(row["band_files"])
         by_file: dict[str, list[int]] = {}
         for band in s1_bands:
-            rel, bidx = band_files[band]
-            by_file.setdefault(str(cat.resolve(rel)), []).append(int(bidx))
-        return [(path, tuple(idx), g, "bilinear", number(row, "nodata")) for path, idx in by_file.items()]
+            path, bidx = sc.sources[band]
+            by_file.setdefault(path, []).append(bidx)
+        return [(path, tuple(idx), g, "bilinear", sc.nodata) for path, idx in by_file.items()]
 
     out = []
     for rec in frame.to_dict("records"):
@@ -228,7 +225,7 @@ def _bound_tasks(store_path: str, catalog_path: str) -> tuple[list[list[tuple[tu
                 continue
             row = scene(str(rec[f"{slot.name}_scene"]), json.loads(rec[f"{slot.name}_files"]))
             windows += [(k, r0, c0) for k in s2_keys(row, g)]
-            if isinstance(row["mask_file"], str) and row["mask_file"]:
+            if row.mask is not None:
                 windows.append((mask_key(row, g), r0, c0))
             source = rec.get(f"{slot.name}_gap_source")
             if slot.simulated and isinstance(source, str) and source:

@@ -1,22 +1,23 @@
-"""Catalog records as acquisitions: where a scene's bands and mask are and how to read them.
+"""Scenes as acquisitions: where a scene's bands and mask are and how to read them.
 
-Both sampling (training patches) and inference (whole tiles) turn catalog rows into
-:class:`Acquisition` values; the same acquisition indexed twice (a stack and per-band files) is
-kept once, preferring the record with a mask, then the fewest files.
+Both sampling (training patches) and inference (whole tiles) turn catalog
+:class:`~cloudclear.scenes.Scene` values into :class:`Acquisition` values; the same acquisition
+indexed twice (a stack and per-band files) is kept once, preferring the scene with a mask, then the
+fewest files.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cloudclear.errors import CloudClearError
+from cloudclear.errors import CloudClearError, SceneNotFoundError
 from cloudclear.gridio import Grid
 from cloudclear.masks import MaskBand
+from cloudclear.scenes import Scene
 
 
 @dataclass(frozen=True)
@@ -65,96 +66,95 @@ class Acquisition:
         }
 
 
-def row_time(row: Any) -> datetime:
-    return row["datetime"].to_pydatetime()
+def dedupe(scenes: Iterable[Scene]) -> list[Scene]:
+    """One scene per acquisition: the same acquisition indexed twice (a stack and per-band files).
 
-
-def dedupe(rows: list[Any]) -> list[Any]:
-    """One record per acquisition: the same scene indexed twice (a stack and per-band files).
-
-    Two records are one acquisition when they share the minute, the tile and the grid corner; the
-    tiles of one datatake share the minute but not the place.
+    Two scenes are one acquisition when they share the minute, the tile and the grid corner; the
+    tiles of one datatake share the minute but not the place. Of those, the one with a mask is
+    kept, then the one with the fewest files.
     """
-    best: dict[tuple[Any, ...], Any] = {}
-    for row in rows:
-        when = row_time(row).replace(second=0, microsecond=0)
-        key = (when, str(row["tile"] or ""), str(row["crs"]), round(float(row["left"])), round(float(row["top"])))
+    best: dict[tuple[Any, ...], Scene] = {}
+    for scene in scenes:
+        when = scene.datetime.replace(second=0, microsecond=0)
+        key = (when, scene.tile or "", scene.crs_name, round(scene.bounds.left), round(scene.bounds.top))
         prev = best.get(key)
-        if prev is None or _preference(row) < _preference(prev):
-            best[key] = row
-    return sorted(best.values(), key=row_time)
+        if prev is None or _preference(scene) < _preference(prev):
+            best[key] = scene
+    return sorted(best.values(), key=lambda s: s.datetime)
 
 
-def number(row: Any, key: str) -> float | None:
-    """A numeric catalog field, None where it is unset (None or NaN in the GeoPackage)."""
-    v = row[key]
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def _preference(row: Any) -> tuple[Any, ...]:
-    has_mask = cloud_of(row) is not None
-    return (not has_mask, len(json.loads(row["files"])), row["scene_id"])
-
-
-def cloud_of(row: Any) -> float | None:
-    return number(row, "cloud_pct")
+def _preference(scene: Scene) -> tuple[Any, ...]:
+    return (not scene.has_mask, len(scene.files), scene.scene_id)
 
 
 def acquisition(
-    catalog: Any,
-    row: Any,
+    scene: Scene,
     slot: str,
     role: str,
     target: datetime,
     bands: Sequence[str],
     error: type[CloudClearError] = CloudClearError,
 ) -> Acquisition:
-    """The :class:`Acquisition` of catalog record ``row`` for a slot, reading ``bands``.
+    """The :class:`Acquisition` of ``scene`` for a slot, reading ``bands``.
 
     Raises:
         error: the scene lacks one of ``bands``.
     """
-    have = str(row["bands"]).split(",")
-    band_files = json.loads(row["band_files"])
-    missing = [b for b in bands if b not in band_files]
+    missing = [b for b in bands if b not in scene.sources]
     if missing:
-        first = catalog.resolve(next(iter(band_files.values()))[0]) if band_files else row["scene_id"]
+        first = next(iter(scene.sources.values())).path if scene.sources else scene.scene_id
         raise error(
-            f"{first}: scene {row['scene_id']} has bands {','.join(have)} but {','.join(missing)} "
+            f"{first}: scene {scene.scene_id} has bands {','.join(scene.bands)} but {','.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} needed (choose bands every scene has with --bands)"
         )
-    sources = tuple((str(catalog.resolve(band_files[b][0])), int(band_files[b][1])) for b in bands)
-    mask = None
-    if isinstance(row["mask_file"], str) and row["mask_file"]:
-        mask = MaskBand(str(catalog.resolve(row["mask_file"])), int(row["mask_band"]), str(row["mask_source"]))
-    scale, offset = number(row, "scale"), number(row, "offset")
-    when = row_time(row)
     return Acquisition(
         slot=slot,
         role=role,
-        sensor=str(row["sensor"]),
-        scene_id=str(row["scene_id"]),
-        datetime=when,
-        days=(when - target).total_seconds() / 86400.0,
-        cloud_pct=cloud_of(row),
+        sensor=scene.sensor,
+        scene_id=scene.scene_id,
+        datetime=scene.datetime,
+        days=(scene.datetime - target).total_seconds() / 86400.0,
+        cloud_pct=scene.cloud_pct,
         bands=tuple(bands),
-        sources=sources,
-        mask=mask,
-        scale=1.0 if scale is None else scale,
-        offset=0.0 if offset is None else offset,
-        nodata=number(row, "nodata"),
-        units=str(row["units"]),
+        sources=tuple((scene.sources[b].path, scene.sources[b].band) for b in bands),
+        mask=scene.mask,
+        scale=scene.scale,
+        offset=scene.offset,
+        nodata=scene.nodata,
+        units=scene.units,
     )
 
 
-def grid_of(catalog: Any, row: Any, error: type[CloudClearError] = CloudClearError) -> Grid:
-    """The grid of a scene: its finest band file's CRS, transform and size."""
+def check_files(scene: Scene, catalog_path: str | os.PathLike[str] | None = None) -> None:
+    """Check that every file of ``scene`` is still there.
+
+    Raises:
+        SceneNotFoundError: a file was deleted or moved after indexing.
+    """
+    for path in scene.files:
+        if not os.path.exists(path):
+            raise missing_file(path, catalog_path)
+
+
+def missing_file(path: str, catalog_path: str | os.PathLike[str] | None = None) -> SceneNotFoundError:
+    """The error for a scene file the catalog lists but the disk no longer holds."""
+    where = f" in {catalog_path}" if catalog_path else ""
+    return SceneNotFoundError(f"{path}: no such file (indexed{where}; re-run `cloudclear index`)")
+
+
+def grid_of(scene: Scene, error: type[CloudClearError] = CloudClearError, catalog_path: Any = None) -> Grid:
+    """The grid of a scene: its finest band file's CRS, transform and size.
+
+    Raises:
+        SceneNotFoundError: a band file is gone.
+        error: no band file lies on the scene's grid.
+    """
     import rasterio
 
-    width, height = int(row["width"]), int(row["height"])
-    for rel, _ in json.loads(row["band_files"]).values():
-        path = catalog.resolve(rel)
+    for path, _ in scene.sources.values():
+        if not os.path.exists(path):
+            raise missing_file(path, catalog_path)
         with rasterio.open(path) as src:
-            if (src.width, src.height) == (width, height) and src.crs is not None:
-                return Grid(src.crs.to_wkt(), tuple(src.transform)[:6], width, height)  # type: ignore[arg-type]
-    raise error(f"scene {row['scene_id']}: no band file on the scene's {width} x {height} grid")
+            if (src.width, src.height) == (scene.width, scene.height) and src.crs is not None:
+                return Grid(src.crs.to_wkt(), tuple(src.transform)[:6], scene.width, scene.height)  # type: ignore[arg-type]
+    raise error(f"scene {scene.scene_id}: no band file on the scene's {scene.width} x {scene.height} grid")

@@ -7,6 +7,11 @@ One S2 slot is the *reference* (its date is the sample's date, time 0) and one i
 (whose image is the truth a network learns to produce); a layout without a target is a sequence
 layout, where every S2 slot is reconstructed.
 
+A layout is about *training samples* (windows and cloud ranges around a reference scene, drawn at
+many places and dates). Inference asks a different question, for one given date: which
+acquisitions fill a network's inputs, nearest first; that is an
+:class:`cloudclear.inference.select.InputRequest`, built from a checkpoint's card.
+
 Layouts are TOML files, read with :mod:`tomllib` and validated field by field; nothing in them is
 evaluated. An error names the file, the slot and the field::
 

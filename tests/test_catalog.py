@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
-from conftest import write_raster
+from conftest import assert_one_line_error, fill_disk, read_only, write_raster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from cloudclear import catalog as catalog_mod
-from cloudclear.catalog import Catalog, build_index
+from cloudclear.catalog import Catalog, Scene, build_index
+from cloudclear.cli import app
 from cloudclear.errors import CatalogWriteError, EmptyCatalogError, QueryError, SceneNotFoundError
 
 BANDS = ["B02", "B03", "B04", "B08"]
+runner = CliRunner()
 
 
 def _scene(folder, day: int, cloud_rows: int, *, origin=(600000.0, 5700000.0), size=128, nodata_cols=0):
@@ -107,7 +111,7 @@ def test_reindex_reads_only_new_or_changed(tmp_path):
     os.utime(mask, ns=(1, 10**18))
     fourth = build_index(tmp_path)
     assert (fourth.files_opened, fourth.scenes_computed) == (1, 1)
-    assert Catalog.open(tmp_path).query(start=stamp[:8]).iloc[0]["cloud_pct"] == pytest.approx(100.0)
+    assert Catalog.open(tmp_path).query(start=stamp[:8])[0].cloud_pct == pytest.approx(100.0)
 
 
 def test_interrupted_write_leaves_previous_catalog(tmp_path, monkeypatch):
@@ -277,14 +281,14 @@ def test_query_matches_brute_force(grid_catalog, lon, lat, span, d0, ndays, cmax
     base = datetime(2021, 4, 25, tzinfo=timezone.utc)
     start, end = base + timedelta(days=d0), base + timedelta(days=d0 + ndays)
     bbox = (lon, lat, lon + span, lat + span) if use_box else None
-    got = sorted(grid_catalog.query(bbox, start=start, end=end, cloud_max=cmax)["scene_id"])
+    got = sorted(s.scene_id for s in grid_catalog.query(bbox, start=start, end=end, cloud_max=cmax))
     assert got == _brute(grid_catalog.scenes, bbox, start, end, cmax)
 
 
 def test_query_in_native_crs_and_by_tile_and_sensor(grid_catalog):
     box_utm = (500000.0, 5599000.0, 500100.0, 5600000.0)
     hits = grid_catalog.query(box_utm, bbox_crs="EPSG:32631")
-    assert len(hits) == 11 and set(hits["sensor"]) == {"S1", "S2"}
+    assert len(hits) == 11 and {s.sensor for s in hits} == {"S1", "S2"}
     assert len(grid_catalog.query(box_utm, bbox_crs="EPSG:32631", sensor="s1")) == 1
     assert len(grid_catalog.query(tile="T31UFQ")) == 44
     assert len(grid_catalog.query(tile="32UPU")) == 0
@@ -324,3 +328,203 @@ def test_all_nodata_scene_is_catalogued_as_such(tmp_path):
     assert row["nodata_pct"] == 100.0 and np.isnan(row["cloud_pct"])
     cells = Catalog.open(tmp_path).cloud_cells(row["scene_id"])
     assert (cells == 255).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Scene values
+
+
+def test_scene_values_from_get_query_and_iteration(tmp_path):
+    import dataclasses
+
+    from affine import Affine
+    from rasterio.coords import BoundingBox
+    from rasterio.crs import CRS
+
+    stamp = _scene(tmp_path, 0, cloud_rows=32)
+    _s1(tmp_path, datetime(2021, 5, 1, 17, 0, tzinfo=timezone.utc))
+    cat = Catalog.open(build_index(tmp_path).catalog_path)
+    scenes = list(cat)
+    assert len(cat) == 2 and [s.index for s in scenes] == [0, 1]
+    assert all(isinstance(s, Scene) for s in scenes)
+    s2 = cat.query(sensor="S2")[0]
+    s1 = cat.query(sensor="S1")[0]
+    assert cat.get(s2.scene_id) is s2 and cat[s2.index] is s2
+    assert (s2.sensor, s2.tile, s2.place, s2.level) == ("S2", "31UFQ", "31UFQ", "")
+    assert s2.datetime == datetime(2021, 5, 1, 10, 30, tzinfo=timezone.utc)
+    assert s2.bands == tuple(BANDS) and s2.band_source == "descriptions"
+    assert s2.sources["B04"] == (str(tmp_path / f"S2_T31UFQ_{stamp}.tif"), 3)
+    assert s2.crs == CRS.from_epsg(32631) and s2.epsg == 32631 and s2.crs_name == "EPSG:32631"
+    assert s2.transform == Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5700000.0)
+    assert s2.bounds == BoundingBox(600000.0, 5698720.0, 601280.0, 5700000.0)
+    assert (s2.width, s2.height, s2.res) == (128, 128, (10.0, 10.0))
+    assert s2.mask is not None and s2.mask.convention == "SCL" and s2.mask.path.endswith("_SCL.tif")
+    assert s2.cloud_pct == pytest.approx(25.0) and s2.nodata_pct == 0.0 and s2.has_mask
+    assert (s2.scale, s2.offset, s2.units, s2.nodata) == (pytest.approx(1e-4), 0.0, "reflectance", 0.0)
+    assert s2.cells.size == 64 and s2.cells.cloud.shape == (2, 2)
+    assert (s2.cells.cloud == cat.cloud_cells(s2.scene_id)).all() and (s2.cells.valid == 100).all()
+    assert s2.nearest_s1 == s1.scene_id and s2.s1_gap_hours == pytest.approx(6.5)
+    assert len(s2.files) == 2 and all(os.path.isabs(f) for f in s2.files)
+    assert s2.footprint.contains(s2.footprint.centroid) and s2.to_dict()["scene_id"] == s2.scene_id
+    assert s1.units == "dB" and s1.mask is None and s1.cloud_pct is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s2.tile = "32UPU"  # type: ignore[misc]
+    with pytest.raises(QueryError, match="nope"):
+        cat.get("nope")
+
+
+def _untiled(folder, days=(0, 5, 10)):
+    """S2 composites whose names and tags give no tile id (dates from the name and a DATETIME tag)."""
+    for day in days:
+        when = datetime(2021, 5, 1, tzinfo=timezone.utc) + timedelta(days=day)
+        data = np.full((4, 128, 128), 1200 + day, np.uint16)
+        scl = np.full((1, 128, 128), 4, np.uint8)
+        if day == 5:
+            scl[:, :40] = 9
+        name = f"S2_L2A_{when:%Y%m%d}_monthly_composite"
+        tags = {"DATETIME": f"{when:%Y:%m:%d} 10:30:00"}
+        write_raster(folder / f"{name}.tif", data, descriptions=BANDS, nodata=0, tags=tags)
+        write_raster(folder / f"{name}_SCL.tif", scl, descriptions=["SCL"], nodata=0)
+
+
+GRID = "G32631_600000_5700000_10m_128x128"
+
+
+def test_scenes_without_a_tile_belong_to_their_grid(tmp_path):
+    _untiled(tmp_path)
+    res = build_index(tmp_path)
+    assert res.summary["by_sensor_tile"] == [{"sensor": "S2", "tile": GRID, "scenes": 3}]
+    cat = Catalog.open(res.catalog_path)
+    assert cat.places() == [GRID] and {s.place for s in cat} == {GRID} and {s.tile for s in cat} == {None}
+    assert len(cat.query(tile=GRID)) == 3 and len(cat.query(tile="31UFQ")) == 0
+    assert list(cat.query_frame(tile=GRID)["place"]) == [GRID] * 3
+
+
+def test_infer_and_sample_on_a_folder_without_tile_ids(tmp_path):
+    from cloudclear.sampling import PatchStore
+
+    d = tmp_path / "d"
+    _untiled(d)
+    assert runner.invoke(app, ["index", str(d)]).exit_code == 0
+    out = tmp_path / "out.tif"
+    res = runner.invoke(app, ["infer", "-c", str(d), "--date", "2021-05-06", "--method", "gapfill", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.exists()
+    folder = tmp_path / "outs"
+    folder.mkdir()
+    res = runner.invoke(
+        app, ["infer", "-c", str(d), "--date", "2021-05-06", "-m", "gapfill", "--tile", GRID, "-o", str(folder)]
+    )
+    assert res.exit_code == 0, res.output
+    assert (folder / f"S2_{GRID}_20210506_gapfill.tif").exists()
+    store = tmp_path / "store"
+    res = runner.invoke(
+        app,
+        ["sample", "-c", str(d), "-l", "single-date", "--no-s1", "--tile", GRID, "-o", str(store)]
+        + ["--patch-size", "32", "--count", "4"],
+    )
+    assert res.exit_code == 0, res.output
+    assert len(PatchStore(store)) >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Honest failures
+
+
+def test_index_refuses_to_replace_a_file_that_is_not_a_catalog(tmp_path):
+    d = tmp_path / "d"
+    _scene(d, 0, 0)
+    other = write_raster(tmp_path / "some.tif", np.ones((1, 16, 16), np.uint8))
+    before = other.read_bytes()
+    for extra in ([], ["--rebuild"]):
+        res = runner.invoke(app, ["index", str(d), "-c", str(other), *extra])
+        assert_one_line_error(res, str(other), "not a cloudclear catalog")
+        assert other.read_bytes() == before
+    with pytest.raises(CatalogWriteError, match="refusing to replace it"):
+        build_index(d, other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "some.tif"]
+
+
+def test_catalog_on_read_only_storage_opens_queries_and_infers(tmp_path):
+    d = tmp_path / "d"
+    for day in (0, 5, 10):
+        _scene(d, day, 40 if day == 5 else 0)
+    cat_path = build_index(d).catalog_path
+    assert cat_path.with_name(cat_path.name + ".rtree.idx").exists()
+    out = tmp_path / "out.tif"
+    with read_only(d):
+        cat = Catalog.open(d)
+        assert len(cat.query(start="2021-05-02")) == 2
+        res = runner.invoke(app, ["query", str(d)])
+        assert res.exit_code == 0, res.output
+        assert "3 scene(s)" in res.stdout
+        res = runner.invoke(app, ["infer", "-c", str(d), "--date", "2021-05-06", "-m", "gapfill", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+    assert out.exists()
+
+
+def test_rtree_that_cannot_be_saved_is_kept_in_memory(tmp_path, caplog):
+    _scene(tmp_path, 0, 0)
+    cat = Catalog.open(build_index(tmp_path).catalog_path)
+    for ext in (".idx", ".dat", ".json"):
+        Path(f"{cat.path}.rtree{ext}").unlink()
+    with read_only(tmp_path):
+        cat = Catalog.open(tmp_path)
+        cat.build_rtree(persist=True)
+        assert len(cat.query()) == 1
+    assert "cannot persist the rtree" in caplog.text
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or "rtree" in p.name]
+
+
+def test_index_on_a_full_disk_leaves_the_catalog_untouched(tmp_path, small_fs):
+    d = tmp_path / "d"
+    _scene(d, 0, 0)
+    vol = small_fs(1 << 20)
+    cat = vol / "cat.gpkg"
+    assert runner.invoke(app, ["index", str(d), "-c", str(cat)]).exit_code == 0
+    before = cat.read_bytes()
+    for day in range(1, 4):
+        _scene(d, day, day)
+    fill_disk(vol)
+    res = runner.invoke(app, ["index", str(d), "-c", str(cat)])
+    assert_one_line_error(res, str(cat), "no space left on device")
+    assert cat.read_bytes() == before
+    assert sorted(p.name for p in vol.iterdir() if "partial" in p.name or ".tmp-" in p.name) == []
+    assert len(Catalog.open(cat)) == 1
+
+
+def test_raster_declaring_an_absurd_size_is_refused_before_reading(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from cloudclear.catalog import scene_stats
+    from cloudclear.errors import ResourceLimitError
+    from cloudclear.scenes import assemble, read_file_info
+
+    path = tmp_path / "S2_T31UFQ_20210601.tif"
+    # Sparse: no block is written, so the file stays small while declaring 200000 x 200000 px.
+    with rasterio.open(
+        path, "w", driver="GTiff", width=200_000, height=200_000, count=1, dtype="uint16", crs="EPSG:32631",
+        transform=from_origin(600000, 5700000, 10, 10), tiled=True, blockxsize=1024, blockysize=1024,
+        sparse_ok=True, bigtiff="YES", nodata=0,
+    ) as dst:  # fmt: skip
+        dst.set_band_description(1, "B04")
+    assert path.stat().st_size < 2_000_000
+    drafts, _ = assemble([read_file_info(path)])
+    with pytest.raises(ResourceLimitError, match=r"S2_T31UFQ_20210601\.tif: declares 200000 x 200000"):
+        scene_stats(drafts[0])
+    res = runner.invoke(app, ["index", str(tmp_path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "200000 x 200000" in res.stderr and "no usable" in res.stderr
+
+
+def test_a_file_deleted_after_indexing_is_named(tmp_path):
+    d = tmp_path / "d"
+    stamps = [_scene(d, day, 40 if day == 5 else 0) for day in (0, 5, 10)]
+    cat = build_index(d).catalog_path
+    gone = d / f"S2_T31UFQ_{stamps[2]}.tif"
+    gone.unlink()
+    res = runner.invoke(
+        app, ["infer", "-c", str(d), "--date", "2021-05-06", "-m", "gapfill", "-o", str(tmp_path / "o.tif")]
+    )
+    assert_one_line_error(res, str(gone), "no such file", str(cat), "cloudclear index")

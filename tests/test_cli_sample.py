@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import assert_one_line_error, fill_disk
 from typer.testing import CliRunner
 
 from cloudclear import masks
@@ -37,16 +38,6 @@ LOCATIONS = 9
 
 def run(*args: object):
     return runner.invoke(app, ["sample", *(str(a) for a in args)])
-
-
-def assert_one_line_error(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    assert res.stderr.startswith("cloudclear: error: "), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in res.stderr, (n, res.stderr)
-    return res.stderr
 
 
 def printed_counts(stdout: str) -> dict[str, int]:
@@ -406,3 +397,39 @@ def test_sigterm_leaves_no_store(series, tmp_path):
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no .big.partial-PID either
+
+
+# -- honest failures ------------------------------------------------------------------------------
+
+
+def test_sample_on_a_full_disk_leaves_the_existing_store(series, tmp_path, small_fs):
+    vol = small_fs(4 << 20)
+    out = vol / "st"
+    base = ("-c", series, "-l", "sequence", "-p", 128, "--block", 1, "-o", out)
+    assert run(*base, "-n", 2).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fill_disk(vol)
+    res = run(*base, "-n", 20, "--overwrite")
+    assert_one_line_error(res, str(out), "no space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in vol.iterdir() if p.name != ".filler") == ["st"]  # no temporaries
+
+
+def test_missing_store_is_store_not_found(tmp_path):
+    from cloudclear.errors import StoreNotFoundError
+
+    with pytest.raises(StoreNotFoundError, match="no patch store here"):
+        PatchStore(tmp_path / "none")
+    with pytest.raises(FileNotFoundError):
+        PatchDataset(tmp_path / "none")
+
+
+def test_a_scene_file_deleted_after_indexing_is_named(tmp_path):
+    root = tmp_path / "t"
+    shutil.copytree(SAMPLE / "S2", root / "S2")
+    assert runner.invoke(app, ["index", str(root), "-c", str(root / "cat.gpkg")]).exit_code == 0
+    gone = sorted((root / "S2").glob("*.tif"))[0]
+    gone.unlink()
+    res = run("-c", root / "cat.gpkg", "-l", "sequence", "-p", 128, "--block", 1, "-n", 3, "-o", tmp_path / "st")
+    assert_one_line_error(res, str(gone), "no such file", "cat.gpkg", "cloudclear index")
+    assert not (tmp_path / "st").exists() and not list(tmp_path.glob(".st*"))

@@ -137,7 +137,9 @@ def query(
         include_unmasked=with_unmasked,
     )
     if as_json:
-        records = json.loads(hits[_QUERY_COLUMNS + ["crs", "files"]].to_json(orient="records", date_format="iso"))
+        records = json.loads(
+            hits[_QUERY_COLUMNS + ["place", "crs", "files"]].to_json(orient="records", date_format="iso")
+        )
         typer.echo(json.dumps(records, indent=2))
         return
     typer.echo(f"{'datetime':<20} {'sensor':<6} {'tile':<6} {'cloud%':>7} {'nodata%':>7}  scene")
@@ -145,7 +147,7 @@ def query(
         cloud_txt = "-" if r["cloud_pct"] is None or r["cloud_pct"] != r["cloud_pct"] else f"{r['cloud_pct']:.1f}"
         typer.echo(
             f"{r['datetime'].strftime('%Y-%m-%dT%H:%M:%S'):<20} {r['sensor']:<6} "
-            f"{str(r['tile'] or '-'):<6} "
+            f"{str(r['place']):<6} "
             f"{cloud_txt:>7} {r['nodata_pct']:>7.1f}  {r['scene_id']}"
         )
     counts = Counter(hits["sensor"])

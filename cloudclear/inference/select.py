@@ -11,16 +11,22 @@ footprint covers the tile.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from cloudclear.acquisitions import Acquisition, acquisition, cloud_of, dedupe, grid_of, number, row_time
-from cloudclear.errors import InferError
+from cloudclear.acquisitions import Acquisition, acquisition, check_files, dedupe, grid_of
+from cloudclear.errors import NoInputsError
 from cloudclear.gridio import Grid
+from cloudclear.scenes import Scene, normalise_tile, place_label
+
+if TYPE_CHECKING:
+    from cloudclear.catalog import Catalog
+
+#: Kept for callers of earlier versions: errors here are about the inputs a date needs.
+InferError = NoInputsError
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,12 @@ class SlotRequest:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """What a method needs from the catalog for one date.
+class InputRequest:
+    """What a method asks of the catalog for one date: its slots and how far to look for them.
+
+    Not to be confused with :class:`cloudclear.layouts.Layout`, which describes how training
+    samples are drawn (time windows and cloud ranges relative to a reference scene); an
+    ``InputRequest`` fills its slots for one given date, nearest acquisitions first.
 
     Attributes:
         slots: the acquisitions, in the method's input order.
@@ -55,12 +65,16 @@ class Layout:
     stand_ins: tuple[tuple[str, str], ...] = ()
 
 
-def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> Layout:
+#: The earlier name of :class:`InputRequest`.
+Layout = InputRequest
+
+
+def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> InputRequest:
     """The gap-filling layout: the date's own acquisition and ``neighbours`` scenes on each side."""
     slots = [SlotRequest(f"t-{k}", "S2", "before", k) for k in range(neighbours, 0, -1)]
     slots.append(SlotRequest("t", "S2", "target"))
     slots += [SlotRequest(f"t+{k}", "S2", "after", k) for k in range(1, neighbours + 1)]
-    return Layout(tuple(slots), max_days=max_days, max_cloud=max_cloud)
+    return InputRequest(tuple(slots), max_days=max_days, max_cloud=max_cloud)
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,7 @@ def parse_when(value: str | datetime) -> tuple[datetime, bool]:
             return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc), True
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise InferError(f"date {value!r} is not YYYY-MM-DD or an ISO datetime") from None
+        raise NoInputsError(f"date {value!r} is not YYYY-MM-DD or an ISO datetime") from None
     return (dt.astimezone(timezone.utc) if dt.tzinfo else dt.replace(tzinfo=timezone.utc)), False
 
 
@@ -101,9 +115,9 @@ def date_range(start: str, stop: str, every_days: int) -> list[datetime]:
     a, _ = parse_when(start)
     b, _ = parse_when(stop)
     if every_days < 1:
-        raise InferError(f"date step must be >= 1 day, not {every_days}")
+        raise NoInputsError(f"date step must be >= 1 day, not {every_days}")
     if b < a:
-        raise InferError(f"date range is inverted: {start} is after {stop}")
+        raise NoInputsError(f"date range is inverted: {start} is after {stop}")
     out = []
     while a <= b:
         out.append(a)
@@ -112,9 +126,9 @@ def date_range(start: str, stop: str, every_days: int) -> list[datetime]:
 
 
 def choose_inputs(
-    catalog: Any,
+    catalog: Catalog,
     when: str | datetime,
-    layout: Layout,
+    layout: InputRequest,
     *,
     tile: str | None = None,
     bands: Sequence[str] | None = None,
@@ -126,109 +140,110 @@ def choose_inputs(
         catalog: an open :class:`cloudclear.catalog.Catalog`.
         when: the date to reconstruct (``YYYY-MM-DD`` or an ISO datetime).
         layout: the slots the method asks for.
-        tile: MGRS tile; may be left out when the catalog holds one S2 tile.
+        tile: MGRS tile, or the grid name the catalog reports for scenes without a tile id; may
+            be left out when the catalog's S2 scenes lie on one tile or grid.
         bands: S2 bands to read; default: those of the nearest scene.
         s1_bands: S1 bands to read for S1 slots.
 
     Raises:
-        InferError: the tile is not in the catalog (or several are and none was named), no S2
+        NoInputsError: the tile is not in the catalog (or several are and none was named), no S2
             scene lies within ``max_days``, a chosen scene lacks a band, a required slot is empty.
+        SceneNotFoundError: a chosen scene's file was deleted after indexing.
     """
     target, date_only = parse_when(when)
-    s2_all = catalog.scenes[catalog.scenes["sensor"] == "S2"]
-    tiles = sorted({str(t) for t in s2_all["tile"].dropna()})
+    places = catalog.places("S2")
     if tile is None:
-        if len(tiles) > 1:
-            raise InferError(f"{catalog.path}: holds S2 tiles {', '.join(tiles)}; choose one with --tile")
-        if not tiles:
-            raise InferError(f"{catalog.path}: no S2 scenes with a tile id; nothing to reconstruct")
-        tile = tiles[0]
-    tile = tile.upper().lstrip("T")
-    if tile not in tiles:
-        raise InferError(f"{catalog.path}: no S2 scenes of tile {tile} (tiles: {', '.join(tiles) or 'none'})")
+        if len(places) > 1:
+            raise NoInputsError(f"{catalog.path}: holds S2 tiles {', '.join(places)}; choose one with --tile")
+        if not places:
+            raise NoInputsError(f"{catalog.path}: no S2 scenes; nothing to reconstruct")
+        tile = places[0]
+    tile = normalise_tile(tile) or ""
+    match = next((p for p in places if p.upper() == tile.upper()), None)
+    if match is None:
+        raise NoInputsError(f"{catalog.path}: no S2 scenes of tile {tile} (tiles: {', '.join(places) or 'none'})")
+    tile = match
     span = timedelta(days=layout.max_days)
-    rows = [r for _, r in catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span).iterrows()]
+    found = catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span)
     # A scene with no valid pixel (100 % nodata in the catalog) can fill no slot.
-    rows = dedupe([r for r in rows if (number(r, "nodata_pct") or 0.0) < 100.0])
+    scenes = dedupe(s for s in found if s.nodata_pct < 100.0)
 
     # The target acquisition: on the same UTC day for a date, within an hour for a datetime.
-    def on_target(row: Any) -> bool:
-        t = row_time(row)
+    def on_target(scene: Scene) -> bool:
+        t = scene.datetime
         return t.date() == target.date() if date_only else abs((t - target).total_seconds()) <= 3600
 
-    target_row = next((r for r in rows if on_target(r)), None)
-    if target_row is not None:
-        target = row_time(target_row)
-    usable = [r for r in rows if r is not target_row and (cloud_of(r) is None or cloud_of(r) <= layout.max_cloud)]  # type: ignore[operator]
+    target_scene = next((s for s in scenes if on_target(s)), None)
+    if target_scene is not None:
+        target = target_scene.datetime
+    usable = [s for s in scenes if s is not target_scene and (s.cloud_pct is None or s.cloud_pct <= layout.max_cloud)]
 
-    def rank(side: str) -> list[Any]:
-        cands = [r for r in usable if (row_time(r) < target if side == "before" else row_time(r) > target)]
+    def rank(side: str) -> list[Scene]:
+        cands = [s for s in usable if (s.datetime < target if side == "before" else s.datetime > target)]
 
         # Unknown cover (no mask) ranks after every known cover on the same day.
-        def key(r: Any) -> tuple[float, float]:
-            cloud = cloud_of(r)
-            return (abs((row_time(r) - target).total_seconds()) // 86400, 101.0 if cloud is None else cloud)
+        def key(s: Scene) -> tuple[float, float]:
+            return (abs((s.datetime - target).total_seconds()) // 86400, 101.0 if s.cloud_pct is None else s.cloud_pct)
 
         return sorted(cands, key=key)
 
     ranked = {"before": rank("before"), "after": rank("after")}
-    s2_rows: dict[str, Any] = {}
+    s2_scenes: dict[str, Scene | None] = {}
     for slot in layout.slots:
         if slot.sensor != "S2":
             continue
         if slot.role == "target":
-            s2_rows[slot.name] = target_row
+            s2_scenes[slot.name] = target_scene
         else:
             cands = ranked[slot.role]
-            s2_rows[slot.name] = cands[slot.rank - 1] if len(cands) >= slot.rank else None
-    chosen = [r for r in s2_rows.values() if r is not None]
+            s2_scenes[slot.name] = cands[slot.rank - 1] if len(cands) >= slot.rank else None
+    chosen = [s for s in s2_scenes.values() if s is not None]
     if not chosen:
-        raise InferError(_no_neighbours(catalog, tile, target, layout))
-    nearest = min(chosen, key=lambda r: abs((row_time(r) - target).total_seconds()))
+        raise NoInputsError(_no_neighbours(catalog, tile, target, layout))
+    nearest = min(chosen, key=lambda s: abs((s.datetime - target).total_seconds()))
     if bands is None:
-        bands = str(nearest["bands"]).split(",")
-    grid = grid_of(catalog, target_row if target_row is not None else nearest, InferError)
+        bands = list(nearest.bands)
+    grid = grid_of(target_scene if target_scene is not None else nearest, NoInputsError, catalog.path)
 
     empty: list[str] = []
     slots: list[tuple[SlotRequest, Acquisition | None]] = []
     swaps = dict(layout.stand_ins)
     substituted: set[str] = set()
 
-    def row_bands(row: Any) -> list[str]:
-        have = json.loads(row["band_files"])
+    def scene_bands(scene: Scene) -> list[str]:
         out = []
         for b in bands:
-            if b not in have and swaps.get(b) in have:
+            if b not in scene.sources and swaps.get(b) in scene.sources:
                 substituted.add(f"{swaps[b]} read in place of {b}")
                 b = swaps[b]
             out.append(b)
         return out
 
     for slot in layout.slots:
-        acq: Acquisition | None = None
+        scene: Scene | None
         if slot.sensor == "S2":
-            row = s2_rows[slot.name]
-            acq = (
-                None
-                if row is None
-                else acquisition(catalog, row, slot.name, slot.role, target, row_bands(row), InferError)
-            )
+            scene = s2_scenes[slot.name]
+            wanted = None if scene is None else scene_bands(scene)
         else:
-            anchor = s2_rows.get(_s2_twin(layout, slot))
-            when_s1 = row_time(anchor) if anchor is not None else target
-            row = _nearest_s1(catalog, grid, when_s1, layout.s1_max_hours)
-            acq = None if row is None else acquisition(catalog, row, slot.name, slot.role, target, s1_bands, InferError)
+            anchor = s2_scenes.get(_s2_twin(layout, slot))
+            when_s1 = anchor.datetime if anchor is not None else target
+            scene = _nearest_s1(catalog, grid, when_s1, layout.s1_max_hours)
+            wanted = list(s1_bands)
+        acq: Acquisition | None = None
+        if scene is not None and wanted is not None:
+            check_files(scene, catalog.path)
+            acq = acquisition(scene, slot.name, slot.role, target, wanted, NoInputsError)
         if acq is None:
             if slot.name in layout.required:
-                raise InferError(_empty_slot(tile, target, slot, layout))
+                raise NoInputsError(_empty_slot(tile, target, slot, layout))
             empty.append(slot.name)
         slots.append((slot, acq))
     notes: tuple[str, ...] = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
     notes += tuple(f"{s} (the network accepts it)" for s in sorted(substituted))
-    return InputSet(tile, target, grid, tuple(row_bands(nearest)), tuple(slots), notes)
+    return InputSet(tile, target, grid, tuple(scene_bands(nearest)), tuple(slots), notes)
 
 
-def _s2_twin(layout: Layout, slot: SlotRequest) -> str:
+def _s2_twin(layout: InputRequest, slot: SlotRequest) -> str:
     """The S2 slot an S1 slot sits near: same role and rank."""
     for s in layout.slots:
         if s.sensor == "S2" and s.role == slot.role and (s.role == "target" or s.rank == slot.rank):
@@ -236,36 +251,34 @@ def _s2_twin(layout: Layout, slot: SlotRequest) -> str:
     return ""
 
 
-def _nearest_s1(catalog: Any, grid: Grid, when: datetime, max_hours: float) -> Any:
+def _nearest_s1(catalog: Catalog, grid: Grid, when: datetime, max_hours: float) -> Scene | None:
     span = timedelta(hours=max_hours)
     hits = catalog.query(bbox=grid.bounds(), bbox_crs=grid.crs, sensor="S1", start=when - span, end=when + span)
-    if hits.empty:
+    if not hits:
         return None
-    gaps = (hits["datetime"] - when).abs()
-    best = hits.loc[gaps.idxmin()]
-    return best if abs((row_time(best) - when).total_seconds()) <= max_hours * 3600 else None
+    best = min(hits, key=lambda s: abs(s.datetime - when))
+    return best if abs((best.datetime - when).total_seconds()) <= max_hours * 3600 else None
 
 
-def _no_neighbours(catalog: Any, tile: str, target: datetime, layout: Layout) -> str:
+def _no_neighbours(catalog: Catalog, tile: str, target: datetime, layout: InputRequest) -> str:
     s2 = catalog.query(sensor="S2", tile=tile)
     day = target.date().isoformat()
-    if s2.empty:
+    if not s2:
         return f"{catalog.path}: tile {tile} has no S2 scenes"
-    gaps = (s2["datetime"] - target).abs()
-    near = s2.loc[gaps.idxmin()]
-    d = abs((row_time(near) - target).total_seconds()) / 86400
-    cloud = cloud_of(near)
+    near = min(s2, key=lambda s: abs(s.datetime - target))
+    d = abs((near.datetime - target).total_seconds()) / 86400
+    cloud = near.cloud_pct
     why = f"{d:.0f} days away" + (f", {cloud:.0f} % cloud" if cloud is not None else "")
-    if (number(near, "nodata_pct") or 0.0) >= 100.0:
+    if near.nodata_pct >= 100.0:
         why += ", all nodata"
     return (
         f"{catalog.path}: no usable S2 scene of tile {tile} within {layout.max_days:g} days of {day} "
-        f"with cloud <= {layout.max_cloud:g} % (nearest: {near['scene_id']}, {why}); "
+        f"with cloud <= {layout.max_cloud:g} % (nearest: {near.scene_id}, {why}); "
         f"widen --max-days or --max-cloud"
     )
 
 
-def _empty_slot(tile: str, target: datetime, slot: SlotRequest, layout: Layout) -> str:
+def _empty_slot(tile: str, target: datetime, slot: SlotRequest, layout: InputRequest) -> str:
     return (
         f"slot {slot.name}: no {slot.sensor} scene of tile {tile} for {target.date().isoformat()} "
         f"({slot.role}, rank {slot.rank}, within {layout.max_days:g} days, cloud <= {layout.max_cloud:g} %)"
@@ -273,5 +286,6 @@ def _empty_slot(tile: str, target: datetime, slot: SlotRequest, layout: Layout) 
 
 
 def output_name(tile: str, target: datetime, method: str) -> str:
-    """File name for one date's output: ``S2_T{tile}_{YYYYMMDD}_{method}.tif``."""
-    return f"S2_T{tile}_{target:%Y%m%d}_{Path(method).stem}.tif"
+    """File name for one date's output: ``S2_T{tile}_{YYYYMMDD}_{method}.tif`` (a grid's name in
+    place of ``T{tile}`` for scenes without a tile id)."""
+    return f"S2_{place_label(tile)}_{target:%Y%m%d}_{Path(method).stem}.tif"

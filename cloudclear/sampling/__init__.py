@@ -1,7 +1,10 @@
 """Training samples: catalog x acquisition layout -> a patch store, and the Dataset that reads it.
 
 - :func:`sample` draws samples of a layout from a catalog and writes a store
-  (:mod:`cloudclear.sampling.build`);
+  (:mod:`cloudclear.sampling.build`): where and when each slot can be filled comes from the
+  catalog's scenes and per-cell grids (:mod:`~cloudclear.sampling.candidates`), the draw order
+  and splits from :mod:`~cloudclear.sampling.draw`, each sample's patches are read by
+  :mod:`~cloudclear.sampling.patches`;
 - :class:`PatchDataset` reads a store for a PyTorch DataLoader, :class:`PatchStore` gives the raw
   arrays and the metadata table (:mod:`cloudclear.sampling.store`).
 

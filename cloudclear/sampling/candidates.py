@@ -13,15 +13,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cloudclear.acquisitions import dedupe, grid_of, row_time
-from cloudclear.catalog import NO_CELL, decode_cells
+from cloudclear.acquisitions import dedupe, grid_of
+from cloudclear.catalog import NO_CELL
 from cloudclear.errors import SampleError
 from cloudclear.gridio import Grid
 from cloudclear.layouts import Layout, LayoutSlot, ordinal
+from cloudclear.scenes import Scene, normalise_tile
+
+if TYPE_CHECKING:
+    from cloudclear.catalog import Catalog
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -39,8 +43,8 @@ class Group:
         index: position among the catalog's groups.
         tile: MGRS tile (may be empty).
         grid: the shared grid.
-        rows: the catalog records (one per acquisition).
-        positions: each record's row position in ``catalog.scenes`` (the rtree ids).
+        scenes: the scenes (one per acquisition).
+        positions: each scene's :attr:`Scene.index` in the catalog (the rtree ids).
         times: acquisition times, seconds since 1970.
         has_bands: whether each scene has every band asked for.
         r0, c0: patch origins (pixels) of the locations on this grid.
@@ -53,7 +57,7 @@ class Group:
     index: int
     tile: str
     grid: Grid
-    rows: list[Any]
+    scenes: list[Scene]
     positions: np.ndarray
     times: np.ndarray
     has_bands: np.ndarray
@@ -74,74 +78,72 @@ class Group:
 
     @property
     def scene_ids(self) -> list[str]:
-        return [str(r["scene_id"]) for r in self.rows]
+        return [s.scene_id for s in self.scenes]
 
 
-def _group_key(row: Any) -> tuple[Any, ...]:
+def _group_key(scene: Scene) -> tuple[Any, ...]:
+    res_x, res_y = scene.res
     return (
-        str(row["crs"]),
-        round(float(row["left"]), 3),
-        round(float(row["top"]), 3),
-        round(float(row["res_x"]), 6),
-        round(float(row["res_y"]), 6),
-        int(row["width"]),
-        int(row["height"]),
+        scene.crs_name,
+        round(scene.bounds.left, 3),
+        round(scene.bounds.top, 3),
+        round(res_x, 6),
+        round(res_y, 6),
+        scene.width,
+        scene.height,
     )
 
 
 def s2_groups(
-    catalog: Any,
+    catalog: Catalog,
     bands: list[str] | None,
     tile: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> tuple[list[Group], list[str]]:
-    """The catalog's S2 scenes grouped by grid (one record per acquisition) and the bands to read.
+    """The catalog's S2 scenes grouped by grid (one scene per acquisition) and the bands to read.
 
     Args:
         catalog: an open catalog.
         bands: S2 bands; None for those every scene has (in the catalog's band order).
-        tile: keep only this tile.
+        tile: keep only this tile (or grid name, for scenes without a tile id).
         start, end: keep only scenes acquired in this range (sampling draws references from it;
             the slots' windows may reach outside).
 
     Raises:
         SampleError: no S2 scene (of that tile), or no band every scene has.
     """
-    scenes = catalog.scenes
-    pos_of = {sid: i for i, sid in enumerate(scenes["scene_id"])}
-    s2 = scenes[scenes["sensor"] == "S2"]
     if tile:
-        tile = tile.upper().lstrip("T")
-        s2 = s2[s2["tile"].fillna("") == tile]
-    s2 = s2[s2["nodata_pct"].fillna(0.0) < 100.0]
-    if s2.empty:
+        tile = normalise_tile(tile)
+    s2 = [s for s in catalog.query(sensor="S2", tile=tile) if not s.nodata_pct >= 100.0]
+    if not s2:
         where = f" of tile {tile}" if tile else ""
         raise SampleError(f"{catalog.path}: no S2 scene{where} with data; nothing to sample")
-    rows = dedupe([r for _, r in s2.iterrows()])
+    scenes = dedupe(s2)
     if bands is None:
         common: list[str] | None = None
-        for r in rows:
-            have = str(r["bands"]).split(",")
+        for sc in scenes:
+            have = list(sc.bands)
             common = have if common is None else [b for b in common if b in have]
         bands = common or []
         if not bands:
             raise SampleError(f"{catalog.path}: the S2 scenes share no band; choose bands with --bands")
-    by_key: dict[tuple[Any, ...], list[Any]] = {}
-    for r in rows:
-        by_key.setdefault(_group_key(r), []).append(r)
+    by_key: dict[tuple[Any, ...], list[Scene]] = {}
+    for sc in scenes:
+        by_key.setdefault(_group_key(sc), []).append(sc)
     groups: list[Group] = []
-    for _key, members in sorted(by_key.items(), key=lambda kv: (str(kv[1][0]["tile"]), kv[0])):
-        members.sort(key=row_time)
-        times = np.array([epoch_seconds(row_time(r)) for r in members])
-        has = np.array([all(b in str(r["bands"]).split(",") for b in bands) for r in members])
+    # str(None) == "None": untiled groups sort as they always have, so stores stay the same.
+    for _key, members in sorted(by_key.items(), key=lambda kv: (str(kv[1][0].tile), kv[0])):
+        members.sort(key=lambda sc: sc.datetime)
+        times = np.array([epoch_seconds(sc.datetime) for sc in members])
+        has = np.array([sc.has_bands(bands) for sc in members])
         groups.append(
             Group(
                 index=len(groups),
-                tile=str(members[0]["tile"] or ""),
-                grid=grid_of(catalog, members[0], SampleError),
-                rows=members,
-                positions=np.array([pos_of[r["scene_id"]] for r in members], np.int64),
+                tile=members[0].tile or "",
+                grid=grid_of(members[0], SampleError, catalog.path),
+                scenes=members,
+                positions=np.array([sc.index for sc in members], np.int64),
                 times=times,
                 has_bands=has,
             )
@@ -169,20 +171,20 @@ def locate(group: Group, patch: int, stride: int) -> None:
     g = group.grid
     if g.height < patch or g.width < patch:
         group.r0 = group.c0 = np.zeros(0, np.int64)
-        group.cloud_lo = group.cloud_hi = np.zeros((len(group.rows), 0), np.float32)
-        group.valid = np.zeros((len(group.rows), 0), bool)
+        group.cloud_lo = group.cloud_hi = np.zeros((len(group.scenes), 0), np.float32)
+        group.valid = np.zeros((len(group.scenes), 0), bool)
         return
     rs = np.arange(0, g.height - patch + 1, stride, dtype=np.int64)
     cs = np.arange(0, g.width - patch + 1, stride, dtype=np.int64)
-    cell = int(group.rows[0]["cell_size"])
-    ncy, ncx = int(group.rows[0]["cells_rows"]), int(group.rows[0]["cells_cols"])
-    cloud = np.stack([decode_cells(r["cloud_cells"], ncy, ncx) for r in group.rows])
-    vcell = np.stack([decode_cells(r["valid_cells"], ncy, ncx) for r in group.rows])
+    cells = group.scenes[0].cells
+    cell, ncy, ncx = cells.size, cells.rows, cells.cols
+    cloud = np.stack([sc.cells.cloud for sc in group.scenes])
+    vcell = np.stack([sc.cells.valid for sc in group.scenes])
     fy, oy = _overlaps(rs, patch, cell, g.height)
     fx, ox = _overlaps(cs, patch, cell, g.width)
     hy = np.minimum(cell, g.height - cell * np.arange(ncy))
     hx = np.minimum(cell, g.width - cell * np.arange(ncx))
-    n = len(group.rows)
+    n = len(group.scenes)
     lo = np.zeros((n, len(rs), len(cs)), np.float64)
     hi = np.zeros_like(lo)
     unknown = np.zeros(lo.shape, bool)
@@ -240,40 +242,40 @@ def rect_footprints(group: Group, r0: np.ndarray, c0: np.ndarray, h: Any, w: Any
     return np.asarray(shapely.polygons(np.stack([xs, ys], axis=-1)), dtype=object)
 
 
-def attach_s1(group: Group, catalog: Any, max_gap_hours: float) -> None:
+def attach_s1(group: Group, catalog: Catalog, max_gap_hours: float) -> None:
     """Find the S1 scenes near the group in time whose footprint covers each patch (>= 99 % of it)."""
     import shapely
 
     if group.n_locations == 0:
         return
-    scenes = catalog.scenes
-    s1_mask = (scenes["sensor"] == "S1").to_numpy()
-    if not s1_mask.any():
+    if not catalog.has_sensor("S1"):
         group.s1_pos = np.zeros(0, np.int64)
         group.s1_times = np.zeros(0)
         group.s1_cover = np.zeros((0, group.n_locations), bool)
         return
     x0, y0, x1, y1 = group.bbox
     pad = max_gap_hours * 3600.0
-    ids = catalog.rtree.intersection((x0, y0, group.times.min() - pad, x1, y1, group.times.max() + pad))
-    pos = np.array(sorted(i for i in ids if s1_mask[i]), np.int64)
+    ids = catalog.ids_in((x0, y0, x1, y1), group.times.min() - pad, group.times.max() + pad)
+    s1 = [catalog[int(i)] for i in ids]
+    s1 = [sc for sc in s1 if sc.sensor == "S1"]
+    pos = np.array([sc.index for sc in s1], np.int64)
     cover = np.zeros((len(pos), group.n_locations), bool)
     areas = shapely.area(group.lonlat)
-    for k, p in enumerate(pos):
-        geom = scenes.geometry.iloc[p]
+    for k, sc in enumerate(s1):
+        geom = sc.footprint
         hit = shapely.intersects(geom, group.lonlat)
         if hit.any():
             inter = shapely.area(shapely.intersection(geom, group.lonlat[hit]))
             cover[k, np.flatnonzero(hit)] = inter >= 0.99 * areas[hit]
     group.s1_pos = pos
-    group.s1_times = np.array([epoch_seconds(row_time(scenes.iloc[p])) for p in pos]) if len(pos) else np.zeros(0)
+    group.s1_times = np.array([epoch_seconds(sc.datetime) for sc in s1]) if len(pos) else np.zeros(0)
     group.s1_cover = cover
 
 
 def s1_near(group: Group, hours: float) -> np.ndarray:
     """(scenes, locations): an S1 scene covering the patch lies within ``hours`` of the S2 scene."""
     if len(group.s1_pos) == 0:
-        return np.zeros((len(group.rows), group.n_locations), bool)
+        return np.zeros((len(group.scenes), group.n_locations), bool)
     near = np.abs(group.s1_times[None, :] - group.times[:, None]) <= hours * 3600.0 + 1e-6
     return (near.astype(np.float32) @ group.s1_cover.astype(np.float32)) > 0
 
@@ -298,13 +300,14 @@ def slot_ok(group: Group, slot: LayoutSlot) -> np.ndarray:
     return ok
 
 
-def window_members(catalog: Any, group: Group, ref: int, slot: LayoutSlot, pos_to_scene: dict[int, int]) -> np.ndarray:
+def window_members(
+    catalog: Catalog, group: Group, ref: int, slot: LayoutSlot, pos_to_scene: dict[int, int]
+) -> np.ndarray:
     """Group scene indices (not ``ref``) in the slot's window around scene ``ref``, through the rtree."""
     assert slot.window is not None
     t = group.times[ref]
-    x0, y0, x1, y1 = group.bbox
-    hits = catalog.rtree.intersection((x0, y0, t + slot.window[0] * 3600.0, x1, y1, t + slot.window[1] * 3600.0))
-    out = sorted(pos_to_scene[h] for h in hits if h in pos_to_scene)
+    hits = catalog.ids_in(group.bbox, t + slot.window[0] * 3600.0, t + slot.window[1] * 3600.0)
+    out = sorted(pos_to_scene[int(h)] for h in hits if int(h) in pos_to_scene)
     return np.array([j for j in out if j != ref], np.int64)
 
 
@@ -346,7 +349,7 @@ class Candidates:
     per_slot: dict[str, np.ndarray]
 
 
-def candidates(catalog: Any, group: Group, layout: Layout, refs: np.ndarray) -> Candidates:
+def candidates(catalog: Catalog, group: Group, layout: Layout, refs: np.ndarray) -> Candidates:
     """For every reference scene in ``refs`` (bool per scene) and location, whether the layout fits."""
     n_sc, n_loc = group.valid.shape
     pos_to_scene = {int(p): i for i, p in enumerate(group.positions)}
@@ -415,14 +418,14 @@ def _hours_text(w: tuple[float, float] | None) -> str:
     return f" in [{a} h, {b} h]"
 
 
-def explain(cands: list[Candidates], layout: Layout, patch: int, catalog: Any = None) -> str:
+def explain(cands: list[Candidates], layout: Layout, patch: int, catalog: Catalog | None = None) -> str:
     """Why no (reference, location) pair satisfies the layout: the first slot that found nothing."""
     wants_s1 = any(s.sensor == "S1" or s.s1_max_gap is not None for s in layout.slots)
-    if wants_s1 and catalog is not None and not (catalog.scenes["sensor"] == "S1").any():
+    if wants_s1 and catalog is not None and not catalog.has_sensor("S1"):
         return "the layout pairs slots with S1 but the catalog holds no S1 scene; sample with --no-s1 (optical only)"
     ref = layout.slot(layout.reference)
     n_loc = sum(c.group.n_locations for c in cands)
-    n_sc = sum(len(c.group.rows) for c in cands)
+    n_sc = sum(len(c.group.scenes) for c in cands)
     if n_loc == 0:
         sizes = ", ".join(f"{c.group.grid.width} x {c.group.grid.height}" for c in cands)
         return f"no {patch} px patch fits in any S2 grid (grids: {sizes}); choose a smaller --patch-size"

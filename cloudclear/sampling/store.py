@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cloudclear.errors import SceneNotFoundError, StoreError
+from cloudclear.errors import StoreError, StoreNotFoundError
 
 FORMAT = "cloudclear-patches/1"
 SPLITS = ("train", "val", "test")
@@ -175,7 +175,7 @@ class PatchStore:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path).expanduser().resolve()
         if not self.path.exists():
-            raise SceneNotFoundError(f"{self.path}: no patch store here (build one with `cloudclear sample`)")
+            raise StoreNotFoundError(f"{self.path}: no patch store here (build one with `cloudclear sample`)")
         mpath = self.path / MANIFEST
         if not mpath.is_file():
             partial = " (it looks like an interrupted `cloudclear sample` run)" if (self.path / DATA).exists() else ""

@@ -1,0 +1,404 @@
+"""Scan a directory and write (or update) its catalog: :func:`build_index`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloudclear import __version__, masks
+from cloudclear.catalog.records import (
+    link_nearest_s1,
+    make_frame,
+    record,
+    signature,
+    stats_from_row,
+)
+from cloudclear.catalog.stats import scene_stats
+from cloudclear.catalog.store import DEFAULT_NAME, Catalog, read_catalog
+from cloudclear.errors import (
+    CatalogError,
+    CatalogWriteError,
+    EmptyCatalogError,
+    InvalidRasterError,
+    OutputError,
+    QueryError,
+    ResourceLimitError,
+    SceneNotFoundError,
+)
+from cloudclear.gdal import gdal_env
+from cloudclear.outputs import atomic_output
+from cloudclear.scenes import RASTER_SUFFIXES, FileInfo, SceneDraft, Skipped, assemble, read_file_info, scene_ids
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """What :func:`build_index` did.
+
+    Attributes:
+        catalog_path: the GeoPackage written.
+        scenes: scene count in the catalog.
+        files_seen: raster files found under the root.
+        files_opened: files whose metadata was read this run (new or changed).
+        scenes_computed: scenes whose pixel statistics were computed this run.
+        scenes_reused: scenes carried over unchanged from the previous catalog.
+        skipped: files left out, with reasons.
+        seconds: wall time.
+        summary: counts by sensor and tile, dates, cloud distribution.
+        masks_detected: S2 scenes whose mask was computed (or reused) by a detector.
+    """
+
+    catalog_path: Path
+    scenes: int
+    files_seen: int
+    files_opened: int
+    scenes_computed: int
+    scenes_reused: int
+    skipped: tuple[Skipped, ...]
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    masks_detected: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "catalog": str(self.catalog_path),
+            "scenes": self.scenes,
+            "files_seen": self.files_seen,
+            "files_opened": self.files_opened,
+            "scenes_computed": self.scenes_computed,
+            "scenes_reused": self.scenes_reused,
+            "masks_detected": self.masks_detected,
+            "seconds": round(self.seconds, 3),
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "summary": self.summary,
+        }
+
+
+def _iter_rasters(
+    root: Path, exclude: set[Path], exclude_dirs: frozenset[Path] | set[Path] = frozenset()
+) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) not in exclude_dirs)
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            if name.lower().endswith(RASTER_SUFFIXES) and not name.startswith(".") and p not in exclude:
+                found.append(p)
+    return found
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise CatalogWriteError(f"{path}: cannot create the catalog folder ({exc.strerror})") from None
+    probe = parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CatalogWriteError(f"{path}: catalog folder is not writable ({exc.strerror})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CatalogWriteError(f"{path}: catalog file is not writable")
+
+
+def _remove_stale_temporaries(cat_path: Path) -> None:
+    """Delete temporary files left by an index run that was killed (its process is gone)."""
+    import re
+
+    from cloudclear._tempfiles import remove_orphans
+
+    pattern = re.compile(rf"^\.{re.escape(cat_path.name)}(\.rtree)?\.tmp-(?P<pid>\d+)")
+    remove_orphans(cat_path.parent, f".{cat_path.name}*.tmp-*", pattern)
+
+
+def build_index(
+    root: str | os.PathLike[str],
+    catalog_path: str | os.PathLike[str] | None = None,
+    *,
+    date_pattern: str | None = None,
+    rebuild: bool = False,
+    progress: bool = False,
+    detect: str | None = None,
+) -> IndexResult:
+    """Scan a directory for S2, S1 and mask rasters and write (or update) its catalog.
+
+    Args:
+        root: the directory to scan, recursively.
+        catalog_path: the GeoPackage to write; default ``ROOT/cloudclear.gpkg``.
+        date_pattern: regex for dates in file names, with named group ``date`` (YYYYMMDD) and
+            optional ``time`` (HHMMSS), or ``datetime``; default matches YYYYMMDD[THHMMSS].
+        rebuild: ignore the previous catalog and reopen every file.
+        progress: show progress bars on stderr.
+        detect: a detector (:data:`cloudclear.detect.DETECTORS`) that computes a mask for every S2
+            scene without one. Masks go to ``CATALOG_masks/`` beside the catalog as SCL GeoTIFFs and
+            are reused by later runs (with or without ``detect``) while the scene is unchanged.
+
+    Returns:
+        An :class:`IndexResult`.
+
+    Raises:
+        SceneNotFoundError: root does not exist or is not a directory.
+        CatalogWriteError: the catalog cannot be written (read-only folder, disk full: the
+            previous catalog is left as it was), or ``catalog_path`` holds a file that is not a
+            cloudclear catalog (never replaced).
+        EmptyCatalogError: no usable scene was found (the previous catalog is left as it was).
+        QueryError: ``date_pattern`` is not a regular expression.
+
+    A scene whose statistics cannot be computed (a corrupt file, or one declaring more pixels
+    than :data:`~cloudclear.catalog.stats.MAX_PIXELS`) is skipped with the reason.
+    """
+    import re
+
+    t0 = time.perf_counter()
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise SceneNotFoundError(f"{root}: no such directory")
+    cat_path = Path(catalog_path).expanduser().resolve() if catalog_path else root / DEFAULT_NAME
+    if date_pattern:
+        try:
+            re.compile(date_pattern)
+        except re.error as exc:
+            raise QueryError(f"date pattern {date_pattern!r} is not a valid regular expression: {exc}") from None
+    _check_writable(cat_path)
+    _remove_stale_temporaries(cat_path)
+
+    previous = _previous(cat_path, rebuild)
+    if detect is not None:
+        from cloudclear.detect.pixels import get_detector
+
+        get_detector(detect)  # a wrong name or a missing package fails before the scan
+    # GDAL lists a file's folder on every open to find sidecars: quadratic in big folders.
+    with gdal_env("index", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        return _build(root, cat_path, previous, date_pattern, progress, t0, detect)
+
+
+def _previous(cat_path: Path, rebuild: bool) -> Catalog | None:
+    """The catalog already at ``cat_path`` (None without one, or with ``rebuild``).
+
+    Raises:
+        CatalogWriteError: a file that is not a cloudclear catalog is there; it is never replaced.
+    """
+    if not cat_path.exists():
+        return None
+    if cat_path.is_dir():
+        raise CatalogWriteError(f"{cat_path}: is a folder, not a catalog file; choose another --catalog path")
+    try:
+        scenes, meta = read_catalog(cat_path)
+    except CatalogError:
+        raise CatalogWriteError(
+            f"{cat_path}: exists and is not a cloudclear catalog; refusing to replace it "
+            f"(choose another --catalog path, or delete the file)"
+        ) from None
+    return None if rebuild else Catalog(cat_path, scenes, meta)
+
+
+def masks_folder(cat_path: Path) -> Path:
+    """Where ``index --detect`` writes the masks it computes: ``CATALOG_masks/`` beside the catalog."""
+    return cat_path.parent / f"{cat_path.stem}_masks"
+
+
+def _detected_mask(
+    draft: SceneDraft, scene_id: str, folder: Path, detect: str | None, progress: bool
+) -> tuple[masks.MaskBand | None, str | None, bool]:
+    """The detected mask of an unmasked S2 scene: reused if current, computed if ``detect``.
+
+    Returns the mask (or None), why detection failed (or None), and whether it was computed now.
+    """
+    import rasterio
+
+    from cloudclear.detect.scene import MaskOptions, mask_draft, mask_name
+    from cloudclear.errors import DetectError
+
+    dst = folder / mask_name(scene_id)
+    if dst.exists():
+        newest = max(Path(p).stat().st_mtime_ns for p in draft.files)
+        with rasterio.open(dst) as src:
+            made_by = src.tags().get("CLOUDCLEAR_DETECTOR")
+        if dst.stat().st_mtime_ns >= newest and (detect is None or made_by == detect):
+            return masks.MaskBand(str(dst), 1, "SCL"), None, False
+    if detect is None:
+        return None, None, False
+    try:
+        mask_draft(draft, scene_id, dst, MaskOptions(detector=detect, overwrite=True, progress=progress))
+    except (DetectError, InvalidRasterError) as exc:
+        return None, str(exc), False
+    return masks.MaskBand(str(dst), 1, "SCL"), None, True
+
+
+def _build(
+    root: Path,
+    cat_path: Path,
+    previous: Catalog | None,
+    date_pattern: str | None,
+    progress: bool,
+    t0: float,
+    detect: str | None = None,
+) -> IndexResult:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    mask_dir = masks_folder(cat_path)
+    paths = _iter_rasters(root, {cat_path}, {mask_dir})
+    cache = previous.file_cache() if previous else {}
+    infos: dict[str, FileInfo] = {}
+    errors: list[Skipped] = []
+    file_rows: list[dict[str, Any]] = []
+    opened = 0
+    for p in tqdm(paths, desc="metadata", unit="file", disable=not progress, leave=False):
+        st = p.stat()
+        key = str(p)
+        hit = cache.get(key)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            info, error = hit[2], hit[3]
+        else:
+            opened += 1
+            try:
+                info, error = read_file_info(p), None
+            except InvalidRasterError as exc:
+                info, error = None, str(exc)
+        if info is not None:
+            infos[key] = info
+        else:
+            errors.append(Skipped(key, error or f"{key}: unreadable"))
+        file_rows.append(
+            {
+                "path": key,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "info": info,
+                "error": error,
+            }
+        )
+
+    drafts, skipped = assemble(infos.values(), date_pattern)
+    skipped = errors + skipped
+
+    old_rows = previous.records_by_id() if previous else {}
+    rel = _relativiser(cat_path.parent)
+    records = []
+    computed = reused = 0
+    ids = scene_ids(drafts)
+    detected = 0
+    for scene_id, draft in tqdm(
+        list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
+    ):
+        old = old_rows.get(scene_id)
+        fresh = False
+        if draft.sensor == "S2" and draft.mask is None and (detect or mask_dir.is_dir()):
+            found, why, fresh = _detected_mask(draft, scene_id, mask_dir, detect, progress)
+            if why:
+                log.warning("no mask detected for %s: %s", scene_id, why)
+            if found is not None:
+                draft = replace(draft, mask=found, mask_files=(found.path,))
+                detected += 1
+        # draft.files lists the mask file too, so the signature also tells a changed mask; a
+        # detected mask is not among the files, so its path is compared as well.
+        same_mask = old is not None and (old["mask_file"] or None) == (rel(draft.mask.path) if draft.mask else None)
+        if old is not None and same_mask and not fresh and old["signature"] == signature(draft.files, infos):
+            stats = stats_from_row(old)
+            reused += 1
+        else:
+            try:
+                stats = scene_stats(draft)
+            except (InvalidRasterError, ResourceLimitError) as exc:
+                skipped.extend(Skipped(p, str(exc)) for p in draft.files[:1])
+                continue
+            computed += 1
+        records.append(record(scene_id, draft, stats, infos, rel))
+
+    if not records:
+        raise EmptyCatalogError(
+            f"{root}: no usable S2 or S1 scene found ({len(paths)} raster file(s) looked at, {len(skipped)} skipped)",
+            tuple(skipped),
+        )
+    frame = make_frame(records)
+    link_nearest_s1(frame)
+    meta = {
+        "root": rel(str(root)),
+        "version": __version__,
+        "date_pattern": date_pattern or "",
+        "generation": uuid.uuid4().hex,
+    }
+    write_catalog(cat_path, frame, file_rows, skipped, meta, rel)
+    catalog = Catalog(cat_path, frame, meta)
+    catalog.build_rtree(persist=True)
+    return IndexResult(
+        catalog_path=cat_path,
+        scenes=len(frame),
+        files_seen=len(paths),
+        files_opened=opened,
+        scenes_computed=computed,
+        scenes_reused=reused,
+        skipped=tuple(skipped),
+        seconds=time.perf_counter() - t0,
+        summary=catalog.summary(),
+        masks_detected=detected,
+    )
+
+
+def _relativiser(base: Path) -> Any:
+    def rel(p: str) -> str:
+        return os.path.relpath(p, base)
+
+    return rel
+
+
+def write_catalog(
+    path: Path,
+    frame: gpd.GeoDataFrame,
+    file_rows: list[dict[str, Any]],
+    skipped: Sequence[Skipped],
+    meta: dict[str, str],
+    rel: Any,
+) -> None:
+    """Write the catalog to a temporary GeoPackage and rename it over ``path`` (atomic).
+
+    Raises:
+        CatalogWriteError: the catalog cannot be written (read-only folder, disk full); the
+            temporary is removed and a catalog already at ``path`` is untouched.
+    """
+    import pandas as pd
+    import pyogrio
+
+    files = pd.DataFrame(
+        [
+            {
+                "path": rel(r["path"]),
+                "size": r["size"],
+                "mtime_ns": r["mtime_ns"],
+                "info": json.dumps(r["info"].to_dict()) if r["info"] else "",
+                "error": r["error"] or "",
+            }
+            for r in file_rows
+        ]
+    )
+    skip = pd.DataFrame([{"path": rel(s.path), "reason": s.reason} for s in skipped], columns=["path", "reason"])
+    try:
+        with atomic_output(path, overwrite=True, what="catalog") as tmp:
+            pyogrio.write_dataframe(frame, tmp, layer="scenes", driver="GPKG")
+            pyogrio.write_dataframe(files, tmp, layer="files", driver="GPKG")
+            if not skip.empty:
+                pyogrio.write_dataframe(skip, tmp, layer="skipped", driver="GPKG")
+            pyogrio.write_dataframe(
+                pd.DataFrame({"key": list(meta), "value": list(meta.values())}),
+                tmp,
+                layer="meta",
+                driver="GPKG",
+            )
+    except OutputError as exc:
+        raise CatalogWriteError(str(exc)) from exc

@@ -1,0 +1,179 @@
+"""Pixel statistics of a scene on its grid: nodata %, cloud %, and per-cell cloud and validity grids.
+
+Read once per new or changed scene by :func:`cloudclear.catalog.build_index`, strip by strip so
+memory stays bounded on full tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cloudclear import masks
+from cloudclear.errors import InvalidRasterError, ResourceLimitError
+from cloudclear.scenes import FileInfo, SceneDraft, valid_pixels
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: Side of the square statistics cells, in pixels of the scene grid.
+CELL = 64
+#: Rows read at a time when computing statistics (a multiple of CELL): bounds memory on full tiles.
+STRIP_ROWS = 8 * CELL
+#: Cell value meaning "no valid pixel" in the per-cell grids.
+NO_CELL = 255
+#: Largest raster (pixels) whose statistics are computed: 65536 x 65536, six times a Sentinel-2
+#: tile; a file declaring more is refused before anything is allocated (a corrupt or hostile header).
+MAX_PIXELS = 1 << 32
+#: Widest raster: a strip of STRIP_ROWS rows of it must stay well under a gigabyte.
+MAX_WIDTH = 1 << 20
+
+
+@dataclass(frozen=True)
+class SceneStats:
+    """Pixel statistics of one scene on its grid.
+
+    Attributes:
+        nodata_pct: % of pixels without data.
+        cloud_pct: % of valid pixels that are cloud, thin cloud or cloud shadow; None without mask.
+        cloud_cells: per CELL x CELL cell, cloud % (0-100), NO_CELL where unknown.
+        valid_cells: per cell, % of pixels with data (0-100).
+    """
+
+    nodata_pct: float
+    cloud_pct: float | None
+    cloud_cells: np.ndarray
+    valid_cells: np.ndarray
+
+
+def _cell_sums(arr: np.ndarray, cell: int) -> np.ndarray:
+    import numpy as np
+
+    h, w = arr.shape
+    ph, pw = -h % cell, -w % cell
+    if ph or pw:
+        arr = np.pad(arr, ((0, ph), (0, pw)))
+    return arr.reshape(arr.shape[0] // cell, cell, arr.shape[1] // cell, cell).sum(axis=(1, 3))
+
+
+def check_size(path: str, width: int, height: int) -> None:
+    """Refuse a raster too large to have its statistics computed in bounded memory.
+
+    Raises:
+        ResourceLimitError: more than :data:`MAX_PIXELS` pixels or :data:`MAX_WIDTH` columns.
+    """
+    if width * height > MAX_PIXELS or width > MAX_WIDTH:
+        raise ResourceLimitError(
+            f"{path}: declares {width} x {height} pixels, more than cloudclear reads "
+            f"({MAX_PIXELS} pixels, {MAX_WIDTH} columns at most); is the header corrupt?"
+        )
+
+
+def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
+    """Read band 1 and the mask of a scene in strips and compute its statistics.
+
+    Only the first band (for validity) and the mask are read, strip by strip, so memory stays
+    bounded on full 10980 x 10980 tiles. A mask on another grid (a 20 m SCL for a 10 m scene) is
+    sampled at the scene's pixel centres (nearest neighbour).
+
+    Raises:
+        InvalidRasterError: a file fails to decode (truncated, corrupt).
+        ResourceLimitError: the scene or its mask declares more than :data:`MAX_PIXELS` pixels or
+            :data:`MAX_WIDTH` columns (checked before anything is allocated).
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+
+    grid = draft.grid
+    check_size(grid.path, grid.width, grid.height)
+    height, width = grid.height, grid.width
+    # Validity comes from a band on the scene grid (the finest file), not e.g. a 60 m B01.
+    path, bidx = next((p, b) for p, b in draft.band_sources.values() if p == grid.path)
+    ncy, ncx = -(-height // cell), -(-width // cell)
+    valid_n = np.zeros((ncy, ncx), np.int64)
+    known_n = np.zeros((ncy, ncx), np.int64)
+    cloud_n = np.zeros((ncy, ncx), np.int64)
+    # Pixels per cell: full cells, smaller ones along the bottom and right edges.
+    total_n = np.outer(
+        np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
+    )
+    strip = max(cell, STRIP_ROWS - STRIP_ROWS % cell)
+    current = path
+    try:
+        with rasterio.open(path) as src:
+            msrc = rasterio.open(draft.mask.path) if draft.mask else None
+            try:
+                if msrc is not None:
+                    check_size(msrc.name, msrc.width, msrc.height)
+                for r0 in range(0, height, strip):
+                    current = path
+                    h = min(strip, height - r0)
+                    data = src.read(bidx, window=Window(0, r0, width, h))
+                    valid = valid_pixels(data, src.nodatavals[bidx - 1], draft.sensor)
+                    c0 = r0 // cell
+                    c1 = c0 + -(-h // cell)
+                    valid_n[c0:c1] += _cell_sums(valid, cell)
+                    if msrc is not None and draft.mask is not None:
+                        current = draft.mask.path
+                        cls = _mask_strip(msrc, draft.mask, grid, r0, h)
+                        known = valid & (cls != masks.MaskClass.NODATA)
+                        cloud = known & np.isin(cls, masks.OBSCURED)
+                        known_n[c0:c1] += _cell_sums(known, cell)
+                        cloud_n[c0:c1] += _cell_sums(cloud, cell)
+            finally:
+                if msrc is not None:
+                    msrc.close()
+    except rasterio.errors.RasterioIOError as exc:
+        raise InvalidRasterError(f"{current}: cannot read pixels, corrupt or truncated ({exc})") from None
+
+    total = int(total_n.sum())
+    nodata_pct = 100.0 * (1.0 - valid_n.sum() / total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        valid_cells = np.round(100.0 * valid_n / total_n).astype(np.uint8)
+        cloud_frac = np.where(known_n > 0, 100.0 * cloud_n / np.maximum(known_n, 1), NO_CELL)
+    cloud_cells = np.round(cloud_frac).astype(np.uint8)
+    if draft.mask is None:
+        cloud_pct = None
+        cloud_cells[:] = NO_CELL
+    else:
+        known = int(known_n.sum())
+        cloud_pct = 100.0 * cloud_n.sum() / known if known else None
+    return SceneStats(float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells)
+
+
+def _mask_strip(msrc: Any, mask: masks.MaskBand, grid: FileInfo, r0: int, h: int) -> np.ndarray:
+    import numpy as np
+    from rasterio.windows import Window
+
+    same = (
+        msrc.width == grid.width
+        and msrc.height == grid.height
+        and all(
+            abs(a - b) <= 1e-6 * max(1.0, abs(b))
+            for a, b in zip(tuple(msrc.transform)[:6], grid.transform, strict=True)
+        )
+    )
+    nodata = msrc.nodatavals[mask.band - 1]
+    if same:
+        raw = msrc.read(mask.band, window=Window(0, r0, grid.width, h))
+        return masks.decode(raw, mask.convention, nodata)
+    # Map the scene's pixel centres in this strip to mask pixels (nearest neighbour); north-up
+    # grids only, so columns depend on x alone and rows on y alone.
+    ga, _, gc, _, ge, gf = grid.transform
+    ma, _, mc, _, me, mf = tuple(msrc.transform)[:6]
+    xs = gc + ga * (np.arange(grid.width) + 0.5)
+    ys = gf + ge * (np.arange(r0, r0 + h) + 0.5)
+    cols = np.floor((xs - mc) / ma).astype(np.int64)
+    rows = np.floor((ys - mf) / me).astype(np.int64)
+    lo, hi = max(int(rows.min()), 0), min(int(rows.max()) + 1, msrc.height)
+    out = np.full((h, grid.width), masks.MaskClass.NODATA, np.uint8)
+    if lo >= hi:
+        return out
+    raw = msrc.read(mask.band, window=Window(0, lo, msrc.width, hi - lo))
+    decoded = masks.decode(raw, mask.convention, nodata)
+    rin = (rows >= lo) & (rows < hi)
+    cin = (cols >= 0) & (cols < msrc.width)
+    sub = decoded[np.clip(rows - lo, 0, hi - lo - 1)][:, np.clip(cols, 0, msrc.width - 1)]
+    out[np.ix_(rin, cin)] = sub[np.ix_(rin, cin)]
+    return out

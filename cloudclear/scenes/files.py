@@ -1,0 +1,345 @@
+"""What one raster file is: its metadata (:func:`read_file_info`) and its role (:func:`classify`).
+
+Reads metadata only, except one small central window of an S1 file whose units are not stated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudclear import masks
+from cloudclear.errors import InvalidRasterError, NotAScene
+
+#: File name extensions scanned for rasters (lower case).
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+
+#: Sentinel-2 bands in product order.
+S2_BANDS = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)  # fmt: skip
+S1_BANDS = ("VV", "VH", "HH", "HV")
+
+#: Band lists assumed from the band count when a file names no bands (SEN12MS-CR and friends).
+S2_BANDS_BY_COUNT: dict[int, tuple[str, ...]] = {
+    13: S2_BANDS,
+    12: tuple(b for b in S2_BANDS if b != "B10"),
+    10: ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+    4: ("B02", "B03", "B04", "B08"),
+}
+
+_DATE_TAGS = ("ACQUISITION_DATETIME", "DATETIME", "TIFFTAG_DATETIME")
+
+# An MGRS tile id (e.g. 31UFQ, T33UUU) standing alone between separators.
+_TILE_RE = re.compile(r"(?<![A-Za-z0-9])T?(\d{2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?![A-Za-z0-9])")
+# ESA one-file-per-band naming: T33UUU_20170216T102101_B04.jp2 (optionally _10m).
+_ESA_BAND_RE = re.compile(r"^T(?P<tile>\d{2}[A-Z]{3})_(?P<dt>\d{8}T\d{6})_(?P<band>B\d{2}|B8A)(?:_\d{2}m)?$", re.I)
+_S2_BAND_RE = re.compile(r"^B(?P<num>\d{1,2}|8A)$", re.I)
+_TOKEN_SPLIT = re.compile(r"[_\-.\s]+")
+_MASK_TOKENS = {"SCL", "CLM", "CLP", "MASK", "CLOUDMASK", "CLDMASK", "FMASK", "FMASK4", "CLOUD", "CLD", "QA"}
+_TAG_KEYS = (
+    *_DATE_TAGS,
+    "TILE_ID",
+    "PROCESSING_LEVEL",
+    "PROCESSING_BASELINE",
+    "QUANTIFICATION_VALUE",
+    "BOA_ADD_OFFSET",
+    "RADIO_ADD_OFFSET",
+    "UNITS",
+    "CLOUDCLEAR_ROLE",
+    "SPACECRAFT",
+    "PRODUCT",
+)
+
+
+def normalise_band(name: str | None) -> str | None:
+    """Canonical band name: "B2" -> "B02", "b8a" -> "B8A", "VV_dB" -> "VV"; else None."""
+    if not name:
+        return None
+    text = name.strip()
+    m = _S2_BAND_RE.match(text)
+    if m:
+        num = m.group("num").upper()
+        return "B8A" if num == "8A" else f"B{int(num):02d}"
+    head = _TOKEN_SPLIT.split(text)[0].upper()
+    if head in S1_BANDS:
+        return head
+    return None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Metadata of one raster file, as cached in the catalog so unchanged files are not reopened.
+
+    Attributes:
+        path: absolute path.
+        size: file size in bytes.
+        mtime_ns: modification time, for change detection.
+        driver: GDAL driver short name.
+        count: band count.
+        dtype: numpy dtype name of band 1.
+        width: columns.
+        height: rows.
+        crs: CRS as WKT, or None.
+        transform: affine coefficients (a, b, c, d, e, f).
+        nodata: nodata value of band 1 (NaN stays NaN), or None.
+        descriptions: band descriptions ("" where unset).
+        scales: per-band scale.
+        offsets: per-band offset.
+        tags: the dataset tags cloudclear uses (dates, tile, levels, units, roles).
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    driver: str
+    count: int
+    dtype: str
+    width: int
+    height: int
+    crs: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    descriptions: tuple[str, ...]
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def stem(self) -> str:
+        return Path(self.path).stem
+
+    @property
+    def resolution(self) -> float:
+        """Pixel width in CRS units."""
+        return abs(self.transform[0])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the file's CRS (north-up rasters)."""
+        a, _, c, _, e, f = self.transform
+        xs = (c, c + a * self.width)
+        ys = (f, f + e * self.height)
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileInfo:
+        d = dict(d)
+        for key in ("transform", "descriptions", "scales", "offsets"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _check_tiff_complete(src: Any, size: int) -> None:
+    """Raise if a GeoTIFF's last block of any band lies beyond the end of the file.
+
+    GDAL opens a truncated GeoTIFF happily (the header is at the start) and fails only when a
+    missing block is read; the TIFF directory's block offsets tell without reading pixels.
+    """
+    ny = -(-src.height // src.block_shapes[0][0])
+    nx = -(-src.width // src.block_shapes[0][1])
+    for bidx in {1, src.count}:
+        try:
+            off = src.get_tag_item(f"BLOCK_OFFSET_{nx - 1}_{ny - 1}", "TIFF", bidx=bidx)
+            nbytes = src.get_tag_item(f"BLOCK_SIZE_{nx - 1}_{ny - 1}", "TIFF", bidx=bidx)
+        except Exception:  # noqa: BLE001 - a driver without the TIFF domain: nothing to check
+            return
+        if off and nbytes and int(off) + int(nbytes) > size:
+            raise InvalidRasterError(
+                f"{src.name}: truncated GeoTIFF (band {bidx} ends at byte {int(off) + int(nbytes)}, file has {size})"
+            )
+
+
+def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
+    """Open a raster and read its metadata (no pixels).
+
+    Args:
+        path: the raster file.
+
+    Returns:
+        Its :class:`FileInfo`.
+
+    Raises:
+        InvalidRasterError: the file is not a raster GDAL can open, or a truncated GeoTIFF.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    try:
+        # A raster without CRS is reported by assemble() in its own words; rasterio's warning
+        # would only repeat it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
+            if src.driver == "GTiff":
+                _check_tiff_complete(src, st.st_size)
+            tags = src.tags()
+            info = FileInfo(
+                path=path,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                driver=src.driver,
+                count=src.count,
+                dtype=src.dtypes[0],
+                width=src.width,
+                height=src.height,
+                crs=src.crs.to_wkt() if src.crs else None,
+                transform=tuple(src.transform)[:6],
+                nodata=src.nodata,
+                descriptions=tuple(d or "" for d in src.descriptions),
+                scales=tuple(float(s) for s in src.scales),
+                offsets=tuple(float(o) for o in src.offsets),
+                tags={k: str(tags[k]) for k in _TAG_KEYS if k in tags},
+            )
+    except RasterioIOError as exc:
+        msg = str(exc).replace(path, "").strip(" :") or "GDAL cannot open it"
+        raise InvalidRasterError(f"{path}: not a readable raster ({msg})") from None
+    return info
+
+
+def valid_pixels(data: Any, nodata: float | None, sensor: str) -> Any:
+    """Where ``data`` holds a value: finite and not ``nodata``.
+
+    Optical reflectance uses 0 for nodata even where a file forgets to say so (DESIGN.md 3), so
+    an S2 integer band without a declared nodata treats 0 as nodata.
+    """
+    import numpy as np
+
+    if data.dtype.kind == "f":
+        valid = np.isfinite(data)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= data != nodata
+        return valid
+    if nodata is None and sensor == "S2":
+        nodata = 0
+    return data != nodata if nodata is not None else np.ones(data.shape, bool)
+
+
+def reflectance_scale(info: FileInfo, bidx: int | None, default: float = 10000.0) -> tuple[float, float]:
+    """How to turn band ``bidx`` of an optical file into reflectance: ``DN * scale + offset``.
+
+    A GDAL scale/offset on the band wins (``bidx`` None: look at the tags only); else the
+    product's QUANTIFICATION_VALUE and BOA_ADD_OFFSET / RADIO_ADD_OFFSET tags (processing baseline
+    04.00 and later store -1000); else ``DN / default``.
+    """
+    scale = info.scales[bidx - 1] if bidx is not None else 1.0
+    offset = info.offsets[bidx - 1] if bidx is not None else 0.0
+    if scale != 1.0 or offset != 0.0:
+        return scale, offset
+    quant = float(info.tags.get("QUANTIFICATION_VALUE") or default)
+    add = info.tags.get("BOA_ADD_OFFSET") or info.tags.get("RADIO_ADD_OFFSET") or "0"
+    return 1.0 / quant, float(add) / quant
+
+
+@dataclass(frozen=True)
+class FileRole:
+    """What a file is: its kind and, per kind, what it holds.
+
+    kind is "s2" (S2 bands), "s1" (SAR backscatter) or "mask". ``bands`` maps band name to the
+    1-based band index in the file; ``mask`` is set for masks (and S2 files with a mask band).
+    """
+
+    kind: str
+    bands: dict[str, int]
+    band_source: str
+    mask: masks.MaskBand | None = None
+    units: str | None = None
+
+
+def _tokens(info: FileInfo) -> set[str]:
+    return {t.upper() for t in _TOKEN_SPLIT.split(info.stem) if t}
+
+
+def classify(info: FileInfo) -> FileRole:
+    """Decide whether a file holds S2 bands, S1 backscatter or a cloud mask.
+
+    Decisions rest on band descriptions first, then the file name (ESA band naming, tokens such
+    as S1, S2, SCL, CLM, MASK), then the band count; anything else is not a scene.
+
+    Raises:
+        NotAScene: with the reason, for rasters that are none of these.
+    """
+    tokens = _tokens(info)
+    if info.tags.get("CLOUDCLEAR_ROLE", "").lower() == "truth" or "TRUTH" in tokens:
+        raise NotAScene(f"{info.path}: cloud-free reference (truth), not an acquisition")
+    names = [normalise_band(d) for d in info.descriptions]
+    convs = [masks.convention_of(d) if d else None for d in info.descriptions]
+
+    if any(n in S1_BANDS for n in names if n):
+        bands = {n: i + 1 for i, n in enumerate(names) if n in S1_BANDS}
+        return FileRole("s1", bands, "descriptions", units=_s1_units(info))
+
+    s2_bands = {n: i + 1 for i, n in enumerate(names) if n in S2_BANDS}
+    mask_band = _pick_mask_band(info, convs, tokens)
+    if s2_bands:
+        return FileRole("s2", s2_bands, "descriptions", mask=mask_band)
+    if mask_band is not None:
+        return FileRole("mask", {}, "", mask=mask_band)
+
+    esa = _ESA_BAND_RE.match(info.stem)
+    if esa and info.count == 1:
+        return FileRole("s2", {esa.group("band").upper(): 1}, "name")
+
+    is_float = info.dtype.startswith("float")
+    if "S1" in tokens and info.count in (1, 2):
+        bands = dict(zip(("VV", "VH")[: info.count], range(1, info.count + 1), strict=True))
+        return FileRole("s1", bands, "count", units=_s1_units(info))
+    if ("S2" in tokens or tokens & {"L1C", "L2A", "MSIL1C", "MSIL2A"}) and not is_float:
+        assumed = S2_BANDS_BY_COUNT.get(info.count)
+        if assumed:
+            return FileRole("s2", {b: i + 1 for i, b in enumerate(assumed)}, "count")
+    raise NotAScene(
+        f"{info.path}: not recognised as S2, S1 or a mask ({info.count} band(s) {info.dtype}, "
+        f"no band descriptions naming S2/S1 bands or a mask)"
+    )
+
+
+def _pick_mask_band(info: FileInfo, convs: list[str | None], tokens: set[str]) -> masks.MaskBand | None:
+    found = [(masks.rank(c), i + 1, c) for i, c in enumerate(convs) if c]
+    if found:
+        _, bidx, conv = min(found)
+        return masks.MaskBand(info.path, bidx, conv)
+    if info.count == 1 and tokens & _MASK_TOKENS and not info.dtype.startswith("float"):
+        named = masks.convention_of_tokens(tokens)
+        if named:
+            return masks.MaskBand(info.path, 1, named)
+    return None
+
+
+def _s1_units(info: FileInfo) -> str:
+    text = " ".join((*info.descriptions, info.tags.get("UNITS", ""))).lower()
+    if "db" in text.split() or "_db" in text or "db" == info.tags.get("UNITS", "").lower():
+        return "dB"
+    if "linear" in text or not info.dtype.startswith("float"):
+        return "linear"
+    return _s1_units_from_pixels(info)
+
+
+def _s1_units_from_pixels(info: FileInfo) -> str:
+    # Backscatter in dB is mostly negative; linear power is positive. One central block decides.
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+
+    h, w = min(info.height, 256), min(info.width, 256)
+    win = Window((info.width - w) // 2, (info.height - h) // 2, w, h)
+    with rasterio.open(info.path) as src:
+        data = src.read(1, window=win, masked=True).astype("float64").filled(np.nan)
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        return "unknown"
+    return "dB" if float(np.median(data)) < 0 else "linear"
