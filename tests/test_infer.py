@@ -27,7 +27,7 @@ from rasterio.warp import transform_bounds
 from torch import nn
 
 from cloudclear.catalog import Catalog, build_index
-from cloudclear.errors import InferError, InvalidRasterError, OutputExistsError
+from cloudclear.errors import GridError, InferError, InvalidRasterError, OutputExistsError
 from cloudclear.inference import pipeline
 from cloudclear.inference.gapfill import PixelStatus, gapfill
 from cloudclear.inference.pipeline import GapfillMethod, InferOptions, NetMethod, _Source, infer, status_path_for
@@ -275,6 +275,7 @@ def series700(tmp_path_factory):
     return s, cat, root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fc, strip_rows",
     [(True, 64), (True, 1024), (False, 512)],
@@ -328,6 +329,42 @@ def test_network_on_small_strips_equals_whole_pass(gap_series, tmp_path, fc, kee
     np.testing.assert_array_equal(status, want_status)
     assert res.observed == int((status == PixelStatus.OBSERVED).sum())
     assert (res.observed > 0) == keep_observed
+
+
+@pytest.mark.parametrize("fc", [True, False], ids=["margin-crop", "blend"])
+def test_predict_array_is_the_pipelines_window_loop_bit_for_bit(gap_series, tmp_path, fc):
+    """The pipeline streams strips through tiling.predict_row; predict_array runs the same loop
+    over the whole input in memory: the same windows, batches and sums, so the same bits."""
+    from cloudclear.inference.tiling import predict_array
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, width=4, window=96, s1=True, seed=1, fc=fc)
+    m = NetMethod(ckpt, device="cpu", batch=3)
+    inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
+    out = tmp_path / "out.tif"
+    pipeline.run(inp, m, out, InferOptions(keep_observed=False, status=False, strip_rows=64))
+
+    h, w = inp.grid.height, inp.grid.width
+    parts = []
+    for _, acq in inp.slots:
+        if acq is None:
+            parts.append(None)
+            continue
+        s = _read_all(acq, inp.grid)
+        parts.append((s.values[None], (s.clear if acq.sensor == "S2" else s.valid)[None]))
+    mean, std = m.norm["S2"]
+    idx = m.out_index
+    days = m._days(inp)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            y = m.net(torch.from_numpy(batch), days.expand(len(batch), -1))
+            return (y[:, : len(idx)].float() * std[idx] + mean[idx]).numpy()
+
+    with torch.inference_mode():
+        x = m._inputs(inp, parts, 1, h, w)[0].numpy()
+    plan = WindowPlan.build(h, w, window=96, radius=m.card.receptive_radius, align=m.card.align)
+    pred = predict_array(x, predict, plan, blend=not fc, batch=3, out_channels=len(idx))
+    np.testing.assert_array_equal(_read(out), np.clip(np.rint(pred * 10000), 1, 65535).astype(np.uint16))
 
 
 # -- S1 on another grid ---------------------------------------------------------------------------
@@ -505,6 +542,7 @@ def test_date_without_an_acquisition_interpolates_its_neighbours(gap_series, tmp
 # -- windows that see nothing are skipped ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_all_nodata_windows_never_reach_the_network(tmp_path):
     h, w = 128, 256
     rng = np.random.default_rng(3)
@@ -532,6 +570,7 @@ def test_all_nodata_windows_never_reach_the_network(tmp_path):
     assert np.abs(got[:, :, w // 2 :].astype(np.float64) - want[:, :, w // 2 :]).max() <= 1
 
 
+@pytest.mark.slow
 def test_method_window_sets_the_network_window(gap_series, tmp_path):
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, window=256, s1=False)
     m = NetMethod(ckpt, device="cpu", batch=1, window=96)
@@ -609,7 +648,7 @@ def test_bbox_is_snapped_outward_and_must_overlap(gap_series, tmp_path):
     g = inp.grid.crop(BBOX)
     assert (g.width, g.height) == (77, 66)
     assert g.transform == (10.0, 0.0, ORIGIN[0] + 120.0, 0.0, -10.0, ORIGIN[1] - 330.0)
-    with pytest.raises(InferError, match=r"does not overlap the tile"):
+    with pytest.raises(GridError, match=r"does not overlap the tile"):
         pipeline.run(inp, m, tmp_path / "none.tif", InferOptions(bbox=(0.0, 0.0, 10.0, 10.0)))
     assert list(tmp_path.iterdir()) == []
 
@@ -726,7 +765,7 @@ def test_existing_output_is_refused_before_reading_anything(gap_series, tmp_path
     def no_reading(*args, **kwargs):
         raise AssertionError("read an input before checking the output")
 
-    monkeypatch.setattr(pipeline, "_Source", no_reading)
+    monkeypatch.setattr(pipeline, "Source", no_reading)
     out = tmp_path / "out.tif"
     out.write_bytes(b"precious")
     with pytest.raises(OutputExistsError, match=r"out\.tif: exists; pass --overwrite"):
@@ -739,6 +778,47 @@ def test_existing_output_is_refused_before_reading_anything(gap_series, tmp_path
     assert status_path_for(out).read_bytes() == b"precious too"
 
 
+def test_a_failed_write_in_the_writer_thread_reaches_the_caller(gap_series, tmp_path, monkeypatch):
+    import errno
+
+    from cloudclear.errors import OutputError
+    from cloudclear.inference import writer
+
+    _, inp = _gap_inputs(gap_series)
+    out = tmp_path / "out.tif"
+    good = pipeline.run(inp, GapfillMethod(neighbours=2), out, InferOptions(strip_rows=64))
+    before = (_sha(out), _sha(good.status_path))
+    write = writer.Writer._write
+    calls = []
+
+    def full_on_the_second_write(self, ds, name, data, window):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, ds, name, data, window)
+
+    monkeypatch.setattr(writer.Writer, "_write", full_on_the_second_write)
+    with pytest.raises(OutputError, match=r"out(_status)?\.tif: cannot write output \(no space left on device\)"):
+        pipeline.run(inp, GapfillMethod(neighbours=2), out, InferOptions(strip_rows=64, overwrite=True))
+    assert len(calls) == 2
+    assert (_sha(out), _sha(good.status_path)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "out_status.tif"]
+
+
+def test_non_finite_network_output_is_an_error_and_writes_nothing(gap_series, tmp_path):
+    from cloudclear.errors import NonFiniteOutputError
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, window=96, s1=False)
+    m = NetMethod(ckpt, device="cpu")
+    with torch.no_grad():
+        next(p for p in m.net.parameters() if p.dim() == 4).fill_(float("inf"))
+    inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands())
+    out = tmp_path / "out" / "o.tif"
+    with pytest.raises(NonFiniteOutputError, match=rf"{re.escape(str(ckpt))}: the network produced NaN or infinite"):
+        pipeline.run(inp, m, out)
+    assert list(out.parent.iterdir()) == []
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -748,8 +828,8 @@ def _dead_pid() -> int:
 def test_stale_partials_of_dead_runs_are_removed(gap_series, tmp_path):
     m, inp = _gap_inputs(gap_series)
     dead = _dead_pid()
-    stale = [f".out.tif.partial-{dead}", f".out_status.tif.partial-{dead}", f".out.tif.cog.partial-{dead}"]
-    alive = [f".out.tif.partial-{os.getppid()}", f".other.tif.partial-{dead}"]
+    stale = [f".out.partial-{dead}.tif", f".out_status.partial-{dead}.tif", f".out.stream.partial-{dead}.tif"]
+    alive = [f".out.partial-{os.getppid()}.tif", f".other.partial-{dead}.tif"]
     for name in stale + alive:
         (tmp_path / name).write_bytes(b"x")
     pipeline.run(inp, m, tmp_path / "out.tif")

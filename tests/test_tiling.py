@@ -40,6 +40,7 @@ def _predict(net: nn.Module):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", [128])
 def test_tiled_fcn_equals_whole_image_pass_within_1_dn_on_700_x_900(window):
     rng = np.random.default_rng(0)
@@ -54,6 +55,7 @@ def test_tiled_fcn_equals_whole_image_pass_within_1_dn_on_700_x_900(window):
     assert dn.max() <= 1, dn.max()
 
 
+@pytest.mark.slow
 def test_blended_tiles_cover_every_pixel_and_match_inside():
     rng = np.random.default_rng(1)
     x = rng.random((4, 130, 150), dtype=np.float32)

@@ -50,6 +50,7 @@ def test_windows_keep_the_margin_or_touch_the_border_and_follow_the_pooling_grid
             assert s.length == min(plan.window, size)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(plans)
 def test_blend_weights_are_positive_over_every_pixel(args):

@@ -1,2 +1,5 @@
-"""Whole-tile inference: window plans (:mod:`.windows`), blending, and the read -> predict -> write
-pipeline."""
+"""Whole-tile inference, one module per stage: :mod:`.select` (which acquisitions feed a date),
+:mod:`.reading` (strips of every input on the output grid), :mod:`.windows` and :mod:`.tiling`
+(window plans and the one window loop), :mod:`.methods` (gap filling and networks),
+:mod:`.writer` (the output, its status sidecar, the commit) and :mod:`.pipeline`, which drives
+them (``run`` for one date, ``infer`` for dates of a tile)."""

@@ -1,0 +1,409 @@
+"""Reconstruction methods: what turns the strips of one date's inputs into reflectance.
+
+- :class:`GapfillMethod`: per-pixel linear interpolation in time (no training), on column chunks
+  in a thread pool.
+- :class:`NetMethod`: a network from a checkpoint, run window by window through the shared window
+  loop (:func:`cloudclear.inference.tiling.predict_row`), on the GPU with bf16 autocast when there
+  is one.
+
+:func:`load_method` makes either from a ``--method`` value. The pipeline
+(:mod:`cloudclear.inference.pipeline`) asks a method for its input layout, the row spans it
+computes, and one :class:`SpanResult` per span.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cloudclear.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    NoInputsError,
+    NonFiniteOutputError,
+    ResourceLimitError,
+    SceneNotFoundError,
+)
+from cloudclear.inference.gapfill import PixelStatus, gapfill
+from cloudclear.inference.reading import Strip, reflectance
+from cloudclear.inference.select import InputSet, Layout, SlotRequest, gapfill_layout
+from cloudclear.inference.tiling import pad_to, predict_row
+from cloudclear.inference.windows import Span, WindowPlan
+
+if TYPE_CHECKING:
+    from cloudclear.inference.pipeline import InferOptions
+
+
+@dataclass
+class SpanResult:
+    """A method's output for one row span: reflectance, status, and (blend mode) weights."""
+
+    values: np.ndarray  # (bands, rows, cols) float32 reflectance (or weighted sums when blending)
+    status: np.ndarray  # (rows, cols) uint8 PixelStatus
+    weight: np.ndarray | None = None  # (rows, cols) summed blend weights
+
+
+class Method:
+    """What the pipeline needs from a reconstruction method."""
+
+    name: str = ""
+    device: str = "cpu"
+    blend: bool = False
+
+    def layout(self) -> Layout:
+        """The acquisitions the method reads around a date."""
+        raise NotImplementedError
+
+    def row_spans(
+        self, height: int, width: int, strips: Sequence[tuple[int, int]]
+    ) -> tuple[list[Span], WindowPlan | None]:
+        """Row spans to compute, in order (each a window row: rows to read, core rows kept)."""
+        raise NotImplementedError
+
+    def run(
+        self, inputs: InputSet, strips: list[Strip | None], span: Span, plan: Any, opts: InferOptions
+    ) -> SpanResult:
+        """Reconstruct one row span from the strips of every slot (None for an empty slot)."""
+        raise NotImplementedError
+
+    def bands(self) -> Sequence[str] | None:
+        """S2 bands to read (None: those of the nearest scene)."""
+        return None
+
+    def s1_bands(self) -> Sequence[str]:
+        """S1 bands to read for S1 slots."""
+        return ("VV", "VH")
+
+    def output_bands(self, inputs: InputSet) -> list[str]:
+        """Bands written, in order; each is one of ``inputs.bands``."""
+        return list(inputs.bands)
+
+
+class GapfillMethod(Method):
+    """Per-pixel linear interpolation in time between the nearest clear dates (no training).
+
+    Args:
+        neighbours: acquisitions looked for on each side of the date.
+        max_days: how far from the date to look.
+        max_cloud: neighbour scenes above this cloud % are skipped.
+        bands: S2 bands to fill (default: the nearest scene's).
+        chunk_cols: columns per work item of the thread pool.
+    """
+
+    name = "gapfill"
+
+    def __init__(
+        self,
+        neighbours: int = 3,
+        max_days: float = 60.0,
+        max_cloud: float = 95.0,
+        bands: Sequence[str] | None = None,
+        chunk_cols: int = 1024,
+    ):
+        if neighbours < 1:
+            raise NoInputsError(f"gapfill needs at least 1 neighbour on each side, not {neighbours}")
+        self._layout = gapfill_layout(neighbours, max_days, max_cloud)
+        self._bands = bands
+        self.chunk_cols = chunk_cols
+
+    def layout(self) -> Layout:
+        return self._layout
+
+    def bands(self) -> Sequence[str] | None:
+        return self._bands
+
+    def row_spans(
+        self, height: int, width: int, strips: Sequence[tuple[int, int]]
+    ) -> tuple[list[Span], WindowPlan | None]:
+        # Per pixel: compute exactly the strips the reader delivers, so no rows are copied.
+        return [Span(a, b - a, a, b) for a, b in strips], None
+
+    def run(
+        self, inputs: InputSet, strips: list[Strip | None], span: Span, plan: Any, opts: InferOptions
+    ) -> SpanResult:
+        used = [
+            (acq, s)
+            for (_, acq), s in zip(inputs.slots, strips, strict=True)
+            if acq is not None and s is not None and (opts.keep_observed or acq.role != "target")
+        ]
+        used.sort(key=lambda p: p[0].days)
+        times = [a.days for a, _ in used]
+        h = span.core_stop - span.core_start
+        width = inputs.grid.width
+        out = np.zeros((len(inputs.bands), h, width), np.float32)
+        status = np.zeros((h, width), np.uint8)
+
+        def work(c0: int) -> None:
+            cols = slice(c0, min(c0 + self.chunk_cols, width))
+            clear = np.stack([s.clear[:, cols] for _, s in used])
+            if not clear.any():
+                return
+            stack = np.stack([reflectance(s, a, cols) for a, s in used])
+            out[:, :, cols], status[:, cols] = gapfill(stack, clear, times, 0.0)
+
+        if used:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                list(pool.map(work, range(0, width, self.chunk_cols)))
+        return SpanResult(out, status)
+
+
+class NetMethod(Method):
+    """A network from a checkpoint, run window by window.
+
+    Args:
+        path: the ``.safetensors`` checkpoint (its card says how to feed it).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        window: window side (default: the card's).
+        batch: windows per forward pass.
+        max_days: override the card's S2 search window.
+        max_cloud: override the card's cloud limit.
+        net: the network, when already loaded (with ``card``).
+        card: its model card.
+
+    Raises:
+        ResourceLimitError: ``device="cuda"`` without a CUDA device.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        window: int | None = None,
+        batch: int = 8,
+        max_days: float | None = None,
+        max_cloud: float | None = None,
+        net: Any = None,
+        card: Any = None,
+    ):
+        import torch
+
+        from cloudclear.nets.card import load_checkpoint
+
+        if net is None or card is None:
+            net, card = load_checkpoint(path)
+        self.card = card
+        self.name = str(path)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ResourceLimitError("--device cuda: no CUDA device is available")
+        self.device = device
+        self.torch_device = torch.device(device)
+        self.net = net.to(self.torch_device).eval()
+        if device == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.blend = not card.fully_convolutional
+        self.window = window or card.window
+        self.batch = max(1, batch)
+        slots = tuple(SlotRequest(s.name, s.sensor, s.role, s.rank) for s in card.slots)
+        self._layout = Layout(
+            slots,
+            max_days=card.max_days if max_days is None else max_days,
+            max_cloud=card.max_cloud if max_cloud is None else max_cloud,
+            s1_max_hours=card.s1_max_hours,
+            stand_ins=tuple(card.stand_ins.items()),
+        )
+        self.norm = {
+            k: (
+                torch.tensor(v["mean"], dtype=torch.float32, device=self.torch_device)[:, None, None],
+                torch.tensor(v["std"], dtype=torch.float32, device=self.torch_device)[:, None, None],
+            )
+            for k, v in card.normalisation.items()
+        }
+        s2_bands = next(s.bands for s in card.slots if s.sensor == "S2")
+        self.out_index = [s2_bands.index(b) for b in card.bands]
+        self.frame = card.output_frame()
+
+    def _days(self, inputs: InputSet) -> Any:
+        """(1, S2 slots) offsets in days of each S2 slot's acquisition from the date (0 if empty)."""
+        import torch
+
+        days = [acq.days if acq is not None else 0.0 for slot, acq in inputs.slots if slot.sensor == "S2"]
+        return torch.tensor([days], dtype=torch.float32, device=self.torch_device)
+
+    def layout(self) -> Layout:
+        return self._layout
+
+    def bands(self) -> Sequence[str] | None:
+        return next(s.bands for s in self.card.slots if s.sensor == "S2")
+
+    def s1_bands(self) -> Sequence[str]:
+        return next((s.bands for s in self.card.slots if s.sensor == "S1"), ("VV", "VH"))
+
+    def output_bands(self, inputs: InputSet) -> list[str]:
+        # Named as read: a B08 stand-in for B8A is written (and scored) as B08.
+        read = dict(zip(self.bands() or (), inputs.bands, strict=False))
+        return [read.get(b, b) for b in self.card.bands]
+
+    def row_spans(
+        self, height: int, width: int, strips: Sequence[tuple[int, int]]
+    ) -> tuple[list[Span], WindowPlan | None]:
+        try:
+            plan = WindowPlan.build(
+                height, width, window=self.window, radius=self.card.receptive_radius, align=self.card.align
+            )
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        return plan.spans(plan.padded_height), plan
+
+    def _tensor(self, raw: np.ndarray) -> Any:
+        import torch
+
+        if raw.dtype == np.uint16:  # torch's uint16 support is partial: move as int16, widen there
+            t = torch.from_numpy(raw.view(np.int16)).to(self.torch_device, non_blocking=True)
+            return t.to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+        return torch.from_numpy(raw).to(self.torch_device, non_blocking=True).to(torch.float32)
+
+    def _inputs(
+        self, inputs: InputSet, parts: list[tuple[np.ndarray, np.ndarray] | None], n: int, h: int, w: int
+    ) -> Any:
+        """Assemble the network input on the device: per slot, normalised bands and validity."""
+        import torch
+
+        chans = []
+        for (slot, acq), part in zip(inputs.slots, parts, strict=True):
+            nb = len(next(s.bands for s in self.card.slots if s.name == slot.name))
+            if acq is None or part is None:
+                chans.append(torch.zeros((n, nb + 1, h, w), device=self.torch_device))
+                continue
+            raw, ok = part
+            x = self._tensor(raw)
+            if acq.scale != 1.0 or acq.offset != 0.0:
+                x = x * acq.scale + acq.offset
+            if acq.sensor == "S1" and acq.units == "linear":
+                x = 10.0 * torch.log10(x.clamp_min(1e-6))
+            mean, std = self.norm[acq.sensor]
+            v = torch.from_numpy(ok).to(self.torch_device, non_blocking=True)[:, None].to(torch.float32)
+            x = torch.where(v > 0, (x - mean) / std, torch.zeros((), device=self.torch_device))
+            chans += [x, v]
+        return torch.cat(chans, 1)
+
+    def _predict(
+        self,
+        inputs: InputSet,
+        parts: list[tuple[np.ndarray, np.ndarray] | None],
+        n: int,
+        h: int,
+        w: int,
+        days_row: Any,
+    ) -> np.ndarray:
+        """The network on one batch of windows: (n, output bands, h, w) reflectance, float32.
+
+        Raises:
+            NonFiniteOutputError: the network produced NaN or infinite values.
+        """
+        import torch
+
+        with torch.inference_mode():
+            x = self._inputs(inputs, parts, n, h, w)
+            days = days_row.expand(n, -1)
+            if self.device == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = self.net(x, days)
+            else:
+                y = self.net(x, days)
+            mean, std = self.norm["S2"]
+            idx = self.out_index
+            f0 = self.frame * len(idx)
+            y = y[:, f0 : f0 + len(idx)].float() * std[idx] + mean[idx]
+            finite = torch.isfinite(y).all()  # one reduction per batch; synchronised by the copy below
+            out = y.cpu().numpy()
+        if not bool(finite):
+            raise NonFiniteOutputError(
+                f"{self.name}: the network produced NaN or infinite values; its weights are corrupt or "
+                "diverged (nothing was written)"
+            )
+        return out
+
+    def run(
+        self, inputs: InputSet, strips: list[Strip | None], span: Span, plan: Any, opts: InferOptions
+    ) -> SpanResult:
+        assert plan is not None
+        rows = span.length
+        pw = plan.padded_width
+        padded: list[Strip | None] = []
+        for s in strips:
+            if s is None:
+                padded.append(None)
+                continue
+            # S1 pixels count as valid when seen; S2 slots feed only clear pixels.
+            values = pad_to(s.values, rows, pw)
+            valid = pad_to(s.valid[None], rows, pw)[0]
+            clear = pad_to(s.clear[None], rows, pw)[0]
+            padded.append(Strip(values, valid, clear))
+        # Windows whose inputs are all nodata never reach the network.
+        todo = [c for c in plan.spans(pw) if any(p is not None and p.valid[:, c.start : c.stop].any() for p in padded)]
+        days_row = self._days(inputs)
+        status_any = np.zeros((rows, pw), bool)
+        for p in padded:
+            if p is not None:
+                status_any |= p.valid
+
+        def predict(group: Sequence[Span]) -> np.ndarray:
+            parts: list[tuple[np.ndarray, np.ndarray] | None] = []
+            for (_, acq), p in zip(inputs.slots, padded, strict=True):
+                if p is None or acq is None:
+                    parts.append(None)
+                    continue
+                ok = p.clear if acq.sensor == "S2" else p.valid
+                parts.append(
+                    (
+                        np.stack([p.values[:, :, c.start : c.stop] for c in group]),
+                        np.stack([ok[:, c.start : c.stop] for c in group]),
+                    )
+                )
+            return self._predict(inputs, parts, len(group), rows, group[0].length, days_row)
+
+        pred = predict_row(span, plan, predict, len(self.card.bands), blend=self.blend, batch=self.batch, columns=todo)
+        width = inputs.grid.width
+        status = np.where(status_any, PixelStatus.RECONSTRUCTED, PixelStatus.NODATA).astype(np.uint8)
+        if pred.weight is not None:
+            return SpanResult(pred.values[:, :, :width], status[:, :width], pred.weight[:, :width])
+        r_core = slice(span.core_start - span.start, span.core_stop - span.start)
+        return SpanResult(pred.values[:, :, :width], status[r_core, :width])
+
+
+def load_method(
+    method: str,
+    *,
+    neighbours: int = 3,
+    max_days: float | None = None,
+    max_cloud: float | None = None,
+    bands: Sequence[str] | None = None,
+    device: str = "auto",
+    window: int | None = None,
+    batch: int = 8,
+) -> Method:
+    """``"gapfill"``, a model name or the path of a ``.safetensors`` checkpoint, as a :class:`Method`.
+
+    Raises:
+        CheckpointError: not gapfill nor a checkpoint, or ``bands`` given for a network.
+        CheckpointNotFoundError: the checkpoint file does not exist.
+    """
+    if method == "gapfill":
+        return GapfillMethod(
+            neighbours,
+            60.0 if max_days is None else max_days,
+            95.0 if max_cloud is None else max_cloud,
+            bands=bands,
+        )
+    from cloudclear.nets.card import find_checkpoint
+
+    if Path(method).suffix not in ("", ".safetensors"):
+        raise CheckpointError(f"--method {method!r}: use gapfill or a .safetensors checkpoint (or a model name)")
+    try:
+        p = find_checkpoint(method)
+    except (SceneNotFoundError, CheckpointNotFoundError) as exc:
+        if Path(method).suffix:
+            raise  # a missing checkpoint file: its own message
+        raise CheckpointError(f"--method {method!r}: use gapfill or a .safetensors checkpoint ({exc})") from None
+    if bands:
+        raise CheckpointError("--bands applies to gapfill; a network reads the bands its card names")
+    return NetMethod(p, device=device, window=window, batch=batch, max_days=max_days, max_cloud=max_cloud)

@@ -1,0 +1,247 @@
+"""Reading the inputs of one date: every acquisition in full-width strips on the output grid.
+
+Each acquisition is a :class:`Source` (its band files and mask, through
+:class:`~cloudclear.gridio.GridReader`, warped when on another grid). A :class:`Prefetcher` thread
+reads consecutive strips of every source ahead of the computation, each strip a whole number of
+the main S2 file's blocks (:func:`strip_bounds`), so every source block is read once. The
+computation asks a :class:`RowBuffer` for the rows a window row needs; strips it no longer needs
+are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cloudclear import masks
+from cloudclear.gridio import Grid, GridReader
+from cloudclear.inference.select import Acquisition
+from cloudclear.scenes import valid_pixels
+
+
+@dataclass
+class Strip:
+    """Rows of one acquisition on the output grid: raw values, where valid, where clear."""
+
+    values: np.ndarray  # (bands, rows, cols), the file's dtype
+    valid: np.ndarray  # (rows, cols) bool
+    clear: np.ndarray  # (rows, cols) bool: valid and not cloud / shadow per the mask
+
+    def rows(self, a: int, b: int) -> Strip:
+        """Rows ``a..b`` of this strip (views, no copy)."""
+        return Strip(self.values[:, a:b], self.valid[a:b], self.clear[a:b])
+
+    @staticmethod
+    def concat(parts: Sequence[Strip]) -> Strip:
+        """Consecutive strips as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return Strip(
+            np.concatenate([p.values for p in parts], axis=1),
+            np.concatenate([p.valid for p in parts], axis=0),
+            np.concatenate([p.clear for p in parts], axis=0),
+        )
+
+
+def reflectance(strip: Strip, acq: Acquisition, cols: slice) -> np.ndarray:
+    """Columns ``cols`` of a strip in physical units (the acquisition's scale and offset), float32."""
+    v = strip.values[:, :, cols].astype(np.float32)
+    if acq.scale != 1.0 or acq.offset != 0.0:
+        v *= np.float32(acq.scale)
+        v += np.float32(acq.offset)
+    return v
+
+
+class Source:
+    """One acquisition's bands and mask, read strip by strip on the output grid.
+
+    Raises:
+        SceneNotFoundError: a file the catalog lists is gone.
+        InvalidRasterError: a file cannot be opened or placed on the grid.
+    """
+
+    def __init__(self, acq: Acquisition, grid: Grid):
+        self.acq = acq
+        by_file: dict[str, list[tuple[int, int]]] = {}
+        for pos, (path, bidx) in enumerate(acq.sources):
+            by_file.setdefault(path, []).append((pos, bidx))
+        cont = "bilinear"
+        self.nodata = acq.nodata if acq.nodata is not None else (0.0 if acq.sensor == "S2" else None)
+        self.files: list[tuple[GridReader, list[int]]] = []
+        self.mask: GridReader | None = None
+        try:
+            for path, items in by_file.items():
+                band = GridReader(path, [b for _, b in items], grid, cont, self.nodata)
+                self.files.append((band, [p for p, _ in items]))
+            if acq.mask is not None:
+                self.mask = GridReader(acq.mask.path, [acq.mask.band], grid, "nearest", None)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def block_rows(self) -> int:
+        """Block height of the first band file read directly (0 when read through a VRT)."""
+        return self.files[0][0].block_rows
+
+    @property
+    def row_off(self) -> int:
+        """Row of the output grid's first row in the first band file."""
+        return self.files[0][0].row_off
+
+    def read(self, r0: int, r1: int) -> Strip:
+        """Rows ``r0..r1`` of the output grid."""
+        parts = [(band.read(r0, r1), pos) for band, pos in self.files]
+        dtype = np.result_type(*[p.dtype for p, _ in parts])
+        values = np.empty((len(self.acq.bands), r1 - r0, parts[0][0].shape[2]), dtype)
+        for data, pos in parts:
+            values[pos] = data
+        # A pixel is valid where every band read is (the catalog's rule, per band).
+        valid = valid_pixels(values, self.acq.nodata, self.acq.sensor).all(axis=0)
+        clear = valid
+        if self.mask is not None and self.acq.mask is not None:
+            raw = self.mask.read(r0, r1)[0]
+            cls = masks.decode(raw, self.acq.mask.convention, self.mask.nodatavals[self.acq.mask.band - 1])
+            clear = valid & (cls != masks.MaskClass.NODATA) & ~np.isin(cls, masks.OBSCURED)
+        return Strip(values, np.asarray(valid), np.asarray(clear))
+
+    def close(self) -> None:
+        """Close every file."""
+        for band, _ in self.files:
+            band.close()
+        if self.mask is not None:
+            self.mask.close()
+
+
+class Worker:
+    """A daemon thread started apart from construction, so the owner holds it before it runs.
+
+    A signal can interrupt ``Thread.start()`` after the thread began but before it said so; then
+    ``join()`` refuses ("cannot join thread before it is started") for a moment, so it is retried.
+    """
+
+    def __init__(self, target: Callable[[], None], name: str):
+        self.thread = threading.Thread(target=target, name=name, daemon=True)
+        self.start_called = False
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.start_called = True
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the thread to end (nothing if it never started)."""
+        if not self.start_called:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """A thread that reads consecutive strips of every source ahead of the computation.
+
+    Iterating yields ``(r0, r1, strips)`` in order; a read error is raised by the iteration.
+    """
+
+    def __init__(self, sources: Sequence[Source], bounds: Sequence[tuple[int, int]], ring: int):
+        self.sources = sources
+        self.bounds = bounds
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=max(ring, 1))
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 2, 4)))
+        self.worker = Worker(self._run, "cloudclear-reader")
+
+    def start(self) -> None:
+        """Start reading."""
+        self.worker.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for r0, r1 in self.bounds:
+                strips = list(self.pool.map(lambda s, a=r0, b=r1: s.read(a, b), self.sources))
+                if not self._put((r0, r1, strips)):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[Strip]]]:
+        while True:
+            item = self.q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading and wait for the reads in flight."""
+        self.stop.set()
+        self.worker.join(timeout=60)
+        self.pool.shutdown(wait=True)  # no read may still use a dataset the caller closes next
+
+
+def strip_bounds(sources: Sequence[Source], height: int, strip_rows: int) -> list[tuple[int, int]]:
+    """Strip row ranges on the output grid that fall on the first S2 file's block boundaries.
+
+    Strips are a whole number of blocks high, and with a bbox (a crop starting mid-block) the first
+    strip ends at the next block boundary, so every strip reads whole blocks, each once.
+    """
+    main = next((s for s in sources if s.acq.sensor == "S2" and s.block_rows), None)
+    if main is None:
+        return [(r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)]
+    block = main.block_rows
+    rows = max(block, int(math.ceil(strip_rows / block) * block))
+    phase = main.row_off % block
+    cuts = [0] + [r - phase for r in range(rows, height + phase, rows) if 0 < r - phase < height] + [height]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+class RowBuffer:
+    """The strips covering the rows the computation needs now; older strips are dropped."""
+
+    def __init__(self, strips: Iterator[tuple[int, int, list[Strip]]], n_sources: int):
+        self.it = strips
+        self.items: deque[tuple[int, int, list[Strip]]] = deque()
+        self.n = n_sources
+
+    def get(self, a: int, b: int) -> list[Strip]:
+        """Rows ``a..b`` of every source (``a`` never decreases between calls)."""
+        while not self.items or self.items[-1][1] < b:
+            self.items.append(next(self.it))
+        while self.items and self.items[0][1] <= a:
+            self.items.popleft()
+        out = []
+        for k in range(self.n):
+            parts = [s[k].rows(max(a, r0) - r0, min(b, r1) - r0) for r0, r1, s in self.items if r1 > a and r0 < b]
+            out.append(Strip.concat(parts))
+        return out

@@ -1,0 +1,448 @@
+"""Writing one date's reconstruction: profiles, the writer thread, and the commit.
+
+A :class:`Writer` thread converts finished rows to uint16 reflectance x 10000 (nodata 0) and writes
+512-row bands of 512 x 512 tiles (ZSTD level 1, predictor 2, BIGTIFF=IF_SAFER) to temporaries; a
+status sidecar (``NAME_status.tif``) records per pixel
+:class:`~cloudclear.inference.gapfill.PixelStatus`. :func:`output_files` hands out those
+temporaries through :func:`cloudclear.outputs.atomic_outputs`, so the output and its sidecar
+appear together, complete, or not at all; :func:`seal` checks every block of them (GDAL logs some
+failed writes, a full disk among them, instead of raising) and makes the COG copy. Every failure to
+write becomes an :class:`~cloudclear.errors.OutputError` naming the file and the cause, raised in
+the thread that drives the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import re
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudclear.errors import CloudClearError, OutputError
+from cloudclear.gridio import Grid
+from cloudclear.inference.gapfill import PixelStatus
+from cloudclear.inference.reading import Worker
+from cloudclear.outputs import (
+    atomic_outputs,
+    check_geotiff_complete,
+    output_error,
+    partial_path,
+    remove_path,
+    remove_stale_partials,
+)
+
+#: Output creation options (DESIGN.md section 7).
+OUTPUT_PROFILE: dict[str, Any] = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 512,
+    "blockysize": 512,
+    "compress": "zstd",
+    "zstd_level": 1,
+    "predictor": 2,
+    "bigtiff": "IF_SAFER",
+    "num_threads": "ALL_CPUS",
+    "interleave": "pixel",
+}
+QUANTIFICATION = 10000.0
+
+
+def output_profile(grid: Grid, count: int) -> dict[str, Any]:
+    """rasterio creation options of a reconstruction on ``grid``: :data:`OUTPUT_PROFILE`, uint16."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    return dict(
+        OUTPUT_PROFILE,
+        width=grid.width,
+        height=grid.height,
+        count=count,
+        dtype="uint16",
+        nodata=0,
+        crs=CRS.from_wkt(grid.crs),
+        transform=Affine(*grid.transform),
+    )
+
+
+def status_profile(grid: Grid) -> dict[str, Any]:
+    """Creation options of the status sidecar: one uint8 band, no nodata (0 is a class)."""
+    return dict(output_profile(grid, 1), dtype="uint8", nodata=None, predictor=1)
+
+
+def status_path_for(path: Path) -> Path:
+    """The status sidecar of an output: ``NAME_status.tif`` beside ``NAME.tif``."""
+    return path.with_name(f"{path.stem}_status{path.suffix or '.tif'}")
+
+
+def to_dn(values: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Reflectance as uint16 x 10000; 0 (nodata) where the status says so, >= 1 elsewhere."""
+    dn = np.rint(values * np.float32(QUANTIFICATION))
+    np.clip(dn, 1, 65535, out=dn)  # 0 is nodata: a valid dark pixel is written as 1
+    out = dn.astype(np.uint16)
+    out[:, status == PixelStatus.NODATA] = 0
+    return out
+
+
+#: rasterio's loggers, through which GDAL reports errors it does not raise.
+_GDAL_LOGGERS = ("rasterio._env", "rasterio._io", "rasterio._err")
+_WRITE_FAILURE = re.compile(
+    r"no space|disk full|quota|write error|write failed|failed to write|cannot write|error.{0,40}while writing"
+    r"|_tiffWriteProc|TIFFAppendToStrip|TIFFFlush|TIFFWrite",
+    re.IGNORECASE,
+)
+
+
+class WriteFailures(logging.Filter):
+    """Write failures that GDAL logs instead of raising (libtiff's "No space left on device"),
+    collected while installed and kept off stderr; :meth:`check` turns them into an
+    :class:`~cloudclear.errors.OutputError`.
+
+    Use as a context manager around the writing; other log records pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+        self.levels: dict[str, int] = {}
+        self.saved: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # rasterio logs GDAL failures at WARNING / ERROR, or at INFO ("GDAL signalled an error")
+        # when it means to raise them, which it does not always do for a failed block write.
+        message = record.getMessage()
+        if (record.levelno >= logging.WARNING or message.startswith("GDAL signalled")) and _WRITE_FAILURE.search(
+            message
+        ):
+            self.messages.append(message)
+            return False
+        return record.levelno >= self.levels.get(record.name, logging.NOTSET)
+
+    def check(self, name: Path) -> None:
+        """Raise an :class:`OutputError` naming ``name`` and the first failure's cause, if any."""
+        if self.messages:
+            raise output_error(name, RuntimeError(self.messages[0]))
+
+    def __enter__(self) -> WriteFailures:
+        # The INFO records must be made to be seen: lower the loggers' level for the duration,
+        # and let through only what their own level would have let through.
+        for name in _GDAL_LOGGERS:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.getEffectiveLevel()
+            self.saved[name] = logger.level
+            if not logger.isEnabledFor(logging.INFO):
+                logger.setLevel(logging.INFO)
+            logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in _GDAL_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.removeFilter(self)
+            logger.setLevel(self.saved[name])
+
+
+_LIBTIFF_QUIET = False
+
+
+def _quiet_libtiff() -> None:
+    """Stop libtiff printing I/O failures ("_tiffWriteProc: No space left on device.") straight to
+    the process's stderr, once per process.
+
+    libtiff reports them through its global handler, which GDAL does not route through
+    ``CPLError``; GDAL then reports the failed block itself, which :class:`WriteFailures` collects.
+    Only done for the libtiff bundled in rasterio's wheels; anything unexpected leaves it as it is.
+    """
+    global _LIBTIFF_QUIET
+    if _LIBTIFF_QUIET:
+        return
+    _LIBTIFF_QUIET = True
+    try:
+        import ctypes
+        import glob
+        import os
+
+        import rasterio
+
+        libs = os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs")
+        found = glob.glob(os.path.join(libs, "libtiff-*.so*"))
+        if len(found) == 1:
+            libtiff = ctypes.CDLL(found[0], mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+            libtiff.TIFFSetErrorHandler.restype = ctypes.c_void_p
+            libtiff.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
+            libtiff.TIFFSetErrorHandler(None)
+    except Exception:  # noqa: BLE001, S110 - a cosmetic change: never fail a run for it
+        pass
+
+
+@dataclass(frozen=True)
+class OutputTemps:
+    """Where one run writes before its commit.
+
+    Attributes:
+        output: the temporary renamed onto the output.
+        status: the temporary renamed onto the status sidecar, or None.
+        stream: where the writer thread streams the reconstruction: ``output`` itself, or for a COG
+            a further temporary that :func:`seal` copies into ``output``.
+    """
+
+    output: Path
+    status: Path | None
+    stream: Path
+
+
+@contextlib.contextmanager
+def output_files(path: Path, status_path: Path | None, *, overwrite: bool, cog: bool) -> Iterator[OutputTemps]:
+    """Temporaries for an output and its status sidecar that appear together when the block ends
+    without an exception, and are removed (targets untouched) when it raises.
+
+    Raises:
+        OutputExistsError: a target exists and ``overwrite`` is false.
+        OutputError: a file cannot be written (the cause named), including at the final rename.
+    """
+    # The sidecar is renamed first, so an image under its final name always has its status beside it.
+    targets = ([status_path] if status_path is not None else []) + [path]
+    stream_target = path.with_name(f"{path.stem}.stream{path.suffix or '.tif'}")
+    remove_stale_partials(stream_target)  # a killed COG run's streamed file
+    stream_name = stream_target if cog else None
+    with atomic_outputs(targets, overwrite=overwrite, what="output") as tmps:
+        stream = partial_path(stream_name) if stream_name is not None else tmps[-1]
+        try:
+            yield OutputTemps(tmps[-1], tmps[0] if status_path is not None else None, stream)
+        finally:
+            if stream_name is not None:
+                remove_path(stream)
+
+
+def _cog_copy(src: Path, dst: Path) -> None:
+    from rasterio.shutil import copy
+
+    copy(
+        src,
+        dst,
+        driver="COG",
+        compress="ZSTD",
+        level=1,
+        predictor="YES",
+        blocksize=512,
+        bigtiff="IF_SAFER",
+        num_threads="ALL_CPUS",
+        overview_resampling="average",
+    )
+
+
+def _check_complete(tmp: Path, name: Path, failures: WriteFailures) -> None:
+    try:
+        check_geotiff_complete(tmp, name)
+    except OutputError:
+        failures.check(name)  # the cause GDAL logged, when it did
+        try:
+            full = shutil.disk_usage(tmp.parent).free < _NEARLY_FULL
+        except OSError:
+            full = False
+        if full:
+            raise OutputError(f"{name}: cannot write output (no space left on device)") from None
+        raise
+
+
+_NEARLY_FULL = 1 << 20
+
+
+def seal(temps: OutputTemps, path: Path, status_path: Path | None, failures: WriteFailures) -> None:
+    """Check the closed temporaries block by block and make the COG copy; call before the commit.
+
+    Raises:
+        OutputError: a write failed (GDAL logged it), a block is missing or the copy failed,
+            naming the final file and the cause.
+    """
+    failures.check(path)
+    _check_complete(temps.stream, path, failures)
+    if temps.status is not None and status_path is not None:
+        _check_complete(temps.status, status_path, failures)
+    if temps.stream != temps.output:
+        try:
+            _cog_copy(temps.stream, temps.output)
+        except CloudClearError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a failed write
+            failures.check(path)
+            raise output_error(path, exc) from exc
+        failures.check(path)
+        _check_complete(temps.output, path, failures)
+
+
+class Writer:
+    """A thread that converts finished rows to uint16 and writes them in block-aligned bands.
+
+    Rows are handed over in order with :meth:`put`; :meth:`finish` waits for the last write and
+    closes the files. A failure in the thread is raised in the caller's thread by the next
+    :meth:`put` or by :meth:`finish`, as an :class:`~cloudclear.errors.OutputError` when writing
+    failed.
+
+    Args:
+        path: where to write the reconstruction (a temporary).
+        status_path: where to write the status band, or None.
+        grid: the output grid.
+        bands: band descriptions.
+        tags: dataset tags of both files.
+        names: the final names of the two files, for messages.
+        failures: collects the write failures GDAL logs; checked after every write.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        status_path: Path | None,
+        grid: Grid,
+        bands: Sequence[str],
+        tags: dict[str, str],
+        names: tuple[Path, Path | None],
+        failures: WriteFailures,
+    ):
+        import rasterio
+
+        _quiet_libtiff()
+        self.names = names
+        self.failures = failures
+        self.height = grid.height
+        self.block = 512
+        self.dst: Any = None
+        self.sdst: Any = None
+        try:
+            self.dst = rasterio.open(path, "w", **output_profile(grid, len(bands)))
+            self.dst.update_tags(**tags)
+            for i, b in enumerate(bands, 1):
+                self.dst.set_band_description(i, b)
+        except Exception as exc:  # noqa: BLE001 - rasterio raises several types for a failed create
+            self._close_files(check=False)
+            raise output_error(names[0], exc) from exc
+        if status_path is not None:
+            try:
+                self.sdst = rasterio.open(status_path, "w", **status_profile(grid))
+                self.sdst.set_band_description(1, "status")
+                classes = ", ".join(f"{s.value}={s.name.lower()}" for s in PixelStatus)
+                self.sdst.update_tags(STATUS_CLASSES=classes, **tags)
+            except Exception as exc:  # noqa: BLE001
+                self._close_files(check=False)
+                raise output_error(names[1] or status_path, exc) from exc
+        self.counts = np.zeros(len(PixelStatus), np.int64)
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.next_row = 0
+        self.buffered = 0
+        self.abort = threading.Event()
+        self.worker = Worker(self._run, "cloudclear-writer")
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.worker.start()
+
+    def put(self, row0: int, values: np.ndarray, status: np.ndarray) -> None:
+        """Queue rows ``row0..`` (reflectance and status); raises the thread's failure, if any."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.q.put((row0, values, status), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.q.get()
+                if self.abort.is_set():
+                    return
+                if item is None:
+                    self._flush(final=True)
+                    return
+                row0, values, status = item
+                if row0 != self.next_row + self.buffered:
+                    raise RuntimeError(f"rows out of order: got {row0}, expected {self.next_row + self.buffered}")
+                self.counts += np.bincount(status.ravel(), minlength=len(PixelStatus))[: len(PixelStatus)]
+                self.pending.append((to_dn(values, status), status))
+                self.buffered += status.shape[0]
+                self._flush(final=False)
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread by put() / finish()
+            self.error = exc
+            # Nothing reads the queue any more: drop what is there so a waiting put() sees the error.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self.q.get_nowait()
+
+    def _write(self, ds: Any, name: Path, data: np.ndarray, window: Any) -> None:
+        try:
+            ds.write(data, window=window)
+        except Exception as exc:  # noqa: BLE001 - rasterio raises several types for a failed write
+            raise output_error(name, exc) from exc
+
+    def _flush(self, final: bool) -> None:
+        from rasterio.windows import Window
+
+        if not self.pending:
+            return
+        if not final and self.buffered < self.block:
+            return
+        dn = np.concatenate([p[0] for p in self.pending], axis=1) if len(self.pending) > 1 else self.pending[0][0]
+        st = np.concatenate([p[1] for p in self.pending], axis=0) if len(self.pending) > 1 else self.pending[0][1]
+        n = st.shape[0] if final else (st.shape[0] // self.block) * self.block
+        win = Window(0, self.next_row, dn.shape[2], n)
+        self._write(self.dst, self.names[0], dn[:, :n], win)
+        if self.sdst is not None:
+            self._write(self.sdst, self.names[1] or self.names[0], st[None, :n], win)
+        self.failures.check(self.names[0])  # stop at the first failed write, not hours later
+        self.next_row += n
+        self.pending = [(dn[:, n:], st[n:])] if n < st.shape[0] else []
+        self.buffered = st.shape[0] - n
+
+    def finish(self) -> None:
+        """Write the last rows, stop the thread and close the files, raising any failure."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.q.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.worker.thread.join()
+        if self.error is not None:
+            raise self.error
+        if self.next_row != self.height:
+            raise RuntimeError(f"wrote {self.next_row} of {self.height} rows")
+        self._close_files(check=True)
+
+    def _close_files(self, check: bool) -> None:
+        for ds, name in ((self.dst, self.names[0]), (self.sdst, self.names[1] or self.names[0])):
+            if ds is None or ds.closed:
+                continue
+            try:
+                ds.close()  # flushes GDAL's block cache: a full disk may show here first
+            except Exception as exc:  # noqa: BLE001
+                if check:
+                    raise output_error(name, exc) from exc
+            if check:
+                self.failures.check(name)
+
+    def close(self) -> None:
+        """Stop the thread (dropping queued rows) and close the files; safe at any point."""
+        self.abort.set()
+        if self.worker.start_called:
+            while True:  # wake the thread: make room in the queue for the stop marker
+                try:
+                    self.q.put_nowait(None)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self.q.get_nowait()
+            self.worker.join(timeout=60)
+        self._close_files(check=False)
