@@ -20,6 +20,7 @@ same target deletes those of processes that no longer exist.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -263,3 +264,60 @@ def check_geotiff_complete(path: str | os.PathLike[str], dst: str | os.PathLike[
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to read it back means it is not complete
         raise output_error(name, exc) from exc
+
+
+_GDAL_LOGGERS = ("rasterio._env", "rasterio._io", "rasterio._err")
+_WRITE_FAILURE = re.compile(
+    r"no space|disk full|quota|write error|write failed|failed to write|cannot write|error.{0,40}while writing"
+    r"|_tiffWriteProc|TIFFAppendToStrip|TIFFFlush|TIFFWrite",
+    re.IGNORECASE,
+)
+
+
+class WriteFailures(logging.Filter):
+    """Write failures that GDAL logs instead of raising (libtiff's "No space left on device"),
+    collected while installed and kept off stderr; :meth:`check` turns them into an
+    :class:`~cloudclear.errors.OutputError`.
+
+    Use as a context manager around the writing; other log records pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+        self.levels: dict[str, int] = {}
+        self.saved: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # rasterio logs GDAL failures at WARNING / ERROR, or at INFO ("GDAL signalled an error")
+        # when it means to raise them, which it does not always do for a failed block write.
+        message = record.getMessage()
+        if (record.levelno >= logging.WARNING or message.startswith("GDAL signalled")) and _WRITE_FAILURE.search(
+            message
+        ):
+            self.messages.append(message)
+            return False
+        return record.levelno >= self.levels.get(record.name, logging.NOTSET)
+
+    def check(self, name: Path) -> None:
+        """Raise an :class:`OutputError` naming ``name`` and the first failure's cause, if any."""
+        if self.messages:
+            raise output_error(name, RuntimeError(self.messages[0]))
+
+    def __enter__(self) -> WriteFailures:
+        # The INFO records must be made to be seen: lower the loggers' level for the duration,
+        # and let through only what their own level would have let through.
+        for name in _GDAL_LOGGERS:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.getEffectiveLevel()
+            self.saved[name] = logger.level
+            if not logger.isEnabledFor(logging.INFO):
+                logger.setLevel(logging.INFO)
+            logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in _GDAL_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.removeFilter(self)
+            logger.setLevel(self.saved[name])

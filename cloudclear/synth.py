@@ -38,7 +38,7 @@ from tqdm import tqdm
 from cloudclear.errors import SynthError
 from cloudclear.gdal import gdal_env
 from cloudclear.masks import SCL_NAMES
-from cloudclear.outputs import atomic_outputs, check_geotiff_complete, output_error
+from cloudclear.outputs import WriteFailures, atomic_outputs, check_geotiff_complete, output_error
 
 __all__ = [
     "S2_BANDS",
@@ -1781,6 +1781,7 @@ def generate_series(
         with (
             gdal_env("synth"),
             atomic_outputs(targets, overwrite=True, what="synthetic image") as temporaries,
+            WriteFailures() as failures,
         ):
             outputs = _Outputs(
                 CRS.from_epsg(grid.epsg),
@@ -1806,6 +1807,7 @@ def generate_series(
                     s2_ds.update_tags(CLOUDY_PIXEL_PERCENTAGE=f"{pct:.4f}")
                     mask_ds.update_tags(CLOUDY_PIXEL_PERCENTAGE=f"{pct:.4f}")
                 outputs.close()
+                failures.check(root)
             except BaseException:
                 outputs.abort()
                 raise

@@ -26,7 +26,7 @@ from cloudclear.detect.sun import SunAngles, from_tags, solar_position
 from cloudclear.errors import InvalidRasterError, MaskError, OutputExistsError, SceneNotFoundError
 from cloudclear.gdal import gdal_env
 from cloudclear.gridio import Grid, GridReader
-from cloudclear.outputs import atomic_output, check_geotiff_complete, check_target, output_error
+from cloudclear.outputs import WriteFailures, atomic_output, check_geotiff_complete, check_target, output_error
 from cloudclear.scenes import (
     RASTER_SUFFIXES,
     FileInfo,
@@ -428,11 +428,12 @@ def write_scl(dst: Path, scl: np.ndarray, grid: FileInfo, tags: dict[str, str], 
     }
     if profile["tiled"]:
         profile.update(blockxsize=512 if w >= 512 else 256, blockysize=512 if h >= 512 else 256)
-    with atomic_output(dst, overwrite=overwrite, what="mask") as tmp:
+    with atomic_output(dst, overwrite=overwrite, what="mask") as tmp, WriteFailures() as failures:
         with rasterio.open(tmp, "w", **profile) as out:
             out.write(scl, 1)
             out.set_band_description(1, "SCL")
             out.update_tags(**tags)
             out.update_tags(1, **{f"SCL_{k}": v for k, v in masks.SCL_NAMES.items()})
             out.write_colormap(1, {**{i: (0, 0, 0, 0) for i in range(256)}, **masks.SCL_COLOURS})
+        failures.check(dst)
         check_geotiff_complete(tmp, dst)

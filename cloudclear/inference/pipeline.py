@@ -44,7 +44,6 @@ from cloudclear.inference.writer import (
     OUTPUT_PROFILE,
     QUANTIFICATION,
     OutputTemps,
-    WriteFailures,
     Writer,
     output_files,
     output_profile,
@@ -52,6 +51,7 @@ from cloudclear.inference.writer import (
     status_path_for,
     status_profile,
 )
+from cloudclear.outputs import WriteFailures
 
 # Names other modules, the benches and the tests import from here.
 _Source = Source

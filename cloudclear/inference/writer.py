@@ -14,9 +14,7 @@ the thread that drives the run.
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
-import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from cloudclear.errors import CloudClearError, OutputError
+from cloudclear.gdal import quiet_libtiff
 from cloudclear.gridio import Grid
 from cloudclear.inference.gapfill import PixelStatus
 from cloudclear.inference.reading import Worker
 from cloudclear.outputs import (
+    WriteFailures,
     atomic_outputs,
     check_geotiff_complete,
     output_error,
@@ -92,96 +92,6 @@ def to_dn(values: np.ndarray, status: np.ndarray) -> np.ndarray:
 
 
 #: rasterio's loggers, through which GDAL reports errors it does not raise.
-_GDAL_LOGGERS = ("rasterio._env", "rasterio._io", "rasterio._err")
-_WRITE_FAILURE = re.compile(
-    r"no space|disk full|quota|write error|write failed|failed to write|cannot write|error.{0,40}while writing"
-    r"|_tiffWriteProc|TIFFAppendToStrip|TIFFFlush|TIFFWrite",
-    re.IGNORECASE,
-)
-
-
-class WriteFailures(logging.Filter):
-    """Write failures that GDAL logs instead of raising (libtiff's "No space left on device"),
-    collected while installed and kept off stderr; :meth:`check` turns them into an
-    :class:`~cloudclear.errors.OutputError`.
-
-    Use as a context manager around the writing; other log records pass unchanged.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-        self.levels: dict[str, int] = {}
-        self.saved: dict[str, int] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # rasterio logs GDAL failures at WARNING / ERROR, or at INFO ("GDAL signalled an error")
-        # when it means to raise them, which it does not always do for a failed block write.
-        message = record.getMessage()
-        if (record.levelno >= logging.WARNING or message.startswith("GDAL signalled")) and _WRITE_FAILURE.search(
-            message
-        ):
-            self.messages.append(message)
-            return False
-        return record.levelno >= self.levels.get(record.name, logging.NOTSET)
-
-    def check(self, name: Path) -> None:
-        """Raise an :class:`OutputError` naming ``name`` and the first failure's cause, if any."""
-        if self.messages:
-            raise output_error(name, RuntimeError(self.messages[0]))
-
-    def __enter__(self) -> WriteFailures:
-        # The INFO records must be made to be seen: lower the loggers' level for the duration,
-        # and let through only what their own level would have let through.
-        for name in _GDAL_LOGGERS:
-            logger = logging.getLogger(name)
-            self.levels[name] = logger.getEffectiveLevel()
-            self.saved[name] = logger.level
-            if not logger.isEnabledFor(logging.INFO):
-                logger.setLevel(logging.INFO)
-            logger.addFilter(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in _GDAL_LOGGERS:
-            logger = logging.getLogger(name)
-            logger.removeFilter(self)
-            logger.setLevel(self.saved[name])
-
-
-_LIBTIFF_QUIET = False
-
-
-def _quiet_libtiff() -> None:
-    """Stop libtiff printing I/O failures ("_tiffWriteProc: No space left on device.") straight to
-    the process's stderr, once per process.
-
-    libtiff reports them through its global handler, which GDAL does not route through
-    ``CPLError``; GDAL then reports the failed block itself, which :class:`WriteFailures` collects.
-    Only done for the libtiff bundled in rasterio's wheels; anything unexpected leaves it as it is.
-    """
-    global _LIBTIFF_QUIET
-    if _LIBTIFF_QUIET:
-        return
-    _LIBTIFF_QUIET = True
-    try:
-        import ctypes
-        import glob
-        import os
-
-        import rasterio
-
-        libs = os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs")
-        found = glob.glob(os.path.join(libs, "libtiff-*.so*"))
-        if len(found) == 1:
-            libtiff = ctypes.CDLL(found[0], mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-            libtiff.TIFFSetErrorHandler.restype = ctypes.c_void_p
-            libtiff.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
-            libtiff.TIFFSetErrorHandler(None)
-    except Exception:  # noqa: BLE001, S110 - a cosmetic change: never fail a run for it
-        pass
-
-
 @dataclass(frozen=True)
 class OutputTemps:
     """Where one run writes before its commit.
@@ -308,7 +218,7 @@ class Writer:
     ):
         import rasterio
 
-        _quiet_libtiff()
+        quiet_libtiff()
         self.names = names
         self.failures = failures
         self.height = grid.height
