@@ -174,9 +174,7 @@ def _whole_pass(method: NetMethod, inputs):
     with torch.inference_mode():
         x = method._inputs(inputs, parts, 1, ph, pw)
         y = net(x)
-        mean, std = method.norm["S2"]
-        idx = method.out_index
-        y = (y.float() * std[idx] + mean[idx]).numpy()[0, :, :h, :w]
+        y = method.feed.reflectance(y).numpy()[0, :, :h, :w]
     dn = np.clip(np.rint(y * 10000), 1, 65535)
     status = np.where(seen, PixelStatus.RECONSTRUCTED, PixelStatus.NODATA).astype(np.uint8)
     dn[:, status == PixelStatus.NODATA] = 0
@@ -351,19 +349,18 @@ def test_predict_array_is_the_pipelines_window_loop_bit_for_bit(gap_series, tmp_
             continue
         s = _read_all(acq, inp.grid)
         parts.append((s.values[None], (s.clear if acq.sensor == "S2" else s.valid)[None]))
-    mean, std = m.norm["S2"]
-    idx = m.out_index
+    n_out = len(m.card.bands)
     days = m._days(inp)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             y = m.net(torch.from_numpy(batch), days.expand(len(batch), -1))
-            return (y[:, : len(idx)].float() * std[idx] + mean[idx]).numpy()
+            return m.feed.reflectance(y, frame=0).numpy()
 
     with torch.inference_mode():
         x = m._inputs(inp, parts, 1, h, w)[0].numpy()
     plan = WindowPlan.build(h, w, window=96, radius=m.card.receptive_radius, align=m.card.align)
-    pred = predict_array(x, predict, plan, blend=not fc, batch=3, out_channels=len(idx))
+    pred = predict_array(x, predict, plan, blend=not fc, batch=3, out_channels=n_out)
     np.testing.assert_array_equal(_read(out), np.clip(np.rint(pred * 10000), 1, 65535).astype(np.uint16))
 
 

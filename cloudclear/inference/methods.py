@@ -209,23 +209,16 @@ class NetMethod(Method):
             s1_max_hours=card.s1_max_hours,
             stand_ins=tuple(card.stand_ins.items()),
         )
-        self.norm = {
-            k: (
-                torch.tensor(v["mean"], dtype=torch.float32, device=self.torch_device)[:, None, None],
-                torch.tensor(v["std"], dtype=torch.float32, device=self.torch_device)[:, None, None],
-            )
-            for k, v in card.normalisation.items()
-        }
-        s2_bands = next(s.bands for s in card.slots if s.sensor == "S2")
-        self.out_index = [s2_bands.index(b) for b in card.bands]
+        from cloudclear.nets.feed import Feed
+
+        self.feed = Feed(card, self.torch_device)
         self.frame = card.output_frame()
 
     def _days(self, inputs: InputSet) -> Any:
         """(1, S2 slots) offsets in days of each S2 slot's acquisition from the date (0 if empty)."""
-        import torch
-
-        days = [acq.days if acq is not None else 0.0 for slot, acq in inputs.slots if slot.sensor == "S2"]
-        return torch.tensor([days], dtype=torch.float32, device=self.torch_device)
+        return self.feed.days(
+            [acq.days if acq is not None else None for slot, acq in inputs.slots if slot.sensor == "S2"]
+        )
 
     def layout(self) -> Layout:
         return self._layout
@@ -252,37 +245,31 @@ class NetMethod(Method):
             raise CheckpointError(str(exc)) from None
         return plan.spans(plan.padded_height), plan
 
-    def _tensor(self, raw: np.ndarray) -> Any:
-        import torch
-
-        if raw.dtype == np.uint16:  # torch's uint16 support is partial: move as int16, widen there
-            t = torch.from_numpy(raw.view(np.int16)).to(self.torch_device, non_blocking=True)
-            return t.to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
-        return torch.from_numpy(raw).to(self.torch_device, non_blocking=True).to(torch.float32)
-
     def _inputs(
         self, inputs: InputSet, parts: list[tuple[np.ndarray, np.ndarray] | None], n: int, h: int, w: int
     ) -> Any:
-        """Assemble the network input on the device: per slot, normalised bands and validity."""
-        import torch
+        """The network input on the device, through the one feed (:class:`cloudclear.nets.feed.Feed`):
+        per slot, ``parts`` holds the raw values (n, bands, h, w) and where the slot saw the surface."""
+        from cloudclear.nets.feed import SlotPixels
 
-        chans = []
-        for (slot, acq), part in zip(inputs.slots, parts, strict=True):
-            nb = len(next(s.bands for s in self.card.slots if s.name == slot.name))
-            if acq is None or part is None:
-                chans.append(torch.zeros((n, nb + 1, h, w), device=self.torch_device))
-                continue
-            raw, ok = part
-            x = self._tensor(raw)
-            if acq.scale != 1.0 or acq.offset != 0.0:
-                x = x * acq.scale + acq.offset
-            if acq.sensor == "S1" and acq.units == "linear":
-                x = 10.0 * torch.log10(x.clamp_min(1e-6))
-            mean, std = self.norm[acq.sensor]
-            v = torch.from_numpy(ok).to(self.torch_device, non_blocking=True)[:, None].to(torch.float32)
-            x = torch.where(v > 0, (x - mean) / std, torch.zeros((), device=self.torch_device))
-            chans += [x, v]
-        return torch.cat(chans, 1)
+        feed = self.feed
+        return feed.input(
+            [
+                None
+                if acq is None or part is None
+                else SlotPixels(
+                    feed.tensor(part[0]),
+                    feed.tensor(part[1]),
+                    acq.scale,
+                    acq.offset,
+                    linear=acq.sensor == "S1" and acq.units == "linear",
+                )
+                for (_, acq), part in zip(inputs.slots, parts, strict=True)
+            ],
+            n,
+            h,
+            w,
+        )
 
     def _predict(
         self,
@@ -309,10 +296,7 @@ class NetMethod(Method):
                     y = self.net(x, days)
             else:
                 y = self.net(x, days)
-            mean, std = self.norm["S2"]
-            idx = self.out_index
-            f0 = self.frame * len(idx)
-            y = y[:, f0 : f0 + len(idx)].float() * std[idx] + mean[idx]
+            y = self.feed.reflectance(y, frame=self.frame)
             finite = torch.isfinite(y).all()  # one reduction per batch; synchronised by the copy below
             out = y.cpu().numpy()
         if not bool(finite):
