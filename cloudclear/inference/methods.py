@@ -32,7 +32,7 @@ from cloudclear.errors import (
 )
 from cloudclear.inference.gapfill import PixelStatus, gapfill
 from cloudclear.inference.reading import Strip, reflectance
-from cloudclear.inference.select import InputSet, Layout, SlotRequest, gapfill_layout
+from cloudclear.inference.select import InputRequest, InputSet, SlotRequest, gapfill_layout
 from cloudclear.inference.tiling import pad_to, predict_row
 from cloudclear.inference.windows import Span, WindowPlan
 
@@ -56,7 +56,7 @@ class Method:
     device: str = "cpu"
     blend: bool = False
 
-    def layout(self) -> Layout:
+    def layout(self) -> InputRequest:
         """The acquisitions the method reads around a date."""
         raise NotImplementedError
 
@@ -112,7 +112,7 @@ class GapfillMethod(Method):
         self._bands = bands
         self.chunk_cols = chunk_cols
 
-    def layout(self) -> Layout:
+    def layout(self) -> InputRequest:
         return self._layout
 
     def bands(self) -> Sequence[str] | None:
@@ -202,7 +202,7 @@ class NetMethod(Method):
         self.window = window or card.window
         self.batch = max(1, batch)
         slots = tuple(SlotRequest(s.name, s.sensor, s.role, s.rank) for s in card.slots)
-        self._layout = Layout(
+        self._layout = InputRequest(
             slots,
             max_days=card.max_days if max_days is None else max_days,
             max_cloud=card.max_cloud if max_cloud is None else max_cloud,
@@ -220,7 +220,7 @@ class NetMethod(Method):
             [acq.days if acq is not None else None for slot, acq in inputs.slots if slot.sensor == "S2"]
         )
 
-    def layout(self) -> Layout:
+    def layout(self) -> InputRequest:
         return self._layout
 
     def bands(self) -> Sequence[str] | None:

@@ -65,10 +65,6 @@ class InputRequest:
     stand_ins: tuple[tuple[str, str], ...] = ()
 
 
-#: The earlier name of :class:`InputRequest`.
-Layout = InputRequest
-
-
 def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> InputRequest:
     """The gap-filling layout: the date's own acquisition and ``neighbours`` scenes on each side."""
     slots = [SlotRequest(f"t-{k}", "S2", "before", k) for k in range(neighbours, 0, -1)]
