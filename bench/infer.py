@@ -66,7 +66,7 @@ def _bound(cat: Any, spec: dict[str, Any], method: Any, options: Any) -> dict[st
     import rasterio
     from rasterio.windows import Window
 
-    from cloudclear.inference.gapfill import PixelStatus
+    from cloudclear.gapfill import PixelStatus
     from cloudclear.inference.pipeline import _Source, _strip_bounds, output_profile, status_profile
     from cloudclear.inference.select import choose_inputs
 

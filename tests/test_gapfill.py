@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudclear.inference.gapfill import PixelStatus, gapfill
+from cloudclear.gapfill import PixelStatus, gapfill
 
 
 def _one_pixel(values, clear, times, target):

@@ -28,8 +28,8 @@ from torch import nn
 
 from cloudclear.catalog import Catalog, build_index
 from cloudclear.errors import GridError, InferError, InvalidRasterError, OutputExistsError
+from cloudclear.gapfill import PixelStatus, gapfill
 from cloudclear.inference import pipeline
-from cloudclear.inference.gapfill import PixelStatus, gapfill
 from cloudclear.inference.pipeline import GapfillMethod, InferOptions, NetMethod, _Source, infer, status_path_for
 from cloudclear.inference.select import Grid, choose_inputs, date_range, gapfill_layout, parse_when
 from cloudclear.inference.tiling import pad_to

@@ -31,7 +31,7 @@ from cloudclear.errors import (
     StoreNotFoundError,
     TrainingDivergedError,
 )
-from cloudclear.inference.gapfill import PixelStatus, gapfill
+from cloudclear.gapfill import PixelStatus, gapfill
 from cloudclear.metrics import Pair as ScorePair
 from cloudclear.metrics import PatchScores, ScoreOptions, score, score_many
 from cloudclear.nets import parameter_count

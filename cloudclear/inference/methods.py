@@ -30,7 +30,7 @@ from cloudclear.errors import (
     ResourceLimitError,
     SceneNotFoundError,
 )
-from cloudclear.inference.gapfill import PixelStatus, gapfill
+from cloudclear.gapfill import PixelStatus, gapfill
 from cloudclear.inference.reading import Strip, reflectance
 from cloudclear.inference.select import InputRequest, InputSet, SlotRequest, gapfill_layout
 from cloudclear.inference.tiling import pad_to, predict_row

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from cloudclear.errors import NoInputsError, OutputError, OutputExistsError
+from cloudclear.gapfill import PixelStatus
 from cloudclear.gdal import gdal_env
-from cloudclear.inference.gapfill import PixelStatus
 from cloudclear.inference.methods import GapfillMethod, Method, NetMethod, SpanResult, load_method
 from cloudclear.inference.reading import Prefetcher, RowBuffer, Source, Strip, reflectance, strip_bounds
 from cloudclear.inference.select import InputSet

@@ -3,7 +3,7 @@
 A :class:`Writer` thread converts finished rows to uint16 reflectance x 10000 (nodata 0) and writes
 512-row bands of 512 x 512 tiles (ZSTD level 1, predictor 2, BIGTIFF=IF_SAFER) to temporaries; a
 status sidecar (``NAME_status.tif``) records per pixel
-:class:`~cloudclear.inference.gapfill.PixelStatus`. :func:`output_files` hands out those
+:class:`~cloudclear.gapfill.PixelStatus`. :func:`output_files` hands out those
 temporaries through :func:`cloudclear.outputs.atomic_outputs`, so the output and its sidecar
 appear together, complete, or not at all; :func:`seal` checks every block of them (GDAL logs some
 failed writes, a full disk among them, instead of raising) and makes the COG copy. Every failure to
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from cloudclear.errors import CloudClearError, OutputError
+from cloudclear.gapfill import PixelStatus
 from cloudclear.gdal import quiet_libtiff
 from cloudclear.gridio import Grid
-from cloudclear.inference.gapfill import PixelStatus
 from cloudclear.inference.reading import Worker
 from cloudclear.outputs import (
     WriteFailures,

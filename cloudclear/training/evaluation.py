@@ -40,7 +40,7 @@ class Evaluation:
 def _gapfill_frames(item: dict[str, Any], card: Any, slot_map: StoreSlots) -> list[tuple[np.ndarray, np.ndarray]]:
     """Gapfill of every output frame of one store item: (prediction, filled) per frame, in the
     bands of the card planned for the item's store (its own bands, in order)."""
-    from cloudclear.inference.gapfill import PixelStatus, gapfill
+    from cloudclear.gapfill import PixelStatus, gapfill
 
     store_of = dict(slot_map.inputs)
     names = [store_of[s.name] for s in card.slots if s.sensor == "S2"]
