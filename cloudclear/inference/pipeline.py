@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from cloudclear.inference.writer import (
     status_profile,
 )
 from cloudclear.outputs import WriteFailures
+
+if TYPE_CHECKING:
+    from cloudclear.catalog import Catalog
 
 # Names other modules, the benches and the tests import from here.
 _Source = Source
@@ -341,7 +344,7 @@ class InferManyResult:
 
 
 def infer(
-    catalog: Any,
+    catalog: Catalog | str | os.PathLike[str],
     dates: Sequence[str | datetime],
     method: Method,
     dst: str | os.PathLike[str],
@@ -377,7 +380,7 @@ def infer(
 
 
 def _infer(
-    catalog: Any,
+    catalog: Catalog,
     dates: Sequence[str | datetime],
     method: Method,
     dst: str | os.PathLike[str],
