@@ -50,6 +50,32 @@ _TOP_FIELDS = ("name", "description", "reference", "target", "slots")
 _SLOT_FIELDS = ("name", "sensor", "window", "cloud", "gaps", "truth_cloud", "s1_max_gap", "pick", "nth")
 
 
+#: Where a slot's acquisition lies relative to the date being reconstructed.
+ROLES = ("target", "before", "after")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One acquisition a method or a network reads to reconstruct a date.
+
+    The one slot type of inference: :class:`cloudclear.inference.select.InputRequest` holds these,
+    and a network card's :class:`cloudclear.nets.card.Slot` is one with the bands it reads.
+    (:class:`LayoutSlot` is a different thing: how a training sample's acquisition is drawn.)
+
+    Attributes:
+        name: label, e.g. ``"t-1"`` or ``"s1@t"``.
+        sensor: ``"S2"`` or ``"S1"``.
+        role: for S2, ``"target"`` (the acquisition on the date itself, if any), ``"before"`` or
+            ``"after"``; for S1, the role of the S2 slot it sits near.
+        rank: 1 for the best candidate on that side, 2 for the next, ...
+    """
+
+    name: str
+    sensor: str
+    role: str
+    rank: int = 1
+
+
 @dataclass(frozen=True)
 class LayoutSlot:
     """One acquisition of a sample.

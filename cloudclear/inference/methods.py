@@ -32,7 +32,7 @@ from cloudclear.errors import (
 )
 from cloudclear.gapfill import PixelStatus, gapfill
 from cloudclear.inference.reading import Strip, reflectance
-from cloudclear.inference.select import InputRequest, InputSet, SlotRequest, gapfill_layout
+from cloudclear.inference.select import InputRequest, InputSet, gapfill_layout
 from cloudclear.inference.tiling import pad_to, predict_row
 from cloudclear.inference.windows import Span, WindowPlan
 
@@ -201,7 +201,7 @@ class NetMethod(Method):
         self.blend = not card.fully_convolutional
         self.window = window or card.window
         self.batch = max(1, batch)
-        slots = tuple(SlotRequest(s.name, s.sensor, s.role, s.rank) for s in card.slots)
+        slots = tuple(card.slots)
         self._layout = InputRequest(
             slots,
             max_days=card.max_days if max_days is None else max_days,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from cloudclear.acquisitions import Acquisition, acquisition, check_files, dedupe, grid_of
 from cloudclear.errors import NoInputsError
 from cloudclear.gridio import Grid
+from cloudclear.layouts import Slot
 from cloudclear.scenes import Scene, normalise_tile, place_label
 
 if TYPE_CHECKING:
@@ -27,16 +28,6 @@ if TYPE_CHECKING:
 
 #: Kept for callers of earlier versions: errors here are about the inputs a date needs.
 InferError = NoInputsError
-
-
-@dataclass(frozen=True)
-class SlotRequest:
-    """One acquisition a method asks for: sensor, role (target / before / after) and rank."""
-
-    name: str
-    sensor: str
-    role: str
-    rank: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,7 @@ class InputRequest:
             read with the stand-in in its place (a network trained on B8A accepts B08).
     """
 
-    slots: tuple[SlotRequest, ...]
+    slots: tuple[Slot, ...]
     max_days: float = 60.0
     max_cloud: float = 95.0
     s1_max_hours: float = 72.0
@@ -67,9 +58,9 @@ class InputRequest:
 
 def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> InputRequest:
     """The gap-filling layout: the date's own acquisition and ``neighbours`` scenes on each side."""
-    slots = [SlotRequest(f"t-{k}", "S2", "before", k) for k in range(neighbours, 0, -1)]
-    slots.append(SlotRequest("t", "S2", "target"))
-    slots += [SlotRequest(f"t+{k}", "S2", "after", k) for k in range(1, neighbours + 1)]
+    slots = [Slot(f"t-{k}", "S2", "before", k) for k in range(neighbours, 0, -1)]
+    slots.append(Slot("t", "S2", "target"))
+    slots += [Slot(f"t+{k}", "S2", "after", k) for k in range(1, neighbours + 1)]
     return InputRequest(tuple(slots), max_days=max_days, max_cloud=max_cloud)
 
 
@@ -81,7 +72,7 @@ class InputSet:
     target: datetime
     grid: Grid
     bands: tuple[str, ...]
-    slots: tuple[tuple[SlotRequest, Acquisition | None], ...]
+    slots: tuple[tuple[Slot, Acquisition | None], ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -202,7 +193,7 @@ def choose_inputs(
     grid = grid_of(target_scene if target_scene is not None else nearest, NoInputsError, catalog.path)
 
     empty: list[str] = []
-    slots: list[tuple[SlotRequest, Acquisition | None]] = []
+    slots: list[tuple[Slot, Acquisition | None]] = []
     swaps = dict(layout.stand_ins)
     substituted: set[str] = set()
 
@@ -239,7 +230,7 @@ def choose_inputs(
     return InputSet(tile, target, grid, tuple(scene_bands(nearest)), tuple(slots), notes)
 
 
-def _s2_twin(layout: InputRequest, slot: SlotRequest) -> str:
+def _s2_twin(layout: InputRequest, slot: Slot) -> str:
     """The S2 slot an S1 slot sits near: same role and rank."""
     for s in layout.slots:
         if s.sensor == "S2" and s.role == slot.role and (s.role == "target" or s.rank == slot.rank):
@@ -274,7 +265,7 @@ def _no_neighbours(catalog: Catalog, tile: str, target: datetime, layout: InputR
     )
 
 
-def _empty_slot(tile: str, target: datetime, slot: SlotRequest, layout: InputRequest) -> str:
+def _empty_slot(tile: str, target: datetime, slot: Slot, layout: InputRequest) -> str:
     return (
         f"slot {slot.name}: no {slot.sensor} scene of tile {tile} for {target.date().isoformat()} "
         f"({slot.role}, rank {slot.rank}, within {layout.max_days:g} days, cloud <= {layout.max_cloud:g} %)"

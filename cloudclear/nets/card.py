@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from cloudclear.errors import CheckpointError, CheckpointNotFoundError
+from cloudclear.layouts import ROLES
+from cloudclear.layouts import Slot as InputSlot
 
 FORMAT = "cloudclear-model/1"
 META_KEY = "cloudclear.card"
-ROLES = ("target", "before", "after")
 
 
 @dataclass(frozen=True)
-class Slot:
-    """One input acquisition of a network.
+class Slot(InputSlot):
+    """One input acquisition of a network: an inference slot with the bands it reads.
 
     Attributes:
         name: label, e.g. ``"t-1"`` or ``"s1@t"``.
@@ -38,10 +39,6 @@ class Slot:
         bands: band names read for this slot.
     """
 
-    name: str
-    sensor: str
-    role: str
-    rank: int = 1
     bands: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
