@@ -28,15 +28,11 @@ META_KEY = "cloudclear.card"
 
 @dataclass(frozen=True)
 class Slot(InputSlot):
-    """One input acquisition of a network: an inference slot with the bands it reads.
+    """One input acquisition of a network: an inference slot (:class:`cloudclear.layouts.Slot`:
+    name, sensor, role, rank) with the bands it reads, validated on construction.
 
     Attributes:
-        name: label, e.g. ``"t-1"`` or ``"s1@t"``.
-        sensor: ``"S2"`` or ``"S1"``.
-        role: for S2, ``"target"`` (the acquisition on the date itself, if any), ``"before"`` or
-            ``"after"``; for S1, the role of the S2 slot it sits near.
-        rank: 1 for the best candidate on that side, 2 for the next, ...
-        bands: band names read for this slot.
+        bands: band names read for this slot, in the network's channel order.
     """
 
     bands: tuple[str, ...] = ()
