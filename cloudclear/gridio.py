@@ -1,7 +1,10 @@
 """A raster grid (CRS, transform, size) and reading any file's bands in row ranges on it.
 
-Both the mask detector and the inference pipeline read scenes whose bands come at several
-resolutions (a 10 m stack with 20 m SWIR files, a 20 m SCL) strip by strip on one output grid.
+The file-level reader under every pixel read: the scene reader
+(:mod:`cloudclear.scenes.reader`, used by the catalog, detection, sampling and inference) reads
+scenes whose bands come at several resolutions (a 10 m stack with 20 m SWIR files, a 20 m SCL)
+strip by strip or window by window on one grid through it, and scoring reads predictions,
+references and masks through it. Every warped view (WarpedVRT) is made here.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ class Grid:
         return Grid(self.crs, (a, 0.0, c + a * c0, 0.0, e, f + e * r0), c1 - c0, r1 - r0)
 
 
+def _bounds(src: Any) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a north-up file, from its transform."""
+    a, _, c, _, e, f = tuple(src.transform)[:6]
+    xs, ys = (c, c + a * src.width), (f, f + e * src.height)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
 def _same(a: float, b: float, res: float) -> bool:
     return abs(a - b) <= 1e-6 * max(res, 1.0)
 
@@ -65,16 +75,32 @@ class GridReader:
         grid: the grid rows are read on.
         resampling: a rasterio Resampling name, used only when the file is not on ``grid``.
         nodata: nodata value the warped view declares.
+        coverage: when the file must be warped, also keep where it covers the grid (an alpha
+            band), for :meth:`covered`; without it a warped view fills the rest with ``nodata``
+            (or 0), which a mask convention may read as a class.
+        float_nan: when the file must be warped, warp to float32 with NaN as nodata (``nodata``
+            then names the source's nodata), so resampled values keep their precision and
+            validity survives resampling; and fix the resampling scale to the whole raster's
+            ratio, because GDAL derives it from each requested window unless told, and strip reads
+            must equal one whole read (scoring).
 
     Raises:
         SceneNotFoundError: the file does not exist (deleted since it was indexed).
         InvalidRasterError: the file cannot be opened, lacks a band, or has no CRS when it must be warped.
     """
 
-    def __init__(self, path: str, indexes: list[int], grid: Grid, resampling: str, nodata: float | None):
+    def __init__(
+        self,
+        path: str,
+        indexes: list[int],
+        grid: Grid,
+        resampling: str,
+        nodata: float | None,
+        *,
+        coverage: bool = False,
+        float_nan: bool = False,
+    ):
         import rasterio
-        from rasterio.crs import CRS
-        from rasterio.enums import Resampling
 
         self.path = path
         self.indexes = indexes
@@ -85,14 +111,34 @@ class GridReader:
                 raise SceneNotFoundError(f"{path}: no such file (indexed; re-run `cloudclear index`)") from None
             raise InvalidRasterError(f"{path}: cannot open ({exc})") from None
         self.vrt: Any = None
+        self.alpha: int | None = None
         self.row_off = self.col_off = 0
-        src = self.src
+        try:
+            self._place(grid, resampling, nodata, coverage, float_nan)
+        except BaseException:
+            self.src.close()
+            raise
+        self.block_rows = self.src.block_shapes[0][0] if not self.vrt else 0
+        self.width = grid.width
+        self.nodatavals = self.src.nodatavals
+
+    def _place(self, grid: Grid, resampling: str, nodata: float | None, coverage: bool, float_nan: bool) -> None:
+        """Read directly when the file lies on ``grid``, else open a warped view of it on ``grid``."""
+        from rasterio.crs import CRS
+        from rasterio.enums import Resampling
+
+        src, path, indexes = self.src, self.path, self.indexes
         if max(indexes) > src.count:
             raise InvalidRasterError(f"{path}: has {src.count} bands, band {max(indexes)} was indexed")
         a, _, c, _, e, f = grid.transform
         t = src.transform
         aligned = False
-        if src.crs is not None and CRS.from_wkt(grid.crs) == src.crs and t.b == 0 and t.d == 0:
+        # A file without a CRS lies on a grid without one when their transforms agree (a scene
+        # read on its own grid while indexing).
+        same_crs = src.crs is None and not grid.crs
+        if src.crs is not None and grid.crs:
+            same_crs = CRS.from_user_input(grid.crs) == src.crs
+        if same_crs and t.b == 0 and t.d == 0:
             if _same(t.a, a, grid.res) and _same(t.e, e, grid.res):
                 dc, dr = (c - t.c) / a, (f - t.f) / e
                 if abs(dc - round(dc)) < 1e-6 and abs(dr - round(dr)) < 1e-6:
@@ -107,20 +153,31 @@ class GridReader:
                 raise InvalidRasterError(f"{path}: has no CRS, cannot be placed on the output grid")
             self.row_off = self.col_off = 0
             kwargs: dict[str, Any] = {}
-            if nodata is not None:
+            if float_nan:
+                from rasterio.warp import transform_bounds
+
+                left, bottom, right, top = transform_bounds(src.crs, CRS.from_user_input(grid.crs), *_bounds(src))
+                kwargs.update(
+                    dtype="float32",
+                    nodata=float("nan"),
+                    src_nodata=nodata,
+                    XSCALE=f"{(right - left) / abs(a) / src.width:.12g}",
+                    YSCALE=f"{(top - bottom) / abs(e) / src.height:.12g}",
+                )
+            elif nodata is not None:
                 kwargs["nodata"] = nodata
+            if coverage:
+                kwargs["add_alpha"] = True
+                self.alpha = src.count + 1
             self.vrt = WarpedVRT(
                 src,
-                crs=CRS.from_wkt(grid.crs),
+                crs=CRS.from_user_input(grid.crs),
                 transform=Affine(*grid.transform),
                 width=grid.width,
                 height=grid.height,
                 resampling=Resampling[resampling],
                 **kwargs,
             )
-        self.block_rows = src.block_shapes[0][0] if not self.vrt else 0
-        self.width = grid.width
-        self.nodatavals = src.nodatavals
 
     def read(self, r0: int, r1: int) -> np.ndarray:
         """Rows ``r0..r1`` of the grid, shape (bands, rows, width), the file's dtype."""
@@ -141,6 +198,21 @@ class GridReader:
         win = Window(self.col_off + c0, self.row_off + r0, c1 - c0, r1 - r0)
         try:
             return ds.read(self.indexes, window=win)
+        except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
+            raise InvalidRasterError(
+                f"{self.path}: cannot read window rows {r0}..{r1}, cols {c0}..{c1} ({exc})"
+            ) from None
+
+    def covered(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """Where the file covers rows ``r0..r1``, columns ``c0..c1`` of the grid; None when it covers
+        all of the grid (read directly) or coverage was not asked for."""
+        from rasterio.windows import Window
+
+        if self.alpha is None:
+            return None
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            return np.asarray(self.vrt.read(self.alpha, window=win) > 0)
         except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
             raise InvalidRasterError(
                 f"{self.path}: cannot read window rows {r0}..{r1}, cols {c0}..{c1} ({exc})"

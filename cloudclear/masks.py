@@ -32,6 +32,17 @@ OBSCURED = (MaskClass.CLOUD, MaskClass.THIN_CLOUD, MaskClass.SHADOW)
 #: complement of :data:`OBSCURED` among pixels with data.
 CLEAR_CLASSES = (MaskClass.CLEAR, MaskClass.SNOW)
 
+
+def is_clear(classes: np.ndarray) -> np.ndarray:
+    """Where decoded classes show the surface (a class in :data:`CLEAR_CLASSES`); NODATA is not clear."""
+    return np.isin(classes, CLEAR_CLASSES)
+
+
+def is_obscured(classes: np.ndarray) -> np.ndarray:
+    """Where decoded classes hide the surface (a class in :data:`OBSCURED`)."""
+    return np.isin(classes, OBSCURED)
+
+
 #: Sen2Cor scene classification codes -> MaskClass.
 SCL_TABLE: dict[int, MaskClass] = {
     0: MaskClass.NODATA,  # no data

@@ -862,3 +862,28 @@ def test_store_format(stores):
     for _, row in meta.iterrows():
         lon, lat = to_ll.transform((row["left"] + row["right"]) / 2, (row["top"] + row["bottom"]) / 2)
         assert row.geometry.centroid.distance(shapely.Point(lon, lat)) < 1e-5
+
+
+def test_stored_patches_are_the_scene_readers(series, stores):
+    """Sampling reads through the one scene reader: stored values, classes and cloud cover are its."""
+    from cloudclear.acquisitions import grid_of
+    from cloudclear.scenes.reader import ReadSpec, SceneReader
+
+    result, _ = stores("OS2")
+    store = PatchStore(result.path)
+    meta = store.metadata()
+    for i in range(min(len(store), 8)):
+        row = meta.iloc[i]
+        arrays = store.read(i)
+        r, c = int(row["row"]), int(row["col"])
+        for slot in store.layout.s2_slots:
+            scene = series.catalog.get(str(row[f"{slot.name}_scene"]))
+            reader = SceneReader(ReadSpec.of(scene, store.bands), grid_of(scene))
+            try:
+                px = reader.read_window(r, r + PATCH, c, c + PATCH)
+            finally:
+                reader.close()
+            np.testing.assert_array_equal(arrays[slot.name], px.values)
+            np.testing.assert_array_equal(arrays[f"{slot.name}.mask"], px.classes)
+            if not slot.simulated:
+                assert float(row[f"{slot.name}_cloud_pct"]) == pytest.approx(px.cloud_pct, abs=1e-3)

@@ -7,11 +7,12 @@ memory stays bounded on full tiles.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cloudclear import masks
 from cloudclear.errors import InvalidRasterError, ResourceLimitError
-from cloudclear.scenes import FileInfo, SceneDraft, valid_pixels
+from cloudclear.gridio import Grid
+from cloudclear.scenes import SceneDraft
+from cloudclear.scenes.reader import ReadSpec, SceneReader
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,9 +73,11 @@ def check_size(path: str, width: int, height: int) -> None:
 def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
     """Read band 1 and the mask of a scene in strips and compute its statistics.
 
-    Only the first band (for validity) and the mask are read, strip by strip, so memory stays
-    bounded on full 10980 x 10980 tiles. A mask on another grid (a 20 m SCL for a 10 m scene) is
-    sampled at the scene's pixel centres (nearest neighbour).
+    Only the first band (for validity) and the mask are read, strip by strip, through the one
+    scene reader (:class:`~cloudclear.scenes.reader.SceneReader`), so memory stays bounded on
+    full 10980 x 10980 tiles and the catalog's validity, cloud and clear pixels are those sampling
+    and inference see. A mask on another grid (a 20 m SCL for a 10 m scene) is sampled at the
+    scene's pixel centres (nearest neighbour).
 
     Raises:
         InvalidRasterError: a file fails to decode (truncated, corrupt).
@@ -82,14 +85,14 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
             :data:`MAX_WIDTH` columns (checked before anything is allocated).
     """
     import numpy as np
-    import rasterio
-    from rasterio.windows import Window
 
-    grid = draft.grid
-    check_size(grid.path, grid.width, grid.height)
-    height, width = grid.height, grid.width
+    info = draft.grid
+    check_size(info.path, info.width, info.height)
+    height, width = info.height, info.width
     # Validity comes from a band on the scene grid (the finest file), not e.g. a 60 m B01.
-    path, bidx = next((p, b) for p, b in draft.band_sources.values() if p == grid.path)
+    name, (path, bidx) = next((b, (p, i)) for b, (p, i) in draft.band_sources.items() if p == info.path)
+    spec = ReadSpec.from_files(draft.sensor, {name: (path, bidx)}, {path: info}, units=draft.units, mask=draft.mask)
+    grid = Grid(info.crs or "", tuple(info.transform[:6]), width, height)  # type: ignore[arg-type]
     ncy, ncx = -(-height // cell), -(-width // cell)
     valid_n = np.zeros((ncy, ncx), np.int64)
     known_n = np.zeros((ncy, ncx), np.int64)
@@ -99,33 +102,27 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
         np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
     )
     strip = max(cell, STRIP_ROWS - STRIP_ROWS % cell)
-    current = path
     try:
-        with rasterio.open(path) as src:
-            msrc = rasterio.open(draft.mask.path) if draft.mask else None
+        reader = SceneReader(spec, grid)
+    except InvalidRasterError as exc:
+        raise InvalidRasterError(f"{exc} (corrupt or truncated)") from None
+    try:
+        if reader.mask is not None:
+            check_size(reader.mask.path, reader.mask.src.width, reader.mask.src.height)
+        for r0 in range(0, height, strip):
+            h = min(strip, height - r0)
             try:
-                if msrc is not None:
-                    check_size(msrc.name, msrc.width, msrc.height)
-                for r0 in range(0, height, strip):
-                    current = path
-                    h = min(strip, height - r0)
-                    data = src.read(bidx, window=Window(0, r0, width, h))
-                    valid = valid_pixels(data, src.nodatavals[bidx - 1], draft.sensor)
-                    c0 = r0 // cell
-                    c1 = c0 + -(-h // cell)
-                    valid_n[c0:c1] += _cell_sums(valid, cell)
-                    if msrc is not None and draft.mask is not None:
-                        current = draft.mask.path
-                        cls = _mask_strip(msrc, draft.mask, grid, r0, h)
-                        known = valid & (cls != masks.MaskClass.NODATA)
-                        cloud = known & np.isin(cls, masks.OBSCURED)
-                        known_n[c0:c1] += _cell_sums(known, cell)
-                        cloud_n[c0:c1] += _cell_sums(cloud, cell)
-            finally:
-                if msrc is not None:
-                    msrc.close()
-    except rasterio.errors.RasterioIOError as exc:
-        raise InvalidRasterError(f"{current}: cannot read pixels, corrupt or truncated ({exc})") from None
+                px = reader.read(r0, r0 + h)
+            except InvalidRasterError as exc:
+                raise InvalidRasterError(f"{exc} (corrupt or truncated)") from None
+            c0 = r0 // cell
+            c1 = c0 + -(-h // cell)
+            valid_n[c0:c1] += _cell_sums(px.valid, cell)
+            if px.has_mask:
+                known_n[c0:c1] += _cell_sums(px.known, cell)
+                cloud_n[c0:c1] += _cell_sums(px.obscured, cell)
+    finally:
+        reader.close()
 
     total = int(total_n.sum())
     nodata_pct = 100.0 * (1.0 - valid_n.sum() / total)
@@ -140,40 +137,3 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
         known = int(known_n.sum())
         cloud_pct = 100.0 * cloud_n.sum() / known if known else None
     return SceneStats(float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells)
-
-
-def _mask_strip(msrc: Any, mask: masks.MaskBand, grid: FileInfo, r0: int, h: int) -> np.ndarray:
-    import numpy as np
-    from rasterio.windows import Window
-
-    same = (
-        msrc.width == grid.width
-        and msrc.height == grid.height
-        and all(
-            abs(a - b) <= 1e-6 * max(1.0, abs(b))
-            for a, b in zip(tuple(msrc.transform)[:6], grid.transform, strict=True)
-        )
-    )
-    nodata = msrc.nodatavals[mask.band - 1]
-    if same:
-        raw = msrc.read(mask.band, window=Window(0, r0, grid.width, h))
-        return masks.decode(raw, mask.convention, nodata)
-    # Map the scene's pixel centres in this strip to mask pixels (nearest neighbour); north-up
-    # grids only, so columns depend on x alone and rows on y alone.
-    ga, _, gc, _, ge, gf = grid.transform
-    ma, _, mc, _, me, mf = tuple(msrc.transform)[:6]
-    xs = gc + ga * (np.arange(grid.width) + 0.5)
-    ys = gf + ge * (np.arange(r0, r0 + h) + 0.5)
-    cols = np.floor((xs - mc) / ma).astype(np.int64)
-    rows = np.floor((ys - mf) / me).astype(np.int64)
-    lo, hi = max(int(rows.min()), 0), min(int(rows.max()) + 1, msrc.height)
-    out = np.full((h, grid.width), masks.MaskClass.NODATA, np.uint8)
-    if lo >= hi:
-        return out
-    raw = msrc.read(mask.band, window=Window(0, lo, msrc.width, hi - lo))
-    decoded = masks.decode(raw, mask.convention, nodata)
-    rin = (rows >= lo) & (rows < hi)
-    cin = (cols >= 0) & (cols < msrc.width)
-    sub = decoded[np.clip(rows - lo, 0, hi - lo - 1)][:, np.clip(cols, 0, msrc.width - 1)]
-    out[np.ix_(rin, cin)] = sub[np.ix_(rin, cin)]
-    return out

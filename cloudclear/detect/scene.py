@@ -25,7 +25,7 @@ from cloudclear.detect.spatial import CIRRUS, CLOUD, CLOUD_RING, SHADOW, SNOW, S
 from cloudclear.detect.sun import SunAngles, from_tags, solar_position
 from cloudclear.errors import InvalidRasterError, MaskError, OutputExistsError, SceneNotFoundError
 from cloudclear.gdal import gdal_env
-from cloudclear.gridio import Grid, GridReader
+from cloudclear.gridio import Grid
 from cloudclear.outputs import WriteFailures, atomic_output, check_geotiff_complete, check_target, output_error
 from cloudclear.scenes import (
     RASTER_SUFFIXES,
@@ -34,10 +34,9 @@ from cloudclear.scenes import (
     assemble,
     classify,
     read_file_info,
-    reflectance_scale,
     scene_ids,
-    valid_pixels,
 )
+from cloudclear.scenes.reader import ReadSpec, SceneReader
 
 #: Median visible reflectance outside this range means the scale is wrong. Overcast L2A scenes
 #: reach a median of 1.6 (over-corrected bright cloud), so the upper bound only catches data
@@ -276,22 +275,18 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
         if path not in infos:
             infos[path] = read_file_info(path)
 
-    # One reader per file, all bands it holds at once.
-    by_file: dict[str, list[tuple[str, int]]] = {}
-    for key, band in mapping.items():
-        path, bidx = draft.band_sources[band]
-        by_file.setdefault(path, []).append((key, bidx))
+    # The one scene reader: one read per file for all the bands it holds, each band with its
+    # file's scale, offset and nodata.
+    sources = {key: draft.band_sources[band] for key, band in mapping.items()}
+    spec = ReadSpec.from_files("S2", sources, infos)
     h, w = info.height, info.width
     score = np.zeros((h, w), np.uint8)
     bright = np.zeros((h, w), np.uint8)
     flags = np.zeros((h, w), np.uint8)
     hist = np.zeros((256, 256), np.int64)
-    readers: list[tuple[GridReader, list[tuple[str, int]]]] = []
     checked = False
+    reader = SceneReader(spec, grid)
     try:
-        for path, items in by_file.items():
-            nodata = infos[path].nodata
-            readers.append((GridReader(path, [b for _, b in items], grid, "bilinear", nodata), items))
         import rasterio
 
         with rasterio.open(info.path) as first:
@@ -299,15 +294,10 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
         rows = range(0, h, options.strip_rows)
         for r0 in tqdm(rows, desc=scene_id, unit="strip", disable=not options.progress, leave=False):
             r1 = min(h, r0 + options.strip_rows)
-            refl: dict[str, np.ndarray] = {}
-            valid = np.ones((r1 - r0, w), bool)
-            for reader, items in readers:
-                data = reader.read(r0, r1)
-                finfo = infos[reader.path]
-                for (key, bidx), arr in zip(items, data, strict=True):
-                    valid &= valid_pixels(arr, finfo.nodata, "S2")
-                    scale, offset = reflectance_scale(finfo, bidx)
-                    refl[key] = arr.astype(np.float32) * np.float32(scale) + np.float32(offset)
+            pixels = reader.read(r0, r1)
+            valid = pixels.valid
+            refl = dict(zip(spec.names, pixels.physical(), strict=True))
+            del pixels
             if not checked and (valid.sum() >= 1000 or (r1 == h and valid.any())):
                 _check_scale(refl, valid, mapping, draft)
                 checked = True
@@ -315,8 +305,7 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
             score[r0:r1], bright[r0:r1], flags[r0:r1] = layers.score, layers.bright, layers.flags
             hist += histogram(layers.score, layers.bright, layers.flags)
     finally:
-        for reader, _ in readers:
-            reader.close()
+        reader.close()
 
     n_valid = int(((flags & px.VALID) != 0).sum())
     if n_valid == 0:

@@ -1,7 +1,7 @@
 """Reading the inputs of one date: every acquisition in full-width strips on the output grid.
 
-Each acquisition is a :class:`Source` (its band files and mask, through
-:class:`~cloudclear.gridio.GridReader`, warped when on another grid). A :class:`Prefetcher` thread
+Each acquisition is a :class:`Source` (its band files and mask, through the one scene reader,
+:class:`~cloudclear.scenes.reader.SceneReader`, warped when on another grid). A :class:`Prefetcher` thread
 reads consecutive strips of every source ahead of the computation, each strip a whole number of
 the main S2 file's blocks (:func:`strip_bounds`), so every source block is read once. The
 computation asks a :class:`RowBuffer` for the rows a window row needs; strips it no longer needs
@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from cloudclear import masks
-from cloudclear.gridio import Grid, GridReader
+from cloudclear.gridio import Grid
 from cloudclear.inference.select import Acquisition
-from cloudclear.scenes import valid_pixels
+from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
 
 
 @dataclass
@@ -55,15 +54,12 @@ class Strip:
 
 def reflectance(strip: Strip, acq: Acquisition, cols: slice) -> np.ndarray:
     """Columns ``cols`` of a strip in physical units (the acquisition's scale and offset), float32."""
-    v = strip.values[:, :, cols].astype(np.float32)
-    if acq.scale != 1.0 or acq.offset != 0.0:
-        v *= np.float32(acq.scale)
-        v += np.float32(acq.offset)
-    return v
+    return to_physical(strip.values[:, :, cols], acq.scale, acq.offset, acq.units)
 
 
 class Source:
-    """One acquisition's bands and mask, read strip by strip on the output grid.
+    """One acquisition's bands and mask, read strip by strip on the output grid through the one
+    scene reader (:class:`~cloudclear.scenes.reader.SceneReader`).
 
     Raises:
         SceneNotFoundError: a file the catalog lists is gone.
@@ -72,55 +68,26 @@ class Source:
 
     def __init__(self, acq: Acquisition, grid: Grid):
         self.acq = acq
-        by_file: dict[str, list[tuple[int, int]]] = {}
-        for pos, (path, bidx) in enumerate(acq.sources):
-            by_file.setdefault(path, []).append((pos, bidx))
-        cont = "bilinear"
-        self.nodata = acq.nodata if acq.nodata is not None else (0.0 if acq.sensor == "S2" else None)
-        self.files: list[tuple[GridReader, list[int]]] = []
-        self.mask: GridReader | None = None
-        try:
-            for path, items in by_file.items():
-                band = GridReader(path, [b for _, b in items], grid, cont, self.nodata)
-                self.files.append((band, [p for p, _ in items]))
-            if acq.mask is not None:
-                self.mask = GridReader(acq.mask.path, [acq.mask.band], grid, "nearest", None)
-        except BaseException:
-            self.close()
-            raise
+        self.reader = SceneReader(ReadSpec.of(acq), grid)
 
     @property
     def block_rows(self) -> int:
         """Block height of the first band file read directly (0 when read through a VRT)."""
-        return self.files[0][0].block_rows
+        return self.reader.block_rows
 
     @property
     def row_off(self) -> int:
         """Row of the output grid's first row in the first band file."""
-        return self.files[0][0].row_off
+        return self.reader.row_off
 
     def read(self, r0: int, r1: int) -> Strip:
         """Rows ``r0..r1`` of the output grid."""
-        parts = [(band.read(r0, r1), pos) for band, pos in self.files]
-        dtype = np.result_type(*[p.dtype for p, _ in parts])
-        values = np.empty((len(self.acq.bands), r1 - r0, parts[0][0].shape[2]), dtype)
-        for data, pos in parts:
-            values[pos] = data
-        # A pixel is valid where every band read is (the catalog's rule, per band).
-        valid = valid_pixels(values, self.acq.nodata, self.acq.sensor).all(axis=0)
-        clear = valid
-        if self.mask is not None and self.acq.mask is not None:
-            raw = self.mask.read(r0, r1)[0]
-            cls = masks.decode(raw, self.acq.mask.convention, self.mask.nodatavals[self.acq.mask.band - 1])
-            clear = valid & (cls != masks.MaskClass.NODATA) & ~np.isin(cls, masks.OBSCURED)
-        return Strip(values, np.asarray(valid), np.asarray(clear))
+        px = self.reader.read(r0, r1)
+        return Strip(px.values, px.valid, px.clear)
 
     def close(self) -> None:
         """Close every file."""
-        for band, _ in self.files:
-            band.close()
-        if self.mask is not None:
-            self.mask.close()
+        self.reader.close()
 
 
 class Worker:

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -195,8 +195,8 @@ class StripReader(GridReader):
 
     Where the file must be warped, scoring warps to float32 with NaN as nodata (instead of the
     file's type and nodata), so that resampled values keep their precision and validity survives
-    resampling; and it fixes the resampling scale to the whole raster's ratio, because GDAL derives
-    it from each requested window unless told, and strip reads must equal one whole read.
+    resampling, at the whole raster's resampling scale so that strip reads equal one whole read
+    (``GridReader(float_nan=True)``).
 
     Args:
         info: the file.
@@ -209,19 +209,11 @@ class StripReader(GridReader):
     def __init__(
         self, info: FileInfo, grid: Grid, bands: Sequence[int], *, resampling: str, nodata: float | None
     ) -> None:
-        super().__init__(info.path, list(bands), grid, resampling, nodata)
+        super().__init__(info.path, list(bands), grid, resampling, nodata, float_nan=True)
         self.info = info
         self.bands = list(bands)
         self.grid = grid
-        self.nodata = nodata
-        if self.vrt is not None:
-            try:
-                self.vrt.close()
-                self.vrt = _float_view(self.src, info, grid, resampling, nodata)
-            except BaseException:
-                self.src.close()
-                raise
-            self.nodata = float("nan")
+        self.nodata = float("nan") if self.vrt is not None else nodata
 
     @property
     def warped(self) -> bool:
@@ -242,30 +234,6 @@ class StripReader(GridReader):
             return ds.read_masks(self.bands[0], window=win) > 0
         except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
             raise InvalidRasterError(f"{self.path}: cannot read rows {row}..{row + height} ({exc})") from None
-
-
-def _float_view(src: Any, info: FileInfo, grid: Grid, resampling: str, nodata: float | None) -> Any:
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
-    from rasterio.warp import transform_bounds
-
-    left, bottom, right, top = transform_bounds(info.crs, grid.crs, *info.bounds)
-    xscale = (right - left) / abs(grid.transform[0]) / info.width
-    yscale = (top - bottom) / abs(grid.transform[4]) / info.height
-    return WarpedVRT(
-        src,
-        crs=grid.crs,
-        transform=rasterio.Affine(*grid.transform),
-        width=grid.width,
-        height=grid.height,
-        resampling=Resampling[resampling],
-        dtype="float32",
-        nodata=float("nan"),
-        src_nodata=nodata,
-        XSCALE=f"{xscale:.12g}",
-        YSCALE=f"{yscale:.12g}",
-    )
 
 
 def nodata_of(info: FileInfo, override: float | None) -> float | None:

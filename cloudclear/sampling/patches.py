@@ -27,7 +27,8 @@ from cloudclear.layouts import Layout, LayoutSlot
 from cloudclear.sampling.candidates import Candidates, Group
 from cloudclear.sampling.draw import Splits
 from cloudclear.sampling.store import encode_values, pack
-from cloudclear.scenes import Scene, valid_pixels
+from cloudclear.scenes import Scene
+from cloudclear.scenes.reader import ReadSpec, SceneReader
 
 if TYPE_CHECKING:
     from cloudclear.catalog import Catalog
@@ -65,13 +66,23 @@ class _Readers(threading.local):
         self.cache: dict[tuple[Any, ...], GridReader] = {}
         self.catalog_path = catalog_path
 
-    def get(self, path: str, indexes: tuple[int, ...], grid: Grid, resampling: str, nodata: float | None) -> GridReader:
-        key = (path, indexes, grid, resampling, nodata)
+    def get(
+        self,
+        path: str,
+        indexes: tuple[int, ...],
+        grid: Grid,
+        resampling: str,
+        nodata: float | None,
+        *,
+        coverage: bool = False,
+    ) -> GridReader:
+        """An open reader of ``path``'s bands on ``grid`` (a :class:`~cloudclear.scenes.reader.Opener`)."""
+        key = (path, indexes, grid, resampling, nodata, coverage)
         r = self.cache.pop(key, None)
         if r is None:
             if not os.path.exists(path):
                 raise missing_file(path, self.catalog_path)
-            r = GridReader(path, list(indexes), grid, resampling, nodata)
+            r = GridReader(path, list(indexes), grid, resampling, nodata, coverage=coverage)
             while len(self.cache) >= CACHED_FILES:
                 self.cache.pop(next(iter(self.cache))).close()
         self.cache[key] = r
@@ -156,74 +167,28 @@ class SampleReader:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read_bands(
-        self, g: Group, scene: Scene, names: Sequence[str], loc: int, nodata: float | None
-    ) -> np.ndarray | None:
-        """Bands of a scene at a location on the group's grid, one read per file (the file's
-        dtype); None when the scene lacks one of them."""
-        if not scene.has_bands(names):
-            return None
-        r0, c0 = int(g.r0[loc]), int(g.c0[loc])
-        by_file: dict[str, list[tuple[int, int]]] = {}
-        for pos, b in enumerate(names):
-            path, bidx = scene.sources[b]
-            by_file.setdefault(path, []).append((pos, bidx))
-        readers = self.reader()
-        values = None
-        # Bands sharing a file (a stack, VV + VH) are read in one call: each block is decoded once.
-        for path, items in by_file.items():
-            rd = readers.get(path, tuple(b for _, b in items), g.grid, "bilinear", nodata)
-            data = rd.read_window(r0, r0 + self.patch, c0, c0 + self.patch)
-            if values is None:
-                values = np.empty((len(names), self.patch, self.patch), data.dtype)
-            for (pos, _), d in zip(items, data, strict=True):
-                values[pos] = d
-        return values
+    def _scene(self, g: Group, scene: Scene, names: Sequence[str], mask: bool) -> SceneReader:
+        """The one scene reader for ``names`` of a scene on the group's grid, on this thread's
+        open files (bands sharing a file are read in one call: each block is decoded once)."""
+        return SceneReader(ReadSpec.of(scene, names, mask=mask), g.grid, opener=self.reader().get)
 
-    def _read_mask(self, g: Group, scene: Scene, loc: int) -> np.ndarray | None:
-        """A scene's mask at a location as MaskClass codes; None when it has no mask."""
-        if scene.mask is None:
-            return None
+    def _window(self, g: Group, loc: int) -> tuple[int, int, int, int]:
         r0, c0 = int(g.r0[loc]), int(g.c0[loc])
-        mb = scene.mask.band
-        mr = self.reader().get(scene.mask.path, (mb,), g.grid, "nearest", None)
-        raw = mr.read_window(r0, r0 + self.patch, c0, c0 + self.patch)[0]
-        return masks.decode(raw, scene.mask.convention, mr.nodatavals[mb - 1]).astype(np.uint8)
+        return r0, r0 + self.patch, c0, c0 + self.patch
 
     def read_s2(self, g: Group, j: int, loc: int) -> _S2Patch:
         scene = g.scenes[j]
-        nodata = 0.0 if scene.nodata is None else scene.nodata
-        values = self._read_bands(g, scene, self.bands, loc, nodata)
-        assert values is not None  # s2_groups kept only scenes with every band
-        valid = valid_pixels(values, nodata, "S2").all(axis=0)
-        refl = values.astype(np.float32) * np.float32(scene.scale) + np.float32(scene.offset)
-        cls = self._read_mask(g, scene, loc)
-        if cls is None:
-            cls = np.where(valid, masks.MaskClass.CLEAR, masks.MaskClass.NODATA).astype(np.uint8)
-            return _S2Patch(refl, valid, cls, None)
-        cls[~valid] = masks.MaskClass.NODATA
-        known = cls != masks.MaskClass.NODATA
-        nk = int(known.sum())
-        cloud = 100.0 * float((known & np.isin(cls, masks.OBSCURED)).sum()) / nk if nk else None
-        return _S2Patch(refl, valid, cls, cloud)
+        assert scene.has_bands(self.bands)  # s2_groups kept only scenes with every band
+        px = self._scene(g, scene, self.bands, mask=True).read_window(*self._window(g, loc))
+        return _S2Patch(px.physical(), px.valid, px.classes, px.cloud_pct)
 
     def read_s1(self, g: Group, k: int, loc: int) -> np.ndarray | None:
         """S1 patch in dB (bands, P, P), NaN where nodata; None when the scene lacks a band."""
         scene = self.catalog[int(g.s1_pos[k])]
-        nodata = scene.nodata
-        raw = self._read_bands(g, scene, self.opts.s1_bands, loc, nodata)
-        if raw is None:
+        if not scene.has_bands(self.opts.s1_bands):
             return None
-        out = raw.astype(np.float32)
-        bad = ~np.isfinite(out)
-        if nodata is not None and not np.isnan(nodata):
-            bad |= out == nodata
-        out = out * np.float32(scene.scale) + np.float32(scene.offset)
-        if scene.units.lower() == "linear":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = 10.0 * np.log10(np.maximum(out, 1e-6))
-        out[bad] = np.nan
-        return out
+        px = self._scene(g, scene, self.opts.s1_bands, mask=False).read_window(*self._window(g, loc))
+        return px.physical(nan_invalid=True)
 
     def read_dem(self, g: Group, loc: int) -> np.ndarray:
         assert self.opts.dem is not None
@@ -363,7 +328,7 @@ class SampleReader:
         pool = self.pools[slot.name].get(split)
         if pool is None or not len(pool):
             return None
-        own = np.isin(p.cls, masks.OBSCURED)
+        own = masks.is_obscured(p.cls)
         known = p.cls != masks.MaskClass.NODATA
         for _ in range(PASTE_TRIES):
             g2, j2, l2 = (int(v) for v in pool[int(rng.integers(len(pool)))])
@@ -373,7 +338,7 @@ class SampleReader:
             src = self.read_s2_mask(other, j2, l2)
             if src is None:
                 continue
-            pasted = np.isin(src, masks.OBSCURED)
+            pasted = masks.is_obscured(src)
             cover = 100.0 * float(((own | pasted) & known).sum()) / max(int(known.sum()), 1)
             if slot.cloud[0] - 1e-9 <= cover <= slot.cloud[1] + 1e-9:
                 return pasted, cover, f"{other.scenes[j2].scene_id}@{int(other.r0[l2])},{int(other.c0[l2])}"
@@ -381,7 +346,7 @@ class SampleReader:
 
     def read_s2_mask(self, g: Group, j: int, loc: int) -> np.ndarray | None:
         """A mask to paste: None when the scene has none or it has nodata in the patch."""
-        cls = self._read_mask(g, g.scenes[j], loc)
+        cls = self._scene(g, g.scenes[j], (), mask=True).read_mask(*self._window(g, loc))
         return None if cls is None or (cls == masks.MaskClass.NODATA).any() else cls
 
     def _meta_s1(self, meta: dict[str, Any], name: str, g: Group, k: int, t: float) -> None:

@@ -1,0 +1,378 @@
+"""The one scene reader: a scene's bands and mask on a grid, with validity, classes and physical units.
+
+Every stage that looks at a scene's pixels (catalog statistics, sampling, inference, detection)
+reads them here, so that they agree on what a pixel holds:
+
+- *what to read* is a :class:`ReadSpec` (band files, per-band scale / offset / nodata, units,
+  mask), made from a catalog :class:`~cloudclear.scenes.Scene`, an acquisition made from one
+  (:meth:`ReadSpec.of`), or the files of a scene being indexed (:meth:`ReadSpec.from_files`);
+- a :class:`SceneReader` reads rows or a window of it on a :class:`~cloudclear.gridio.Grid`
+  through :class:`~cloudclear.gridio.GridReader` (directly when a file lies on the grid, warped
+  otherwise: bands bilinear, the mask nearest) and returns :class:`Pixels`;
+- :class:`Pixels` holds the raw values, per-band validity (:func:`~cloudclear.scenes.valid_pixels`:
+  finite and not nodata, 0 for S2 integers without a declared nodata), the decoded mask classes
+  (:class:`~cloudclear.masks.MaskClass`, NODATA wherever a band is invalid) and the one definition
+  of *clear*: valid and of a class in :data:`~cloudclear.masks.CLEAR_CLASSES` (every valid pixel
+  when the scene has no mask);
+- :func:`to_physical` turns raw values into reflectance (``DN * scale + offset``) or S1 dB
+  (``10 log10`` of the scaled value when the scene is in linear power, floored at 1e-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from cloudclear import masks
+from cloudclear.gridio import Grid, GridReader
+from cloudclear.scenes.files import reflectance_scale, valid_pixels
+
+if TYPE_CHECKING:
+    from cloudclear.scenes.files import FileInfo
+
+
+class Opener(Protocol):
+    """Opens one file's bands on a grid (see :class:`~cloudclear.gridio.GridReader`).
+
+    Sampling passes its per-thread cache of open files; the default opens a new reader.
+    """
+
+    def __call__(
+        self, path: str, indexes: tuple[int, ...], grid: Grid, resampling: str, nodata: float | None, *, coverage: bool
+    ) -> GridReader: ...
+
+
+#: Resampling of band values and of mask classes when a file must be warped onto the grid.
+BAND_RESAMPLING = "bilinear"
+MASK_RESAMPLING = "nearest"
+
+
+@dataclass(frozen=True)
+class BandRead:
+    """One band to read: where it is and how its numbers become physical values.
+
+    Attributes:
+        path: the file.
+        band: 1-based band index in it.
+        scale: ``DN * scale + offset`` is the physical value.
+        offset: see ``scale``.
+        nodata: the band's nodata value, or None.
+    """
+
+    path: str
+    band: int
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+
+
+class _SceneLike(Protocol):
+    """A :class:`~cloudclear.scenes.Scene` or an acquisition made from one (read-only fields)."""
+
+    @property
+    def sensor(self) -> str: ...
+    @property
+    def bands(self) -> Sequence[str]: ...
+    @property
+    def sources(self) -> Any: ...  # a Scene's name -> (path, band) mapping, an acquisition's pairs
+    @property
+    def scale(self) -> float: ...
+    @property
+    def offset(self) -> float: ...
+    @property
+    def nodata(self) -> float | None: ...
+    @property
+    def units(self) -> str: ...
+    @property
+    def mask(self) -> masks.MaskBand | None: ...
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read of one scene.
+
+    Attributes:
+        sensor: "S2" or "S1" (S2 integer bands without a declared nodata use 0 as nodata).
+        names: band names, in the order read.
+        bands: one :class:`BandRead` per name.
+        units: "reflectance" (S2), "dB" or "linear" (S1): linear is converted to dB.
+        mask: the mask band, or None (then every valid pixel is clear).
+    """
+
+    sensor: str
+    names: tuple[str, ...]
+    bands: tuple[BandRead, ...]
+    units: str = "reflectance"
+    mask: masks.MaskBand | None = None
+
+    @classmethod
+    def of(cls, scene: _SceneLike, bands: Sequence[str] | None = None, *, mask: bool = True) -> ReadSpec:
+        """The spec of a catalog :class:`~cloudclear.scenes.Scene` or an acquisition made from one.
+
+        Args:
+            scene: a Scene (``sources`` maps band name -> (path, band)) or an acquisition
+                (``bands`` names and ``sources`` (path, band) pairs in the same order).
+            bands: the bands to read (default: all of the scene's, or the acquisition's).
+            mask: read the scene's mask (False: classes from validity alone).
+
+        Raises:
+            KeyError: the scene lacks one of ``bands``.
+        """
+        names = tuple(scene.bands if bands is None else bands)
+        if isinstance(scene.sources, Mapping):
+            pairs = [tuple(scene.sources[b]) for b in names]
+        else:
+            by_name = dict(zip(scene.bands, scene.sources, strict=True))
+            pairs = [tuple(by_name[b]) for b in names]
+        reads = tuple(BandRead(str(p), int(b), scene.scale, scene.offset, scene.nodata) for p, b in pairs)
+        return cls(scene.sensor, names, reads, scene.units, scene.mask if mask else None)
+
+    @classmethod
+    def from_files(
+        cls,
+        sensor: str,
+        sources: Mapping[str, tuple[str, int]],
+        infos: Mapping[str, FileInfo],
+        *,
+        units: str = "reflectance",
+        mask: masks.MaskBand | None = None,
+    ) -> ReadSpec:
+        """The spec of a scene still being indexed, from its files' metadata.
+
+        Each band takes its own file's nodata and, for S2, the scale and offset that file's
+        metadata give (:func:`~cloudclear.scenes.reflectance_scale`).
+
+        Args:
+            sensor: "S2" or "S1".
+            sources: band name -> (path, 1-based band).
+            infos: path -> the file's :class:`~cloudclear.scenes.FileInfo`, for every path in ``sources``.
+            units: the scene's units.
+            mask: the scene's mask, or None.
+        """
+        reads = []
+        for path, bidx in sources.values():
+            info = infos[path]
+            scale, offset = reflectance_scale(info, bidx) if sensor == "S2" else (1.0, 0.0)
+            reads.append(BandRead(path, bidx, scale, offset, info.nodata))
+        return cls(sensor, tuple(sources), tuple(reads), units, mask)
+
+    def physical(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (bands, ...) in physical units, float32 (see :func:`to_physical`)."""
+        scales = [b.scale for b in self.bands]
+        offsets = [b.offset for b in self.bands]
+        if len(set(scales)) <= 1 and len(set(offsets)) <= 1:
+            return to_physical(values, scales[0] if scales else 1.0, offsets[0] if offsets else 0.0, self.units)
+        out = np.empty(values.shape, np.float32)
+        for i in range(len(self.bands)):
+            out[i] = to_physical(values[i], scales[i], offsets[i], self.units)
+        return out
+
+    def warp_nodata(self, band: BandRead) -> float | None:
+        """The nodata value a warped view of ``band`` declares: the band's, 0 for S2 without one."""
+        if band.nodata is not None:
+            return band.nodata
+        return 0.0 if self.sensor == "S2" else None
+
+
+def to_physical(values: np.ndarray, scale: float, offset: float, units: str = "reflectance") -> np.ndarray:
+    """Raw values in physical units, float32: ``DN * scale + offset``, then dB for linear S1.
+
+    Args:
+        values: raw values, any shape.
+        scale: see :class:`BandRead`.
+        offset: see :class:`BandRead`.
+        units: "linear" converts to dB (``10 log10``, floored at 1e-6); anything else is kept.
+    """
+    v: np.ndarray = values.astype(np.float32)
+    if scale != 1.0 or offset != 0.0:
+        v *= np.float32(scale)
+        v += np.float32(offset)
+    if units.lower() == "linear":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = 10.0 * np.log10(np.maximum(v, 1e-6))
+    return v
+
+
+def classes_of(decoded: np.ndarray | None, valid: np.ndarray) -> np.ndarray:
+    """Mask classes where the bands are valid, NODATA elsewhere; without a mask, CLEAR where valid.
+
+    Args:
+        decoded: decoded mask classes (rows, cols), or None when the scene has no mask. Changed in place.
+        valid: (rows, cols) where every band read holds a value.
+    """
+    if decoded is None:
+        return np.where(valid, masks.MaskClass.CLEAR, masks.MaskClass.NODATA).astype(np.uint8)
+    decoded[~valid] = masks.MaskClass.NODATA
+    return decoded
+
+
+@dataclass
+class Pixels:
+    """Rows or a window of a scene on a grid.
+
+    Attributes:
+        values: (bands, rows, cols) raw values (the files' common dtype).
+        band_valid: (bands, rows, cols) where each band holds a value.
+        valid: (rows, cols) where every band does.
+        classes: (rows, cols) uint8 :class:`~cloudclear.masks.MaskClass`: the mask's classes where
+            valid, NODATA elsewhere; without a mask CLEAR where valid.
+        has_mask: whether ``classes`` come from a mask.
+        spec: what was read.
+    """
+
+    values: np.ndarray
+    band_valid: np.ndarray
+    valid: np.ndarray
+    classes: np.ndarray
+    has_mask: bool
+    spec: ReadSpec
+
+    @property
+    def clear(self) -> np.ndarray:
+        """(rows, cols) where the surface is seen: valid and of a clear class (snow included)."""
+        return masks.is_clear(self.classes)
+
+    @property
+    def known(self) -> np.ndarray:
+        """(rows, cols) where the mask tells the class of a valid pixel (all valid pixels without a mask)."""
+        return self.classes != masks.MaskClass.NODATA
+
+    @property
+    def obscured(self) -> np.ndarray:
+        """(rows, cols) valid pixels the mask calls cloud, thin cloud or shadow."""
+        return masks.is_obscured(self.classes)
+
+    @property
+    def cloud_pct(self) -> float | None:
+        """% of known pixels that are obscured; None without a mask or without a known pixel."""
+        if not self.has_mask:
+            return None
+        known = int(self.known.sum())
+        return 100.0 * float(self.obscured.sum()) / known if known else None
+
+    def physical(self, cols: slice | None = None, *, nan_invalid: bool = False) -> np.ndarray:
+        """The values in physical units (reflectance, dB), float32.
+
+        Args:
+            cols: only these columns.
+            nan_invalid: NaN where a band holds no value.
+        """
+        values = self.values if cols is None else self.values[..., cols]
+        out = self.spec.physical(values)
+        if nan_invalid:
+            out[~(self.band_valid if cols is None else self.band_valid[..., cols])] = np.nan
+        return out
+
+
+def _open(
+    path: str, indexes: tuple[int, ...], grid: Grid, resampling: str, nodata: float | None, *, coverage: bool
+) -> GridReader:
+    return GridReader(path, list(indexes), grid, resampling, nodata, coverage=coverage)
+
+
+class SceneReader:
+    """A scene's bands and mask read on a grid, rows or windows at a time.
+
+    Bands sharing a file (a stack, VV + VH) are read in one call, so each block is decoded once.
+
+    Args:
+        spec: what to read.
+        grid: the grid to read on.
+        opener: opens one file's bands (default: a new :class:`~cloudclear.gridio.GridReader`
+            each, closed by :meth:`close`); readers it returns are the caller's to close.
+
+    Raises:
+        SceneNotFoundError: a file is gone.
+        InvalidRasterError: a file cannot be opened, lacks a band, or cannot be placed on the grid.
+    """
+
+    def __init__(self, spec: ReadSpec, grid: Grid, *, opener: Opener | None = None):
+        self.spec = spec
+        self.grid = grid
+        self.owned = opener is None
+        open_ = opener or _open
+        by_file: dict[tuple[str, float | None], list[tuple[int, int]]] = {}
+        for pos, b in enumerate(spec.bands):
+            by_file.setdefault((b.path, spec.warp_nodata(b)), []).append((pos, b.band))
+        self.files: list[tuple[GridReader, list[int]]] = []
+        self.mask: GridReader | None = None
+        try:
+            for (path, nodata), items in by_file.items():
+                rd = open_(path, tuple(b for _, b in items), grid, BAND_RESAMPLING, nodata, coverage=False)
+                self.files.append((rd, [p for p, _ in items]))
+            if spec.mask is not None:
+                # Where a warped mask does not reach, its pixels are NODATA, not the fill value
+                # (0 is "clear" in several conventions).
+                self.mask = open_(spec.mask.path, (spec.mask.band,), grid, MASK_RESAMPLING, None, coverage=True)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def block_rows(self) -> int:
+        """Block height of the first band file read directly (0 when read through a warped view)."""
+        return self.files[0][0].block_rows if self.files else 0
+
+    @property
+    def row_off(self) -> int:
+        """Row of the grid's first row in the first band file."""
+        return self.files[0][0].row_off if self.files else 0
+
+    def read(self, r0: int, r1: int) -> Pixels:
+        """Rows ``r0..r1`` of the grid, every column.
+
+        Raises:
+            InvalidRasterError: a block cannot be decoded.
+        """
+        return self._pixels(r0, r1, 0, self.grid.width)
+
+    def read_window(self, r0: int, r1: int, c0: int, c1: int) -> Pixels:
+        """Rows ``r0..r1`` and columns ``c0..c1`` of the grid.
+
+        Raises:
+            InvalidRasterError: a block cannot be decoded.
+        """
+        return self._pixels(r0, r1, c0, c1)
+
+    def read_mask(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """The decoded mask classes of a window, bands not read (NODATA only where the mask says so);
+        None when the scene has no mask."""
+        if self.mask is None or self.spec.mask is None:
+            return None
+        mb = self.spec.mask
+        raw = self.mask.read(r0, r1) if (c0, c1) == (0, self.grid.width) else self.mask.read_window(r0, r1, c0, c1)
+        out = masks.decode(raw[0], mb.convention, self.mask.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
+        covered = self.mask.covered(r0, r1, c0, c1)
+        if covered is not None:
+            out[~covered] = masks.MaskClass.NODATA
+        return out
+
+    def _pixels(self, r0: int, r1: int, c0: int, c1: int) -> Pixels:
+        spec = self.spec
+        n = len(spec.bands)
+        rows, cols = r1 - r0, c1 - c0
+        full = (c0, c1) == (0, self.grid.width)
+        parts = [(rd.read(r0, r1) if full else rd.read_window(r0, r1, c0, c1), pos) for rd, pos in self.files]
+        dtype = np.result_type(*[p.dtype for p, _ in parts]) if parts else np.dtype(np.float32)
+        values = np.empty((n, rows, cols), dtype)
+        band_valid = np.empty((n, rows, cols), bool)
+        for data, pos in parts:
+            for d, p in zip(data, pos, strict=True):
+                values[p] = d
+                # Judged on the file's own values, before any cast to the common dtype.
+                band_valid[p] = valid_pixels(d, spec.bands[p].nodata, spec.sensor)
+        valid = np.asarray(band_valid.all(axis=0)) if n else np.ones((rows, cols), bool)
+        decoded = self.read_mask(r0, r1, c0, c1)
+        return Pixels(values, band_valid, valid, classes_of(decoded, valid), decoded is not None, spec)
+
+    def close(self) -> None:
+        """Close the files this reader opened (not those an ``opener`` handed it)."""
+        if not self.owned:
+            return
+        for rd, _ in self.files:
+            rd.close()
+        if self.mask is not None:
+            self.mask.close()
