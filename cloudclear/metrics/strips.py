@@ -68,7 +68,7 @@ class Scorer:
             selected &= np.isin(self._classes(self.mask, self.mask_band, row, height), self.classes)
         if self.ref_mask is not None and self.ref_mask_band is not None:
             rc = self._classes(self.ref_mask, self.ref_mask_band, row, height)
-            selected &= np.isin(rc, masks.CLEAR_CLASSES)
+            selected &= masks.is_clear(rc)
         return Strip(p, r, ok, selected)
 
     @staticmethod

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from cloudclear.errors import CheckpointError
+from cloudclear.scenes.reader import LINEAR_FLOOR
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Feed:
             if px.scale != 1.0 or px.offset != 0.0:
                 x = x * px.scale + px.offset
             if px.linear:
-                x = 10.0 * torch.log10(x.clamp_min(1e-6))
+                x = 10.0 * torch.log10(x.clamp_min(LINEAR_FLOOR))  # as scenes.reader.to_physical
             mean, std = self.norm[slot.sensor]
             v = px.valid[:, None].to(torch.float32)
             x = torch.where(v > 0, (x - mean) / std, self._zero)

@@ -325,7 +325,7 @@ class PatchDataset:
                 continue
             values, valid = decode_values(raw[s.name], "S2")
             cls = raw[f"{s.name}.mask"]
-            clear = valid & (cls != masks.MaskClass.NODATA) & ~np.isin(cls, masks.OBSCURED)
+            clear = valid & masks.is_clear(cls)
             seen = clear.copy()
             if f"{s.name}.gap" in raw:
                 gap = raw[f"{s.name}.gap"].astype(bool)

@@ -8,10 +8,11 @@ resolutions, or ESA-style one file per band) with its cloud mask, or a Sentinel-
 - :mod:`cloudclear.scenes.drafts` finds dates and tiles and groups files into :class:`SceneDraft`
   records (:func:`assemble`);
 - :mod:`cloudclear.scenes.scene` defines :class:`Scene`, the value the catalog returns once the
-  scene's pixel statistics are known, and the names of places (MGRS tiles, or grids).
-
-Nothing here reads pixels beyond one small window (S1 units); :mod:`cloudclear.catalog` does that
-once per scene for nodata and cloud statistics.
+  scene's pixel statistics are known, and the names of places (MGRS tiles, or grids);
+- :mod:`cloudclear.scenes.reader` is the one scene reader every later stage uses (catalog
+  statistics, detection, sampling, inference): a scene's bands and mask on a grid as raw values,
+  per-band validity, decoded classes, the clear decision and physical units
+  (:class:`SceneReader`, :class:`ReadSpec`, :class:`Pixels`, :func:`to_physical`).
 """
 
 from cloudclear.errors import NotAScene
@@ -39,6 +40,7 @@ from cloudclear.scenes.files import (
     reflectance_scale,
     valid_pixels,
 )
+from cloudclear.scenes.reader import Pixels, ReadSpec, SceneReader, to_physical
 from cloudclear.scenes.scene import (
     BandSource,
     CellGrids,
@@ -61,8 +63,11 @@ __all__ = [
     "FileInfo",
     "FileRole",
     "NotAScene",
+    "Pixels",
+    "ReadSpec",
     "Scene",
     "SceneDraft",
+    "SceneReader",
     "Skipped",
     "assemble",
     "classify",
@@ -77,5 +82,6 @@ __all__ = [
     "read_file_info",
     "reflectance_scale",
     "scene_ids",
+    "to_physical",
     "valid_pixels",
 ]

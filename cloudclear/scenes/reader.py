@@ -177,6 +177,11 @@ class ReadSpec:
         return 0.0 if self.sensor == "S2" else None
 
 
+#: Linear power below this is taken as this before converting to dB (no -inf for zero returns).
+#: :class:`cloudclear.nets.feed.Feed` applies the same conversion in torch on the network's device.
+LINEAR_FLOOR = 1e-6
+
+
 def to_physical(values: np.ndarray, scale: float, offset: float, units: str = "reflectance") -> np.ndarray:
     """Raw values in physical units, float32: ``DN * scale + offset``, then dB for linear S1.
 
@@ -192,7 +197,7 @@ def to_physical(values: np.ndarray, scale: float, offset: float, units: str = "r
         v += np.float32(offset)
     if units.lower() == "linear":
         with np.errstate(divide="ignore", invalid="ignore"):
-            v = 10.0 * np.log10(np.maximum(v, 1e-6))
+            v = 10.0 * np.log10(np.maximum(v, LINEAR_FLOOR))
     return v
 
 
