@@ -298,6 +298,7 @@ def test_cell_constant_matches_module():
     assert catalog_mod.CELL == 64 and catalog_mod.STRIP_ROWS % catalog_mod.CELL == 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_leaves_a_catalog_that_opens(tmp_path):
     import signal
     import subprocess

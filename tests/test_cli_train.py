@@ -74,6 +74,7 @@ def card_of(out: Path) -> dict:
 # -- train -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_prints_the_checkpoint_and_its_val_figures(trained, store):
     res, out = trained
     assert res.exit_code == 0, res.output
@@ -195,6 +196,7 @@ def test_evaluate_prints_a_table_of_gapfill_and_the_checkpoint(trained, store, t
 # -- infer with the trained checkpoint -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_infer_with_the_trained_checkpoint(trained, catalog, tmp_path):
     _, out = trained
     tif = tmp_path / "net.tif"

@@ -309,6 +309,7 @@ def test_pipeline_equals_one_whole_image_pass(series700, tmp_path, fc, strip_row
     "fc, keep_observed, strip_rows",
     [(True, False, 64), (True, True, 64), (True, False, 100), (True, True, 100), (False, True, 64)],
 )
+@pytest.mark.slow
 def test_network_on_small_strips_equals_whole_pass(gap_series, tmp_path, fc, keep_observed, strip_rows):
     """Blocks of 64 rows: windows of 96 rows straddle several strips; the S1 slot stays empty."""
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, width=4, window=96, s1=True, seed=1, fc=fc)

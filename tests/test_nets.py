@@ -455,6 +455,7 @@ def _gradient_reach(net: nn.Module, spec: NetSpec, radius: int, align: int) -> i
 
 @pytest.mark.parametrize("arch", ["single-date", "multi-temporal", "sequence"])
 @pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.slow
 def test_receptive_radius_bounds_the_gradient_support_of_every_architecture(arch, depth):
     """The sequence's attention runs per bottleneck pixel, so its radius is the U-Net's too."""
     # width 8: at width 4 some seeds switch off every ReLU of the last block, and nothing matters

@@ -114,6 +114,7 @@ def test_leaf_utm_series_with_two_band_masks(shared_data, tmp_path):
     np.testing.assert_allclose(m["cloud_pct"] / 100, m["scl_cloud_shadow_cirrus_frac"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_worldcereal_two_resolutions_one_scene_and_s1(shared_data, tmp_path):
     res, cat = _index(shared_data, tmp_path, "worldcereal_patches")
     s = cat.scenes

@@ -160,6 +160,7 @@ def leftovers(out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["OS2", "single-date", "sequence", "REAL"])
+@pytest.mark.slow
 def test_every_sample_satisfies_its_layout(series, stores, name):
     result, opts = stores(name)
     store = PatchStore(result.path)
@@ -296,6 +297,7 @@ def _footprints_by_split(meta) -> int:
     return same_overlap
 
 
+@pytest.mark.slow
 def test_splits_never_overlap_on_the_ground(series, tmp_path):
     # stride half a patch: neighbouring patches overlap, so only blocks keep the splits apart
     opts = SampleOptions(patch_size=PATCH, stride=32, block=2, count=400, s1=False, seed=3)
@@ -347,6 +349,7 @@ def grids(tmp_path_factory) -> Series:
     return s
 
 
+@pytest.mark.slow
 def test_splits_merge_blocks_of_overlapping_grids(grids, tmp_path):
     for seed in (0, 1):
         opts = SampleOptions(patch_size=PATCH, block=1, count=200, s1=False, seed=seed)
@@ -467,6 +470,7 @@ def test_dataset_pickles_and_reads_after_unpickling(stores):
 # 5. Determinism
 
 
+@pytest.mark.slow
 def test_same_seed_same_store_whatever_the_threads(series, stores, tmp_path):
     result, opts = stores("OS2")
     base = {f: (result.path / f).read_bytes() for f in STORE_FILES}
@@ -703,6 +707,7 @@ def test_s1_layout_without_s1_in_the_catalog(overcast, tmp_path):
 # 8. Strategies
 
 
+@pytest.mark.slow
 def test_per_location_caps_samples_per_place(series, tmp_path):
     unlimited = sample(
         series.catalog_path, "sequence", tmp_path / "all", SampleOptions(patch_size=PATCH, block=1, count=500)
@@ -731,6 +736,7 @@ def year(tmp_path_factory) -> Series:
 
 
 @pytest.mark.parametrize("count", [10, 30])
+@pytest.mark.slow
 def test_seasonal_draws_equal_counts_per_season(year, tmp_path, count):
     months = [d.month for d in year.synth.s2_dates]
     per_season = Counter(SEASONS[(m % 12) // 3] for m in months)

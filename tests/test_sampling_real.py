@@ -171,6 +171,7 @@ def test_green_single_date_simulated(green, tmp_path):
     assert [s.name for s in ps.specs] == ["t", "t.mask", "t.gap"]
 
 
+@pytest.mark.slow
 def test_green_sequence_all_simulated(green, tmp_path):
     out = tmp_path / "seq"
     counts = sample_cli(green, out, "-l", "sequence", "--simulate", "all", "-p", 64, "--block", 1, "-n", 40)
@@ -182,6 +183,7 @@ def test_green_sequence_all_simulated(green, tmp_path):
 # -- worldcereal patches (three sites, S2 at 10 + 20 m, SCL, S1 in dB) ----------------------------
 
 
+@pytest.mark.slow
 def test_cereal_os2_simulated_with_s1(cereal, tmp_path):
     out = tmp_path / "os2"
     counts = sample_cli(cereal, out, "-l", "OS2", "--simulate", "t", "-p", 32, "--block", 1, "-n", 40)
@@ -196,6 +198,7 @@ def test_cereal_os2_simulated_with_s1(cereal, tmp_path):
     assert -40 < float(np.median(item["t.s1"][0])) < 10  # VV in dB
 
 
+@pytest.mark.slow
 def test_cereal_single_date(cereal, tmp_path):
     out = tmp_path / "sd"
     counts = sample_cli(cereal, out, "-l", "single-date", "-p", 32, "--block", 1, "-n", 40)
@@ -204,6 +207,7 @@ def test_cereal_single_date(cereal, tmp_path):
     assert ps.metadata()["t_s1_gap_h"].abs().max() <= 72
 
 
+@pytest.mark.slow
 def test_cereal_sequence(cereal, tmp_path):
     out = tmp_path / "seq"
     counts = sample_cli(cereal, out, "-l", "sequence", "-p", 32, "--block", 1, "-n", 40)

@@ -158,6 +158,7 @@ def test_same_seed_same_bytes_other_seed_other_pixels(series: SynthSeries, tmp_p
     assert not np.array_equal(read(series.s1[0]), read(other.s1[0]))
 
 
+@pytest.mark.slow
 def test_strips_equal_whole(series: SynthSeries, tmp_path: Path) -> None:
     # the fixture renders 160 rows as one strip; 37 does not divide it, 16 is below a chunk
     for rows in (37, 16):

@@ -433,6 +433,7 @@ def resumed(os2, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_where_an_unbroken_one_would(resumed):
     r = resumed
     assert r.left == {"state": True, "checkpoint": True}  # the interrupted run kept its last epoch
@@ -492,6 +493,7 @@ def test_resume_with_another_loss_is_a_model_error(os2, resumed, tmp_path):
 # -- loss masking ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gaps_loss_ignores_the_truth_outside_the_gaps(os2, tmp_path, monkeypatch):
     """With --loss-pixels gaps, truth outside the reconstructed pixels cannot move the weights;
     with --loss-pixels all the same change does (so the change reaches the loss)."""

@@ -37,6 +37,7 @@ def test_cores_tile_every_pixel_exactly_once(args):
 
 @settings(max_examples=300, deadline=None)
 @given(plans)
+@pytest.mark.slow
 def test_windows_keep_the_margin_or_touch_the_border_and_follow_the_pooling_grid(args):
     plan = _plan(*args)
     for axis, size in (("rows", plan.padded_height), ("cols", plan.padded_width)):
