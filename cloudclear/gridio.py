@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rasterio.coords import BoundingBox
 
 from cloudclear.errors import GridError, InvalidRasterError, SceneNotFoundError
 
@@ -33,9 +34,10 @@ class Grid:
     def res(self) -> float:
         return abs(self.transform[0])
 
-    def bounds(self) -> tuple[float, float, float, float]:
+    def bounds(self) -> BoundingBox:
+        """The grid's extent in its CRS (rasterio's ``BoundingBox``: left, bottom, right, top)."""
         a, _, c, _, e, f = self.transform
-        return (c, f + e * self.height, c + a * self.width, f)
+        return BoundingBox(c, f + e * self.height, c + a * self.width, f)
 
     def crop(self, bbox: Sequence[float]) -> Grid:
         """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward.
