@@ -11,7 +11,7 @@ from conftest import write_raster
 from cloudclear import masks
 from cloudclear.errors import InvalidRasterError, MissingDateError
 from cloudclear.scenes import (
-    NotAScene,
+    NotASceneError,
     assemble,
     classify,
     find_datetime,
@@ -165,7 +165,7 @@ def test_classify_count_fallback_for_unlabelled_s2(tmp_path):
     ],
 )
 def test_classify_rejects_with_reason(tmp_path, name, data, kw, reason):
-    with pytest.raises(NotAScene, match=reason):
+    with pytest.raises(NotASceneError, match=reason):
         classify(_info(tmp_path, name, data, **kw))
 
 

@@ -221,7 +221,7 @@ def _detected_mask(
     import rasterio
 
     from cloudclear.detect.scene import MaskOptions, mask_draft, mask_name
-    from cloudclear.errors import DetectError
+    from cloudclear.errors import MaskError
 
     dst = folder / mask_name(scene_id)
     if dst.exists():
@@ -234,7 +234,7 @@ def _detected_mask(
         return None, None, False
     try:
         mask_draft(draft, scene_id, dst, MaskOptions(detector=detect, overwrite=True, progress=progress))
-    except (DetectError, InvalidRasterError) as exc:
+    except (MaskError, InvalidRasterError) as exc:
         return None, str(exc), False
     return masks.MaskBand(str(dst), 1, "SCL"), None, True
 

@@ -28,7 +28,6 @@ from cloudclear.errors import (
     NoInputsError,
     NonFiniteOutputError,
     ResourceLimitError,
-    SceneNotFoundError,
 )
 from cloudclear.gapfill import PixelStatus, gapfill
 from cloudclear.inference.reading import Strip, reflectance
@@ -384,7 +383,7 @@ def load_method(
         raise CheckpointError(f"--method {method!r}: use gapfill or a .safetensors checkpoint (or a model name)")
     try:
         p = find_checkpoint(method)
-    except (SceneNotFoundError, CheckpointNotFoundError) as exc:
+    except CheckpointNotFoundError as exc:
         if Path(method).suffix:
             raise  # a missing checkpoint file: its own message
         raise CheckpointError(f"--method {method!r}: use gapfill or a .safetensors checkpoint ({exc})") from None

@@ -26,9 +26,6 @@ from cloudclear.scenes import Scene, normalise_tile, place_label
 if TYPE_CHECKING:
     from cloudclear.catalog import Catalog
 
-#: Kept for callers of earlier versions: errors here are about the inputs a date needs.
-InferError = NoInputsError
-
 
 @dataclass(frozen=True)
 class InputRequest:

@@ -15,7 +15,7 @@ resolutions, or ESA-style one file per band) with its cloud mask, or a Sentinel-
   (:class:`SceneReader`, :class:`ReadSpec`, :class:`Pixels`, :func:`to_physical`).
 """
 
-from cloudclear.errors import NotAScene
+from cloudclear.errors import NotASceneError
 from cloudclear.scenes.drafts import (
     DEFAULT_DATE_PATTERN,
     DateFound,
@@ -62,7 +62,7 @@ __all__ = [
     "DateFound",
     "FileInfo",
     "FileRole",
-    "NotAScene",
+    "NotASceneError",
     "Pixels",
     "ReadSpec",
     "Scene",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudclear import masks
-from cloudclear.errors import InvalidRasterError, NotAScene
+from cloudclear.errors import InvalidRasterError, NotASceneError
 
 #: File name extensions scanned for rasters (lower case).
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
@@ -271,11 +271,11 @@ def classify(info: FileInfo) -> FileRole:
     as S1, S2, SCL, CLM, MASK), then the band count; anything else is not a scene.
 
     Raises:
-        NotAScene: with the reason, for rasters that are none of these.
+        NotASceneError: with the reason, for rasters that are none of these.
     """
     tokens = _tokens(info)
     if info.tags.get("CLOUDCLEAR_ROLE", "").lower() == "truth" or "TRUTH" in tokens:
-        raise NotAScene(f"{info.path}: cloud-free reference (truth), not an acquisition")
+        raise NotASceneError(f"{info.path}: cloud-free reference (truth), not an acquisition")
     names = [normalise_band(d) for d in info.descriptions]
     convs = [masks.convention_of(d) if d else None for d in info.descriptions]
 
@@ -302,7 +302,7 @@ def classify(info: FileInfo) -> FileRole:
         assumed = S2_BANDS_BY_COUNT.get(info.count)
         if assumed:
             return FileRole("s2", {b: i + 1 for i, b in enumerate(assumed)}, "count")
-    raise NotAScene(
+    raise NotASceneError(
         f"{info.path}: not recognised as S2, S1 or a mask ({info.count} band(s) {info.dtype}, "
         f"no band descriptions naming S2/S1 bands or a mask)"
     )
