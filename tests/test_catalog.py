@@ -312,15 +312,30 @@ def test_sigkill_mid_run_leaves_a_catalog_that_opens(tmp_path):
     for day in range(1, 60):
         _scene(d, day, day % 128)
     code = f"from cloudclear.catalog import build_index; build_index({str(d)!r}, {str(cat)!r})"
-    for delay in (0.8, 1.2, 1.6):
-        proc = subprocess.Popen([sys.executable, "-c", code])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert len(Catalog.open(cat).scenes) in (1, 60)  # the old catalog or the new one, never half
+
+    def temporaries() -> list[str]:
+        return [p.name for p in tmp_path.iterdir() if ".partial-" in p.name or ".tmp-" in p.name]
+
+    # Killed while it writes: synchronised on the temporary catalog appearing, not on a delay.
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while not temporaries():
+        if proc.poll() is not None:
+            pytest.fail("the index finished before its temporary catalog was seen")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no temporary catalog after 120 s")
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # the old catalog untouched (and the dead run's temporary left behind), or, if the kill landed
+    # after the rename, the new one whole; never half of it
+    n = len(Catalog.open(cat).scenes)
+    assert n in (1, 60)
+    assert n == 60 or temporaries()
     res = build_index(d, cat)  # a later run finishes and sweeps the dead run's temporary files
     assert res.scenes == 60
-    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert not temporaries()
 
 
 def test_all_nodata_scene_is_catalogued_as_such(tmp_path):
