@@ -222,7 +222,7 @@ def test_bad_input_one_line_and_exit_code(trio, tmp_path, args, code, message):
     assert res.exit_code == code, res.output
     assert message in res.stderr
     if code == 1:
-        assert res.stderr.startswith("cloudclear: error: ") and len(res.stderr.strip().splitlines()) == 1
+        assert_one_line_error(res, message)
 
 
 def test_help_states_the_formulas():

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import conftest
 import pytest
 import tomllib
 from typer.testing import CliRunner
@@ -117,14 +118,8 @@ def assert_names(msg: str, path: Path, slot: str | None, field: str) -> None:
         assert msg.startswith(f"{path}: slot '{slot}': field '{field}': "), msg
 
 
-def assert_one_line_error(res, *parts: str) -> None:
-    assert res.exit_code == 1, res.output
-    assert res.stdout == ""
-    assert res.stderr.startswith("cloudclear: error: "), res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    for p in parts:
-        assert p in res.stderr, (p, res.stderr)
-    assert "Traceback" not in res.output
+def assert_one_line_error(res, *parts: str) -> str:
+    return conftest.assert_one_line_error(res, *parts, stdout_empty=True)
 
 
 # -- presets ---------------------------------------------------------------------------------------
