@@ -99,6 +99,7 @@ def _sample_child(spec: dict[str, Any]) -> dict[str, Any]:
     t_setup = time.perf_counter()
     import cloudclear.sampling.build as b
     import cloudclear.sampling.candidates as cm
+    import cloudclear.sampling.patches as pm
     from cloudclear.catalog import Catalog
     from cloudclear.sampling import PatchStore, SampleOptions
 
@@ -108,12 +109,12 @@ def _sample_child(spec: dict[str, Any]) -> dict[str, Any]:
         setattr(cm, name, tm.wrap("candidates", getattr(cm, name)))
     b.assign_splits = tm.wrap("draw", b.assign_splits)  # type: ignore[assignment]
     b.draw_order = tm.wrap("draw", b.draw_order)  # type: ignore[assignment]
-    b._Context.__init__ = tm.wrap("pools", b._Context.__init__)  # type: ignore[method-assign]
-    b._Context.build = tm.wrap("build", b._Context.build)  # type: ignore[method-assign]
-    b._Context.read_s2 = tm.wrap("read_s2", b._Context.read_s2)  # type: ignore[method-assign]
-    b._Context.read_s1 = tm.wrap("read_s1", b._Context.read_s1)  # type: ignore[method-assign]
-    b._Context.read_s2_mask = tm.wrap("read_paste", b._Context.read_s2_mask)  # type: ignore[method-assign]
-    b.pack = tm.wrap("pack", b.pack)  # type: ignore[assignment]
+    pm.SampleReader.__init__ = tm.wrap("pools", pm.SampleReader.__init__)  # type: ignore[method-assign]
+    pm.SampleReader.build = tm.wrap("build", pm.SampleReader.build)  # type: ignore[method-assign]
+    pm.SampleReader.read_s2 = tm.wrap("read_s2", pm.SampleReader.read_s2)  # type: ignore[method-assign]
+    pm.SampleReader.read_s1 = tm.wrap("read_s1", pm.SampleReader.read_s1)  # type: ignore[method-assign]
+    pm.SampleReader.read_s2_mask = tm.wrap("read_paste", pm.SampleReader.read_s2_mask)  # type: ignore[method-assign]
+    pm.pack = tm.wrap("pack", pm.pack)  # type: ignore[assignment]
     b.StoreWriter.commit = tm.wrap("commit", b.StoreWriter.commit)  # type: ignore[method-assign]
 
     cat = Catalog.open(spec["catalog"])

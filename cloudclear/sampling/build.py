@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from cloudclear.catalog import Catalog
 
 log = logging.getLogger(__name__)
-#: The earlier name of :class:`~cloudclear.sampling.patches.SampleReader` (the benches wrap its methods).
-_Context = SampleReader
 
 #: Samples read ahead and committed together; fixed so the store does not depend on the thread count.
 BATCH = 16
