@@ -36,6 +36,7 @@ MAX_DILATION = 1000
 # Up to this radius a disk-shaped structuring element is fastest; beyond it, a distance transform
 # (same result, cost independent of the radius, where the element's cost grows with its area).
 _DISK_UP_TO = 5
+_EDT_STRIP = 128
 
 # SCL codes written.
 NODATA, SHADOW, VEGETATION, NOT_VEGETATED, WATER, CLOUD_RING, CLOUD, CIRRUS, SNOW = 0, 3, 4, 5, 6, 8, 9, 10, 11
@@ -178,8 +179,11 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     h = mask.shape[0]
     out = np.zeros_like(mask)
     disk = _disk(radius) if radius <= _DISK_UP_TO else None
-    for r0 in _strips(h):
-        a, b = max(0, r0 - radius), min(h, r0 + STRIP + radius)
+    # The distance transform holds ~24 bytes a pixel (float64 distances and its own int arrays):
+    # shorter strips keep that near 50 MB on a full-width tile row band.
+    step = STRIP if disk is not None else _EDT_STRIP
+    for r0 in range(0, h, step):
+        a, b = max(0, r0 - radius), min(h, r0 + step + radius)
         part = mask[a:b]
         if not part.any():
             continue
@@ -190,7 +194,7 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
             # absorbs the rounding of the square root.
             dist = ndi.distance_transform_edt(~part)
             grown = dist * dist <= radius * radius + radius + 0.5
-        out[r0 : r0 + STRIP] = grown[r0 - a : r0 - a + min(STRIP, h - r0)]
+        out[r0 : r0 + step] = grown[r0 - a : r0 - a + min(step, h - r0)]
     return out
 
 
