@@ -7,12 +7,16 @@ are a plain dict (:data:`CONVENTIONS`), name -> decoder, and the same dict drive
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal
 
 import numpy as np
+
+from cloudclear.errors import MaskError
 
 
 class MaskClass(IntEnum):
@@ -58,6 +62,10 @@ SCL_TABLE: dict[int, MaskClass] = {
     10: MaskClass.THIN_CLOUD,  # thin cirrus
     11: MaskClass.SNOW,  # snow or ice
 }
+
+#: Raw codes, per convention, of pixels the classifier left unclassified. They decode to CLEAR (the
+#: default decoding does not change); a :class:`ClearPolicy` may count them as cloud instead.
+UNCLASSIFIED_CODES: dict[str, tuple[int, ...]] = {"SCL": (7,)}
 
 #: s2cloudless' default probability threshold.
 CLP_THRESHOLD = 0.4
@@ -264,3 +272,147 @@ def decode(data: np.ndarray, convention: str, nodata: float | None = None) -> np
         if nodata is not None and nodata != nodata:
             nodata = None
     return decoder(data, nodata)
+
+
+# -- what is clear -----------------------------------------------------------------------------
+
+#: The largest buffer a :class:`ClearPolicy` takes, in pixels (reads take this many halo rows).
+MAX_BUFFER_PX = 64
+
+_CHOICES = ("clear", "cloud")
+
+
+@dataclass(frozen=True)
+class ClearPolicy:
+    """How decoded mask classes become the one decision of what is clear, beyond the mask itself.
+
+    The default policy changes nothing: pixels are clear exactly as the mask's classes say
+    (:data:`CLEAR_CLASSES`). Each field makes the decision stricter:
+
+    Attributes:
+        buffer_px: grow cloud, thin cloud and shadow by this many pixels of the grid read on
+            (a disk: every pixel within ``buffer_px`` pixels, Euclidean distance between pixel
+            centres, of an obscured pixel), so that halos and edges a mask misses are not kept.
+            A buffered pixel takes the class of the object it borders (cloud over thin cloud over
+            shadow); NODATA pixels stay NODATA. Readers read a halo of ``buffer_px`` rows and
+            columns around each strip or window, so a strip-wise read equals a whole read.
+        unclassified: what a pixel the mask leaves unclassified counts as (Sen2Cor SCL class 7,
+            see :data:`UNCLASSIFIED_CODES`): "clear" (the decoding's default) or "cloud" (decoded
+            as CLOUD: in Sen2Cor the class often holds thin cloud and haze).
+        snow: what the SNOW class counts as: "clear" (default, the surface is seen) or "cloud"
+            (Sen2Cor often calls cloud "snow", and gap filling would copy it into neighbours).
+
+    Raises:
+        MaskError: a field is out of range or not one of its choices.
+    """
+
+    buffer_px: int = 0
+    unclassified: Literal["clear", "cloud"] = "clear"
+    snow: Literal["clear", "cloud"] = "clear"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.buffer_px, bool) or not isinstance(self.buffer_px, int):
+            raise MaskError(f"clear policy: buffer must be a whole number of pixels, not {self.buffer_px!r}")
+        if not 0 <= self.buffer_px <= MAX_BUFFER_PX:
+            raise MaskError(f"clear policy: buffer must be 0..{MAX_BUFFER_PX} px, not {self.buffer_px}")
+        for name in ("unclassified", "snow"):
+            value = getattr(self, name)
+            if value not in _CHOICES:
+                raise MaskError(f"clear policy: {name} must be clear or cloud, not {value!r}")
+
+    @property
+    def is_default(self) -> bool:
+        """Whether the policy keeps the mask's decision as it is."""
+        return self == DEFAULT_POLICY
+
+    @property
+    def halo(self) -> int:
+        """Rows and columns a read must take around a strip or window for the buffer to be exact."""
+        return self.buffer_px
+
+    def describe(self) -> str:
+        """One line: ``buffer 3 px, unclassified cloud, snow clear`` (``mask as decoded`` by default)."""
+        if self.is_default:
+            return "mask as decoded (buffer 0 px, unclassified clear, snow clear)"
+        return f"buffer {self.buffer_px} px, unclassified {self.unclassified}, snow {self.snow}"
+
+
+#: The default policy: the masks' classes as decoded.
+DEFAULT_POLICY = ClearPolicy()
+
+#: The strict preset (``--strict``): a 3-pixel buffer (30 m at 10 m: Sen2Cor's cloud and shadow
+#: edges are typically one to a few 20 m pixels off, and a bright halo surrounds each cloud) and
+#: Sen2Cor's "unclassified" counted as cloud (on hazy scenes it is mostly thin cloud). Snow stays
+#: clear: real snow is common in the mountains, and counting it as cloud would empty winter scenes.
+STRICT = ClearPolicy(buffer_px=3, unclassified="cloud")
+
+
+def apply_policy(
+    classes: np.ndarray, policy: ClearPolicy, raw: np.ndarray | None = None, convention: str | None = None
+) -> np.ndarray:
+    """Decoded classes with ``policy`` applied (a new array; ``classes`` is left as it is).
+
+    Args:
+        classes: (rows, cols) MaskClass codes, as :func:`decode` gave them.
+        policy: what to change.
+        raw: the raw mask values ``classes`` were decoded from (needed for ``unclassified``).
+        convention: their convention (a key of :data:`CONVENTIONS`).
+
+    Returns:
+        uint8 MaskClass codes. With a buffer, pixels within ``policy.buffer_px`` of the array's edge
+        see only the obscured pixels inside it: read a halo (:attr:`ClearPolicy.halo`) and crop.
+    """
+    out = np.array(classes, dtype=np.uint8, copy=True)
+    if policy.unclassified == "cloud" and raw is not None and convention in UNCLASSIFIED_CODES:
+        unclassified = np.isin(raw, UNCLASSIFIED_CODES[convention]) & (out == MaskClass.CLEAR)
+        out[unclassified] = MaskClass.CLOUD
+    if policy.snow == "cloud":
+        out[out == MaskClass.SNOW] = MaskClass.CLOUD
+    if policy.buffer_px > 0:
+        out = buffer_obscured(out, policy.buffer_px)
+    return out
+
+
+def disk(radius: int) -> np.ndarray:
+    """The (2r+1, 2r+1) bool footprint of a buffer: offsets within ``radius`` (Euclidean)."""
+    r = np.arange(-radius, radius + 1)
+    return np.asarray((r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius)
+
+
+def buffer_obscured(classes: np.ndarray, px: int) -> np.ndarray:
+    """Clear pixels (CLEAR or SNOW) within ``px`` pixels (a disk) of cloud, thin cloud or shadow
+    take that class (cloud over thin cloud over shadow). A new array; outside it counts as clear."""
+    out = np.array(classes, dtype=np.uint8, copy=True)
+    if px <= 0:
+        return out
+    clear = is_clear(classes)
+    if not clear.any():
+        return out
+    for cls in (MaskClass.SHADOW, MaskClass.THIN_CLOUD, MaskClass.CLOUD):
+        seed = classes == cls
+        if seed.any():
+            out[dilate_disk(seed, px) & clear] = cls
+    return out
+
+
+def dilate_disk(seed: np.ndarray, radius: int) -> np.ndarray:
+    """``seed`` (rows, cols) bool grown by a :func:`disk` of ``radius``; outside the array is False.
+
+    The disk is a stack of horizontal runs, so the dilation is one 1-D maximum filter per run width
+    and one shifted OR per row of the disk (a few times faster than a 2-D structuring element).
+    """
+    from scipy.ndimage import maximum_filter1d
+
+    src = seed.view(np.uint8) if seed.dtype == bool else seed.astype(np.uint8)
+    rows = seed.shape[0]
+    out = np.zeros(seed.shape, bool)
+    runs: dict[int, np.ndarray] = {}
+    for dy in range(-radius, radius + 1):
+        w = math.isqrt(radius * radius - dy * dy)
+        if w not in runs:
+            runs[w] = maximum_filter1d(src, 2 * w + 1, axis=1, mode="constant", cval=0).astype(bool)
+        # out[y] |= runs[w][y + dy] wherever y + dy is inside the array.
+        a, b = max(0, -dy), min(rows, rows - dy)
+        if a < b:
+            out[a:b] |= runs[w][a + dy : b + dy]
+    return out

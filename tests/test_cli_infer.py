@@ -83,7 +83,8 @@ def test_gapfill_on_sample_scores_as_the_readme_says(sample_catalog, tmp_path):
     assert [f[0] for f in listed] == SLOTS
     assert [f[1] for f in listed] == SAMPLE_SCENES
     assert [f[2] for f in listed] == ["-45.0", "-30.0", "-15.0", "+0.0", "+15.0", "+30.0", "+45.0"]
-    assert len(lines) == 9 and lines[-1].startswith("1 date(s), 0.2 Mpx in ")
+    assert lines[8] == "    note: clear policy: mask as decoded (buffer 0 px, unclassified clear, snow clear)"
+    assert len(lines) == 10 and lines[-1].startswith("1 date(s), 0.2 Mpx in ")
     assert partials(tmp_path) == []
 
     # Status sidecar: 0 nodata, 1 observed, 2 reconstructed; the target's clear pixels are observed.
@@ -376,6 +377,64 @@ def test_bad_arguments_exit_2(sample_catalog, tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.stderr.replace("│", " ").split())
     assert not (tmp_path / "x.tif").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--buffer", "-1"], "buffer must be 0..64 px, not -1"),
+        (["--unclassified", "haze"], "unclassified must be clear or cloud, not 'haze'"),
+        (["--strict", "--snow", "yes"], "snow must be clear or cloud, not 'yes'"),
+    ],
+)
+def test_bad_clear_policy_exit_2(sample_catalog, tmp_path, args, message):
+    test_bad_arguments_exit_2(sample_catalog, tmp_path, args, message)
+
+
+# -- clear policy and held-out scenes ------------------------------------------------------------
+
+
+def test_exclude_removes_the_scene_from_the_inputs(sample_catalog, tmp_path):
+    out = tmp_path / "x.tif"
+    held = SAMPLE_SCENES[2]  # 2021-05-01, the clear date before
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, "--exclude", held, "--exclude", SAMPLE_SCENES[4])
+    assert res.exit_code == 0, res.output
+    assert held not in res.stdout and SAMPLE_SCENES[4] not in res.stdout
+    listed = [ln.split()[1] for ln in res.stdout.splitlines()[1:] if ln.startswith("    t")]
+    assert listed == [SAMPLE_SCENES[i] for i in (0, 1, 3, 5, 6)]
+    with rasterio.open(out) as dst:
+        assert held not in dst.tags()["CLOUDCLEAR_INPUTS"]
+
+
+def test_exclude_an_unknown_scene_is_one_line(sample_catalog, tmp_path):
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", tmp_path / "x.tif", "--exclude", "S2_nope")
+    line = assert_one_line_error(res, "cannot exclude 'S2_nope'", "no scene has that id", stdout_empty=True)
+    assert len(line) < 300
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
+    default, strict = tmp_path / "default.tif", tmp_path / "strict.tif"
+    assert infer("-c", sample_catalog, "-d", "2021-05-16", "-o", default).exit_code == 0
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", strict, "--strict", "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["clear_policy"]["policy"] == "buffer 3 px, unclassified cloud, snow clear"
+    removed = d["clear_policy"]["removed"]
+    assert removed["t"] > 0 and d["pixels"]["observed"] == 62_208 - removed["t"]
+    assert any(n.startswith("clear policy: buffer 3 px") and "removed" in n for n in d["notes"])
+    st_default, st_strict = read(tmp_path / "default_status.tif")[0], read(tmp_path / "strict_status.tif")[0]
+    assert ((st_strict == 1) <= (st_default == 1)).all() and (st_strict == 1).sum() < (st_default == 1).sum()
+    with rasterio.open(strict) as dst:
+        assert dst.tags()["CLOUDCLEAR_CLEAR_POLICY"] == d["clear_policy"]["policy"]
+    # Explicit options override the preset; --buffer 0 --unclassified clear is the default policy again.
+    again = tmp_path / "again.tif"
+    res = infer(
+        "-c", sample_catalog, "-d", "2021-05-16", "-o", again, "--strict", "--buffer", "0", "--unclassified", "clear"
+    )
+    assert res.exit_code == 0, res.output
+    assert "clear policy: mask as decoded" in res.stdout
+    assert np.array_equal(read(again), read(default))
 
 
 # -- 5: interrupted runs -------------------------------------------------------------------------

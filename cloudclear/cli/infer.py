@@ -10,6 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from cloudclear.cli.options import (
+    Buffer,
+    Snow,
+    Strict,
+    Unclassified,
+    clear_policy,
     expand_dates,
     interruptible,
     json_option,
@@ -80,6 +85,17 @@ def infer(
     batch: Annotated[int, typer.Option("--batch", help="Windows per network call.")] = 8,
     strip_rows: Annotated[int, typer.Option("--strip-rows", help="Rows read per strip (memory grows with it).")] = 512,
     cog: Annotated[bool, typer.Option("--cog", help="Write the output as a Cloud-Optimized GeoTIFF.")] = False,
+    buffer: Buffer = None,
+    unclassified: Unclassified = None,
+    snow: Snow = None,
+    strict: Strict = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Scene id never used as an input (e.g. a clear date held out for scoring). Repeat for several.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, overwrite_option("existing outputs")] = False,
     as_json: Annotated[bool, json_option("Print the results as JSON.")] = False,
 ) -> None:
@@ -90,6 +106,9 @@ def infer(
     gapfill interpolates each pixel linearly in time between the nearest clear observations
     before and after the date (the nearest one at the ends of the series). A checkpoint runs its
     network in overlapping windows (GPU when there is one).
+
+    What is clear is what the masks call clear; --buffer, --unclassified, --snow and --strict make
+    that stricter (the run summary says which policy was used and how many pixels it removed).
 
     Writes uint16 reflectance x 10000 (nodata 0), 512 x 512 tiles, ZSTD, on the S2 grid, plus a
     status sidecar. Files appear under their final name only when complete.
@@ -105,6 +124,7 @@ def infer(
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     if batch < 1 or strip_rows < 1 or neighbours < 1 or every < 1:
         raise typer.BadParameter("--batch, --strip-rows, --neighbours and --every must be >= 1")
+    policy = clear_policy(buffer, unclassified, snow, strict)
     dates = expand_dates(date, every)
     band_list = parse_bands(bands)
     cat = Catalog.open(catalog)
@@ -126,6 +146,8 @@ def infer(
         status=status,
         bbox=box,  # type: ignore[arg-type]
         progress=progress(),
+        clear=policy,
+        exclude=tuple(exclude or ()),
     )
 
     def report(r: Any) -> None:

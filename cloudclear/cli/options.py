@@ -32,6 +32,54 @@ def overwrite_option(what: str = "existing outputs") -> Any:
 AsJson = Annotated[bool, json_option()]
 Overwrite = Annotated[bool, overwrite_option()]
 
+# The clear policy (cloudclear.masks.ClearPolicy): what the masks' classes become before a pixel
+# is called clear. None means "not given": the preset's (or the default's) value.
+Buffer = Annotated[
+    int | None,
+    typer.Option(
+        "--buffer",
+        help="Grow cloud, thin cloud and shadow by this many pixels (a disk) before deciding what is "
+        "clear, so halos and edges are not kept. [default: 0; 3 with --strict]",
+    ),
+]
+Unclassified = Annotated[
+    str | None,
+    typer.Option(
+        "--unclassified",
+        help="What Sen2Cor's 'unclassified' (SCL 7) counts as: clear or cloud. [default: clear; cloud with --strict]",
+    ),
+]
+Snow = Annotated[
+    str | None, typer.Option("--snow", help="What the masks' snow counts as: clear or cloud. [default: clear]")
+]
+Strict = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="The strict clear policy (buffer 3 px, unclassified cloud); options given override it."
+    ),
+]
+
+
+def clear_policy(buffer: int | None, unclassified: str | None, snow: str | None, strict: bool) -> Any:
+    """The :class:`~cloudclear.masks.ClearPolicy` the clear-policy options ask for.
+
+    Raises:
+        typer.BadParameter: a value is out of range or not a choice (exit 2).
+    """
+    import dataclasses
+
+    from cloudclear.errors import MaskError
+    from cloudclear.masks import DEFAULT_POLICY, STRICT
+
+    given: dict[str, Any] = {"buffer_px": buffer, "unclassified": unclassified, "snow": snow}
+    try:
+        return dataclasses.replace(
+            STRICT if strict else DEFAULT_POLICY, **{k: v for k, v in given.items() if v is not None}
+        )
+    except MaskError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("clear policy: ")) from None
+
+
 # --- verbosity ----------------------------------------------------------------------------------
 
 # Set by the app callback on every invocation; read by the commands (progress bars, notes).

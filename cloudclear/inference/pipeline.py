@@ -51,6 +51,7 @@ from cloudclear.inference.writer import (
     status_path_for,
     status_profile,
 )
+from cloudclear.masks import ClearPolicy
 from cloudclear.outputs import WriteFailures
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class InferOptions:
         bbox: (minx, miny, maxx, maxy) in the tile's CRS: reconstruct only this part.
         progress: show a progress bar on stderr.
         ring: strips the reader keeps ready ahead of the computation.
+        clear: what the inputs' masks' classes become before *clear* is decided (a buffer around
+            obscured pixels, unclassified and snow as cloud); the default keeps the masks as decoded.
+        exclude: scene ids never used as inputs (a clear date held out for scoring).
     """
 
     keep_observed: bool = True
@@ -106,6 +110,8 @@ class InferOptions:
     bbox: tuple[float, float, float, float] | None = None
     progress: bool = False
     ring: int = 2
+    clear: ClearPolicy = ClearPolicy()
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,9 @@ class InferResult:
         height: output rows.
         seconds: wall time of this date.
         device: where the network ran (``cpu`` for gapfill).
+        policy: the clear policy used (:meth:`~cloudclear.masks.ClearPolicy.describe`).
+        policy_removed: valid pixels of the inputs the masks call clear and the policy does not,
+            per slot (slots whose count is 0 left out).
     """
 
     path: Path
@@ -143,6 +152,8 @@ class InferResult:
     height: int
     seconds: float
     device: str = "cpu"
+    policy: str = ""
+    policy_removed: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +169,7 @@ class InferResult:
             "height": self.height,
             "seconds": round(self.seconds, 3),
             "device": self.device,
+            "clear_policy": {"policy": self.policy, "removed": dict(self.policy_removed)},
         }
 
 
@@ -210,7 +222,7 @@ def run(
         output_files(path, spath, overwrite=options.overwrite, cog=options.cog) as temps,
         WriteFailures() as failures,
     ):
-        counts = _reconstruct(inputs, method, temps, (path, spath), failures, options, progress_desc)
+        counts, removed = _reconstruct(inputs, method, temps, (path, spath), failures, options, progress_desc)
     grid = inputs.grid
     return InferResult(
         path=path,
@@ -219,7 +231,7 @@ def run(
         tile=inputs.tile,
         method=method.name,
         inputs=tuple(a.to_dict() for a in inputs.acquisitions),
-        notes=inputs.notes,
+        notes=inputs.notes + (_policy_note(options.clear, removed, inputs),),
         observed=int(counts[PixelStatus.OBSERVED]),
         reconstructed=int(counts[PixelStatus.RECONSTRUCTED]),
         nodata=int(counts[PixelStatus.NODATA]),
@@ -227,11 +239,27 @@ def run(
         height=grid.height,
         seconds=time.perf_counter() - t0,
         device=method.device,
+        policy=options.clear.describe(),
+        policy_removed={k: v for k, v in removed.items() if v},
     )
 
 
+def _policy_note(policy: ClearPolicy, removed: dict[str, int], inputs: InputSet) -> str:
+    """The run summary's line on the clear policy and what it removed beyond the masks."""
+    text = f"clear policy: {policy.describe()}"
+    if policy.is_default:
+        return text
+    total = sum(removed.values())
+    target = next((removed.get(s.name, 0) for s, a in inputs.slots if s.role == "target" and a is not None), None)
+    npx = max(inputs.grid.width * inputs.grid.height, 1)
+    text += f"; removed {total} px beyond the masks over {len(removed)} input(s)"
+    if target is not None:
+        text += f", {target} px ({100 * target / npx:.1f} %) of the date's own"
+    return text
+
+
 def _tags(inputs: InputSet, method: Method, options: InferOptions) -> dict[str, str]:
-    return {
+    tags = {
         "DATETIME": inputs.target.strftime("%Y-%m-%dT%H:%M:%S"),
         "TILE_ID": inputs.tile,
         "CLOUDCLEAR_METHOD": Path(method.name).name,
@@ -241,6 +269,9 @@ def _tags(inputs: InputSet, method: Method, options: InferOptions) -> dict[str, 
         "BOA_ADD_OFFSET": "0",
         "PROCESSING_LEVEL": "L2A-cloudclear",
     }
+    if not options.clear.is_default:
+        tags["CLOUDCLEAR_CLEAR_POLICY"] = options.clear.describe()
+    return tags
 
 
 def _reconstruct(
@@ -251,8 +282,9 @@ def _reconstruct(
     failures: WriteFailures,
     options: InferOptions,
     progress_desc: str,
-) -> np.ndarray:
-    """Read, predict and write every row into ``temps``; returns the pixel counts per status."""
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Read, predict and write every row into ``temps``; returns the pixel counts per status and,
+    per used slot, the pixels the clear policy removed beyond the masks."""
     grid = inputs.grid
     slots = inputs.slots
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
@@ -262,7 +294,7 @@ def _reconstruct(
     bar: Any = None
     try:
         for _, acq in used:
-            sources.append(Source(acq, grid))
+            sources.append(Source(acq, grid, options.clear))
         bounds = strip_bounds(sources, grid.height, options.strip_rows)
         spans, plan = method.row_spans(grid.height, grid.width, bounds)
         out_bands = method.output_bands(inputs)
@@ -316,6 +348,7 @@ def _reconstruct(
                 bar.update(st.shape[0])
         writer.finish()
         counts = writer.counts.copy()
+        removed = {slots[i][0].name: src.removed for (i, _), src in zip(used, sources, strict=True)}
         writer = None
     finally:
         if bar is not None:
@@ -327,7 +360,7 @@ def _reconstruct(
         for src in sources:
             src.close()
     seal(temps, *names, failures)
-    return counts
+    return counts, removed
 
 
 # -- several dates ---------------------------------------------------------------------------------
@@ -391,9 +424,11 @@ def _infer(
     from cloudclear.inference.select import choose_inputs, output_name
 
     # Choose every date's inputs first: a bad date fails before hours of work on the others.
+    request = method.layout()
+    if options.exclude:
+        request = dataclasses.replace(request, exclude=tuple(request.exclude) + tuple(options.exclude))
     chosen = [
-        choose_inputs(catalog, d, method.layout(), tile=tile, bands=method.bands(), s1_bands=method.s1_bands())
-        for d in dates
+        choose_inputs(catalog, d, request, tile=tile, bands=method.bands(), s1_bands=method.s1_bands()) for d in dates
     ]
     dst_text = str(dst)
     if (

@@ -25,6 +25,7 @@ import numpy as np
 
 from cloudclear.gridio import Grid
 from cloudclear.inference.select import Acquisition
+from cloudclear.masks import DEFAULT_POLICY, ClearPolicy
 from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
 
 
@@ -59,16 +60,21 @@ def reflectance(strip: Strip, acq: Acquisition, cols: slice) -> np.ndarray:
 
 class Source:
     """One acquisition's bands and mask, read strip by strip on the output grid through the one
-    scene reader (:class:`~cloudclear.scenes.reader.SceneReader`).
+    scene reader (:class:`~cloudclear.scenes.reader.SceneReader`), with a clear policy.
+
+    Attributes:
+        removed: valid pixels read so far that the mask calls clear and the policy does not (each
+            strip is read once, so after a whole run: the acquisition's count on the grid).
 
     Raises:
         SceneNotFoundError: a file the catalog lists is gone.
         InvalidRasterError: a file cannot be opened or placed on the grid.
     """
 
-    def __init__(self, acq: Acquisition, grid: Grid):
+    def __init__(self, acq: Acquisition, grid: Grid, policy: ClearPolicy = DEFAULT_POLICY):
         self.acq = acq
-        self.reader = SceneReader(ReadSpec.of(acq), grid)
+        self.reader = SceneReader(ReadSpec.of(acq), grid, policy=policy)
+        self.removed = 0
 
     @property
     def block_rows(self) -> int:
@@ -83,6 +89,8 @@ class Source:
     def read(self, r0: int, r1: int) -> Strip:
         """Rows ``r0..r1`` of the output grid."""
         px = self.reader.read(r0, r1)
+        if px.removed is not None:
+            self.removed += int(px.removed.sum())
         return Strip(px.values, px.valid, px.clear)
 
     def close(self) -> None:

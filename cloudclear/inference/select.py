@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudclear.acquisitions import Acquisition, acquisition, check_files, dedupe, grid_of
-from cloudclear.errors import NoInputsError
+from cloudclear.errors import NoInputsError, QueryError
 from cloudclear.gridio import Grid
 from cloudclear.layouts import Slot
 from cloudclear.scenes import Scene, normalise_tile, place_label
@@ -43,6 +43,8 @@ class InputRequest:
         required: slots that must be filled; others may stay empty (their inputs are nodata).
         stand_ins: (band, stand-in) pairs: a scene that lacks ``band`` but has the stand-in is
             read with the stand-in in its place (a network trained on B8A accepts B08).
+        exclude: scene ids never used as inputs (e.g. a clear date held out for scoring); each
+            must be in the catalog.
     """
 
     slots: tuple[Slot, ...]
@@ -51,6 +53,7 @@ class InputRequest:
     s1_max_hours: float = 72.0
     required: tuple[str, ...] = ()
     stand_ins: tuple[tuple[str, str], ...] = ()
+    exclude: tuple[str, ...] = ()
 
 
 def gapfill_layout(neighbours: int = 3, max_days: float = 60.0, max_cloud: float = 95.0) -> InputRequest:
@@ -130,11 +133,13 @@ def choose_inputs(
         s1_bands: S1 bands to read for S1 slots.
 
     Raises:
-        NoInputsError: the tile is not in the catalog (or several are and none was named), no S2
+        NoInputsError: an excluded scene id is not in the catalog, the tile is not in the
+            catalog (or several are and none was named), no S2
             scene lies within ``max_days``, a chosen scene lacks a band, a required slot is empty.
         SceneNotFoundError: a chosen scene's file was deleted after indexing.
     """
     target, date_only = parse_when(when)
+    _check_excluded(catalog, layout.exclude)
     places = catalog.places("S2")
     if tile is None:
         if len(places) > 1:
@@ -150,7 +155,8 @@ def choose_inputs(
     span = timedelta(days=layout.max_days)
     found = catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span)
     # A scene with no valid pixel (100 % nodata in the catalog) can fill no slot.
-    scenes = dedupe(s for s in found if s.nodata_pct < 100.0)
+    excluded = set(layout.exclude)
+    scenes = dedupe(s for s in found if s.nodata_pct < 100.0 and s.scene_id not in excluded)
 
     # The target acquisition: on the same UTC day for a date, within an hour for a datetime.
     def on_target(scene: Scene) -> bool:
@@ -225,6 +231,21 @@ def choose_inputs(
     notes: tuple[str, ...] = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
     notes += tuple(f"{s} (the network accepts it)" for s in sorted(substituted))
     return InputSet(tile, target, grid, tuple(scene_bands(nearest)), tuple(slots), notes)
+
+
+def _check_excluded(catalog: Catalog, exclude: Sequence[str]) -> None:
+    for scene_id in exclude:
+        try:
+            catalog.get(scene_id)
+        except QueryError:
+            raise NoInputsError(
+                f"{catalog.path}: cannot exclude {scene_id!r}: no scene has that id (ids look like {_an_id(catalog)})"
+            ) from None
+
+
+def _an_id(catalog: Catalog) -> str:
+    first = next(iter(catalog), None)
+    return "?" if first is None else first.scene_id
 
 
 def _s2_twin(layout: InputRequest, slot: Slot) -> str:

@@ -13,7 +13,8 @@ reads them here, so that they agree on what a pixel holds:
   finite and not nodata, 0 for S2 integers without a declared nodata), the decoded mask classes
   (:class:`~cloudclear.masks.MaskClass`, NODATA wherever a band is invalid) and the one definition
   of *clear*: valid and of a class in :data:`~cloudclear.masks.CLEAR_CLASSES` (every valid pixel
-  when the scene has no mask);
+  when the scene has no mask), after the reader's :class:`~cloudclear.masks.ClearPolicy` (buffer,
+  unclassified, snow; the default changes nothing) was applied to the mask's classes;
 - :func:`to_physical` turns raw values into reflectance (``DN * scale + offset``) or S1 dB
   (``10 log10`` of the scaled value when the scene is in linear power, floored at 1e-6).
 """
@@ -226,6 +227,8 @@ class Pixels:
             valid, NODATA elsewhere; without a mask CLEAR where valid.
         has_mask: whether ``classes`` come from a mask.
         spec: what was read.
+        removed: (rows, cols) valid pixels the mask calls clear that the reader's clear policy
+            calls obscured; None when the policy is the default (it removes nothing).
     """
 
     values: np.ndarray
@@ -234,6 +237,7 @@ class Pixels:
     classes: np.ndarray
     has_mask: bool
     spec: ReadSpec
+    removed: np.ndarray | None = None
 
     @property
     def clear(self) -> np.ndarray:
@@ -288,15 +292,26 @@ class SceneReader:
         grid: the grid to read on.
         opener: opens one file's bands (default: a new :class:`~cloudclear.gridio.GridReader`
             each, closed by :meth:`close`); readers it returns are the caller's to close.
+        policy: what the mask's classes become before *clear* is decided (default: nothing
+            changes). With a buffer, the mask is read with a halo of ``policy.buffer_px`` rows
+            and columns around each read, so reading in strips or windows equals one whole read.
 
     Raises:
         SceneNotFoundError: a file is gone.
         InvalidRasterError: a file cannot be opened, lacks a band, or cannot be placed on the grid.
     """
 
-    def __init__(self, spec: ReadSpec, grid: Grid, *, opener: Opener | None = None):
+    def __init__(
+        self,
+        spec: ReadSpec,
+        grid: Grid,
+        *,
+        opener: Opener | None = None,
+        policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
+    ):
         self.spec = spec
         self.grid = grid
+        self.policy = policy
         self.owned = opener is None
         open_ = opener or _open
         by_file: dict[tuple[str, float | None], list[tuple[int, int]]] = {}
@@ -343,17 +358,35 @@ class SceneReader:
         return self._pixels(r0, r1, c0, c1)
 
     def read_mask(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
-        """The decoded mask classes of a window, bands not read (NODATA only where the mask says so);
-        None when the scene has no mask."""
+        """The mask classes of a window, the reader's policy applied, bands not read (NODATA only
+        where the mask says so); None when the scene has no mask."""
+        got = self._mask(r0, r1, c0, c1)
+        return None if got is None else got[0]
+
+    def _mask(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(classes with the policy applied, classes as decoded or None for the default policy)."""
         if self.mask is None or self.spec.mask is None:
             return None
+        if self.policy.is_default:
+            return self._decoded(r0, r1, c0, c1)[0], None
+        h = self.policy.halo
+        a0, a1 = max(0, r0 - h), min(self.grid.height, r1 + h)
+        b0, b1 = max(0, c0 - h), min(self.grid.width, c1 + h)
+        decoded, raw = self._decoded(a0, a1, b0, b1)
+        applied = masks.apply_policy(decoded, self.policy, raw, self.spec.mask.convention)
+        core = (slice(r0 - a0, r1 - a0), slice(c0 - b0, c1 - b0))
+        return applied[core], decoded[core]
+
+    def _decoded(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(decoded classes, raw values) of a window of the mask."""
+        assert self.mask is not None and self.spec.mask is not None
         mb = self.spec.mask
         raw = self.mask.read(r0, r1) if (c0, c1) == (0, self.grid.width) else self.mask.read_window(r0, r1, c0, c1)
         out = masks.decode(raw[0], mb.convention, self.mask.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
         covered = self.mask.covered(r0, r1, c0, c1)
         if covered is not None:
             out[~covered] = masks.MaskClass.NODATA
-        return out
+        return out, raw[0]
 
     def _pixels(self, r0: int, r1: int, c0: int, c1: int) -> Pixels:
         spec = self.spec
@@ -370,8 +403,14 @@ class SceneReader:
                 # Judged on the file's own values, before any cast to the common dtype.
                 band_valid[p] = valid_pixels(d, spec.bands[p].nodata, spec.sensor)
         valid = np.asarray(band_valid.all(axis=0)) if n else np.ones((rows, cols), bool)
-        decoded = self.read_mask(r0, r1, c0, c1)
-        return Pixels(values, band_valid, valid, classes_of(decoded, valid), decoded is not None, spec)
+        got = self._mask(r0, r1, c0, c1)
+        if got is None:
+            return Pixels(values, band_valid, valid, classes_of(None, valid), False, spec)
+        classes, before = got
+        removed = None
+        if before is not None:
+            removed = valid & masks.is_clear(before) & ~masks.is_clear(classes)
+        return Pixels(values, band_valid, valid, classes_of(classes, valid), True, spec, removed)
 
     def close(self) -> None:
         """Close the files this reader opened (not those an ``opener`` handed it)."""
