@@ -19,7 +19,16 @@ Outside this package, scenes travel as :class:`~cloudclear.scenes.Scene` values.
 from cloudclear.catalog.build import IndexResult, build_index, masks_folder, write_catalog
 from cloudclear.catalog.records import crs_label, decode_cells
 from cloudclear.catalog.stats import CELL, MAX_PIXELS, NO_CELL, STRIP_ROWS, SceneStats, scene_stats
-from cloudclear.catalog.store import DEFAULT_NAME, Catalog, parse_time, read_catalog
+from cloudclear.catalog.store import (
+    DEFAULT_NAME,
+    POLICY_KEY,
+    Catalog,
+    check_single_date,
+    parse_time,
+    policy_of,
+    policy_text,
+    read_catalog,
+)
 from cloudclear.scenes import Scene
 
 __all__ = [
@@ -27,16 +36,20 @@ __all__ = [
     "DEFAULT_NAME",
     "MAX_PIXELS",
     "NO_CELL",
+    "POLICY_KEY",
     "STRIP_ROWS",
     "Catalog",
     "IndexResult",
     "Scene",
     "SceneStats",
     "build_index",
+    "check_single_date",
     "crs_label",
     "decode_cells",
     "masks_folder",
     "parse_time",
+    "policy_of",
+    "policy_text",
     "read_catalog",
     "scene_stats",
     "write_catalog",

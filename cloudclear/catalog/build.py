@@ -21,7 +21,7 @@ from cloudclear.catalog.records import (
     stats_from_row,
 )
 from cloudclear.catalog.stats import scene_stats
-from cloudclear.catalog.store import DEFAULT_NAME, Catalog, read_catalog
+from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, check_single_date, policy_text, read_catalog
 from cloudclear.errors import (
     CatalogError,
     CatalogWriteError,
@@ -57,6 +57,11 @@ class IndexResult:
         seconds: wall time.
         summary: counts by sensor and tile, dates, cloud distribution.
         masks_detected: S2 scenes whose mask was computed (or reused) by a detector.
+        policy: the clear policy the cloud % counts.
+        removed: per S2 scene with a mask, valid pixels the mask calls clear that the policy
+            counted as obscured (empty under the default policy, which removes nothing).
+        recomputed_policy: every scene was recomputed because the previous catalog used another
+            policy.
     """
 
     catalog_path: Path
@@ -69,8 +74,18 @@ class IndexResult:
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)
     masks_detected: int = 0
+    policy: masks.ClearPolicy = masks.DEFAULT_POLICY
+    removed: dict[str, int] = field(default_factory=dict)
+    recomputed_policy: bool = False
+
+    @property
+    def removed_total(self) -> int:
+        """Pixels the policy removed beyond the masks, over every scene."""
+        return sum(self.removed.values())
 
     def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
         return {
             "catalog": str(self.catalog_path),
             "scenes": self.scenes,
@@ -82,6 +97,9 @@ class IndexResult:
             "seconds": round(self.seconds, 3),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "summary": self.summary,
+            "clear_policy": dataclasses.asdict(self.policy),
+            "policy_removed_px": {"total": self.removed_total, "scenes": self.removed},
+            "recomputed_for_policy": self.recomputed_policy,
         }
 
 
@@ -133,6 +151,7 @@ def build_index(
     rebuild: bool = False,
     progress: bool = False,
     detect: str | None = None,
+    policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
 ) -> IndexResult:
     """Scan a directory for S2, S1 and mask rasters and write (or update) its catalog.
 
@@ -146,6 +165,9 @@ def build_index(
         detect: a detector (:data:`cloudclear.detect.DETECTORS`) that computes a mask for every S2
             scene without one. Masks go to ``CATALOG_masks/`` beside the catalog as SCL GeoTIFFs and
             are reused by later runs (with or without ``detect``) while the scene is unchanged.
+        policy: what counts as clear (:class:`~cloudclear.masks.ClearPolicy`) in the cloud % and
+            cells; recorded in the ``meta`` table (only when not the default). A previous catalog
+            made with another policy has the statistics of every scene recomputed, never mixed.
 
     Returns:
         An :class:`IndexResult`.
@@ -157,6 +179,7 @@ def build_index(
             cloudclear catalog (never replaced).
         EmptyCatalogError: no usable scene was found (the previous catalog is left as it was).
         QueryError: ``date_pattern`` is not a regular expression.
+        MaskError: ``policy`` asks for the temporal test (only ``infer`` compares dates).
 
     A scene whose statistics cannot be computed (a corrupt file, or one declaring more pixels
     than :data:`~cloudclear.catalog.stats.MAX_PIXELS`) is skipped with the reason.
@@ -173,6 +196,7 @@ def build_index(
             re.compile(date_pattern)
         except re.error as exc:
             raise QueryError(f"date pattern {date_pattern!r} is not a valid regular expression: {exc}") from None
+    check_single_date(policy, "index")
     _check_writable(cat_path)
     _remove_stale_temporaries(cat_path)
 
@@ -183,7 +207,7 @@ def build_index(
         get_detector(detect)  # a wrong name or a missing package fails before the scan
     # GDAL lists a file's folder on every open to find sidecars: quadratic in big folders.
     with gdal_env("index", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        return _build(root, cat_path, previous, date_pattern, progress, t0, detect)
+        return _build(root, cat_path, previous, date_pattern, progress, t0, detect, policy)
 
 
 def _previous(cat_path: Path, rebuild: bool) -> Catalog | None:
@@ -247,6 +271,7 @@ def _build(
     progress: bool,
     t0: float,
     detect: str | None = None,
+    policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
 ) -> IndexResult:
     from dataclasses import replace
 
@@ -288,12 +313,15 @@ def _build(
     drafts, skipped = assemble(infos.values(), date_pattern)
     skipped = errors + skipped
 
-    old_rows = previous.records_by_id() if previous else {}
+    # Statistics counted under another policy are never reused: every scene is recomputed.
+    other_policy = previous is not None and previous.policy != policy
+    old_rows = previous.records_by_id() if previous and not other_policy else {}
     rel = _relativiser(cat_path.parent)
     records = []
     computed = reused = 0
     ids = scene_ids(drafts)
     detected = 0
+    removed: dict[str, int] = {}
     for scene_id, draft in tqdm(
         list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
     ):
@@ -314,11 +342,13 @@ def _build(
             reused += 1
         else:
             try:
-                stats = scene_stats(draft)
+                stats = scene_stats(draft, policy=policy)
             except (InvalidRasterError, ResourceLimitError) as exc:
                 skipped.extend(Skipped(p, str(exc)) for p in draft.files[:1])
                 continue
             computed += 1
+        if stats.removed_px is not None:
+            removed[scene_id] = stats.removed_px
         records.append(record(scene_id, draft, stats, infos, rel))
 
     if not records:
@@ -334,6 +364,8 @@ def _build(
         "date_pattern": date_pattern or "",
         "generation": uuid.uuid4().hex,
     }
+    if not policy.is_default:
+        meta[POLICY_KEY] = policy_text(policy)
     write_catalog(cat_path, frame, file_rows, skipped, meta, rel)
     catalog = Catalog(cat_path, frame, meta)
     catalog.build_rtree(persist=True)
@@ -348,6 +380,9 @@ def _build(
         seconds=time.perf_counter() - t0,
         summary=catalog.summary(),
         masks_detected=detected,
+        policy=policy,
+        removed=removed,
+        recomputed_policy=other_policy,
     )
 
 

@@ -93,6 +93,11 @@ def _level(draft: SceneDraft) -> str:
     return "GRD" if draft.sensor == "S1" else ""
 
 
+#: Column of the pixels a non-default clear policy removed beyond the mask, per S2 scene with a
+#: mask; absent from catalogs built with the default policy (which removes nothing).
+REMOVED_COLUMN = "policy_removed_px"
+
+
 def signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
     """What tells a scene's files changed: names, sizes and modification times."""
     return json.dumps(sorted((Path(p).name, infos[p].size, infos[p].mtime_ns) for p in paths))
@@ -146,7 +151,7 @@ def record(scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str,
         "files": json.dumps([rel(p) for p in draft.files]),
         "signature": signature(draft.files, infos),
         "geometry": geo,
-    }
+    } | ({} if stats.removed_px is None else {REMOVED_COLUMN: stats.removed_px})
 
 
 def stats_from_row(row: Any) -> SceneStats:
@@ -158,6 +163,7 @@ def stats_from_row(row: Any) -> SceneStats:
         cloud,
         decode_cells(row["cloud_cells"], rows, cols),
         decode_cells(row["valid_cells"], rows, cols),
+        None if REMOVED_COLUMN not in row or _isnull(row[REMOVED_COLUMN]) else int(row[REMOVED_COLUMN]),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cloudclear import masks
 from cloudclear.errors import InvalidRasterError, ResourceLimitError
 from cloudclear.gridio import Grid
 from cloudclear.scenes import SceneDraft
@@ -39,12 +40,16 @@ class SceneStats:
         cloud_pct: % of valid pixels that are cloud, thin cloud or cloud shadow; None without mask.
         cloud_cells: per CELL x CELL cell, cloud % (0-100), NO_CELL where unknown.
         valid_cells: per cell, % of pixels with data (0-100).
+        removed_px: valid pixels the mask calls clear that the clear policy counted as obscured
+            (buffer, unclassified, snow); None under the default policy (it removes nothing) or
+            without a mask.
     """
 
     nodata_pct: float
     cloud_pct: float | None
     cloud_cells: np.ndarray
     valid_cells: np.ndarray
+    removed_px: int | None = None
 
 
 def _cell_sums(arr: np.ndarray, cell: int) -> np.ndarray:
@@ -70,8 +75,12 @@ def check_size(path: str, width: int, height: int) -> None:
         )
 
 
-def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
+def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy = masks.DEFAULT_POLICY) -> SceneStats:
     """Read band 1 and the mask of a scene in strips and compute its statistics.
+
+    The cloud % and cells count what ``policy`` calls obscured (the one decision of what is clear,
+    :class:`~cloudclear.masks.ClearPolicy`, applied by the reader with its halo, so strips join
+    exactly); the default policy counts the mask's classes as decoded.
 
     Only the first band (for validity) and the mask are read, strip by strip, through the one
     scene reader (:class:`~cloudclear.scenes.reader.SceneReader`), so memory stays bounded on
@@ -97,13 +106,14 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
     valid_n = np.zeros((ncy, ncx), np.int64)
     known_n = np.zeros((ncy, ncx), np.int64)
     cloud_n = np.zeros((ncy, ncx), np.int64)
+    removed = 0
     # Pixels per cell: full cells, smaller ones along the bottom and right edges.
     total_n = np.outer(
         np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
     )
     strip = max(cell, STRIP_ROWS - STRIP_ROWS % cell)
     try:
-        reader = SceneReader(spec, grid)
+        reader = SceneReader(spec, grid, policy=policy)
     except InvalidRasterError as exc:
         raise InvalidRasterError(f"{exc} (corrupt or truncated)") from None
     try:
@@ -121,6 +131,8 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
             if px.has_mask:
                 known_n[c0:c1] += _cell_sums(px.known, cell)
                 cloud_n[c0:c1] += _cell_sums(px.obscured, cell)
+                if px.removed is not None:
+                    removed += int(px.removed.sum())
     finally:
         reader.close()
 
@@ -130,10 +142,13 @@ def scene_stats(draft: SceneDraft, cell: int = CELL) -> SceneStats:
         valid_cells = np.round(100.0 * valid_n / total_n).astype(np.uint8)
         cloud_frac = np.where(known_n > 0, 100.0 * cloud_n / np.maximum(known_n, 1), NO_CELL)
     cloud_cells = np.round(cloud_frac).astype(np.uint8)
+    removed_px = None if policy.is_default or draft.mask is None else removed
     if draft.mask is None:
         cloud_pct = None
         cloud_cells[:] = NO_CELL
     else:
         known = int(known_n.sum())
         cloud_pct = 100.0 * cloud_n.sum() / known if known else None
-    return SceneStats(float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells)
+    return SceneStats(
+        float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells, removed_px
+    )

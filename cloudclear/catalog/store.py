@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cloudclear import masks
 from cloudclear.catalog.records import SceneRows
 from cloudclear.errors import CatalogError, CatalogNotFoundError, CloudClearError, QueryError, describe_os_error
 from cloudclear.scenes import FileInfo, Scene, Skipped, normalise_tile
@@ -24,6 +25,43 @@ log = logging.getLogger(__name__)
 #: Default catalog file name, written inside the indexed directory.
 DEFAULT_NAME = "cloudclear.gpkg"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: ``meta`` key of the clear policy a catalog's cloud % used; absent means the default policy
+#: (catalogs written before the key existed, and default ones, stay as they were).
+POLICY_KEY = "clear_policy"
+
+
+def policy_text(policy: masks.ClearPolicy) -> str:
+    """A clear policy as the JSON text catalogs (``meta``) and stores (``store.json``) record."""
+    import dataclasses
+
+    return json.dumps(dataclasses.asdict(policy), sort_keys=True)
+
+
+def check_single_date(policy: masks.ClearPolicy, command: str) -> None:
+    """Refuse a policy asking for the temporal test where each scene is decided alone.
+
+    Raises:
+        MaskError: ``policy.temporal`` is set (the test compares dates: ``infer`` applies it).
+    """
+    from cloudclear.errors import MaskError
+
+    if getattr(policy, "temporal", False):
+        raise MaskError(f"{command}: the temporal test compares the dates of a series; only infer applies it")
+
+
+def policy_of(record: str | dict[str, Any] | None) -> masks.ClearPolicy:
+    """The clear policy recorded as :func:`policy_text` (or its parsed dict); None: the default.
+
+    Raises:
+        CatalogError: the record is not a clear policy (unknown fields or values).
+    """
+    if record is None or record == "":
+        return masks.DEFAULT_POLICY
+    try:
+        fields = json.loads(record) if isinstance(record, str) else dict(record)
+        return masks.ClearPolicy(**fields)
+    except (ValueError, TypeError, CloudClearError) as exc:
+        raise CatalogError(f"recorded clear policy {record!r} is not valid: {exc}") from None
 
 
 def read_catalog(path: Path) -> tuple[gpd.GeoDataFrame, dict[str, str]]:
@@ -65,7 +103,8 @@ class Catalog:
     Attributes:
         path: the GeoPackage.
         scenes: the records as a GeoDataFrame (the storage columns), in date order.
-        meta: the catalog's ``meta`` table (root, version, date pattern, generation).
+        meta: the catalog's ``meta`` table (root, version, date pattern, generation, and the
+            clear policy when it is not the default).
     """
 
     def __init__(self, path: Path, scenes: gpd.GeoDataFrame, meta: dict[str, str]):
@@ -82,6 +121,11 @@ class Catalog:
         self._place = np.array([p.upper() for p in self._rows.places()], dtype=object)
         self._geoms = np.asarray(self.scenes.geometry.array)
         self._ids = {sid: i for i, sid in enumerate(self.scenes["scene_id"])}
+
+    @property
+    def policy(self) -> masks.ClearPolicy:
+        """The clear policy the catalog's cloud % and cells count (:data:`POLICY_KEY` of ``meta``)."""
+        return policy_of(self.meta.get(POLICY_KEY))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Catalog:

@@ -11,7 +11,12 @@ import typer
 
 from cloudclear.cli.options import (
     AsJson,
+    Buffer,
+    Snow,
+    Strict,
+    Unclassified,
     choice,
+    clear_policy,
     json_option,
     parse_bbox,
     parse_range,
@@ -49,19 +54,32 @@ def index(
             callback=choice("detectors"),
         ),
     ] = None,
+    buffer: Buffer = None,
+    unclassified: Unclassified = None,
+    snow: Snow = None,
+    strict: Strict = False,
 ) -> None:
     """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
 
     Writes a GeoPackage (layer 'scenes', footprints in EPSG:4326; open it in QGIS or geopandas)
     and an rtree index beside it. Re-running reads only new or changed files. Files that are not
-    usable scenes are listed on stderr with the reason.
+    usable scenes are listed on stderr with the reason. The cloud % counts what the clear policy
+    (--buffer, --unclassified, --snow, --strict) calls obscured; the catalog records it, and
+    re-indexing with another policy recomputes every scene.
     """
     from cloudclear.catalog import build_index
     from cloudclear.errors import EmptyCatalogError
 
+    policy = clear_policy(buffer, unclassified, snow, strict)
     try:
         result = build_index(
-            directory, catalog, date_pattern=date_pattern, rebuild=rebuild, progress=progress(), detect=detect
+            directory,
+            catalog,
+            date_pattern=date_pattern,
+            rebuild=rebuild,
+            progress=progress(),
+            detect=detect,
+            policy=policy,
         )
     except EmptyCatalogError as exc:
         print_skipped(exc.skipped, show_skipped)
@@ -84,6 +102,12 @@ def index(
     typer.echo(f"  dates: {s['first'][:10]} .. {s['last'][:10]}")
     dist = "  ".join(f"{k}: {v}" for k, v in s["s2_cloud_distribution"].items())
     typer.echo(f"  S2 cloud cover: {dist}")
+    if not result.policy.is_default:
+        again = ", every scene recomputed (the catalog had another policy)" if result.recomputed_policy else ""
+        typer.echo(
+            f"  clear policy: {result.policy.describe()}: {result.removed_total} px the masks call clear "
+            f"counted as obscured, in {len(result.removed)} scene(s){again}"
+        )
     if s["s2_with_s1"]:
         typer.echo(f"  S2 with an S1 over them: {s['s2_with_s1']} (median gap {s['s1_gap_hours_median']:.1f} h)")
 

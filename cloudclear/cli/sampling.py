@@ -10,6 +10,11 @@ from typing import Annotated
 import typer
 
 from cloudclear.cli.options import (
+    Buffer,
+    Snow,
+    Strict,
+    Unclassified,
+    clear_policy,
     interruptible,
     json_option,
     overwrite_option,
@@ -107,6 +112,10 @@ def sample(
     ] = 1,
     overwrite: Annotated[bool, overwrite_option("an existing store")] = False,
     as_json: Annotated[bool, json_option()] = False,
+    buffer: Buffer = None,
+    unclassified: Unclassified = None,
+    snow: Snow = None,
+    strict: Strict = False,
 ) -> None:
     """Build training patches from an acquisition layout and write a patch store.
 
@@ -114,12 +123,15 @@ def sample(
     per-cell cloud cover and the rtree find acquisitions for every slot. Locations are split into
     train / val / test by blocks that never overlap. The store holds uint16 patches (compressed),
     masks, pasted gaps and a samples.gpkg table; cloudclear.sampling.PatchDataset reads it.
+    What is clear follows the clear policy (--buffer, --unclassified, --snow, --strict; without
+    them, the catalog's), recorded in store.json.
 
     Example: cloudclear sample -c sample_tiles/T31UFQ -l sequence -p 128 -n 40 -o out/seq
     """
     from cloudclear.sampling import SampleOptions
     from cloudclear.sampling import sample as run_sample
 
+    policy_given = strict or any(v is not None for v in (buffer, unclassified, snow))
     options = SampleOptions(
         patch_size=patch_size,
         count=count,
@@ -142,6 +154,7 @@ def sample(
         compression=compression,
         overwrite=overwrite,
         progress=progress(),
+        policy=None if policy_given is False else clear_policy(buffer, unclassified, snow, strict),
     )
 
     result = interruptible(lambda: run_sample(catalog, layout, out, options), "store")

@@ -139,6 +139,7 @@ def evaluate(
         f"split {split}: {first.samples} samples, {first.pixels:,} reconstructed pixels scored"
         + (f" ({first.unfilled:,} left out: no date saw them)" if first.unfilled else "")
     )
+    typer.echo(f"clear as the store(s) recorded: {first.clear_policy}")
     typer.echo(f"{'method':40s} {'PSNR':>7s} {'SSIM':>6s} {'SAM':>6s} {'MAE':>7s} {'RMSE':>7s}")
     for r in results:
         f = r.figures

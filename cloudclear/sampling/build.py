@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cloudclear import __version__
+from cloudclear import __version__, masks
 from cloudclear._tempfiles import remove_orphans
-from cloudclear.catalog import crs_label, parse_time
+from cloudclear.catalog import check_single_date, crs_label, parse_time
 from cloudclear.errors import (
     LayoutError,
     OutputExistsError,
@@ -79,6 +79,9 @@ class SampleOptions:
         compression: zlib level 1-9.
         overwrite: replace an existing store.
         progress: show a progress bar on stderr.
+        policy: what counts as clear (:class:`~cloudclear.masks.ClearPolicy`): a slot's cloud %,
+            the clearness of a simulated slot's truth, the stored mask classes and the pasted gaps
+            all go through it. None: the policy the catalog's cloud % used (its ``meta``).
     """
 
     patch_size: int = 256
@@ -103,6 +106,7 @@ class SampleOptions:
     compression: int = 1
     overwrite: bool = False
     progress: bool = False
+    policy: masks.ClearPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,8 @@ def _sample(
     t0 = time.perf_counter()
     opts = options or SampleOptions()
     _check(opts)
+    if opts.policy is not None:
+        check_single_date(opts.policy, "sample")
     cat = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
     lay = layout if isinstance(layout, Layout) else load_layout(str(layout))
     if opts.simulate:
@@ -291,7 +297,8 @@ def _sample(
         )
 
     specs = array_specs(lay, bands, opts.s1_bands, patch)
-    ctx = SampleReader(cat, lay, cands, splits, opts, bands)
+    policy = cat.policy if opts.policy is None else opts.policy
+    ctx = SampleReader(cat, lay, cands, splits, opts, bands, policy)
     # The store is written beside its final name and renamed when complete: a failure (disk
     # full, an unreadable scene, Ctrl-C) leaves no partial store and an existing one untouched.
     with atomic_output(out_path, overwrite=True, what="patch store") as tmp:
@@ -355,7 +362,7 @@ def _sample(
                     f"layout {lay.name} on {cat.path}: {n_feasible} candidate patches, "
                     f"none passed the exact checks: {top}"
                 )
-            notes = []
+            notes = _policy_notes(policy, cat.policy, rows)
             if len(writer) < opts.count:
                 notes.append(f"{len(writer)} of the {opts.count} samples asked for satisfy the layout")
             for k, name in enumerate(SPLITS):
@@ -364,7 +371,7 @@ def _sample(
                         notes.append(f"split {name} is empty: no block holds a candidate for it; use a smaller --block")
                     else:
                         notes.append(f"split {name} is empty: its candidates were not reached; raise --count")
-            manifest = _manifest(lay, bands, opts, cat, len(writer), dict(by_split), splits)
+            manifest = _manifest(lay, bands, opts, cat, len(writer), dict(by_split), splits, policy)
             import geopandas as gpd
 
             frame = gpd.GeoDataFrame(rows, geometry=geoms, crs="EPSG:4326")
@@ -392,6 +399,30 @@ def _sample(
         seconds=time.perf_counter() - t0,
         notes=tuple(notes),
     )
+
+
+#: Suffix of the samples-table columns holding, per S2 slot, the pixels the clear policy removed
+#: beyond the mask in the slot's patch (written only under a policy other than the default).
+REMOVED_SUFFIX = "_policy_removed_px"
+
+
+def _policy_notes(
+    policy: masks.ClearPolicy, catalog_policy: masks.ClearPolicy, rows: list[dict[str, Any]]
+) -> list[str]:
+    """The note lines that say what the clear policy did (none under the default policy)."""
+    notes = []
+    if not policy.is_default:
+        removed = sum(int(v) for r in rows for k, v in r.items() if k.endswith(REMOVED_SUFFIX) and v is not None)
+        notes.append(
+            f"clear policy ({policy.describe()}): {removed} px the masks call clear counted as obscured "
+            f"in the stored S2 patches"
+        )
+    if policy != catalog_policy:
+        notes.append(
+            f"the catalog's cloud cells count another clear policy ({catalog_policy.describe()}): candidates "
+            f"were chosen by them, each patch checked with this one; re-index with the same options to match"
+        )
+    return notes
 
 
 def _inside_unit(ctx: SampleReader, gi: int, r: int, loc: int, sp: int) -> bool:
@@ -436,8 +467,17 @@ def _row(i: int, g: Group, r: int, loc: int, sp: int, season: str, meta: dict[st
 
 
 def _manifest(
-    lay: Layout, bands: list[str], opts: SampleOptions, cat: Catalog, n: int, by_split: dict[str, int], splits: Splits
+    lay: Layout,
+    bands: list[str],
+    opts: SampleOptions,
+    cat: Catalog,
+    n: int,
+    by_split: dict[str, int],
+    splits: Splits,
+    policy: masks.ClearPolicy,
 ) -> dict[str, Any]:
+    import dataclasses
+
     from cloudclear.sampling.store import ENCODINGS
 
     return {
@@ -468,5 +508,6 @@ def _manifest(
         },
         "catalog": str(cat.path),
         "catalog_generation": cat.meta.get("generation"),
+        "clear_policy": dataclasses.asdict(policy),
         "cloudclear": __version__,
     }

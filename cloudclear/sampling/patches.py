@@ -100,6 +100,7 @@ class _S2Patch:
     valid: np.ndarray  # (P, P) bool
     cls: np.ndarray  # (P, P) uint8 MaskClass
     cloud: float | None  # % obscured among known pixels
+    removed: int | None  # pixels the mask calls clear that the policy obscures; None: default policy
 
 
 class SampleReader:
@@ -113,8 +114,10 @@ class SampleReader:
         splits: Splits,
         opts: SampleOptions,
         bands: list[str],
+        policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
     ):
         self.catalog = catalog
+        self.policy = policy
         self.layout = layout
         self.cands = {c.group.index: c for c in cands}
         self.splits = splits
@@ -169,8 +172,9 @@ class SampleReader:
 
     def _scene(self, g: Group, scene: Scene, names: Sequence[str], mask: bool) -> SceneReader:
         """The one scene reader for ``names`` of a scene on the group's grid, on this thread's
-        open files (bands sharing a file are read in one call: each block is decoded once)."""
-        return SceneReader(ReadSpec.of(scene, names, mask=mask), g.grid, opener=self.reader().get)
+        open files (bands sharing a file are read in one call: each block is decoded once), its
+        mask under the sample's clear policy."""
+        return SceneReader(ReadSpec.of(scene, names, mask=mask), g.grid, opener=self.reader().get, policy=self.policy)
 
     def _window(self, g: Group, loc: int) -> tuple[int, int, int, int]:
         r0, c0 = int(g.r0[loc]), int(g.c0[loc])
@@ -180,7 +184,8 @@ class SampleReader:
         scene = g.scenes[j]
         assert scene.has_bands(self.bands)  # s2_groups kept only scenes with every band
         px = self._scene(g, scene, self.bands, mask=True).read_window(*self._window(g, loc))
-        return _S2Patch(px.physical(), px.valid, px.classes, px.cloud_pct)
+        removed = None if px.removed is None else int(px.removed.sum())
+        return _S2Patch(px.physical(), px.valid, px.classes, px.cloud_pct, removed)
 
     def read_s1(self, g: Group, k: int, loc: int) -> np.ndarray | None:
         """S1 patch in dB (bands, P, P), NaN where nodata; None when the scene lacks a band."""
@@ -319,6 +324,8 @@ class SampleReader:
             cat_cloud = scene.cloud_pct
             meta[f"{slot.name}_scene_cloud_pct"] = None if cat_cloud is None else round(cat_cloud, 3)
             meta[f"{slot.name}_files"] = json.dumps(list(scene.files))
+            if not self.policy.is_default:
+                meta[f"{slot.name}_policy_removed_px"] = p.removed
             meta.update(extra)
         return arrays, hours, meta
 

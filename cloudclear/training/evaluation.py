@@ -22,7 +22,9 @@ class Evaluation:
 
     ``pixels`` counts the pixels scored: reconstructed pixels where every compared method gave a
     value (gapfill gives none where no date saw the surface); ``unfilled`` the reconstructed pixels
-    left out for that reason.
+    left out for that reason. ``clear_policy`` says which decision of what is clear made the
+    reconstructed pixels: the one each store recorded when it was sampled (its mask classes were
+    stored with it applied), ``mixed: ...`` when the stores differ.
     """
 
     method: str
@@ -32,6 +34,7 @@ class Evaluation:
     unfilled: int
     figures: dict[str, float | None]
     stores: tuple[str, ...] = field(default_factory=tuple)
+    clear_policy: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +59,19 @@ def _gapfill_frames(item: dict[str, Any], card: Any, slot_map: StoreSlots) -> li
     return out
 
 
+def store_policy(store: Any) -> Any:
+    """The :class:`~cloudclear.masks.ClearPolicy` a store recorded (``clear_policy`` in store.json;
+    stores written before it was recorded used the default policy)."""
+    from cloudclear.catalog import policy_of
+
+    return policy_of(store.manifest.get("clear_policy"))
+
+
+def _policies_text(opened: Sequence[Any]) -> str:
+    described = list(dict.fromkeys(store_policy(s).describe() for s in opened))
+    return described[0] if len(described) == 1 else "mixed: " + "; ".join(described)
+
+
 def evaluate(
     stores: Sequence[str | os.PathLike[str]],
     methods: Sequence[str],
@@ -70,7 +86,8 @@ def evaluate(
     input) and filled by gapfill, which interpolates the store's S2 slots in time and has no value
     where no date of the sample saw the surface. A checkpoint sees the slots its card names (a
     single-date card reads only ``t`` and its S1), fed by :class:`~cloudclear.nets.feed.Feed` as
-    inference feeds it.
+    inference feeds it. What is clear (in the truth and in the inputs) is the store's recorded
+    decision (:func:`store_policy`): its mask classes were stored with the policy applied.
 
     Raises:
         StoreError: unreadable stores or an empty split.
@@ -135,9 +152,12 @@ def evaluate(
     if counts["samples"] == 0:
         raise StoreError(f"split {split} of {', '.join(str(s.path) for s in opened)} is empty")
     out = []
+    policy = _policies_text(opened)
     for m in methods:
         s = results[m].result()
         figures = {k: (None if not math.isfinite(getattr(s, k)) else round(getattr(s, k), 4)) for k in FIGURES}
         paths = tuple(str(s.path) for s in opened)
-        out.append(Evaluation(m, split, counts["samples"], counts["pixels"], counts["unfilled"], figures, paths))
+        out.append(
+            Evaluation(m, split, counts["samples"], counts["pixels"], counts["unfilled"], figures, paths, policy)
+        )
     return out

@@ -1,0 +1,209 @@
+"""One decision of what is clear in ``index``, ``sample`` and ``evaluate``: the clear policy.
+
+The default policy changes nothing (catalogs and stores as before); ``--strict`` (buffer 3 px,
+SCL "unclassified" as cloud) raises a scene's cloud % by the buffer ring, is recorded in the
+catalog's meta table and in store.json, and re-indexing with another policy recomputes every scene.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from conftest import write_raster
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from cloudclear import masks
+from cloudclear.catalog import POLICY_KEY, Catalog, build_index, policy_of, policy_text
+from cloudclear.cli import app
+from cloudclear.sampling import PatchStore
+from cloudclear.training.evaluation import store_policy
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
+BANDS = ["B02", "B03", "B04", "B08"]
+SIZE = 128
+CLOUD_ROWS = 32
+
+
+def _scene(folder: Path, day: int = 0, cloud_rows: int = CLOUD_ROWS, unclassified_rows: int = 0) -> None:
+    """A 4-band S2 scene with SCL: the top rows cloud (9), then rows of 'unclassified' (7), then vegetation."""
+    stamp = (datetime(2021, 5, 1, 10, 30, tzinfo=timezone.utc) + timedelta(days=day)).strftime("%Y%m%dT%H%M%S")
+    data = np.full((4, SIZE, SIZE), 1200, np.uint16)
+    scl = np.full((1, SIZE, SIZE), 4, np.uint8)
+    scl[:, :cloud_rows] = 9
+    scl[:, SIZE - unclassified_rows :] = 7
+    write_raster(folder / f"S2_T31UFQ_{stamp}.tif", data, descriptions=BANDS, nodata=0)
+    write_raster(folder / f"S2_T31UFQ_{stamp}_SCL.tif", scl, descriptions=["SCL"], nodata=0)
+
+
+def _index(folder: Path, *extra: str) -> dict:
+    res = runner.invoke(app, ["index", str(folder), "--json", *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def _cloud(folder: Path) -> float:
+    return float(Catalog.open(folder).scenes.iloc[0]["cloud_pct"])
+
+
+def test_policy_text_round_trips():
+    for policy in (masks.DEFAULT_POLICY, masks.STRICT):
+        assert policy_of(policy_text(policy)) == policy
+    assert policy_of(None) == masks.DEFAULT_POLICY
+
+
+def test_default_index_records_no_policy_and_no_removed_column(tmp_path):
+    _scene(tmp_path)
+    out = _index(tmp_path)
+    assert out["policy_removed_px"] == {"total": 0, "scenes": {}}
+    cat = Catalog.open(tmp_path)
+    assert POLICY_KEY not in cat.meta and cat.policy == masks.DEFAULT_POLICY
+    assert "policy_removed_px" not in cat.scenes.columns
+    assert _cloud(tmp_path) == pytest.approx(100.0 * CLOUD_ROWS / SIZE)
+
+
+def test_strict_raises_cloud_by_the_buffer_ring(tmp_path):
+    _scene(tmp_path)
+    out = _index(tmp_path, "--strict")
+    ring = masks.STRICT.buffer_px  # a straight cloud edge grows by buffer_px full rows
+    assert _cloud(tmp_path) == pytest.approx(100.0 * (CLOUD_ROWS + ring) / SIZE, abs=1e-3)
+    (scene_id,) = out["policy_removed_px"]["scenes"]
+    assert out["policy_removed_px"] == {"total": ring * SIZE, "scenes": {scene_id: ring * SIZE}}
+    cat = Catalog.open(tmp_path)
+    assert cat.policy == masks.STRICT
+    assert int(cat.scenes.iloc[0]["policy_removed_px"]) == ring * SIZE
+    text = runner.invoke(app, ["index", str(tmp_path)])  # back to the default: recomputed, said nowhere
+    assert text.exit_code == 0 and "clear policy" not in text.stdout
+
+
+def test_strict_counts_unclassified_as_cloud(tmp_path):
+    _scene(tmp_path, cloud_rows=0, unclassified_rows=16)
+    _index(tmp_path, "--unclassified", "cloud")
+    assert _cloud(tmp_path) == pytest.approx(100.0 * 16 / SIZE, abs=1e-3)
+    _index(tmp_path, "--strict")  # unclassified rows at the bottom edge: the buffer adds 3 rows above
+    assert _cloud(tmp_path) == pytest.approx(100.0 * 19 / SIZE, abs=1e-3)
+
+
+def test_text_output_has_a_total_line(tmp_path):
+    _scene(tmp_path)
+    res = runner.invoke(app, ["index", str(tmp_path), "--buffer", "2"])
+    assert res.exit_code == 0, res.output
+    assert "clear policy: buffer 2 px" in res.stdout and f"{2 * SIZE} px the masks call clear" in res.stdout
+
+
+def test_reindexing_with_another_policy_recomputes_every_scene(tmp_path):
+    for day in range(3):
+        _scene(tmp_path, day)
+    first = build_index(tmp_path)
+    assert first.scenes_computed == 3
+    again = build_index(tmp_path)
+    assert again.scenes_computed == 0 and again.scenes_reused == 3
+    strict = build_index(tmp_path, policy=masks.STRICT)
+    assert strict.scenes_computed == 3 and strict.scenes_reused == 0 and strict.recomputed_policy
+    clouds = Catalog.open(tmp_path).scenes["cloud_pct"].tolist()
+    assert clouds == pytest.approx([100.0 * (CLOUD_ROWS + 3) / SIZE] * 3, abs=1e-3)
+    same = build_index(tmp_path, policy=masks.STRICT)  # the same policy: reused, removed counts kept
+    assert same.scenes_reused == 3 and same.removed_total == 3 * 3 * SIZE
+    back = build_index(tmp_path)
+    assert back.scenes_computed == 3 and back.recomputed_policy
+    assert Catalog.open(tmp_path).scenes["cloud_pct"].tolist() == pytest.approx([25.0] * 3)
+    assert POLICY_KEY not in Catalog.open(tmp_path).meta
+
+
+@pytest.mark.skipif(not hasattr(masks.DEFAULT_POLICY, "temporal"), reason="no temporal test in this policy")
+def test_the_temporal_test_is_refused_where_scenes_are_decided_alone(tmp_path):
+    import dataclasses
+
+    from cloudclear.errors import MaskError
+
+    _scene(tmp_path)
+    with pytest.raises(MaskError, match="only infer applies it"):
+        build_index(tmp_path, policy=dataclasses.replace(masks.DEFAULT_POLICY, temporal=True))
+    assert not (tmp_path / "cloudclear.gpkg").exists()
+
+
+def test_bad_policy_value_exits_2(tmp_path):
+    _scene(tmp_path)
+    res = runner.invoke(app, ["index", str(tmp_path), "--buffer", "-1"])
+    assert res.exit_code == 2
+
+
+# -- sample and evaluate -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("t31ufq")
+    for sub in ("S2", "S1"):
+        shutil.copytree(SAMPLE / sub, root / sub)
+    return root
+
+
+def _sample(catalog: Path, out: Path, *extra: str):
+    res = runner.invoke(
+        app,
+        ["sample", "-c", str(catalog), "-l", "OS2", "--simulate", "t", "-p", "64", "-n", "20"]
+        + ["--s1-max-gap", "150", "-o", str(out), *extra],
+    )
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _raw_scl(catalog: Catalog, scene_id: str) -> np.ndarray:
+    mask = catalog.get(scene_id).mask
+    assert mask is not None
+    with rasterio.open(mask.path) as src:
+        return src.read(mask.band)
+
+
+@pytest.mark.slow
+def test_strict_store_records_the_policy_and_its_targets_are_clear_with_the_buffer(tiles, tmp_path):
+    _index(tiles, "-c", str(tiles / "strict.gpkg"), "--strict")
+    res = _sample(tiles / "strict.gpkg", tmp_path / "os2")
+    assert "note: clear policy (buffer 3 px" in res.stdout
+    manifest = json.loads((tmp_path / "os2" / "store.json").read_text())
+    assert policy_of(manifest["clear_policy"]) == masks.STRICT
+    ps = PatchStore(tmp_path / "os2")
+    assert store_policy(ps) == masks.STRICT
+    cat = Catalog.open(tiles / "strict.gpkg")
+    meta = ps.metadata()
+    disk = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
+    for i in range(len(ps)):
+        row = meta.iloc[i]
+        arrays = ps.read(i)
+        assert not masks.is_obscured(arrays["t.mask"]).any()  # the truth is clear under the policy
+        # ... and, from the raw SCL: no cloud, shadow, cirrus or unclassified pixel within 3 px
+        scl = _raw_scl(cat, row["t_scene"])
+        bad = np.isin(scl, (3, 7, 8, 9, 10))
+        near = ndimage.binary_dilation(bad, structure=disk)
+        r, c = int(row["row"]), int(row["col"])
+        assert not near[r : r + 64, c : c + 64].any(), row["t_scene"]
+        assert row["t_policy_removed_px"] >= 0
+    from cloudclear.training import evaluate
+
+    (result,) = evaluate([tmp_path / "os2"], ["gapfill"], split=None)
+    assert result.clear_policy == masks.STRICT.describe() and result.pixels > 0
+
+
+@pytest.mark.slow
+def test_sample_default_follows_the_catalog_and_options_override_it(tiles, tmp_path):
+    _index(tiles, "-c", str(tiles / "plain.gpkg"))
+    plain = _sample(tiles / "plain.gpkg", tmp_path / "plain")
+    assert "clear policy" not in plain.stdout
+    manifest = json.loads((tmp_path / "plain" / "store.json").read_text())
+    assert policy_of(manifest["clear_policy"]) == masks.DEFAULT_POLICY
+    assert not [c for c in pyogrio.read_dataframe(tmp_path / "plain" / "samples.gpkg").columns if "policy" in c]
+    strict = _sample(tiles / "plain.gpkg", tmp_path / "strict", "--strict")
+    assert "the catalog's cloud cells count another clear policy" in strict.stdout
+    assert policy_of(json.loads((tmp_path / "strict" / "store.json").read_text())["clear_policy"]) == masks.STRICT
+    for i in range(len(PatchStore(tmp_path / "strict"))):
+        assert not masks.is_obscured(PatchStore(tmp_path / "strict").read(i)["t.mask"]).any()
