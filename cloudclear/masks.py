@@ -301,6 +301,11 @@ class ClearPolicy:
             as CLOUD: in Sen2Cor the class often holds thin cloud and haze).
         snow: what the SNOW class counts as: "clear" (default, the surface is seen) or "cloud"
             (Sen2Cor often calls cloud "snow", and gap filling would copy it into neighbours).
+        temporal: also apply the temporal test (:func:`temporal_test`) where several dates of the
+            same pixels are read together (``infer``): a pixel the mask calls clear that is much
+            brighter in blue than the other dates clear there is cloud or haze, much darker in NIR
+            is shadow, and snow with no snowy other date is cloud. A reader of one scene alone
+            cannot apply it and ignores it.
 
     Raises:
         MaskError: a field is out of range or not one of its choices.
@@ -309,6 +314,7 @@ class ClearPolicy:
     buffer_px: int = 0
     unclassified: Literal["clear", "cloud"] = "clear"
     snow: Literal["clear", "cloud"] = "clear"
+    temporal: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.buffer_px, bool) or not isinstance(self.buffer_px, int):
@@ -319,6 +325,8 @@ class ClearPolicy:
             value = getattr(self, name)
             if value not in _CHOICES:
                 raise MaskError(f"clear policy: {name} must be clear or cloud, not {value!r}")
+        if not isinstance(self.temporal, bool):
+            raise MaskError(f"clear policy: temporal must be true or false, not {self.temporal!r}")
 
     @property
     def is_default(self) -> bool:
@@ -331,10 +339,12 @@ class ClearPolicy:
         return self.buffer_px
 
     def describe(self) -> str:
-        """One line: ``buffer 3 px, unclassified cloud, snow clear`` (``mask as decoded`` by default)."""
+        """One line: ``buffer 3 px, unclassified cloud, snow clear`` (``, temporal test`` when on;
+        ``mask as decoded`` by default)."""
         if self.is_default:
             return "mask as decoded (buffer 0 px, unclassified clear, snow clear)"
-        return f"buffer {self.buffer_px} px, unclassified {self.unclassified}, snow {self.snow}"
+        text = f"buffer {self.buffer_px} px, unclassified {self.unclassified}, snow {self.snow}"
+        return text + (", temporal test" if self.temporal else "")
 
 
 #: The default policy: the masks' classes as decoded.
@@ -416,3 +426,132 @@ def dilate_disk(seed: np.ndarray, radius: int) -> np.ndarray:
         if a < b:
             out[a:b] |= runs[w][a + dy : b + dy]
     return out
+
+
+# -- the temporal test ---------------------------------------------------------------------------
+
+#: Temporal test, haze and cloud: a clear pixel is cloud when its blue (B02) reflectance exceeds the
+#: median of the other dates clear there by more than this (absolute reflectance)...
+TEMPORAL_BLUE_ADD = 0.03
+#: ... and is more than this factor times that median. Clear land varies by about 0.01-0.02 in
+#: blue from date to date (view angle, aerosol correction); MAJA's multi-temporal cloud test
+#: (Hagolle et al. 2010) flags a blue increase above 0.03 over the last clear date. Over dark
+#: forest (blue 0.02) the haze at cloud edges adds 0.03 and more. The factor keeps bright
+#: surfaces (bare soil, gravel, roofs), whose blue varies in proportion, from being flagged.
+TEMPORAL_BLUE_FACTOR = 1.3
+#: Temporal test, shadow: a clear pixel whose NIR (B08, else B8A) is below this factor of the other
+#: dates' median...
+TEMPORAL_NIR_FACTOR = 0.6
+#: ... and below that median minus this (reflectance), and not brighter in blue than the blue
+#: median: a shadow darkens every band, while a harvest or a mowing, which also drops NIR within
+#: a few weeks, brightens the visible bands.
+TEMPORAL_NIR_SUB = 0.04
+#: Other dates clear at a pixel the test needs there; with fewer, the mask's decision stands.
+TEMPORAL_MIN_OTHERS = 2
+
+
+@dataclass(frozen=True)
+class TemporalFlags:
+    """What :func:`temporal_test` removes, per date: (dates, rows, cols) bool arrays.
+
+    Attributes:
+        cloud: clear per the mask, but cloud or haze (much brighter in blue than the other dates,
+            or snow with no snowy other date).
+        shadow: clear per the mask, but much darker in NIR than the other dates (not cloud).
+    """
+
+    cloud: np.ndarray
+    shadow: np.ndarray
+
+    @property
+    def obscured(self) -> np.ndarray:
+        """(dates, rows, cols): cloud or shadow."""
+        return self.cloud | self.shadow
+
+
+def _others_median(values: np.ndarray, clear: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(median over the dates other than ``i`` clear at each pixel, how many there are)."""
+    keep = [j for j in range(values.shape[0]) if j != i]
+    v = np.where(clear[keep], values[keep], np.inf)  # obscured dates sort last
+    v.sort(axis=0)
+    k = clear[keep].sum(axis=0)
+    lo = np.clip((k - 1) // 2, 0, None)[None]
+    hi = np.clip(k // 2, 0, None)[None]
+    med = 0.5 * (np.take_along_axis(v, lo, 0)[0] + np.take_along_axis(v, hi, 0)[0])
+    return np.where(k > 0, med, np.nan).astype(np.float32), k
+
+
+def temporal_test(
+    blue: np.ndarray,
+    clear: np.ndarray,
+    nir: np.ndarray | None = None,
+    snow: np.ndarray | None = None,
+) -> TemporalFlags:
+    """The temporal test: pixels the masks call clear that the other dates of the same pixel show
+    to be cloud, haze or shadow (the multi-temporal tests of MAJA, against a median of dates).
+
+    A pure function on arrays of dates of the same pixels (any spatial shape). For each date ``i``
+    and pixel the mask calls clear there, with at least :data:`TEMPORAL_MIN_OTHERS` *other* dates
+    clear at the pixel (else the mask's decision stands):
+
+    - cloud or haze: blue > median + :data:`TEMPORAL_BLUE_ADD` and blue >
+      :data:`TEMPORAL_BLUE_FACTOR` x median (median of blue over the other clear dates);
+    - snow (``snow`` true): cloud when no other clear date is snowy there, else kept (the blue
+      test does not apply to it: fresh snow is much brighter than the snow-free dates around it);
+    - shadow (when not cloud): NIR < :data:`TEMPORAL_NIR_FACTOR` x median and NIR < median -
+      :data:`TEMPORAL_NIR_SUB` (median of NIR over the other clear dates), and blue not above
+      its median.
+
+    Every decision uses the masks as given (a flagged date still counts as clear for the others).
+    The test removes a minority: where it would flag more than half of the dates clear at a pixel
+    (a river whose level changes, a field mown: two groups of dates, each unlike the other), it
+    cannot tell which shows the surface, and flags none there.
+
+    Args:
+        blue: (dates, ...) blue (B02) reflectance.
+        clear: (dates, ...) bool: the masks' decision (valid and clear).
+        nir: (dates, ...) NIR (B08 or B8A) reflectance, or None (no shadow test).
+        snow: (dates, ...) bool: where the masks say snow, or None (no snow test).
+
+    Returns:
+        :class:`TemporalFlags`; every flagged pixel is clear in ``clear``.
+    """
+    blue = np.asarray(blue, dtype=np.float32)
+    clear = np.asarray(clear, dtype=bool)
+    if blue.shape != clear.shape or (nir is not None and np.shape(nir) != clear.shape):
+        raise ValueError("temporal_test: blue, clear and nir must have the same shape")
+    n = clear.shape[0]
+    cloud = np.zeros(clear.shape, bool)
+    shadow = np.zeros(clear.shape, bool)
+    if n <= TEMPORAL_MIN_OTHERS:
+        return TemporalFlags(cloud, shadow)
+    clear = clear & np.isfinite(blue)
+    nir_f = None if nir is None else np.asarray(nir, dtype=np.float32)
+    if nir_f is not None:
+        nir_ok = clear & np.isfinite(nir_f)
+    snow_b = None if snow is None else (np.asarray(snow, dtype=bool) & clear)
+    for i in range(n):
+        med_b, k = _others_median(blue, clear, i)
+        test = clear[i] & (k >= TEMPORAL_MIN_OTHERS)
+        if not test.any():
+            continue
+        with np.errstate(invalid="ignore"):
+            b = blue[i]
+            hazy = test & (b > med_b + TEMPORAL_BLUE_ADD) & (b > TEMPORAL_BLUE_FACTOR * med_b)
+            if snow_b is not None:
+                # Snow is decided by its neighbours alone: cloud without a snowy one, else snow
+                # (fresh snow is much brighter than the snow-free dates around it).
+                others_snowy = np.delete(snow_b, i, axis=0).any(axis=0)
+                hazy = np.where(snow_b[i], test & ~others_snowy, hazy)
+            cloud[i] = hazy
+            if nir_f is not None:
+                med_n, kn = _others_median(nir_f, nir_ok, i)
+                x = nir_f[i]
+                dark = (x < TEMPORAL_NIR_FACTOR * med_n) & (x < med_n - TEMPORAL_NIR_SUB) & (b <= med_b)
+                shadow[i] = test & nir_ok[i] & (kn >= TEMPORAL_MIN_OTHERS) & dark & ~hazy
+    # The test removes a minority: where it would remove more than half the clear dates of a pixel,
+    # the dates disagree too much to tell which of them shows the surface, and the masks stand.
+    ambiguous = 2 * (cloud | shadow).sum(axis=0) > clear.sum(axis=0)
+    cloud &= ~ambiguous
+    shadow &= ~ambiguous
+    return TemporalFlags(cloud, shadow)

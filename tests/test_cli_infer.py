@@ -437,6 +437,49 @@ def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
     assert np.array_equal(read(again), read(default))
 
 
+def test_temporal_flags_a_haze_patch_the_mask_calls_clear(tmp_path):
+    """--temporal: a haze patch on the date, called clear by its SCL, is not kept as observed; the
+    default policy keeps it (and stays the masks' decision)."""
+    from cloudclear.synth import generate_series
+
+    series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
+    target = series.s2[2]  # 2021-05-01
+    with rasterio.open(target, "r+") as dst:
+        data = dst.read()
+        patch = (slice(None), slice(20, 36), slice(20, 36))
+        haze = np.array([800, 700, 600, 400], np.uint16)[:, None, None]  # reflectance x 10000
+        data[patch] = data[patch] + haze
+        dst.write(data)
+    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg")
+    default, temporal = tmp_path / "default.tif", tmp_path / "temporal.tif"
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", default, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["clear_policy"]["removed"] == {} and d["pixels"]["observed"] == 64 * 64
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", temporal, "--temporal", "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["clear_policy"]["policy"] == "buffer 0 px, unclassified clear, snow clear, temporal test"
+    removed = d["clear_policy"]["removed"]
+    status = read(tmp_path / "temporal_status.tif")[0]
+    assert (status[20:36, 20:36] == 2).all()  # reconstructed, not observed
+    assert 16 * 16 <= removed["t"] <= 16 * 16 + 41  # the patch, and little else (under 1 %)
+    assert d["pixels"]["observed"] == 64 * 64 - removed["t"]
+    out = read(temporal).astype(np.float32)
+    truth = read(series.truth[2]).astype(np.float32)
+    assert np.abs(out[:, 20:36, 20:36] - truth[:, 20:36, 20:36]).mean() < 0.5 * 600
+    with rasterio.open(temporal) as dst:
+        assert dst.tags()["CLOUDCLEAR_CLEAR_POLICY"] == d["clear_policy"]["policy"]
+    # The test is per pixel: the strips read do not change the result.
+    again = tmp_path / "again.tif"
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", again, "--temporal", "--strip-rows", "16")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read(again), read(temporal))
+    # The last of --temporal and --no-temporal wins.
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", tmp_path / "x.tif", "--temporal", "--no-temporal")
+    assert res.exit_code == 0 and "clear policy: mask as decoded" in res.stdout, res.output
+
+
 # -- 5: interrupted runs -------------------------------------------------------------------------
 
 

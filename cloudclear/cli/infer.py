@@ -13,6 +13,7 @@ from cloudclear.cli.options import (
     Buffer,
     Snow,
     Strict,
+    Temporal,
     Unclassified,
     clear_policy,
     expand_dates,
@@ -89,6 +90,7 @@ def infer(
     unclassified: Unclassified = None,
     snow: Snow = None,
     strict: Strict = False,
+    temporal: Temporal = None,
     exclude: Annotated[
         list[str] | None,
         typer.Option(
@@ -107,8 +109,9 @@ def infer(
     before and after the date (the nearest one at the ends of the series). A checkpoint runs its
     network in overlapping windows (GPU when there is one).
 
-    What is clear is what the masks call clear; --buffer, --unclassified, --snow and --strict make
-    that stricter (the run summary says which policy was used and how many pixels it removed).
+    What is clear is what the masks call clear; --buffer, --unclassified, --snow, --temporal and
+    --strict make that stricter (the run summary says which policy was used and how many pixels it
+    removed).
 
     Writes uint16 reflectance x 10000 (nodata 0), 512 x 512 tiles, ZSTD, on the S2 grid, plus a
     status sidecar. Files appear under their final name only when complete.
@@ -124,7 +127,7 @@ def infer(
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     if batch < 1 or strip_rows < 1 or neighbours < 1 or every < 1:
         raise typer.BadParameter("--batch, --strip-rows, --neighbours and --every must be >= 1")
-    policy = clear_policy(buffer, unclassified, snow, strict)
+    policy = clear_policy(buffer, unclassified, snow, strict, temporal)
     dates = expand_dates(date, every)
     band_list = parse_bands(bands)
     cat = Catalog.open(catalog)

@@ -52,6 +52,16 @@ Unclassified = Annotated[
 Snow = Annotated[
     str | None, typer.Option("--snow", help="What the masks' snow counts as: clear or cloud. [default: clear]")
 ]
+Temporal = Annotated[
+    bool | None,
+    typer.Option(
+        "--temporal/--no-temporal",
+        help="The temporal test: a pixel the mask calls clear that is much brighter in blue than the "
+        "other inputs clear there is cloud or haze, much darker in NIR is shadow, snow with no snowy "
+        "other input is cloud (needs 2 other clear inputs at the pixel). [default: off]",
+        show_default=False,
+    ),
+]
 Strict = Annotated[
     bool,
     typer.Option(
@@ -60,7 +70,9 @@ Strict = Annotated[
 ]
 
 
-def clear_policy(buffer: int | None, unclassified: str | None, snow: str | None, strict: bool) -> Any:
+def clear_policy(
+    buffer: int | None, unclassified: str | None, snow: str | None, strict: bool, temporal: bool | None = None
+) -> Any:
     """The :class:`~cloudclear.masks.ClearPolicy` the clear-policy options ask for.
 
     Raises:
@@ -71,7 +83,7 @@ def clear_policy(buffer: int | None, unclassified: str | None, snow: str | None,
     from cloudclear.errors import MaskError
     from cloudclear.masks import DEFAULT_POLICY, STRICT
 
-    given: dict[str, Any] = {"buffer_px": buffer, "unclassified": unclassified, "snow": snow}
+    given: dict[str, Any] = {"buffer_px": buffer, "unclassified": unclassified, "snow": snow, "temporal": temporal}
     try:
         return dataclasses.replace(
             STRICT if strict else DEFAULT_POLICY, **{k: v for k, v in given.items() if v is not None}

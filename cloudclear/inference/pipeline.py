@@ -98,7 +98,9 @@ class InferOptions:
         progress: show a progress bar on stderr.
         ring: strips the reader keeps ready ahead of the computation.
         clear: what the inputs' masks' classes become before *clear* is decided (a buffer around
-            obscured pixels, unclassified and snow as cloud); the default keeps the masks as decoded.
+            obscured pixels, unclassified and snow as cloud, the temporal test across the inputs:
+            :func:`~cloudclear.inference.reading.apply_temporal`); the default keeps the masks as
+            decoded.
         exclude: scene ids never used as inputs (a clear date held out for scoring).
     """
 
@@ -134,8 +136,8 @@ class InferResult:
         seconds: wall time of this date.
         device: where the network ran (``cpu`` for gapfill).
         policy: the clear policy used (:meth:`~cloudclear.masks.ClearPolicy.describe`).
-        policy_removed: valid pixels of the inputs the masks call clear and the policy does not,
-            per slot (slots whose count is 0 left out).
+        policy_removed: valid pixels of the inputs the masks call clear and the policy does not
+            (its temporal test included), per slot (slots whose count is 0 left out).
     """
 
     path: Path

@@ -25,7 +25,7 @@ import numpy as np
 
 from cloudclear.gridio import Grid
 from cloudclear.inference.select import Acquisition
-from cloudclear.masks import DEFAULT_POLICY, ClearPolicy
+from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, temporal_test
 from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
 
 
@@ -36,10 +36,12 @@ class Strip:
     values: np.ndarray  # (bands, rows, cols), the file's dtype
     valid: np.ndarray  # (rows, cols) bool
     clear: np.ndarray  # (rows, cols) bool: valid and not cloud / shadow per the mask
+    snow: np.ndarray | None = None  # (rows, cols) bool: clear and snow; read for the temporal test only
 
     def rows(self, a: int, b: int) -> Strip:
         """Rows ``a..b`` of this strip (views, no copy)."""
-        return Strip(self.values[:, a:b], self.valid[a:b], self.clear[a:b])
+        snow = None if self.snow is None else self.snow[a:b]
+        return Strip(self.values[:, a:b], self.valid[a:b], self.clear[a:b], snow)
 
     @staticmethod
     def concat(parts: Sequence[Strip]) -> Strip:
@@ -50,6 +52,7 @@ class Strip:
             np.concatenate([p.values for p in parts], axis=1),
             np.concatenate([p.valid for p in parts], axis=0),
             np.concatenate([p.clear for p in parts], axis=0),
+            None if any(p.snow is None for p in parts) else np.concatenate([p.snow for p in parts], axis=0),
         )
 
 
@@ -64,7 +67,8 @@ class Source:
 
     Attributes:
         removed: valid pixels read so far that the mask calls clear and the policy does not (each
-            strip is read once, so after a whole run: the acquisition's count on the grid).
+            strip is read once, so after a whole run: the acquisition's count on the grid); with
+            the policy's temporal test, the pixels :func:`apply_temporal` removed too.
 
     Raises:
         SceneNotFoundError: a file the catalog lists is gone.
@@ -74,6 +78,7 @@ class Source:
     def __init__(self, acq: Acquisition, grid: Grid, policy: ClearPolicy = DEFAULT_POLICY):
         self.acq = acq
         self.reader = SceneReader(ReadSpec.of(acq), grid, policy=policy)
+        self.policy = policy
         self.removed = 0
 
     @property
@@ -91,7 +96,9 @@ class Source:
         px = self.reader.read(r0, r1)
         if px.removed is not None:
             self.removed += int(px.removed.sum())
-        return Strip(px.values, px.valid, px.clear)
+        clear = px.clear
+        snow = (px.classes == MaskClass.SNOW) & clear if self.policy.temporal else None
+        return Strip(px.values, px.valid, clear, snow)
 
     def close(self) -> None:
         """Close every file."""
@@ -145,6 +152,7 @@ class Prefetcher:
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 2, 4)))
         self.worker = Worker(self._run, "cloudclear-reader")
+        self.temporal = any(s.policy.temporal for s in sources)
 
     def start(self) -> None:
         """Start reading."""
@@ -163,6 +171,8 @@ class Prefetcher:
         try:
             for r0, r1 in self.bounds:
                 strips = list(self.pool.map(lambda s, a=r0, b=r1: s.read(a, b), self.sources))
+                if self.temporal:
+                    apply_temporal(self.sources, strips)
                 if not self._put((r0, r1, strips)):
                     return
             self._put(_DONE)
@@ -183,6 +193,48 @@ class Prefetcher:
         self.stop.set()
         self.worker.join(timeout=60)
         self.pool.shutdown(wait=True)  # no read may still use a dataset the caller closes next
+
+
+#: Band names the temporal test reads, in order of preference.
+BLUE_BANDS = ("B02", "B2")
+NIR_BANDS = ("B08", "B8", "B8A")
+
+
+def _band(acq: Acquisition, names: Sequence[str]) -> int | None:
+    return next((acq.bands.index(n) for n in names if n in acq.bands), None)
+
+
+def apply_temporal(sources: Sequence[Source], strips: Sequence[Strip]) -> None:
+    """The temporal test (:func:`cloudclear.masks.temporal_test`) on the same rows of every S2
+    source that has a blue band: flagged pixels leave each strip's ``clear`` (in place) and are
+    counted in the source's ``removed``. S1 sources and S2 sources without blue take no part; the
+    shadow test runs when every taking part has a NIR band, the snow test when each has a mask.
+    """
+    part = [
+        (src, st, b)
+        for src, st in zip(sources, strips, strict=True)
+        if src.acq.sensor == "S2" and (b := _band(src.acq, BLUE_BANDS)) is not None
+    ]
+    if len(part) < 3:  # the date tested and at least two others
+        return
+    nir_idx = [_band(src.acq, NIR_BANDS) for src, _, _ in part]
+
+    def phys(src: Source, st: Strip, k: int) -> np.ndarray:
+        return to_physical(st.values[k : k + 1], src.acq.scale, src.acq.offset, src.acq.units)[0]
+
+    blue = np.stack([phys(src, st, b) for src, st, b in part])
+    clear = np.stack([st.clear for _, st, _ in part])
+    nir = None
+    if all(k is not None for k in nir_idx):
+        nir = np.stack([phys(src, st, k) for (src, st, _), k in zip(part, nir_idx, strict=True) if k is not None])
+    snows = [st.snow for _, st, _ in part if st.snow is not None]
+    snow = np.stack(snows) if len(snows) == len(part) else None
+    flags = temporal_test(blue, clear, nir, snow).obscured
+    for (src, st, _), gone in zip(part, flags, strict=True):
+        n = int(gone.sum())
+        if n:
+            st.clear = st.clear & ~gone
+            src.removed += n
 
 
 def strip_bounds(sources: Sequence[Source], height: int, strip_rows: int) -> list[tuple[int, int]]:
