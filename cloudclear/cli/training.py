@@ -139,7 +139,8 @@ def evaluate(
         f"split {split}: {first.samples} samples, {first.pixels:,} reconstructed pixels scored"
         + (f" ({first.unfilled:,} left out: no date saw them)" if first.unfilled else "")
     )
-    typer.echo(f"clear as the store(s) recorded: {first.clear_policy}")
+    # context, not a result row: on stderr, so the table on stdout keeps its shape
+    typer.echo(f"clear as the store(s) recorded: {first.clear_policy}", err=True)
     typer.echo(f"{'method':40s} {'PSNR':>7s} {'SSIM':>6s} {'SAM':>6s} {'MAE':>7s} {'RMSE':>7s}")
     for r in results:
         f = r.figures
