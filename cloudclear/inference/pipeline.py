@@ -138,6 +138,9 @@ class InferResult:
         policy: the clear policy used (:meth:`~cloudclear.masks.ClearPolicy.describe`).
         policy_removed: valid pixels of the inputs the masks call clear and the policy does not
             (its temporal test included), per slot (slots whose count is 0 left out).
+        policy_restored: pixels where the policy left no S2 input clear while the masks alone had
+            one, so the masks' decision was kept there
+            (:func:`~cloudclear.inference.reading.restore_mask_clear`).
     """
 
     path: Path
@@ -156,6 +159,7 @@ class InferResult:
     device: str = "cpu"
     policy: str = ""
     policy_removed: dict[str, int] = field(default_factory=dict)
+    policy_restored: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,7 +175,11 @@ class InferResult:
             "height": self.height,
             "seconds": round(self.seconds, 3),
             "device": self.device,
-            "clear_policy": {"policy": self.policy, "removed": dict(self.policy_removed)},
+            "clear_policy": {
+                "policy": self.policy,
+                "removed": dict(self.policy_removed),
+                "restored": self.policy_restored,
+            },
         }
 
 
@@ -224,7 +232,7 @@ def run(
         output_files(path, spath, overwrite=options.overwrite, cog=options.cog) as temps,
         WriteFailures() as failures,
     ):
-        counts, removed = _reconstruct(inputs, method, temps, (path, spath), failures, options, progress_desc)
+        counts, removed, restored = _reconstruct(inputs, method, temps, (path, spath), failures, options, progress_desc)
     grid = inputs.grid
     return InferResult(
         path=path,
@@ -233,7 +241,7 @@ def run(
         tile=inputs.tile,
         method=method.name,
         inputs=tuple(a.to_dict() for a in inputs.acquisitions),
-        notes=inputs.notes + (_policy_note(options.clear, removed, inputs),),
+        notes=inputs.notes + (_policy_note(options.clear, removed, inputs, restored),),
         observed=int(counts[PixelStatus.OBSERVED]),
         reconstructed=int(counts[PixelStatus.RECONSTRUCTED]),
         nodata=int(counts[PixelStatus.NODATA]),
@@ -243,10 +251,11 @@ def run(
         device=method.device,
         policy=options.clear.describe(),
         policy_removed={k: v for k, v in removed.items() if v},
+        policy_restored=restored,
     )
 
 
-def _policy_note(policy: ClearPolicy, removed: dict[str, int], inputs: InputSet) -> str:
+def _policy_note(policy: ClearPolicy, removed: dict[str, int], inputs: InputSet, restored: int = 0) -> str:
     """The run summary's line on the clear policy and what it removed beyond the masks."""
     text = f"clear policy: {policy.describe()}"
     if policy.is_default:
@@ -257,6 +266,8 @@ def _policy_note(policy: ClearPolicy, removed: dict[str, int], inputs: InputSet)
     text += f"; removed {total} px beyond the masks over {len(removed)} input(s)"
     if target is not None:
         text += f", {target} px ({100 * target / npx:.1f} %) of the date's own"
+    if restored:
+        text += f"; kept the masks' decision at {restored} px the policy left with no clear input"
     return text
 
 
@@ -284,9 +295,10 @@ def _reconstruct(
     failures: WriteFailures,
     options: InferOptions,
     progress_desc: str,
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Read, predict and write every row into ``temps``; returns the pixel counts per status and,
-    per used slot, the pixels the clear policy removed beyond the masks."""
+) -> tuple[np.ndarray, dict[str, int], int]:
+    """Read, predict and write every row into ``temps``; returns the pixel counts per status,
+    per used slot the pixels the clear policy removed beyond the masks, and the pixels where the
+    masks' decision was restored (:func:`~cloudclear.inference.reading.restore_mask_clear`)."""
     grid = inputs.grid
     slots = inputs.slots
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
@@ -351,6 +363,7 @@ def _reconstruct(
         writer.finish()
         counts = writer.counts.copy()
         removed = {slots[i][0].name: src.removed for (i, _), src in zip(used, sources, strict=True)}
+        restored = reader.restored
         writer = None
     finally:
         if bar is not None:
@@ -362,7 +375,7 @@ def _reconstruct(
         for src in sources:
             src.close()
     seal(temps, *names, failures)
-    return counts, removed
+    return counts, removed, restored
 
 
 # -- several dates ---------------------------------------------------------------------------------

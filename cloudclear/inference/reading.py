@@ -25,7 +25,7 @@ import numpy as np
 
 from cloudclear.gridio import Grid
 from cloudclear.inference.select import Acquisition
-from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, temporal_test
+from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, dilate_disk, temporal_test
 from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
 
 
@@ -37,11 +37,14 @@ class Strip:
     valid: np.ndarray  # (rows, cols) bool
     clear: np.ndarray  # (rows, cols) bool: valid and not cloud / shadow per the mask
     snow: np.ndarray | None = None  # (rows, cols) bool: clear and snow; read for the temporal test only
+    # (rows, cols) bool: clear per the mask alone, before the policy; None with the default policy
+    mask_clear: np.ndarray | None = None
 
     def rows(self, a: int, b: int) -> Strip:
         """Rows ``a..b`` of this strip (views, no copy)."""
         snow = None if self.snow is None else self.snow[a:b]
-        return Strip(self.values[:, a:b], self.valid[a:b], self.clear[a:b], snow)
+        mask_clear = None if self.mask_clear is None else self.mask_clear[a:b]
+        return Strip(self.values[:, a:b], self.valid[a:b], self.clear[a:b], snow, mask_clear)
 
     @staticmethod
     def concat(parts: Sequence[Strip]) -> Strip:
@@ -53,6 +56,7 @@ class Strip:
             np.concatenate([p.valid for p in parts], axis=0),
             np.concatenate([p.clear for p in parts], axis=0),
             None if any(p.snow is None for p in parts) else np.concatenate([p.snow for p in parts], axis=0),
+            None if any(p.mask_clear is None for p in parts) else np.concatenate([p.mask_clear for p in parts], axis=0),
         )
 
 
@@ -68,7 +72,8 @@ class Source:
     Attributes:
         removed: valid pixels read so far that the mask calls clear and the policy does not (each
             strip is read once, so after a whole run: the acquisition's count on the grid); with
-            the policy's temporal test, the pixels :func:`apply_temporal` removed too.
+            the policy's temporal test, the pixels :func:`apply_temporal` removed too, less the
+            pixels :func:`restore_mask_clear` gave back.
 
     Raises:
         SceneNotFoundError: a file the catalog lists is gone.
@@ -98,7 +103,8 @@ class Source:
             self.removed += int(px.removed.sum())
         clear = px.clear
         snow = (px.classes == MaskClass.SNOW) & clear if self.policy.temporal else None
-        return Strip(px.values, px.valid, clear, snow)
+        mask_clear = None if self.policy.is_default else (clear if px.removed is None else clear | px.removed)
+        return Strip(px.values, px.valid, clear, snow, mask_clear)
 
     def close(self) -> None:
         """Close every file."""
@@ -153,6 +159,10 @@ class Prefetcher:
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 2, 4)))
         self.worker = Worker(self._run, "cloudclear-reader")
         self.temporal = any(s.policy.temporal for s in sources)
+        #: Rows the temporal test's flags are grown by (the policy's buffer).
+        self.buffer = max((s.policy.buffer_px for s in sources), default=0)
+        #: Pixels where the policy left no S2 input clear and the masks' decision was restored.
+        self.restored = 0
 
     def start(self) -> None:
         """Start reading."""
@@ -169,15 +179,53 @@ class Prefetcher:
 
     def _run(self) -> None:
         try:
+            # With the temporal test and a buffer, a strip is finished once the flags of the
+            # ``buffer`` rows below it are known: ``window`` holds the strips read (with their
+            # flags) from ``buffer`` rows above the first unfinished one on.
+            window: deque[tuple[int, int, list[Strip], list[np.ndarray | None]]] = deque()
+            done = 0  # strips of the window already finished and put
             for r0, r1 in self.bounds:
                 strips = list(self.pool.map(lambda s, a=r0, b=r1: s.read(a, b), self.sources))
-                if self.temporal:
-                    apply_temporal(self.sources, strips)
-                if not self._put((r0, r1, strips)):
-                    return
+                if not self.temporal:
+                    self._finish(strips)
+                    if not self._put((r0, r1, strips)):
+                        return
+                    continue
+                window.append((r0, r1, strips, temporal_flags(self.sources, strips)))
+                while done < len(window) and (window[done][1] + self.buffer <= r1 or r1 >= self.bounds[-1][1]):
+                    if not self._emit(window, done):
+                        return
+                    done += 1
+                    while window and window[0][1] + self.buffer <= (window[done - 1][1] if done else 0):
+                        window.popleft()
+                        done -= 1
             self._put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(exc)
+
+    def _emit(self, window: deque[tuple[int, int, list[Strip], list[np.ndarray | None]]], k: int) -> bool:
+        """Apply the temporal flags, grown by the buffer, to strip ``k`` of ``window``, then put it."""
+        r0, r1, strips, _ = window[k]
+        a, b = r0 - self.buffer, r1 + self.buffer
+        for i, (src, st) in enumerate(zip(self.sources, strips, strict=True)):
+            parts = [(q0, q1, fl[i]) for q0, q1, _, fl in window if q1 > a and q0 < b]
+            if any(f is None for _, _, f in parts):
+                continue
+            lo = parts[0][0]
+            flags = np.concatenate([f[max(a, q0) - q0 : min(b, q1) - q0] for q0, q1, f in parts if f is not None])
+            if self.buffer > 0 and flags.any():
+                flags = dilate_disk(flags, self.buffer)
+            gone = flags[r0 - max(a, lo) : r1 - max(a, lo)] & st.clear
+            n = int(gone.sum())
+            if n:
+                st.clear = st.clear & ~gone
+                src.removed += n
+        self._finish(strips)
+        return self._put((r0, r1, strips))
+
+    def _finish(self, strips: list[Strip]) -> None:
+        """The last step of a strip's clear decision: :func:`restore_mask_clear`."""
+        self.restored += restore_mask_clear(self.sources, strips)
 
     def __iter__(self) -> Iterator[tuple[int, int, list[Strip]]]:
         while True:
@@ -204,37 +252,79 @@ def _band(acq: Acquisition, names: Sequence[str]) -> int | None:
     return next((acq.bands.index(n) for n in names if n in acq.bands), None)
 
 
-def apply_temporal(sources: Sequence[Source], strips: Sequence[Strip]) -> None:
+def temporal_flags(sources: Sequence[Source], strips: Sequence[Strip]) -> list[np.ndarray | None]:
     """The temporal test (:func:`cloudclear.masks.temporal_test`) on the same rows of every S2
-    source that has a blue band: flagged pixels leave each strip's ``clear`` (in place) and are
-    counted in the source's ``removed``. S1 sources and S2 sources without blue take no part; the
-    shadow test runs when every taking part has a NIR band, the snow test when each has a mask.
+    source that has a blue band: per source, the (rows, cols) pixels it flags (None for a source
+    that takes no part: S1, S2 without blue, or fewer than three taking part). The shadow test
+    runs when every source taking part has a NIR band, the snow test when each has a mask.
     """
+    out: list[np.ndarray | None] = [None] * len(sources)
     part = [
-        (src, st, b)
-        for src, st in zip(sources, strips, strict=True)
+        (j, src, st, b)
+        for j, (src, st) in enumerate(zip(sources, strips, strict=True))
         if src.acq.sensor == "S2" and (b := _band(src.acq, BLUE_BANDS)) is not None
     ]
     if len(part) < 3:  # the date tested and at least two others
-        return
-    nir_idx = [_band(src.acq, NIR_BANDS) for src, _, _ in part]
+        return out
+    nir_idx = [_band(src.acq, NIR_BANDS) for _, src, _, _ in part]
 
     def phys(src: Source, st: Strip, k: int) -> np.ndarray:
         return to_physical(st.values[k : k + 1], src.acq.scale, src.acq.offset, src.acq.units)[0]
 
-    blue = np.stack([phys(src, st, b) for src, st, b in part])
-    clear = np.stack([st.clear for _, st, _ in part])
+    blue = np.stack([phys(src, st, b) for _, src, st, b in part])
+    clear = np.stack([st.clear for _, _, st, _ in part])
     nir = None
     if all(k is not None for k in nir_idx):
-        nir = np.stack([phys(src, st, k) for (src, st, _), k in zip(part, nir_idx, strict=True) if k is not None])
-    snows = [st.snow for _, st, _ in part if st.snow is not None]
+        nir = np.stack([phys(src, st, k) for (_, src, st, _), k in zip(part, nir_idx, strict=True) if k is not None])
+    snows = [st.snow for _, _, st, _ in part if st.snow is not None]
     snow = np.stack(snows) if len(snows) == len(part) else None
     flags = temporal_test(blue, clear, nir, snow).obscured
-    for (src, st, _), gone in zip(part, flags, strict=True):
+    for (j, _, _, _), f in zip(part, flags, strict=True):
+        out[j] = f
+    return out
+
+
+def apply_temporal(sources: Sequence[Source], strips: Sequence[Strip], buffer_px: int = 0) -> None:
+    """:func:`temporal_flags` on whole strips: flagged pixels, grown by ``buffer_px`` (a disk, as
+    the policy's buffer grows the masks' obscured classes; the strips' edges see only the flags
+    inside them), leave each strip's ``clear`` (in place) and are counted in the source's
+    ``removed``. The :class:`Prefetcher` does the same with the rows of the neighbouring strips.
+    """
+    for src, st, flags in zip(sources, strips, temporal_flags(sources, strips), strict=True):
+        if flags is None:
+            continue
+        if buffer_px > 0 and flags.any():
+            flags = dilate_disk(flags, buffer_px)
+        gone = flags & st.clear
         n = int(gone.sum())
         if n:
             st.clear = st.clear & ~gone
             src.removed += n
+
+
+def restore_mask_clear(sources: Sequence[Source], strips: Sequence[Strip]) -> int:
+    """Where the clear policy left no S2 input of a date clear at a pixel but the masks alone had
+    one, the masks' decision stands there: each S2 strip's ``clear`` takes its mask's own
+    decision at those pixels (in place; the sources' ``removed`` drop by what comes back). The
+    policy must never turn a pixel that can be reconstructed into nodata.
+
+    Returns:
+        The pixels restored (each counted once, however many inputs came back there).
+    """
+    s2 = [(src, st) for src, st in zip(sources, strips, strict=True) if src.acq.sensor == "S2"]
+    if not s2 or any(st.mask_clear is None for _, st in s2):
+        return 0
+    any_clear = np.logical_or.reduce([st.clear for _, st in s2])
+    any_mask = np.logical_or.reduce([st.mask_clear for _, st in s2 if st.mask_clear is not None])
+    lost = any_mask & ~any_clear
+    if not lost.any():
+        return 0
+    for src, st in s2:
+        assert st.mask_clear is not None
+        back = lost & st.mask_clear
+        st.clear = st.clear | back
+        src.removed -= int(back.sum())
+    return int(lost.sum())
 
 
 def strip_bounds(sources: Sequence[Source], height: int, strip_rows: int) -> list[tuple[int, int]]:
