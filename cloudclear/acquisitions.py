@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cloudclear.errors import CloudClearError, SceneNotFoundError
-from cloudclear.gridio import Grid
+from cloudclear.errors import CloudClearError
+from cloudclear.gridio import Grid, missing_file
 from cloudclear.masks import MaskBand
 from cloudclear.scenes import Scene
 
@@ -134,12 +134,6 @@ def check_files(scene: Scene, catalog_path: str | os.PathLike[str] | None = None
     for path in scene.files:
         if not os.path.exists(path):
             raise missing_file(path, catalog_path)
-
-
-def missing_file(path: str, catalog_path: str | os.PathLike[str] | None = None) -> SceneNotFoundError:
-    """The error for a scene file the catalog lists but the disk no longer holds."""
-    where = f" in {catalog_path}" if catalog_path else ""
-    return SceneNotFoundError(f"{path}: no such file (indexed{where}; re-run `cloudclear index`)")
 
 
 def grid_of(scene: Scene, error: type[CloudClearError] = CloudClearError, catalog_path: Any = None) -> Grid:

@@ -21,6 +21,12 @@ from rasterio.coords import BoundingBox
 from cloudclear.errors import GridError, InvalidRasterError, SceneNotFoundError
 
 
+def missing_file(path: str, catalog_path: str | os.PathLike[str] | None = None) -> SceneNotFoundError:
+    """The error for a scene file a catalog lists but the disk no longer holds."""
+    where = f" in {catalog_path}" if catalog_path else ""
+    return SceneNotFoundError(f"{path}: no such file (indexed{where}; re-run `cloudclear index`)")
+
+
 @dataclass(frozen=True)
 class Grid:
     """The output grid: CRS (WKT), affine transform coefficients, size."""
@@ -110,7 +116,7 @@ class GridReader:
             self.src = rasterio.open(path)
         except rasterio.errors.RasterioIOError as exc:
             if "://" not in str(path) and not str(path).startswith("/vsi") and not os.path.exists(path):
-                raise SceneNotFoundError(f"{path}: no such file (indexed; re-run `cloudclear index`)") from None
+                raise missing_file(path) from None
             raise InvalidRasterError(f"{path}: cannot open ({exc})") from None
         self.vrt: Any = None
         self.alpha: int | None = None

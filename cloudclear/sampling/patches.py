@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cloudclear import masks
-from cloudclear.acquisitions import missing_file
 from cloudclear.errors import CloudClearError, InvalidRasterError
-from cloudclear.gridio import Grid, GridReader
+from cloudclear.gridio import Grid, GridReader, missing_file
 from cloudclear.layouts import Layout, LayoutSlot
 from cloudclear.sampling.candidates import Candidates, Group
 from cloudclear.sampling.draw import Splits
