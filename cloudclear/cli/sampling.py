@@ -154,7 +154,7 @@ def sample(
         compression=compression,
         overwrite=overwrite,
         progress=progress(),
-        policy=None if policy_given is False else clear_policy(buffer, unclassified, snow, strict),
+        policy=clear_policy(buffer, unclassified, snow, strict) if policy_given else None,
     )
 
     result = interruptible(lambda: run_sample(catalog, layout, out, options), "store")

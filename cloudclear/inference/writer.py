@@ -26,7 +26,6 @@ import numpy as np
 
 from cloudclear.errors import CloudClearError, OutputError
 from cloudclear.gapfill import PixelStatus
-from cloudclear.gdal import quiet_libtiff
 from cloudclear.gridio import Grid
 from cloudclear.inference.reading import Worker
 from cloudclear.outputs import (
@@ -218,7 +217,6 @@ class Writer:
     ):
         import rasterio
 
-        quiet_libtiff()
         self.names = names
         self.failures = failures
         self.height = grid.height
