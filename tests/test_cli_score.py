@@ -145,6 +145,19 @@ def test_plot_refuses_an_existing_png_without_overwrite(trio, tmp_path):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_score_plot_refuses_an_existing_png_before_scoring(trio, tmp_path, monkeypatch):
+    import cloudclear.metrics
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored although the PNG was going to be refused")
+
+    monkeypatch.setattr(cloudclear.metrics, "score_many", no_scoring)
+    png = tmp_path / "fig.png"
+    png.write_bytes(b"an older figure")
+    assert_one_line_error(_plot(trio, png), str(png), "exists", stdout_empty=True)
+    assert png.read_bytes() == b"an older figure"
+
+
 def test_plot_comparison_refuses_an_existing_png_before_reading(trio, tmp_path):
     from cloudclear.errors import OutputExistsError
     from cloudclear.metrics import Comparison, Pair, ScoreOptions

@@ -135,6 +135,10 @@ def score(
     except ScoreError as exc:
         raise typer.BadParameter(str(exc)) from None
     pairs = pair_up(files, refs, expand_globs(mask, "mask"), expand_globs(ref_mask, "reference mask"))
+    if plot is not None:
+        from cloudclear.plots import check_plot_target
+
+        check_plot_target(plot, overwrite)  # a refused PNG costs no scoring
     result = score_many(pairs, options, mask_convention=mask_convention, progress=progress(), views=800 if plot else 0)
     if plot is not None:
         from cloudclear.plots import plot_comparison
