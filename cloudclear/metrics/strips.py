@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloudclear import masks
+from cloudclear.errors import MaskError
 from cloudclear.masks import MaskClass
 from cloudclear.metrics.conventions import PIXEL_SETS, SSIM_WINDOWS, ScoreOptions
 from cloudclear.metrics.maths import BandSums, Sums, add_pixel_sums, pixel_sums
@@ -80,7 +81,10 @@ class Scorer:
             raw = np.where(outside, 0, raw)
         else:
             outside = ~reader.valid_rows(row, height)
-        cls = masks.decode(raw, band.convention, nodata)
+        try:
+            cls = masks.decode(raw, band.convention, nodata)
+        except MaskError as exc:
+            raise MaskError(f"{band.path}: {exc}") from None
         cls[outside] = MaskClass.NODATA
         return cls
 

@@ -150,6 +150,8 @@ class SceneDraft:
         mask_files: every mask file found for the scene.
         units: S1 units ("dB" or "linear"); S2: "reflectance".
         files: every file of the scene (bands and masks).
+        detected: the built-in detector's mask of a scene that has a mask of its own (``index``
+            writes it to ``CATALOG_masks/``; combined with ``mask`` by the clear policy), or None.
     """
 
     sensor: str
@@ -163,6 +165,7 @@ class SceneDraft:
     mask_files: tuple[str, ...]
     units: str
     files: tuple[str, ...]
+    detected: masks.MaskBand | None = None
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -210,6 +213,16 @@ class _Group:
     when: DateFound
     tile: str | None
     files: list[tuple[FileInfo, FileRole]] = field(default_factory=list)
+
+
+def _mask_covers(scene: FileInfo, mask: FileInfo) -> bool:
+    """Whether a mask sidecar holds the scene's extent, in its CRS: the same extent, or more (the
+    reader crops it); its resolution may differ (a 20 m SCL of a 10 m scene is read nearest)."""
+    if scene.crs != mask.crs:
+        return False
+    tol = max(scene.resolution, mask.resolution)
+    (sl, sb, sr, st), (ml, mb, mr, mt) = scene.bounds, mask.bounds
+    return ml <= sl + tol and mb <= sb + tol and mr >= sr - tol and mt >= st - tol
 
 
 def _same_place(a: FileInfo, b: FileInfo) -> bool:
@@ -265,7 +278,7 @@ def assemble(infos: Iterable[FileInfo], date_pattern: str | None = None) -> tupl
             continue
         scene = scenes[target]
         assert role.mask is not None
-        if not _same_place(scene.grid, info):
+        if not _mask_covers(scene.grid, info):
             skipped.append(Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.grid.path}"))
             continue
         best = scene.mask
