@@ -1,4 +1,4 @@
-"""The temporal test (cloudclear.masks.temporal_test) on small arrays, and its policy field."""
+"""The temporal test (cloudclear.detect.temporal.temporal_test) on small arrays, and its policy field."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from cloudclear.detect.temporal import TEMPORAL_BLUE_ADD, TEMPORAL_BLUE_FACTOR, temporal_test
 from cloudclear.errors import MaskError
-from cloudclear.masks import (
-    DEFAULT_POLICY,
-    STRICT,
-    TEMPORAL_BLUE_ADD,
-    TEMPORAL_BLUE_FACTOR,
-    ClearPolicy,
-    temporal_test,
-)
+from cloudclear.masks import DEFAULT_POLICY, STRICT, ClearPolicy
 
 
 def series(blue: list[float], nir: list[float] | None = None, clear: list[bool] | None = None):
@@ -109,11 +103,144 @@ def test_shapes_pixels_apart_and_nan():
         temporal_test(blue, clear[:, :4])
 
 
-def test_policy_field_default_off_and_described():
-    assert DEFAULT_POLICY.temporal is False and STRICT.temporal is False
-    on = dataclasses.replace(DEFAULT_POLICY, temporal=True)
-    assert not on.is_default and on.halo == 0
-    assert on.describe() == "buffer 0 px, unclassified clear, snow clear, temporal test"
-    assert "temporal" not in STRICT.describe()
+def test_policy_field_default_on_with_a_window_and_described():
+    assert DEFAULT_POLICY.temporal is True and DEFAULT_POLICY.temporal_days == 20 and STRICT.temporal is True
+    assert "temporal test (20 d)" in DEFAULT_POLICY.describe()
+    every = dataclasses.replace(DEFAULT_POLICY, temporal_days=0)
+    assert not every.is_default and "temporal test (all dates)" in every.describe()
+    assert "temporal" not in dataclasses.replace(DEFAULT_POLICY, temporal=False).describe()
     with pytest.raises(MaskError, match="temporal must be true or false"):
         ClearPolicy(temporal="yes")  # type: ignore[arg-type]
+    with pytest.raises(MaskError, match="temporal window must be 0..366 days"):
+        ClearPolicy(temporal_days=400)
+
+
+# -- the window in time ------------------------------------------------------------------------
+
+
+def random_series(n: int, seed: int = 0, shape: tuple[int, int] = (6, 7)):
+    """``n`` dates of blue, NIR, clear and snow with haze, shadow and snow scattered in them."""
+    rng = np.random.default_rng(seed)
+    blue = rng.uniform(0.02, 0.05, (n, *shape)).astype(np.float32)
+    nir = rng.uniform(0.25, 0.35, (n, *shape)).astype(np.float32)
+    hazy = rng.random((n, *shape)) < 0.12
+    blue[hazy] += 0.1
+    dark = rng.random((n, *shape)) < 0.08
+    nir[dark] *= 0.3
+    blue[dark] = 0.015
+    clear = rng.random((n, *shape)) > 0.15
+    snow = (rng.random((n, *shape)) < 0.05) & clear
+    return blue, clear, nir, snow
+
+
+def test_window_holding_every_date_equals_the_unwindowed_test():
+    blue, clear, nir, snow = random_series(7)
+    days = [0.0, 5.0, 10.2, 14.9, 20.0, 24.8, 30.0]
+    whole = temporal_test(blue, clear, nir, snow)
+    assert whole.obscured.any()
+    for window in (30, 40, 366):
+        got = temporal_test(blue, clear, nir, snow, days=days, window_days=window)
+        np.testing.assert_array_equal(got.cloud, whole.cloud)
+        np.testing.assert_array_equal(got.shadow, whole.shadow)
+    # No days, or a window of 0: every other date, whatever the days say.
+    for kwargs in ({"days": None, "window_days": 5}, {"days": days, "window_days": 0}):
+        got = temporal_test(blue, clear, nir, snow, **kwargs)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(got.obscured, whole.obscured)
+
+
+def test_each_date_is_decided_on_its_window_alone():
+    blue, clear, nir, snow = random_series(9, seed=3)
+    days = np.array([0, 3, 9, 15, 21, 30, 34, 52, 60], float)
+    got = temporal_test(blue, clear, nir, snow, days=days, window_days=10)
+    for i in range(len(days)):
+        near = np.flatnonzero(np.abs(days - days[i]) <= 10)
+        alone = temporal_test(blue[near], clear[near], nir[near], snow[near])
+        k = int(np.flatnonzero(near == i)[0])
+        np.testing.assert_array_equal(got.cloud[i], alone.cloud[k])
+        np.testing.assert_array_equal(got.shadow[i], alone.shadow[k])
+
+
+def test_a_date_outside_the_window_does_not_count():
+    # Date 2 is hazy against dates 0, 1 and 3 (within 20 days); dates 4..6, 200 days later, are as
+    # bright as the haze (a different season): with every date, the median of the others rises and
+    # the haze is kept; windowed, those dates do not count and it is flagged.
+    blue, clear, _ = series([0.03, 0.031, 0.10, 0.029, 0.11, 0.12, 0.115])
+    days = [0, 5, 10, 15, 210, 215, 220]
+    assert not temporal_test(blue, clear).cloud[2].any()
+    win = temporal_test(blue, clear, days=days, window_days=20)
+    assert win.cloud[:, 0, 0].tolist() == [False, False, True, False, False, False, False]
+    # Far dates changed at will do not change the near dates' decisions.
+    blue2 = blue.copy()
+    blue2[4:] = [[[0.5]], [[0.01]], [[0.3]]]
+    np.testing.assert_array_equal(temporal_test(blue2, clear, days=days, window_days=20).cloud[:4], win.cloud[:4])
+    # Too few clear dates in the window: the mask stands, however many dates lie outside it.
+    few = temporal_test(blue, clear, days=[0, 5, 10, 50, 210, 215, 220], window_days=6)
+    assert not few.cloud[:4].any()
+
+
+def test_snow_needs_a_snowy_date_in_the_window():
+    blue, clear, _ = series([0.03, 0.03, 0.03, 0.03, 0.03, 0.7])
+    snow = np.array([False, True, False, False, False, True]).reshape(-1, 1, 1)
+    # Every date: date 1 has a snowy other date (date 5) and stays snow.
+    assert not temporal_test(blue, clear, None, snow).cloud[1].any()
+    # Date 5 is 100 days later: within 20 days, date 1's snow has no snowy neighbour -> cloud.
+    days = [0, 5, 10, 15, 20, 105]
+    assert temporal_test(blue, clear, None, snow, days=days, window_days=20).cloud[1, 0, 0]
+
+
+def test_the_ambiguity_rule_counts_the_window_only():
+    # Within the window of date 0 (dates 0..3): one hazy date among four, flagged. Dates 4..9, far
+    # away, are all as bright as it: over every date, more than half would differ and the test
+    # would flag nothing at date 3's pixel... windowed, they do not count.
+    blue, clear, _ = series([0.03, 0.031, 0.029, 0.10, 0.10, 0.11, 0.10, 0.12, 0.10, 0.11])
+    days = [0, 4, 8, 12, 200, 204, 208, 212, 216, 220]
+    assert not temporal_test(blue, clear).cloud[:4].any()
+    windowed = temporal_test(blue, clear, days=days, window_days=15).cloud[:, 0, 0]
+    assert windowed.tolist() == [i == 3 for i in range(10)]
+    # Two groups within one window (two dates dark, three bright): nothing flagged there; over
+    # every date, the far dark dates make the bright ones a minority, and they are flagged.
+    blue, clear, _ = series([0.03, 0.10, 0.031, 0.11, 0.105, 0.03, 0.03, 0.03])
+    days = [0, 2, 4, 6, 8, 300, 302, 304]
+    assert not temporal_test(blue, clear, days=days, window_days=10).cloud[:5].any()
+    assert temporal_test(blue, clear).cloud[:5, 0, 0].tolist() == [False, True, False, True, True]
+
+
+def test_window_days_within_half_a_day_count_and_days_are_checked():
+    blue, clear, _ = series([0.03, 0.031, 0.10, 0.029])
+    # 20.01 days apart (an overpass a quarter of an hour later) is within a 20-day window.
+    days = [0.0, 10.0, 20.01, 30.0]
+    assert temporal_test(blue, clear, days=days, window_days=20).cloud[2, 0, 0]
+    with pytest.raises(ValueError, match="one number per date"):
+        temporal_test(blue, clear, days=[0.0, 1.0], window_days=20)
+
+
+def test_infer_compares_each_input_with_the_inputs_within_the_policy_window():
+    """``inference.reading.temporal_flags`` passes the sources' acquisition times and the policy's
+    ``temporal_days``: a date far outside the window of the hazy one does not hide its haze."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from cloudclear.inference.reading import Strip, temporal_flags
+
+    blue = [0.03, 0.031, 0.10, 0.029, 0.11, 0.12, 0.115]
+    days = [0, 5, 10, 15, 210, 215, 220]
+    t0 = datetime(2021, 4, 1, 10, 30, tzinfo=timezone.utc)
+
+    def flags(window: int) -> list[bool]:
+        policy = ClearPolicy(temporal_days=window)
+        sources, strips = [], []
+        for i, (b, d) in enumerate(zip(blue, days, strict=True)):
+            # A different minute each date, as real overpasses have.
+            when = t0 + timedelta(days=d, minutes=3 * i)
+            acq = SimpleNamespace(
+                sensor="S2", bands=("B02", "B08"), scale=1e-4, offset=0.0, units="reflectance", datetime=when
+            )
+            sources.append(SimpleNamespace(acq=acq, policy=policy))
+            values = np.array([[[round(b * 1e4)]], [[3000]]], np.uint16)
+            ones = np.ones((1, 1), bool)
+            strips.append(Strip(values, ones, ones.copy()))
+        got = temporal_flags(sources, strips)  # type: ignore[arg-type]
+        return [bool(f[0, 0]) for f in got if f is not None]
+
+    assert flags(20) == [i == 2 for i in range(7)]
+    assert not flags(0)[2]  # every date: the far bright dates raise the median

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from cloudclear.detect.temporal import TEMPORAL_BLUE_BANDS, TEMPORAL_NIR_BANDS, temporal_test
 from cloudclear.gridio import Grid
 from cloudclear.inference.select import Acquisition
-from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, dilate_disk, temporal_test
+from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, dilate_disk
 from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
 
 
@@ -74,6 +75,9 @@ class Source:
             strip is read once, so after a whole run: the acquisition's count on the grid); with
             the policy's temporal test, the pixels :func:`apply_temporal` removed too, less the
             pixels :func:`restore_mask_clear` gave back.
+        removed_by: ``removed`` per rule before any was given back: "detector", "unclassified",
+            "snow", "buffer" (the reader's, see :attr:`~cloudclear.scenes.reader.Pixels.removed_by`)
+            and "temporal".
 
     Raises:
         SceneNotFoundError: a file the catalog lists is gone.
@@ -85,6 +89,12 @@ class Source:
         self.reader = SceneReader(ReadSpec.of(acq), grid, policy=policy)
         self.policy = policy
         self.removed = 0
+        self.removed_by: dict[str, int] = {}
+
+    def count(self, rule: str, n: int) -> None:
+        """Add ``n`` pixels removed by ``rule`` to :attr:`removed` and :attr:`removed_by`."""
+        self.removed += n
+        self.removed_by[rule] = self.removed_by.get(rule, 0) + n
 
     @property
     def block_rows(self) -> int:
@@ -101,9 +111,11 @@ class Source:
         px = self.reader.read(r0, r1)
         if px.removed is not None:
             self.removed += int(px.removed.sum())
+            for rule, n in (px.removed_by or {}).items():
+                self.removed_by[rule] = self.removed_by.get(rule, 0) + n
         clear = px.clear
         snow = (px.classes == MaskClass.SNOW) & clear if self.policy.temporal else None
-        mask_clear = None if self.policy.is_default else (clear if px.removed is None else clear | px.removed)
+        mask_clear = None if self.policy.changes_nothing else (clear if px.removed is None else clear | px.removed)
         return Strip(px.values, px.valid, clear, snow, mask_clear)
 
     def close(self) -> None:
@@ -219,7 +231,7 @@ class Prefetcher:
             n = int(gone.sum())
             if n:
                 st.clear = st.clear & ~gone
-                src.removed += n
+                src.count("temporal", n)
         self._finish(strips)
         return self._put((r0, r1, strips))
 
@@ -244,8 +256,8 @@ class Prefetcher:
 
 
 #: Band names the temporal test reads, in order of preference.
-BLUE_BANDS = ("B02", "B2")
-NIR_BANDS = ("B08", "B8", "B8A")
+BLUE_BANDS = TEMPORAL_BLUE_BANDS
+NIR_BANDS = TEMPORAL_NIR_BANDS
 
 
 def _band(acq: Acquisition, names: Sequence[str]) -> int | None:
@@ -253,10 +265,12 @@ def _band(acq: Acquisition, names: Sequence[str]) -> int | None:
 
 
 def temporal_flags(sources: Sequence[Source], strips: Sequence[Strip]) -> list[np.ndarray | None]:
-    """The temporal test (:func:`cloudclear.masks.temporal_test`) on the same rows of every S2
+    """The temporal test (:func:`cloudclear.detect.temporal.temporal_test`) on the same rows of every S2
     source that has a blue band: per source, the (rows, cols) pixels it flags (None for a source
     that takes no part: S1, S2 without blue, or fewer than three taking part). The shadow test
-    runs when every source taking part has a NIR band, the snow test when each has a mask.
+    runs when every source taking part has a NIR band, the snow test when each has a mask. Each
+    date is compared with the dates within the policy's ``temporal_days`` of it (acquisition
+    times; all sources share one policy; 0: every other date read).
     """
     out: list[np.ndarray | None] = [None] * len(sources)
     part = [
@@ -278,7 +292,9 @@ def temporal_flags(sources: Sequence[Source], strips: Sequence[Strip]) -> list[n
         nir = np.stack([phys(src, st, k) for (_, src, st, _), k in zip(part, nir_idx, strict=True) if k is not None])
     snows = [st.snow for _, _, st, _ in part if st.snow is not None]
     snow = np.stack(snows) if len(snows) == len(part) else None
-    flags = temporal_test(blue, clear, nir, snow).obscured
+    days = [src.acq.datetime.timestamp() / 86400.0 for _, src, _, _ in part]
+    window = part[0][1].policy.temporal_days
+    flags = temporal_test(blue, clear, nir, snow, days=days, window_days=window).obscured
     for (j, _, _, _), f in zip(part, flags, strict=True):
         out[j] = f
     return out
@@ -299,7 +315,7 @@ def apply_temporal(sources: Sequence[Source], strips: Sequence[Strip], buffer_px
         n = int(gone.sum())
         if n:
             st.clear = st.clear & ~gone
-            src.removed += n
+            src.count("temporal", n)
 
 
 def restore_mask_clear(sources: Sequence[Source], strips: Sequence[Strip]) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 
 from cloudclear import __version__, masks
 from cloudclear._tempfiles import remove_orphans
-from cloudclear.catalog import check_single_date, crs_label, parse_time
+from cloudclear.catalog import crs_label, parse_time
 from cloudclear.errors import (
     LayoutError,
     OutputExistsError,
@@ -81,7 +81,11 @@ class SampleOptions:
         progress: show a progress bar on stderr.
         policy: what counts as clear (:class:`~cloudclear.masks.ClearPolicy`): a slot's cloud %,
             the clearness of a simulated slot's truth, the stored mask classes and the pasted gaps
-            all go through it. None: the policy the catalog's cloud % used (its ``meta``).
+            all go through it. With its temporal test, each S2 slot's patch is compared with the
+            grid's other scenes within ``temporal_days`` of it (the nearest
+            :data:`~cloudclear.sampling.patches.TEMPORAL_NEIGHBOURS`); what the test flags counts
+            as cloud or shadow (``SLOT_temporal_removed_px`` in the samples table). None: the
+            policy the catalog's cloud % used (its ``meta``).
     """
 
     patch_size: int = 256
@@ -239,8 +243,6 @@ def _sample(
     t0 = time.perf_counter()
     opts = options or SampleOptions()
     _check(opts)
-    if opts.policy is not None:
-        check_single_date(opts.policy, "sample")
     cat = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
     lay = layout if isinstance(layout, Layout) else load_layout(str(layout))
     if opts.simulate:
@@ -402,27 +404,36 @@ def _sample(
 
 
 #: Suffix of the samples-table columns holding, per S2 slot, the pixels the clear policy removed
-#: beyond the mask in the slot's patch (written only under a policy other than the default).
+#: beyond the mask in the slot's patch (written where the policy changes the mask's classes).
 REMOVED_SUFFIX = "_policy_removed_px"
+#: Suffix of the columns holding, per S2 slot, the pixels the policy's temporal test removed
+#: beyond those (written where the policy has the temporal test).
+TEMPORAL_SUFFIX = "_temporal_removed_px"
 
 
 def _policy_notes(
     policy: masks.ClearPolicy, catalog_policy: masks.ClearPolicy, rows: list[dict[str, Any]]
 ) -> list[str]:
-    """The note lines that say what the clear policy did (none under the default policy)."""
+    """The note lines that say what the clear policy did (none when it keeps the masks as decoded)."""
     notes = []
-    if not policy.is_default:
-        removed = sum(int(v) for r in rows for k, v in r.items() if k.endswith(REMOVED_SUFFIX) and v is not None)
-        notes.append(
-            f"clear policy ({policy.describe()}): {removed} px the masks call clear counted as obscured "
-            f"in the stored S2 patches"
-        )
+    if not policy.changes_nothing:
+        temporal = _total(rows, TEMPORAL_SUFFIX)
+        line = f"clear policy ({policy.describe()}): {_total(rows, REMOVED_SUFFIX) + temporal} px the masks call clear"
+        line += " counted as obscured in the stored S2 patches"
+        if policy.temporal:
+            line += f", {temporal} px of them by the temporal test"
+        notes.append(line)
     if policy != catalog_policy:
         notes.append(
             f"the catalog's cloud cells count another clear policy ({catalog_policy.describe()}): candidates "
             f"were chosen by them, each patch checked with this one; re-index with the same options to match"
         )
     return notes
+
+
+def _total(rows: list[dict[str, Any]], suffix: str) -> int:
+    """The sum of the samples table's columns ending in ``suffix`` (every slot, every sample)."""
+    return sum(int(v) for r in rows for k, v in r.items() if k.endswith(suffix) and v is not None)
 
 
 def _inside_unit(ctx: SampleReader, gi: int, r: int, loc: int, sp: int) -> bool:

@@ -8,6 +8,7 @@ mask on simulated slots, and returns the arrays in store order with their metada
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cloudclear import masks
+from cloudclear.detect import temporal
 from cloudclear.errors import CloudClearError, InvalidRasterError
 from cloudclear.gridio import Grid, GridReader, missing_file
 from cloudclear.layouts import Layout, LayoutSlot
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 TRIES = 6
 #: Masks drawn per simulated slot before a sample is given up.
 PASTE_TRIES = 20
+#: Other S2 scenes of the grid the temporal test compares a slot's patch with, at most: the
+#: nearest in time within the policy's ``temporal_days`` (each is one more patch read).
+TEMPORAL_NEIGHBOURS = 8
 
 
 def _cached_files() -> int:
@@ -99,7 +104,8 @@ class _S2Patch:
     valid: np.ndarray  # (P, P) bool
     cls: np.ndarray  # (P, P) uint8 MaskClass
     cloud: float | None  # % obscured among known pixels
-    removed: int | None  # pixels the mask calls clear that the policy obscures; None: default policy
+    removed: int | None  # pixels the mask calls clear that the policy obscures; None: mask as decoded
+    temporal_removed: int | None = None  # of the rest, pixels the temporal test obscures; None: not run
 
 
 class SampleReader:
@@ -186,6 +192,57 @@ class SampleReader:
         removed = None if px.removed is None else int(px.removed.sum())
         return _S2Patch(px.physical(), px.valid, px.classes, px.cloud_pct, removed)
 
+    def _patch(self, g: Group, j: int, loc: int, read: dict[int, _S2Patch]) -> _S2Patch:
+        """:meth:`read_s2`, once per scene and sample: a slot's patch is also a neighbour the
+        temporal test compares the other slots with (``read`` holds the sample's patches)."""
+        got = read.get(j)
+        if got is None:
+            got = read[j] = self.read_s2(g, j, loc)
+        return got
+
+    def _neighbours(self, g: Group, j: int, loc: int) -> list[int]:
+        """The other scenes of the grid the temporal test compares scene ``j`` with at ``loc``: within
+        the policy's ``temporal_days`` (0: any), not fully cloudy there per the cells, those with
+        data over the whole patch first, then the nearest in time, :data:`TEMPORAL_NEIGHBOURS` at most."""
+        dt = np.abs(g.times - g.times[j]) / 86400.0
+        ok = np.asarray(g.has_bands, bool).copy()
+        ok[j] = False
+        if self.policy.temporal_days > 0:
+            ok &= dt <= self.policy.temporal_days + 0.5  # as temporal.temporal_test counts days
+        ok &= ~(np.nan_to_num(g.cloud_lo[:, loc], nan=0.0) >= 100.0 - 1e-6)
+        m = np.flatnonzero(ok)
+        order = np.lexsort((m, dt[m], ~g.valid[m, loc]))
+        return [int(x) for x in m[order][:TEMPORAL_NEIGHBOURS]]
+
+    def _temporal(self, g: Group, j: int, loc: int, p: _S2Patch, read: dict[int, _S2Patch]) -> _S2Patch:
+        """Slot patch ``p`` (scene ``j``) with the policy's temporal test applied against the grid's
+        other scenes near it in time (:meth:`_neighbours`, read through the one scene reader;
+        :func:`cloudclear.detect.temporal.temporal_test`): the
+        pixels it flags, grown by the policy's buffer within the patch, count as cloud or shadow
+        (a new patch; ``p`` and the other patches read are left as they are, so every date is
+        compared with the masks' own decision). Needs a blue band among the sample's bands (NIR
+        for the shadow test); without one, or with fewer than two other dates, nothing changes."""
+        blue_k = next((self.bands.index(b) for b in temporal.TEMPORAL_BLUE_BANDS if b in self.bands), None)
+        if blue_k is None:
+            return p
+        nir_k = next((self.bands.index(b) for b in temporal.TEMPORAL_NIR_BANDS if b in self.bands), None)
+        dates = [p]
+        for k in self._neighbours(g, j, loc):
+            dates.append(self._patch(g, k, loc, read))
+        if len(dates) <= temporal.TEMPORAL_MIN_OTHERS:
+            return dataclasses.replace(p, temporal_removed=0)
+        clear = np.stack([masks.is_clear(d.cls) for d in dates])
+        blue = np.stack([d.values[blue_k] for d in dates])
+        nir = None if nir_k is None else np.stack([d.values[nir_k] for d in dates])
+        snow = np.stack([d.cls == masks.MaskClass.SNOW for d in dates]) & clear
+        flags = temporal.temporal_test(blue, clear, nir, snow)  # every date lies in p's window
+        cls, gone = temporal.temporal_classes(p.cls, flags.cloud[0], flags.shadow[0], self.policy.buffer_px)
+        cloud = p.cloud
+        if cloud is not None:
+            known = int((cls != masks.MaskClass.NODATA).sum())
+            cloud = 100.0 * float(masks.is_obscured(cls).sum()) / known if known else None
+        return dataclasses.replace(p, cls=cls, cloud=cloud, temporal_removed=int(gone.sum()))
+
     def read_s1(self, g: Group, k: int, loc: int) -> np.ndarray | None:
         """S1 patch in dB (bands, P, P), NaN where nodata; None when the scene lacks a band."""
         scene = self.catalog[int(g.s1_pos[k])]
@@ -248,6 +305,7 @@ class SampleReader:
         rng = np.random.default_rng([self.opts.seed, 3, seq])
         t_ref = float(g.times[ref])
         used: set[int] = set()
+        read: dict[int, _S2Patch] = {}  # S2 patches read for this sample, by scene
         arrays: list[np.ndarray] = []
         hours: list[float] = []
         meta: dict[str, Any] = {}
@@ -273,10 +331,12 @@ class SampleReader:
             why = "no candidate left"
             lim = (0.0, slot.truth_cloud) if slot.simulated else slot.cloud
             for j in [x for x in self._ordered(g, c, slot, ref, loc, rng) if x not in used][:TRIES]:
-                p = self.read_s2(g, j, loc)
+                p = self._patch(g, j, loc, read)
                 if not p.valid.all():
                     why = "nodata pixels in the patch"
                     continue
+                if self.policy.temporal:
+                    p = self._temporal(g, j, loc, p, read)
                 if p.cloud is None:
                     if not (lim[0] <= 0.0 and lim[1] >= 100.0):
                         why = "no mask"
@@ -323,8 +383,10 @@ class SampleReader:
             cat_cloud = scene.cloud_pct
             meta[f"{slot.name}_scene_cloud_pct"] = None if cat_cloud is None else round(cat_cloud, 3)
             meta[f"{slot.name}_files"] = json.dumps(list(scene.files))
-            if not self.policy.is_default:
+            if p.removed is not None:
                 meta[f"{slot.name}_policy_removed_px"] = p.removed
+            if self.policy.temporal:
+                meta[f"{slot.name}_temporal_removed_px"] = p.temporal_removed
             meta.update(extra)
         return arrays, hours, meta
 
