@@ -201,8 +201,21 @@ def pick_cases(data: Path, only: list[str] | None) -> tuple[list[Case], dict[str
     return cases, clears
 
 
-def index_folder(folder: Path, cat_path: Path, leave_out: frozenset[Path] = frozenset()) -> Path:
-    """Index ``folder`` (through symlinks in a fresh folder when files are left out)."""
+#: Cases and clear dates are chosen as before issue 16, from each scene's mask as decoded with
+#: Sen2Cor's SCL preferred (cloudclear now prefers greenearthnet's learned mask, which would
+#: change the cases): the same 12 cases before and after, whatever decision is under test.
+SELECTION_PREFERENCE = ("SCL", "MAJA", "FMASK", "DLMASK", "CLM", "CLDPRB", "CLP")
+
+
+def index_folder(
+    folder: Path, cat_path: Path, leave_out: frozenset[Path] = frozenset(), policy: Any = None
+) -> Path:
+    """Index ``folder`` (through symlinks in a fresh folder when files are left out).
+
+    ``policy`` None: the selection catalog (masks as decoded, SCL first, no detector); else the
+    catalog infer reads under that policy (the built-in detector run unless it reads masks only).
+    """
+    from cloudclear import masks
     from cloudclear.catalog import build_index
 
     root = folder
@@ -213,7 +226,18 @@ def index_folder(folder: Path, cat_path: Path, leave_out: frozenset[Path] = froz
                 link = root / p.relative_to(folder)
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(p.resolve())
-    build_index(root, cat_path, rebuild=True)
+    if policy is None:
+        saved = dict(masks._RANK)
+        masks._RANK.clear()
+        masks._RANK.update({c: i for i, c in enumerate(SELECTION_PREFERENCE)})
+        try:
+            build_index(root, cat_path, rebuild=True, detect=None, policy=masks.AS_DECODED)
+        finally:
+            masks._RANK.clear()
+            masks._RANK.update(saved)
+        return cat_path
+    detect = None if policy.source == "mask" else "builtin"
+    build_index(root, cat_path, rebuild=True, detect=detect, policy=policy)
     return cat_path
 
 
@@ -221,16 +245,14 @@ def index_folder(folder: Path, cat_path: Path, leave_out: frozenset[Path] = froz
 
 
 def load_policy(spec: str) -> Any:
-    """None for today's behaviour; else a cloudclear.masks.ClearPolicy: the strict preset or JSON fields."""
-    if spec == "default":
-        return None
+    """A cloudclear.masks.ClearPolicy: the default, as-decoded or strict preset, or JSON fields
+    (over the default's)."""
     from cloudclear import masks
     from cloudclear.errors import CloudClearError
 
-    if not hasattr(masks, "ClearPolicy"):
-        raise SystemExit("--policy: cloudclear.masks.ClearPolicy does not exist here; only --policy default runs")
-    if spec == "strict":
-        return masks.STRICT
+    presets = {"default": masks.DEFAULT_POLICY, "as-decoded": masks.AS_DECODED, "strict": masks.STRICT}
+    if spec in presets:
+        return presets[spec]
     try:
         return masks.ClearPolicy(**json.loads(spec))
     except (ValueError, TypeError, CloudClearError) as exc:
@@ -285,8 +307,8 @@ def run_case(case: Case, data: Path, out: Path, methods: list[str], policy: Any,
     ref_row = table.loc[case.clear]
     ref_file = full.resolve(json.loads(ref_row.band_files)["B02"][0])
     leave = frozenset(full.resolve(f).resolve() for f in json.loads(ref_row.files))
-    cat = index_folder(folder, out / "without" / "cat.gpkg", leave)
-    opts = InferOptions(overwrite=True, **({"clear": policy} if policy is not None else {}))
+    cat = index_folder(folder, out / "without" / "cat.gpkg", leave, policy)
+    opts = InferOptions(overwrite=True, clear=policy)
     ref_names = band_names(ref_file)
     ref_blue = read_catalog_bands(full, ref_row, ["B02"])[0]
     rec: dict[str, Any] = {"case": case.name, "cloudy": case.cloudy, "clear": case.clear, "days": case.days}
@@ -435,7 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--cases", default=None, help="comma-separated substrings of case names (eurac,34TET-2021-05-01)")
-    ap.add_argument("--policy", default="default", help="default, strict, or a JSON object of ClearPolicy fields")
+    ap.add_argument(
+        "--policy",
+        default="default",
+        help="default, as-decoded, strict, or JSON ClearPolicy fields (over the default's)",
+    )
     ap.add_argument("--quicklooks", type=Path, default=Path("/tmp/cloudfree/quicklooks"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--list", action="store_true", help="print the cases and stop")

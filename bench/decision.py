@@ -26,7 +26,7 @@ then unclassified cloud`` (the same two rules, the buffer growing the mask's own
 only); on greenearthnet also the built-in detector alone (``builtin dil 0`` / ``dil 3``) and the
 mask's decision joined with it (``SCL or builtin ...``: not clear where either says so); and, where a
 site has several dates, ``temporal`` and each policy ``+ temporal`` (the policy first, then
-``masks.temporal_test``: its flags are not buffered, as in ``infer``).
+``detect.temporal.temporal_test``: its flags are not buffered, as in ``infer``).
 
 Classes: *cloud* is MaskClass CLOUD or THIN_CLOUD (Sen2Cor 8, 9 and 10: cirrus counts as cloud),
 *shadow* is SHADOW, everything else with data (CLEAR, SNOW) is clear; the same for the reference
@@ -46,38 +46,44 @@ import json
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 
 from cloudclear import masks
+from cloudclear.detect.temporal import temporal_test
 from cloudclear.masks import MaskClass
 
 MIN_VALID_FRACTION = 0.01
+#: One rule at a time over the scene's mask as decoded (``masks.AS_DECODED``; the library's
+#: default combines more, see DEFAULT_ROW).
 POLICIES: dict[str, masks.ClearPolicy] = {
-    "default": masks.DEFAULT_POLICY,
-    "buffer 3": masks.ClearPolicy(buffer_px=3),
-    "unclassified cloud": masks.ClearPolicy(unclassified="cloud"),
-    "STRICT": masks.STRICT,
+    "as decoded": masks.AS_DECODED,
+    "buffer 3": replace(masks.AS_DECODED, buffer_px=3),
+    "unclassified cloud": replace(masks.AS_DECODED, unclassified="cloud"),
+    "STRICT": replace(masks.STRICT, source="mask", temporal=False),
 }
 BUFFER_FIRST = "buffer 3, then unclassified cloud"
 #: The built-in detector alone: row -> its dilation (3 is the default ``cloudclear mask`` writes).
 DETECTOR_ROWS = {"builtin dil 0": 0, "builtin dil 3": 3}
 #: The mask's decision (a policy) joined with the detector's: row -> (policy row, detector row).
 UNION_ROWS = {
-    "SCL or builtin dil 0": ("default", "builtin dil 0"),
+    "SCL or builtin dil 0": ("as decoded", "builtin dil 0"),
     "unclassified cloud or builtin dil 0": ("unclassified cloud", "builtin dil 0"),
-    "SCL or builtin dil 3": ("default", "builtin dil 3"),
+    "SCL or builtin dil 3": ("as decoded", "builtin dil 3"),
 }
+#: The library's default decision (``masks.DEFAULT_POLICY``) before its temporal test: the mask
+#: combined with the detector's (index runs it with no dilation), then the 3 px buffer.
+DEFAULT_ROW = "DEFAULT: SCL or builtin dil 0, buffer 3"
 #: The window of the windowed temporal rows: dates within this many days of the date tested.
 WINDOW_DAYS = 20
 #: Temporal rows: row -> (the decision the test runs after, window in days; 0: the whole series, as
 #: ``infer --temporal`` does with all its inputs).
 TEMPORAL_ROWS = {
-    "temporal": ("default", 0),
-    f"temporal {WINDOW_DAYS} d": ("default", WINDOW_DAYS),
+    "temporal": ("as decoded", 0),
+    f"temporal {WINDOW_DAYS} d": ("as decoded", WINDOW_DAYS),
     "buffer 3 + temporal": ("buffer 3", 0),
     "unclassified cloud + temporal": ("unclassified cloud", 0),
     f"unclassified cloud + temporal {WINDOW_DAYS} d": ("unclassified cloud", WINDOW_DAYS),
@@ -85,6 +91,7 @@ TEMPORAL_ROWS = {
     "SCL or builtin dil 0 + temporal": ("SCL or builtin dil 0", 0),
     f"SCL or builtin dil 0 + temporal {WINDOW_DAYS} d": ("SCL or builtin dil 0", WINDOW_DAYS),
     f"SCL or builtin dil 3 + temporal {WINDOW_DAYS} d": ("SCL or builtin dil 3", WINDOW_DAYS),
+    f"{DEFAULT_ROW} + temporal {WINDOW_DAYS} d (DEFAULT_POLICY)": (DEFAULT_ROW, WINDOW_DAYS),
 }
 
 
@@ -171,25 +178,16 @@ def _temporal(
     decisions: list[np.ndarray], blue: np.ndarray, nir: np.ndarray, valid: np.ndarray, when: list[date], window: int
 ) -> list[np.ndarray]:
     """Each date's decision with the temporal test's flags added (cloud, then shadow). ``window``
-    > 0: each date is tested against the dates within that many days of it only (one
-    :func:`masks.temporal_test` call per date on that subset); 0: against every date of the series."""
+    > 0: each date is tested against the dates within that many days of it only
+    (:func:`temporal_test`'s ``days`` and ``window_days``); 0: against every date of the series."""
     stack = np.stack(decisions)
     clear = masks.is_clear(stack) & valid
     snow = stack == MaskClass.SNOW
-    cloud = np.zeros(stack.shape, bool)
-    shadow = np.zeros(stack.shape, bool)
-    if window <= 0:
-        flags = masks.temporal_test(blue, clear, nir, snow)
-        cloud, shadow = flags.cloud, flags.shadow
-    else:
-        for i, day in enumerate(when):
-            near = [j for j, d in enumerate(when) if abs((d - day).days) <= window]
-            flags = masks.temporal_test(blue[near], clear[near], nir[near], snow[near])
-            k = near.index(i)
-            cloud[i], shadow[i] = flags.cloud[k], flags.shadow[k]
+    days = [d.toordinal() for d in when]
+    flags = temporal_test(blue, clear, nir, snow, days=days, window_days=window)
     out = stack.copy()
-    out[cloud] = MaskClass.CLOUD
-    out[shadow] = MaskClass.SHADOW
+    out[flags.cloud] = MaskClass.CLOUD
+    out[flags.shadow] = MaskClass.SHADOW
     return list(out)
 
 
@@ -219,7 +217,7 @@ def union(mask: np.ndarray, detected: np.ndarray) -> np.ndarray:
 
 
 def greenearthnet(root: Path) -> Result:
-    names = (*POLICIES, BUFFER_FIRST, *DETECTOR_ROWS, *UNION_ROWS)
+    names = (*POLICIES, BUFFER_FIRST, *DETECTOR_ROWS, *UNION_ROWS, DEFAULT_ROW)
     rows = {name: Tally() for name in (*names, *TEMPORAL_ROWS)}
     skipped, removed, agreed = [], dict.fromkeys(TEMPORAL_ROWS, 0), dict.fromkeys(TEMPORAL_ROWS, 0)
     import rasterio
@@ -244,6 +242,7 @@ def greenearthnet(root: Path) -> Result:
                     decisions[name] = np.zeros_like(scl, np.uint8) if det is None else det
                 for name, (pol, det_name) in UNION_ROWS.items():
                     decisions[name] = union(decisions[pol], decisions[det_name])
+                decisions[DEFAULT_ROW] = masks.buffer_obscured(decisions["SCL or builtin dil 0"], 3)
                 for dec in decisions.values():
                     dec[~valid] = MaskClass.NODATA
                 if not ok:
@@ -290,7 +289,7 @@ def eolearn(root: Path) -> Result:
         ref = masks.decode(clm, "CLM", clm_nodata)
         for name, d in _decide(raw, nodata, "SCL").items():
             rows[name].add(d, ref, spath.name[:8])
-    note = f"{rows['default'].dates} dates with SCL and CLM in timeseries/; reference has no shadow class"
+    note = f"{rows['as decoded'].dates} dates with SCL and CLM in timeseries/; reference has no shadow class"
     return Result(root.name, "s2cloudless CLM", False, rows, [note])
 
 
@@ -309,8 +308,8 @@ def ukis(root: Path) -> Result:
         opts = SpatialOptions(cloud_dilation=dil, shadow_dilation=dil)
         res = detect_array({b: img[..., i] for i, b in enumerate(names)}, pixel_size=10.0, sun=None, options=opts)
         classes = masks.decode(res.scl, "SCL", 0)
-        for pname in ("default", "buffer 3"):
-            row = name if pname == "default" else f"{name} + {pname}"
+        for pname in ("as decoded", "buffer 3"):
+            row = name if pname == "as decoded" else f"{name} + {pname}"
             rows[row] = Tally()
             rows[row].add(masks.apply_policy(classes, POLICIES[pname], res.scl, "SCL"), ref, "tile")
     note = (

@@ -39,6 +39,8 @@ class Acquisition:
         offset: see ``scale``.
         nodata: the band nodata value (S2 0 when unset).
         units: catalog units ("reflectance", "dB", "linear", ...).
+        detected: the detector's mask of an S2 scene that also has ``mask`` (``index`` made it;
+            the clear policy combines the two), or None.
     """
 
     slot: str
@@ -55,6 +57,7 @@ class Acquisition:
     offset: float
     nodata: float | None
     units: str
+    detected: MaskBand | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +125,7 @@ def acquisition(
         offset=scene.offset,
         nodata=scene.nodata,
         units=scene.units,
+        detected=scene.detected,
     )
 
 

@@ -45,6 +45,13 @@ class Grid:
         a, _, c, _, e, f = self.transform
         return BoundingBox(c, f + e * self.height, c + a * self.width, f)
 
+    def pad(self, top: int, left: int, bottom: int, right: int) -> Grid:
+        """The grid grown by whole pixels on each side (same CRS and resolution)."""
+        a, b, c, d, e, f = self.transform
+        return Grid(
+            self.crs, (a, b, c - left * a, d, e, f - top * e), self.width + left + right, self.height + top + bottom
+        )
+
     def crop(self, bbox: Sequence[float]) -> Grid:
         """The sub-grid covering ``bbox`` (minx, miny, maxx, maxy in the grid's CRS), snapped outward.
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal
+from typing import Literal, NoReturn
 
 import numpy as np
 
@@ -122,17 +122,67 @@ DLMASK_TABLE: dict[int, MaskClass] = {
 }
 
 
-def _table_decoder(table: dict[int, MaskClass]) -> Callable[[np.ndarray, float | None], np.ndarray]:
-    lut = np.full(256, MaskClass.NODATA, dtype=np.uint8)
+#: A table decoder's lookup entry for a code that is no class of its convention.
+_UNKNOWN = 255
+#: How many distinct unknown values an error lists.
+_LISTED = 8
+
+
+def _spans(codes: list[int]) -> str:
+    """Sorted codes as runs: [0, 1, 2, 4] -> "0-2, 4"."""
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def _off_byte(data: np.ndarray) -> np.ndarray:
+    """Where values are not whole numbers 0..255 (only ever called on non-uint8 data)."""
+    off = (data < 0) | (data > 255)
+    if data.dtype.kind == "f":
+        off |= data != np.floor(data)
+    return off
+
+
+def _refuse(what: str, values: np.ndarray, codes: str) -> NoReturn:
+    """Raise :class:`MaskError` naming the distinct ``values`` found (sorted, the first few)."""
+    found = np.unique(values)
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in found[:_LISTED].tolist())
+    more = ", ..." if found.size > _LISTED else ""
+    raise MaskError(f"{what} {shown}{more} ({codes})")
+
+
+def _table_decoder(
+    name: str, table: dict[int, MaskClass], nodata_codes: tuple[int, ...] = ()
+) -> Callable[[np.ndarray, float | None], np.ndarray]:
+    """A decoder of a class table; a value neither in ``table`` nor in ``nodata_codes`` (the
+    convention's own nodata) nor the band's declared nodata raises :class:`MaskError`."""
+    lut = np.full(256, _UNKNOWN, dtype=np.uint8)
     for code, cls in table.items():
         lut[code] = cls
+    lut[list(nodata_codes)] = MaskClass.NODATA
+    codes = f"{name} codes are {_spans(sorted(table))}" + "".join(f", {c} nodata" for c in nodata_codes)
 
     def decode(data: np.ndarray, nodata: float | None) -> np.ndarray:
-        out = lut[np.clip(data, 0, 255).astype(np.uint8)]
-        bad = (data < 0) | (data > 255)
+        table_ = lut
+        if nodata is not None and float(nodata).is_integer() and 0 <= nodata <= 255:
+            # The declared nodata joins the table: one lookup decodes and finds unknown values.
+            table_ = lut.copy()
+            table_[int(nodata)] = MaskClass.NODATA
+            nodata = None
+        out = table_[data if data.dtype == np.uint8 else np.clip(data, 0, 255).astype(np.uint8)]
+        unknown = out == _UNKNOWN
+        if data.dtype != np.uint8:
+            unknown |= _off_byte(data)
         if nodata is not None:
-            bad |= data == nodata
-        out[bad] = MaskClass.NODATA
+            missing = data == nodata
+            out[missing] = MaskClass.NODATA
+            unknown &= ~missing
+        if unknown.any():
+            _refuse(f"unknown {name} class value(s)", data[unknown], codes)
         return out
 
     return decode
@@ -145,6 +195,13 @@ _MAJA_SHADOW_BITS = 0b0110_0000  # shadows of clouds in the image, of clouds out
 
 
 def _decode_maja(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    if data.dtype != np.uint8:
+        # Every byte is a valid set of flags; a value outside a byte is none.
+        off = _off_byte(data)
+        if nodata is not None:
+            off &= data != nodata
+        if off.any():
+            _refuse("unknown MAJA value(s)", data[off], "MAJA masks are 8-bit flags, 0-255")
     bits = np.clip(data, 0, 255).astype(np.uint8)
     out = np.full(bits.shape, MaskClass.CLEAR, np.uint8)
     out[(bits & _MAJA_SHADOW_BITS) != 0] = MaskClass.SHADOW
@@ -179,10 +236,10 @@ def _probability_decoder(peak: float) -> Callable[[np.ndarray, float | None], np
 
 #: Mask conventions: name -> decoder(data, nodata) -> MaskClass array.
 CONVENTIONS: dict[str, Callable[[np.ndarray, float | None], np.ndarray]] = {
-    "SCL": _table_decoder(SCL_TABLE),
+    "SCL": _table_decoder("SCL", SCL_TABLE),
     "MAJA": _decode_maja,
-    "FMASK": _table_decoder(FMASK_TABLE),
-    "DLMASK": _table_decoder(DLMASK_TABLE),
+    "FMASK": _table_decoder("FMASK", FMASK_TABLE, (255,)),
+    "DLMASK": _table_decoder("DLMASK", DLMASK_TABLE, (255,)),
     "CLM": _decode_binary,
     "CLP": _probability_decoder(255.0),
     "CLDPRB": _probability_decoder(100.0),
@@ -228,11 +285,18 @@ def convention_of_tokens(tokens: set[str]) -> str | None:
     return min(named, key=rank) if named else None
 
 
-_RANK = {conv: i for i, (conv, _) in enumerate(_PATTERNS)}
+#: Which mask decides when a scene has several, best first. Masks made from more than the one
+#: image come first: MAJA's (multi-temporal tests) and the learned masks (EarthNet's dlmask: on
+#: greenearthnet it calls 87.5 % of 34TET 2021-08-04 cloud where Sen2Cor's SCL, beside it in the
+#: same file, calls 8.2 %); then Fmask; then Sen2Cor's SCL (cloud, shadow and its "unclassified"
+#: class, see :class:`ClearPolicy`); then cloud-only masks, a probability last.
+PREFERENCE: tuple[str, ...] = ("MAJA", "DLMASK", "FMASK", "SCL", "CLM", "CLDPRB", "CLP")
+
+_RANK = {conv: i for i, conv in enumerate(PREFERENCE)}
 
 
 def rank(convention: str) -> int:
-    """Preference of a convention when a scene has several masks (lower is better)."""
+    """Preference of a convention when a scene has several masks (lower is better, see :data:`PREFERENCE`)."""
     return _RANK.get(convention, len(_RANK))
 
 
@@ -255,6 +319,10 @@ def decode(data: np.ndarray, convention: str, nodata: float | None = None) -> np
 
     Returns:
         A uint8 array of MaskClass codes, the shape of ``data``.
+
+    Raises:
+        MaskError: a value is no class of a table convention (SCL, FMASK, DLMASK) nor ``nodata``,
+            or a MAJA value is not a byte; the message lists the values found, without the file.
     """
     try:
         decoder = CONVENTIONS[convention]
@@ -280,58 +348,93 @@ def decode(data: np.ndarray, convention: str, nodata: float | None = None) -> np
 MAX_BUFFER_PX = 64
 
 _CHOICES = ("clear", "cloud")
+#: Where the classes come from (:attr:`ClearPolicy.source`).
+SOURCES = ("combined", "mask", "detector")
+#: The largest temporal window, in days.
+MAX_TEMPORAL_DAYS = 366
 
 
 @dataclass(frozen=True)
 class ClearPolicy:
-    """How decoded mask classes become the one decision of what is clear, beyond the mask itself.
+    """The one decision of what is clear: which masks, and what is done to their classes.
 
-    The default policy changes nothing: pixels are clear exactly as the mask's classes say
-    (:data:`CLEAR_CLASSES`). Each field makes the decision stricter:
+    ``index`` (cloud %), ``sample`` (slots and targets), ``infer`` and ``evaluate`` all decide with
+    a policy; the catalog and the training store record theirs. The defaults are the ones that
+    make outputs cloud-free on the real series of ``bench/cloudfree.py`` (see docs/masks.md);
+    :data:`AS_DECODED` is the scene's own mask and nothing else (cloudclear before 0.5).
 
     Attributes:
+        source: which classes are read: "combined" (default: the scene's own mask, and where
+            ``index`` ran the built-in detector on the scene, a pixel either calls cloud or
+            shadow is obscured, cloud over shadow; a scene without a mask uses the detector's
+            alone), "mask" (the scene's own mask only) or "detector" (the detector's mask only,
+            where ``index`` made one; else the scene's own mask).
         buffer_px: grow cloud, thin cloud and shadow by this many pixels of the grid read on
             (a disk: every pixel within ``buffer_px`` pixels, Euclidean distance between pixel
             centres, of an obscured pixel), so that halos and edges a mask misses are not kept.
             A buffered pixel takes the class of the object it borders (cloud over thin cloud over
             shadow); NODATA pixels stay NODATA. Readers read a halo of ``buffer_px`` rows and
             columns around each strip or window, so a strip-wise read equals a whole read.
+            Default 3 (30 m at 10 m, Fmask's default).
         unclassified: what a pixel the mask leaves unclassified counts as (Sen2Cor SCL class 7,
-            see :data:`UNCLASSIFIED_CODES`): "clear" (the decoding's default) or "cloud" (decoded
-            as CLOUD: in Sen2Cor the class often holds thin cloud and haze).
-        snow: what the SNOW class counts as: "clear" (default, the surface is seen) or "cloud"
-            (Sen2Cor often calls cloud "snow", and gap filling would copy it into neighbours).
-        temporal: also apply the temporal test (:func:`temporal_test`) where several dates of the
-            same pixels are read together (``infer``): a pixel the mask calls clear that is much
-            brighter in blue than the other dates clear there is cloud or haze, much darker in NIR
-            is shadow, and snow with no snowy other date is cloud. A reader of one scene alone
-            cannot apply it and ignores it.
+            see :data:`UNCLASSIFIED_CODES`): "clear" (default, as decoded; the detector and the
+            temporal test still judge it) or "cloud" (on hazy scenes the class holds thin cloud,
+            but on clear winter scenes of worldcereal 31UDS it is 27 % of the pixels, 60 % once
+            buffered). Applied before the buffer.
+        snow: what the SNOW class counts as: "clear" (default, the surface is seen; the temporal
+            test still calls snow with no snowy date near it cloud) or "cloud".
+        temporal: apply the temporal test (:func:`temporal_test`) where several dates of the same
+            pixels are read together (``infer``'s inputs; ``sample``'s targets against the dates
+            around them): a pixel the mask calls clear that is much brighter in blue than the
+            other dates clear there is cloud or haze, much darker in NIR is shadow, and snow with
+            no snowy other date is cloud. ``index`` decides each scene alone and cannot apply it.
+        temporal_days: the temporal test compares each date with the other dates within this
+            many days of it (default 20: a season changes the surface more than haze does over
+            longer spans); 0 compares with every other date read.
 
     Raises:
         MaskError: a field is out of range or not one of its choices.
     """
 
-    buffer_px: int = 0
+    buffer_px: int = 3
     unclassified: Literal["clear", "cloud"] = "clear"
     snow: Literal["clear", "cloud"] = "clear"
-    temporal: bool = False
+    temporal: bool = True
+    temporal_days: int = 20
+    source: Literal["combined", "mask", "detector"] = "combined"
 
     def __post_init__(self) -> None:
-        if isinstance(self.buffer_px, bool) or not isinstance(self.buffer_px, int):
-            raise MaskError(f"clear policy: buffer must be a whole number of pixels, not {self.buffer_px!r}")
-        if not 0 <= self.buffer_px <= MAX_BUFFER_PX:
-            raise MaskError(f"clear policy: buffer must be 0..{MAX_BUFFER_PX} px, not {self.buffer_px}")
+        for name, top in (("buffer_px", MAX_BUFFER_PX), ("temporal_days", MAX_TEMPORAL_DAYS)):
+            value = getattr(self, name)
+            what = "buffer" if name == "buffer_px" else "temporal window"
+            unit = "px" if name == "buffer_px" else "days"
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MaskError(f"clear policy: {what} must be a whole number of {unit}, not {value!r}")
+            if not 0 <= value <= top:
+                raise MaskError(f"clear policy: {what} must be 0..{top} {unit}, not {value}")
         for name in ("unclassified", "snow"):
             value = getattr(self, name)
             if value not in _CHOICES:
                 raise MaskError(f"clear policy: {name} must be clear or cloud, not {value!r}")
         if not isinstance(self.temporal, bool):
             raise MaskError(f"clear policy: temporal must be true or false, not {self.temporal!r}")
+        if self.source not in SOURCES:
+            raise MaskError(f"clear policy: source must be one of {', '.join(SOURCES)}, not {self.source!r}")
 
     @property
     def is_default(self) -> bool:
-        """Whether the policy keeps the mask's decision as it is."""
+        """Whether this is the commands' default policy (:data:`DEFAULT_POLICY`)."""
         return self == DEFAULT_POLICY
+
+    @property
+    def changes_nothing(self) -> bool:
+        """Whether a scene's own mask is kept as decoded (:data:`AS_DECODED`): nothing removed."""
+        return self == AS_DECODED
+
+    @property
+    def changes_classes(self) -> bool:
+        """Whether a reader changes the decoded classes of one scene (the temporal test aside)."""
+        return self.buffer_px > 0 or self.unclassified == "cloud" or self.snow == "cloud"
 
     @property
     def halo(self) -> int:
@@ -339,34 +442,50 @@ class ClearPolicy:
         return self.buffer_px
 
     def describe(self) -> str:
-        """One line: ``buffer 3 px, unclassified cloud, snow clear`` (``, temporal test`` when on;
-        ``mask as decoded`` by default)."""
-        if self.is_default:
+        """One line, e.g. ``combined masks, buffer 3 px, unclassified cloud, snow clear, temporal
+        test (20 d)``; ``mask as decoded`` for :data:`AS_DECODED`."""
+        if self.changes_nothing:
             return "mask as decoded (buffer 0 px, unclassified clear, snow clear)"
-        text = f"buffer {self.buffer_px} px, unclassified {self.unclassified}, snow {self.snow}"
-        return text + (", temporal test" if self.temporal else "")
+        source = {"combined": "mask and detector", "mask": "mask only", "detector": "detector"}[self.source]
+        text = f"{source}, buffer {self.buffer_px} px, unclassified {self.unclassified}, snow {self.snow}"
+        if self.temporal:
+            text += f", temporal test ({self.temporal_days} d)" if self.temporal_days else ", temporal test (all dates)"
+        return text
 
 
-#: The default policy: the masks' classes as decoded.
+#: The commands' default: the scene's mask and the detector's, a 3-pixel buffer, the temporal
+#: test over 20 days. Chosen on ``bench/cloudfree.py`` and
+#: ``bench/decision.py`` (docs/masks.md has the figures for each rule).
 DEFAULT_POLICY = ClearPolicy()
 
-#: The strict preset (``--strict``): a 3-pixel buffer (30 m at 10 m: Sen2Cor's cloud and shadow
-#: edges are typically one to a few 20 m pixels off, and a bright halo surrounds each cloud) and
-#: Sen2Cor's "unclassified" counted as cloud (on hazy scenes it is mostly thin cloud). Snow stays
-#: clear: real snow is common in the mountains, and counting it as cloud would empty winter scenes.
-STRICT = ClearPolicy(buffer_px=3, unclassified="cloud")
+#: The scene's own mask as decoded, nothing else (``--as-decoded``; cloudclear's behaviour before
+#: the clear policy): reproduces earlier figures.
+AS_DECODED = ClearPolicy(buffer_px=0, unclassified="clear", snow="clear", temporal=False, source="mask")
+
+#: The strict preset (``--strict``): the default with a 5-pixel buffer and Sen2Cor's "unclassified"
+#: counted as cloud (it removes much of some clear scenes, so it is not the default).
+STRICT = ClearPolicy(buffer_px=5, unclassified="cloud")
 
 
 def apply_policy(
-    classes: np.ndarray, policy: ClearPolicy, raw: np.ndarray | None = None, convention: str | None = None
+    classes: np.ndarray,
+    policy: ClearPolicy,
+    raw: np.ndarray | None = None,
+    convention: str | None = None,
+    *,
+    steps: list[tuple[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
-    """Decoded classes with ``policy`` applied (a new array; ``classes`` is left as it is).
+    """Decoded classes with ``policy``'s rules applied, in order: unclassified, snow, buffer (a new
+    array; ``classes`` is left as it is). The ``source`` and ``temporal`` fields are the reader's
+    and the multi-date reader's, not this function's.
 
     Args:
-        classes: (rows, cols) MaskClass codes, as :func:`decode` gave them.
+        classes: (rows, cols) MaskClass codes, as :func:`decode` (or :func:`combine`) gave them.
         policy: what to change.
         raw: the raw mask values ``classes`` were decoded from (needed for ``unclassified``).
         convention: their convention (a key of :data:`CONVENTIONS`).
+        steps: if given, ``(rule, classes after the rule)`` is appended for each rule that ran
+            ("unclassified", "snow", "buffer"), so a caller can count what each removed.
 
     Returns:
         uint8 MaskClass codes. With a buffer, pixels within ``policy.buffer_px`` of the array's edge
@@ -376,10 +495,43 @@ def apply_policy(
     if policy.unclassified == "cloud" and raw is not None and convention in UNCLASSIFIED_CODES:
         unclassified = np.isin(raw, UNCLASSIFIED_CODES[convention]) & (out == MaskClass.CLEAR)
         out[unclassified] = MaskClass.CLOUD
+        if steps is not None:
+            steps.append(("unclassified", out.copy()))
     if policy.snow == "cloud":
         out[out == MaskClass.SNOW] = MaskClass.CLOUD
+        if steps is not None:
+            steps.append(("snow", out.copy()))
     if policy.buffer_px > 0:
         out = buffer_obscured(out, policy.buffer_px)
+        if steps is not None:
+            steps.append(("buffer", out))
+    return out
+
+
+def combine(mask: np.ndarray | None, detected: np.ndarray | None) -> np.ndarray | None:
+    """The classes of a scene's own mask combined with the detector's (:attr:`ClearPolicy.source`
+    "combined"): a pixel either calls cloud, thin cloud or shadow is obscured; where both call it
+    obscured, cloud wins over thin cloud over shadow. NODATA in ``mask`` stays NODATA (the scene's
+    mask knows its data best); snow and clear stay as ``mask`` says where the detector sees nothing.
+
+    Args:
+        mask: (rows, cols) MaskClass codes of the scene's own mask, or None.
+        detected: the detector's MaskClass codes on the same grid, or None.
+
+    Returns:
+        A new uint8 array, or the one given when the other is None (None when both are).
+    """
+    if detected is None:
+        return mask
+    if mask is None:
+        return detected
+    out = np.array(mask, dtype=np.uint8, copy=True)
+    known = out != MaskClass.NODATA
+    for cls in (MaskClass.SHADOW, MaskClass.THIN_CLOUD, MaskClass.CLOUD):
+        hit = known & (detected == cls)
+        if cls == MaskClass.SHADOW:
+            hit &= ~is_obscured(out)  # a mask's cloud is not turned into the detector's shadow
+        out[hit] = cls
     return out
 
 
@@ -426,132 +578,3 @@ def dilate_disk(seed: np.ndarray, radius: int) -> np.ndarray:
         if a < b:
             out[a:b] |= runs[w][a + dy : b + dy]
     return out
-
-
-# -- the temporal test ---------------------------------------------------------------------------
-
-#: Temporal test, haze and cloud: a clear pixel is cloud when its blue (B02) reflectance exceeds the
-#: median of the other dates clear there by more than this (absolute reflectance)...
-TEMPORAL_BLUE_ADD = 0.03
-#: ... and is more than this factor times that median. Clear land varies by about 0.01-0.02 in
-#: blue from date to date (view angle, aerosol correction); MAJA's multi-temporal cloud test
-#: (Hagolle et al. 2010) flags a blue increase above 0.03 over the last clear date. Over dark
-#: forest (blue 0.02) the haze at cloud edges adds 0.03 and more. The factor keeps bright
-#: surfaces (bare soil, gravel, roofs), whose blue varies in proportion, from being flagged.
-TEMPORAL_BLUE_FACTOR = 1.3
-#: Temporal test, shadow: a clear pixel whose NIR (B08, else B8A) is below this factor of the other
-#: dates' median...
-TEMPORAL_NIR_FACTOR = 0.6
-#: ... and below that median minus this (reflectance), and not brighter in blue than the blue
-#: median: a shadow darkens every band, while a harvest or a mowing, which also drops NIR within
-#: a few weeks, brightens the visible bands.
-TEMPORAL_NIR_SUB = 0.04
-#: Other dates clear at a pixel the test needs there; with fewer, the mask's decision stands.
-TEMPORAL_MIN_OTHERS = 2
-
-
-@dataclass(frozen=True)
-class TemporalFlags:
-    """What :func:`temporal_test` removes, per date: (dates, rows, cols) bool arrays.
-
-    Attributes:
-        cloud: clear per the mask, but cloud or haze (much brighter in blue than the other dates,
-            or snow with no snowy other date).
-        shadow: clear per the mask, but much darker in NIR than the other dates (not cloud).
-    """
-
-    cloud: np.ndarray
-    shadow: np.ndarray
-
-    @property
-    def obscured(self) -> np.ndarray:
-        """(dates, rows, cols): cloud or shadow."""
-        return self.cloud | self.shadow
-
-
-def _others_median(values: np.ndarray, clear: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """(median over the dates other than ``i`` clear at each pixel, how many there are)."""
-    keep = [j for j in range(values.shape[0]) if j != i]
-    v = np.where(clear[keep], values[keep], np.inf)  # obscured dates sort last
-    v.sort(axis=0)
-    k = clear[keep].sum(axis=0)
-    lo = np.clip((k - 1) // 2, 0, None)[None]
-    hi = np.clip(k // 2, 0, None)[None]
-    med = 0.5 * (np.take_along_axis(v, lo, 0)[0] + np.take_along_axis(v, hi, 0)[0])
-    return np.where(k > 0, med, np.nan).astype(np.float32), k
-
-
-def temporal_test(
-    blue: np.ndarray,
-    clear: np.ndarray,
-    nir: np.ndarray | None = None,
-    snow: np.ndarray | None = None,
-) -> TemporalFlags:
-    """The temporal test: pixels the masks call clear that the other dates of the same pixel show
-    to be cloud, haze or shadow (the multi-temporal tests of MAJA, against a median of dates).
-
-    A pure function on arrays of dates of the same pixels (any spatial shape). For each date ``i``
-    and pixel the mask calls clear there, with at least :data:`TEMPORAL_MIN_OTHERS` *other* dates
-    clear at the pixel (else the mask's decision stands):
-
-    - cloud or haze: blue > median + :data:`TEMPORAL_BLUE_ADD` and blue >
-      :data:`TEMPORAL_BLUE_FACTOR` x median (median of blue over the other clear dates);
-    - snow (``snow`` true): cloud when no other clear date is snowy there, else kept (the blue
-      test does not apply to it: fresh snow is much brighter than the snow-free dates around it);
-    - shadow (when not cloud): NIR < :data:`TEMPORAL_NIR_FACTOR` x median and NIR < median -
-      :data:`TEMPORAL_NIR_SUB` (median of NIR over the other clear dates), and blue not above
-      its median.
-
-    Every decision uses the masks as given (a flagged date still counts as clear for the others).
-    The test removes a minority: where it would flag more than half of the dates clear at a pixel
-    (a river whose level changes, a field mown: two groups of dates, each unlike the other), it
-    cannot tell which shows the surface, and flags none there.
-
-    Args:
-        blue: (dates, ...) blue (B02) reflectance.
-        clear: (dates, ...) bool: the masks' decision (valid and clear).
-        nir: (dates, ...) NIR (B08 or B8A) reflectance, or None (no shadow test).
-        snow: (dates, ...) bool: where the masks say snow, or None (no snow test).
-
-    Returns:
-        :class:`TemporalFlags`; every flagged pixel is clear in ``clear``.
-    """
-    blue = np.asarray(blue, dtype=np.float32)
-    clear = np.asarray(clear, dtype=bool)
-    if blue.shape != clear.shape or (nir is not None and np.shape(nir) != clear.shape):
-        raise ValueError("temporal_test: blue, clear and nir must have the same shape")
-    n = clear.shape[0]
-    cloud = np.zeros(clear.shape, bool)
-    shadow = np.zeros(clear.shape, bool)
-    if n <= TEMPORAL_MIN_OTHERS:
-        return TemporalFlags(cloud, shadow)
-    clear = clear & np.isfinite(blue)
-    nir_f = None if nir is None else np.asarray(nir, dtype=np.float32)
-    if nir_f is not None:
-        nir_ok = clear & np.isfinite(nir_f)
-    snow_b = None if snow is None else (np.asarray(snow, dtype=bool) & clear)
-    for i in range(n):
-        med_b, k = _others_median(blue, clear, i)
-        test = clear[i] & (k >= TEMPORAL_MIN_OTHERS)
-        if not test.any():
-            continue
-        with np.errstate(invalid="ignore"):
-            b = blue[i]
-            hazy = test & (b > med_b + TEMPORAL_BLUE_ADD) & (b > TEMPORAL_BLUE_FACTOR * med_b)
-            if snow_b is not None:
-                # Snow is decided by its neighbours alone: cloud without a snowy one, else snow
-                # (fresh snow is much brighter than the snow-free dates around it).
-                others_snowy = np.delete(snow_b, i, axis=0).any(axis=0)
-                hazy = np.where(snow_b[i], test & ~others_snowy, hazy)
-            cloud[i] = hazy
-            if nir_f is not None:
-                med_n, kn = _others_median(nir_f, nir_ok, i)
-                x = nir_f[i]
-                dark = (x < TEMPORAL_NIR_FACTOR * med_n) & (x < med_n - TEMPORAL_NIR_SUB) & (b <= med_b)
-                shadow[i] = test & nir_ok[i] & (kn >= TEMPORAL_MIN_OTHERS) & dark & ~hazy
-    # The test removes a minority: where it would remove more than half the clear dates of a pixel,
-    # the dates disagree too much to tell which of them shows the surface, and the masks stand.
-    ambiguous = 2 * (cloud | shadow).sum(axis=0) > clear.sum(axis=0)
-    cloud &= ~ambiguous
-    shadow &= ~ambiguous
-    return TemporalFlags(cloud, shadow)

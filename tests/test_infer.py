@@ -26,6 +26,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from torch import nn
 
+from cloudclear import masks
 from cloudclear.catalog import Catalog, build_index
 from cloudclear.errors import GridError, InferError, InvalidRasterError, OutputExistsError
 from cloudclear.gapfill import PixelStatus, gapfill
@@ -94,8 +95,23 @@ def _cloudy_scene(rng, h, w, n_rects=5):
     return data, scl
 
 
-def _index(folder: Path) -> Catalog:
-    return Catalog.open(build_index(folder, folder / "cat.gpkg").catalog_path)
+# These tests are about choosing inputs and the pipeline's arithmetic (strips, windows, gap filling,
+# the output files), checked against the masks read directly (_clear_and_refl), not about the clear
+# decision (tests/test_masks.py, test_temporal_test.py and the policy tests of test_cli_infer.py):
+# they pin the decision of cloudclear before the clear policy. The catalog runs no detector and
+# counts cloud % from the SCL as decoded (the cloud % the selection tests are written in), and the
+# pipeline reads with AS_DECODED (InferOptions' default is masks.DEFAULT_POLICY).
+AS_DECODED = masks.AS_DECODED
+
+
+def _index(folder: Path, cat_path: Path | None = None) -> Catalog:
+    cat_path = cat_path or folder / "cat.gpkg"
+    return Catalog.open(build_index(folder, cat_path, detect=None, policy=AS_DECODED).catalog_path)
+
+
+def _opts(**kw) -> InferOptions:
+    """InferOptions with the masks as decoded (see AS_DECODED above)."""
+    return InferOptions(clear=AS_DECODED, **kw)
 
 
 def _checkpoint(path: Path, *, depth=2, width=4, window=128, fc=True, s1=True, seed=0) -> Path:
@@ -147,7 +163,7 @@ class Recorder(nn.Module):
 
 
 def _read_all(acq, grid):
-    src = _Source(acq, grid)
+    src = _Source(acq, grid, AS_DECODED)  # as the pipeline reads with _opts()
     try:
         return src.read(0, grid.height)
     finally:
@@ -269,7 +285,7 @@ def series700(tmp_path_factory):
         cloud_cover=[0.3, 0.5, 0.3],
         s1=True,
     )
-    cat = Catalog.open(build_index(root / "data", root / "cat.gpkg").catalog_path)
+    cat = _index(root / "data", root / "cat.gpkg")
     return s, cat, root
 
 
@@ -289,7 +305,7 @@ def test_pipeline_equals_one_whole_image_pass(series700, tmp_path, fc, strip_row
     assert [a is not None for _, a in inp.slots] == [True, True, True, True]
     assert inp.get("s1@t").sensor == "S1"
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out, InferOptions(keep_observed=False, status=False, strip_rows=strip_rows))
+    res = pipeline.run(inp, m, out, _opts(keep_observed=False, status=False, strip_rows=strip_rows))
     plan = WindowPlan.build(700, 900, window=192, radius=receptive_radius(2), align=4)
     assert len(plan.windows()) == sum(m.net.sizes) >= 40  # every window ran, none twice
     assert max(m.net.sizes) == 3
@@ -317,7 +333,7 @@ def test_network_on_small_strips_equals_whole_pass(gap_series, tmp_path, fc, kee
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     assert inp.get("s1@t") is None and any("s1@t" in n for n in inp.notes)
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out, InferOptions(keep_observed=keep_observed, strip_rows=strip_rows))
+    res = pipeline.run(inp, m, out, _opts(keep_observed=keep_observed, strip_rows=strip_rows))
     want, want_status = _whole_pass(m, inp)
     if keep_observed:
         dn, _, clear = _clear_and_refl(inp.get("t"))
@@ -340,7 +356,7 @@ def test_predict_array_is_the_pipelines_window_loop_bit_for_bit(gap_series, tmp_
     m = NetMethod(ckpt, device="cpu", batch=3)
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     out = tmp_path / "out.tif"
-    pipeline.run(inp, m, out, InferOptions(keep_observed=False, status=False, strip_rows=64))
+    pipeline.run(inp, m, out, _opts(keep_observed=False, status=False, strip_rows=64))
 
     h, w = inp.grid.height, inp.grid.width
     parts = []
@@ -402,7 +418,7 @@ def test_s1_on_another_grid_reaches_the_net_warped_bilinear(tmp_path, kind):
     m.net = Recorder(m.net, keep=True)
     inp = choose_inputs(cat, "2021-05-11", m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     assert inp.get("s1@t") is not None and inp.get("s1@t").sources[0][0] == str(s1_path)
-    res_ = pipeline.run(inp, m, tmp_path / "out.tif", InferOptions(keep_observed=False))
+    res_ = pipeline.run(inp, m, tmp_path / "out.tif", _opts(keep_observed=False))
     assert res_.reconstructed == h * w
     assert m.net.sizes == [1]
     x = m.net.inputs[0][0].numpy()
@@ -452,7 +468,7 @@ def test_gapfill_through_the_pipeline_equals_gapfill_on_whole_arrays(gap_series,
     outputs = []
     for strip in (37, 100, 512):
         out = tmp_path / f"s{strip}" / "out.tif"
-        res = pipeline.run(inp, m, out, InferOptions(strip_rows=strip))
+        res = pipeline.run(inp, m, out, _opts(strip_rows=strip))
         got, status = _read(out), _read(status_path_for(out))[0]
         np.testing.assert_array_equal(status, want_status)
         np.testing.assert_array_equal(got, want)
@@ -465,7 +481,7 @@ def test_gapfill_through_the_pipeline_equals_gapfill_on_whole_arrays(gap_series,
 def test_keep_observed_copies_clear_target_pixels_exactly(gap_series, tmp_path):
     m, inp = _gap_inputs(gap_series)
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out, InferOptions(keep_observed=True, strip_rows=64))
+    res = pipeline.run(inp, m, out, _opts(keep_observed=True, strip_rows=64))
     dn, _, clear = _clear_and_refl(inp.get("t"))
     assert inp.get("t").scale == pytest.approx(1e-4) and inp.get("t").offset == 0.0
     got, status = _read(out), _read(status_path_for(out))[0]
@@ -474,6 +490,24 @@ def test_keep_observed_copies_clear_target_pixels_exactly(gap_series, tmp_path):
     assert res.observed == int(clear.sum()) > 0
     with rasterio.open(out) as ds:
         assert ds.tags()["CLOUDCLEAR_KEEP_OBSERVED"] == "true"
+
+
+def test_default_options_decide_with_the_default_clear_policy(gap_series, tmp_path):
+    """The one test here on the default decision: InferOptions() reads with masks.DEFAULT_POLICY,
+    whose 3 px buffer removes the ring of every cloud rectangle from the pixels the SCL calls clear."""
+    assert InferOptions().clear == masks.DEFAULT_POLICY
+    m, inp = _gap_inputs(gap_series)
+    decoded = pipeline.run(inp, m, tmp_path / "decoded.tif", _opts())
+    res = pipeline.run(inp, m, tmp_path / "default.tif", InferOptions())
+    _, _, clear = _clear_and_refl(inp.get("t"))
+    assert decoded.observed == int(clear.sum())
+    assert 0 < res.observed < decoded.observed
+    observed = _read(res.status_path)[0] == PixelStatus.OBSERVED
+    assert (observed <= clear).all()
+    with rasterio.open(res.path) as ds:
+        assert ds.tags()["CLOUDCLEAR_CLEAR_POLICY"] == masks.DEFAULT_POLICY.describe()
+    with rasterio.open(decoded.path) as ds:
+        assert ds.tags()["CLOUDCLEAR_CLEAR_POLICY"] == AS_DECODED.describe()
 
 
 def test_boa_offset_of_newer_baselines_is_applied(tmp_path):
@@ -489,7 +523,7 @@ def test_boa_offset_of_newer_baselines_is_applied(tmp_path):
     m, inp = _gap_inputs(cat, when="2021-05-11", neighbours=1)
     t = inp.get("t")
     assert (t.scale, t.offset) == (pytest.approx(1e-4), pytest.approx(-0.1))
-    res = pipeline.run(inp, m, tmp_path / "out.tif")
+    res = pipeline.run(inp, m, tmp_path / "out.tif", _opts())
     dn, _, clear = _clear_and_refl(t)
     got = _read(res.path)
     np.testing.assert_array_equal(got[:, clear], np.clip(dn[:, clear].astype(np.int64) - 1000, 1, None))
@@ -502,7 +536,7 @@ def test_boa_offset_of_newer_baselines_is_applied(tmp_path):
 def test_gapfill_without_keep_observed_ignores_the_target_date(gap_series, tmp_path):
     m, inp = _gap_inputs(gap_series)
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out, InferOptions(keep_observed=False, strip_rows=64))
+    res = pipeline.run(inp, m, out, _opts(keep_observed=False, strip_rows=64))
     got, status = _read(out), _read(status_path_for(out))[0]
     assert res.observed == 0 and not (status == PixelStatus.OBSERVED).any()
     want, want_status = _expected_gapfill(inp, keep_observed=False)
@@ -518,7 +552,7 @@ def test_date_without_an_acquisition_interpolates_its_neighbours(gap_series, tmp
     assert inp.get("t") is None and inp.target == datetime(2021, 5, 26, tzinfo=timezone.utc)
     assert any(re.search(r"slot.*\bt\b", n) for n in inp.notes)
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out, InferOptions(keep_observed=True))
+    res = pipeline.run(inp, m, out, _opts(keep_observed=True))
     got, status = _read(out).astype(np.float64), _read(status_path_for(out))[0]
     assert res.observed == 0 and not (status == PixelStatus.OBSERVED).any()
     before, after = inp.get("t-1"), inp.get("t+1")
@@ -555,7 +589,7 @@ def test_all_nodata_windows_never_reach_the_network(tmp_path):
     m.net = Recorder(m.net)
     inp = choose_inputs(cat, "2021-05-11", m.layout(), bands=m.bands())
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out, InferOptions(keep_observed=False))
+    res = pipeline.run(inp, m, out, _opts(keep_observed=False))
     plan = WindowPlan.build(h, w, window=96, radius=receptive_radius(2), align=4)
     rows, cols = plan.spans(plan.padded_height), plan.spans(plan.padded_width)
     seeing = [c for c in cols if c.stop > w // 2]
@@ -574,7 +608,7 @@ def test_method_window_sets_the_network_window(gap_series, tmp_path):
     m = NetMethod(ckpt, device="cpu", batch=1, window=96)
     m.net = Recorder(m.net)
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands())
-    pipeline.run(inp, m, tmp_path / "out.tif", InferOptions(status=False))
+    pipeline.run(inp, m, tmp_path / "out.tif", _opts(status=False))
     plan = WindowPlan.build(GAP_H, GAP_W, window=96, radius=receptive_radius(2), align=4)
     assert sum(m.net.sizes) == len(plan.windows())
 
@@ -585,7 +619,7 @@ def test_method_window_sets_the_network_window(gap_series, tmp_path):
 def test_output_profile_and_status_sidecar(gap_series, tmp_path):
     m, inp = _gap_inputs(gap_series)
     out = tmp_path / "out.tif"
-    res = pipeline.run(inp, m, out)
+    res = pipeline.run(inp, m, out, _opts())
     assert res.path == out and res.status_path == tmp_path / "out_status.tif"
     assert (res.width, res.height, res.tile, res.method) == (GAP_W, GAP_H, "31UFQ", "gapfill")
     t = inp.get("t")
@@ -622,8 +656,8 @@ def test_cog_output(tmp_path):
         _write_s2(tmp_path / "data", _when(day), data, scl)
     cat = _index(tmp_path / "data")
     m, inp = _gap_inputs(cat, when="2021-05-11", neighbours=1)
-    plain = pipeline.run(inp, m, tmp_path / "plain.tif", InferOptions(strip_rows=256))
-    cog = pipeline.run(inp, m, tmp_path / "cog.tif", InferOptions(strip_rows=256, cog=True))
+    plain = pipeline.run(inp, m, tmp_path / "plain.tif", _opts(strip_rows=256))
+    cog = pipeline.run(inp, m, tmp_path / "cog.tif", _opts(strip_rows=256, cog=True))
     with rasterio.open(cog.path) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert ds.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION") == "ZSTD"
@@ -647,14 +681,14 @@ def test_bbox_is_snapped_outward_and_must_overlap(gap_series, tmp_path):
     assert (g.width, g.height) == (77, 66)
     assert g.transform == (10.0, 0.0, ORIGIN[0] + 120.0, 0.0, -10.0, ORIGIN[1] - 330.0)
     with pytest.raises(GridError, match=r"does not overlap the tile"):
-        pipeline.run(inp, m, tmp_path / "none.tif", InferOptions(bbox=(0.0, 0.0, 10.0, 10.0)))
+        pipeline.run(inp, m, tmp_path / "none.tif", _opts(bbox=(0.0, 0.0, 10.0, 10.0)))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bbox_writes_only_the_sub_grid(gap_series, tmp_path):
     m, inp = _gap_inputs(gap_series)
-    full = pipeline.run(inp, m, tmp_path / "full.tif")
-    part = pipeline.run(inp, m, tmp_path / "part.tif", InferOptions(bbox=BBOX, strip_rows=37))
+    full = pipeline.run(inp, m, tmp_path / "full.tif", _opts())
+    part = pipeline.run(inp, m, tmp_path / "part.tif", _opts(bbox=BBOX, strip_rows=37))
     assert (part.width, part.height) == (77, 66)
     with rasterio.open(part.path) as ds:
         assert (ds.width, ds.height) == (77, 66)
@@ -668,7 +702,7 @@ def test_network_with_a_bbox_equals_a_whole_pass_over_the_sub_grid(gap_series, t
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, window=96, s1=False)
     m = NetMethod(ckpt, device="cpu")
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands())
-    part = pipeline.run(inp, m, tmp_path / "part.tif", InferOptions(bbox=BBOX, keep_observed=False))
+    part = pipeline.run(inp, m, tmp_path / "part.tif", _opts(bbox=BBOX, keep_observed=False))
     assert (part.width, part.height) == (77, 66)
     want, want_status = _whole_pass(m, dataclasses.replace(inp, grid=inp.grid.crop(BBOX)))
     assert np.abs(_read(part.path).astype(np.float64) - want).max() <= 1
@@ -720,14 +754,14 @@ def test_failure_midway_leaves_nothing_behind(gap_series, tmp_path):
     m = _FailingGapfill()
     out = tmp_path / "out.tif"
     with pytest.raises(RuntimeError, match="boom on the second span"):
-        pipeline.run(inp, m, out, InferOptions(strip_rows=64))
+        pipeline.run(inp, m, out, _opts(strip_rows=64))
     assert m.calls == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     # a failed overwrite leaves the previous output as it was
-    good = pipeline.run(inp, GapfillMethod(neighbours=2), out)
+    good = pipeline.run(inp, GapfillMethod(neighbours=2), out, _opts())
     before = (_sha(out), _sha(good.status_path))
     with pytest.raises(RuntimeError, match="boom"):
-        pipeline.run(inp, _FailingGapfill(), out, InferOptions(strip_rows=64, overwrite=True, cog=True))
+        pipeline.run(inp, _FailingGapfill(), out, _opts(strip_rows=64, overwrite=True, cog=True))
     assert (_sha(out), _sha(good.status_path)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "out_status.tif"]
 
@@ -753,7 +787,7 @@ def test_unreadable_block_midway_raises_and_leaves_nothing(tmp_path):
     m, inp = _gap_inputs(cat, when="2021-05-11", neighbours=1)
     out = tmp_path / "out" / "o.tif"
     with pytest.raises(InvalidRasterError, match=rf"{victim.name}: cannot read rows \d+\.\.\d+"):
-        pipeline.run(inp, m, out, InferOptions(strip_rows=64))
+        pipeline.run(inp, m, out, _opts(strip_rows=64))
     assert list(out.parent.iterdir()) == []
 
 
@@ -767,12 +801,12 @@ def test_existing_output_is_refused_before_reading_anything(gap_series, tmp_path
     out = tmp_path / "out.tif"
     out.write_bytes(b"precious")
     with pytest.raises(OutputExistsError, match=r"out\.tif: exists; pass --overwrite"):
-        pipeline.run(inp, m, out)
+        pipeline.run(inp, m, out, _opts())
     assert out.read_bytes() == b"precious"
     out.unlink()
     status_path_for(out).write_bytes(b"precious too")
     with pytest.raises(OutputExistsError, match=r"out_status\.tif: exists"):
-        pipeline.run(inp, m, out)
+        pipeline.run(inp, m, out, _opts())
     assert status_path_for(out).read_bytes() == b"precious too"
 
 
@@ -784,7 +818,7 @@ def test_a_failed_write_in_the_writer_thread_reaches_the_caller(gap_series, tmp_
 
     _, inp = _gap_inputs(gap_series)
     out = tmp_path / "out.tif"
-    good = pipeline.run(inp, GapfillMethod(neighbours=2), out, InferOptions(strip_rows=64))
+    good = pipeline.run(inp, GapfillMethod(neighbours=2), out, _opts(strip_rows=64))
     before = (_sha(out), _sha(good.status_path))
     write = writer.Writer._write
     calls = []
@@ -797,7 +831,7 @@ def test_a_failed_write_in_the_writer_thread_reaches_the_caller(gap_series, tmp_
 
     monkeypatch.setattr(writer.Writer, "_write", full_on_the_second_write)
     with pytest.raises(OutputError, match=r"out(_status)?\.tif: cannot write output \(no space left on device\)"):
-        pipeline.run(inp, GapfillMethod(neighbours=2), out, InferOptions(strip_rows=64, overwrite=True))
+        pipeline.run(inp, GapfillMethod(neighbours=2), out, _opts(strip_rows=64, overwrite=True))
     assert len(calls) == 2
     assert (_sha(out), _sha(good.status_path)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "out_status.tif"]
@@ -813,7 +847,7 @@ def test_non_finite_network_output_is_an_error_and_writes_nothing(gap_series, tm
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands())
     out = tmp_path / "out" / "o.tif"
     with pytest.raises(NonFiniteOutputError, match=rf"{re.escape(str(ckpt))}: the network produced NaN or infinite"):
-        pipeline.run(inp, m, out)
+        pipeline.run(inp, m, out, _opts())
     assert list(out.parent.iterdir()) == []
 
 
@@ -830,7 +864,7 @@ def test_stale_partials_of_dead_runs_are_removed(gap_series, tmp_path):
     alive = [f".out.partial-{os.getppid()}.tif", f".other.partial-{dead}.tif"]
     for name in stale + alive:
         (tmp_path / name).write_bytes(b"x")
-    pipeline.run(inp, m, tmp_path / "out.tif")
+    pipeline.run(inp, m, tmp_path / "out.tif", _opts())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(alive + ["out.tif", "out_status.tif"])
 
 
@@ -838,17 +872,17 @@ def test_stale_partials_of_dead_runs_are_removed(gap_series, tmp_path):
 
 
 def test_infer_several_dates_into_a_folder(gap_series, tmp_path):
-    results = infer(gap_series, ["2021-05-11", "2021-05-26"], GapfillMethod(neighbours=1), tmp_path)
+    results = infer(gap_series, ["2021-05-11", "2021-05-26"], GapfillMethod(neighbours=1), tmp_path, options=_opts())
     names = [r.path.name for r in results.results]
     assert names == ["S2_T31UFQ_20210511_gapfill.tif", "S2_T31UFQ_20210526_gapfill.tif"]
     assert all(r.path.exists() and r.status_path.exists() for r in results.results)
-    templ = infer(gap_series, ["2021-05-11"], GapfillMethod(neighbours=1), tmp_path / "x_{date}.tif")
+    templ = infer(gap_series, ["2021-05-11"], GapfillMethod(neighbours=1), tmp_path / "x_{date}.tif", options=_opts())
     assert templ.results[0].path == (tmp_path / "x_20210511.tif").resolve()
     with pytest.raises(OutputExistsError):
-        infer(gap_series, ["2021-05-26", "2021-05-11"], GapfillMethod(neighbours=1), tmp_path)
+        infer(gap_series, ["2021-05-26", "2021-05-11"], GapfillMethod(neighbours=1), tmp_path, options=_opts())
     # a date that cannot be served stops the run before anything is written
     with pytest.raises(InferError, match=r"--max-days"):
-        infer(gap_series, ["2021-06-01", "2022-01-01"], GapfillMethod(neighbours=1), tmp_path / "more")
+        infer(gap_series, ["2021-06-01", "2022-01-01"], GapfillMethod(neighbours=1), tmp_path / "more", options=_opts())
     assert not (tmp_path / "more").exists()
 
 

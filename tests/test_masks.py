@@ -8,6 +8,7 @@ from conftest import write_raster
 
 from cloudclear import masks
 from cloudclear.catalog import Catalog, build_index
+from cloudclear.errors import MaskError
 from cloudclear.masks import MaskClass
 
 N, C, CL, TH, SH, SN = (
@@ -30,9 +31,12 @@ def decoded(values, convention: str, nodata: float | None = None, dtype=np.uint8
 
 
 def test_scl_every_code():
-    codes = list(range(12)) + [12, 200, 255]
-    expected = [N, N, C, SH, C, C, C, C, CL, CL, TH, SN, N, N, N]
+    codes = list(range(12))
+    expected = [N, N, C, SH, C, C, C, C, CL, CL, TH, SN]
     assert decoded(codes, "SCL") == expected
+    # Codes beyond the table are refused, not read as nodata (tests/test_mask_bad_input.py).
+    with pytest.raises(MaskError, match=r"unknown SCL class value\(s\) 12, 200, 255 \(SCL codes are 0-11\)"):
+        decoded([4, 12, 200, 255], "SCL")
 
 
 def test_scl_declared_nodata_wins_over_a_class():
@@ -90,19 +94,24 @@ def test_maja_nodata():
 
 
 def test_fmask_codes():
-    assert decoded([0, 1, 2, 3, 4, 5, 254, 255], "FMASK") == [C, C, SH, SN, CL, N, N, N]
+    assert decoded([0, 1, 2, 3, 4, 255], "FMASK") == [C, C, SH, SN, CL, N]
+    with pytest.raises(MaskError, match=r"unknown FMASK class value\(s\) 5, 254 "):
+        decoded([0, 5, 254], "FMASK")
     assert decoded([0, 4, 255], "FMASK", nodata=255) == [C, CL, N]
 
 
 def test_dlmask_codes():
     # 4 is "masked by the cube builder": nodata, like 255.
-    assert decoded([0, 1, 2, 3, 4, 5, 255], "DLMASK") == [C, CL, SH, SN, N, N, N]
+    assert decoded([0, 1, 2, 3, 4, 255], "DLMASK") == [C, CL, SH, SN, N, N]
+    with pytest.raises(MaskError, match=r"unknown DLMASK class value\(s\) 5 "):
+        decoded([0, 5], "DLMASK")
 
 
-def test_table_decoders_treat_out_of_range_values_as_nodata():
+def test_table_decoders_refuse_out_of_range_values():
     data = np.array([-1, 0, 4, 256, 1000], np.int16)
-    assert masks.decode(data, "FMASK").tolist() == [N, C, CL, N, N]
-    assert masks.decode(data, "SCL").tolist() == [N, N, C, N, N]
+    for convention in ("FMASK", "SCL"):
+        with pytest.raises(MaskError, match=rf"unknown {convention} class value\(s\) -1, 256, 1000 \("):
+            masks.decode(data, convention)
     # a negative declared nodata (int16 products) is honoured too
     assert masks.decode(np.array([-9999, 1], np.int16), "DLMASK", -9999).tolist() == [N, CL]
 
@@ -187,8 +196,9 @@ def test_convention_of_tokens(stem, convention):
     assert masks.convention_of_tokens(_tokens(stem)) == convention
 
 
-def test_rank_prefers_masks_that_mark_shadows():
-    order = ["SCL", "MAJA", "FMASK", "DLMASK", "CLM", "CLDPRB", "CLP"]
+def test_rank_prefers_multi_temporal_and_learned_masks_then_masks_that_mark_shadows():
+    order = ["MAJA", "DLMASK", "FMASK", "SCL", "CLM", "CLDPRB", "CLP"]
+    assert list(masks.PREFERENCE) == order
     assert sorted(masks.CONVENTIONS, key=masks.rank) == order
     assert masks.rank("unknown") > masks.rank("CLP")
 
@@ -203,7 +213,9 @@ def _scene(path, size=64, *, origin=(600000.0, 5700000.0), crs="EPSG:32631", nod
 
 
 def _only_row(folder):
-    res = build_index(folder)
+    # The scene's own mask as decoded: these tests are about decoding (the detector would also
+    # call the flat synthetic scene's pixels clear or not; the policy is tested elsewhere).
+    res = build_index(folder, detect=None, policy=masks.AS_DECODED)
     assert res.scenes == 1, res.skipped
     return Catalog.open(res.catalog_path).scenes.iloc[0]
 
@@ -248,7 +260,7 @@ def test_catalog_reads_a_maja_clm_r1_sidecar(tmp_path):
     assert row["cloud_pct"] == pytest.approx(100 * 760 / 4096, abs=1e-4)
 
 
-def test_catalog_prefers_scl_in_a_two_band_dlmask_and_scl_file(tmp_path):
+def test_catalog_prefers_the_learned_dlmask_in_a_two_band_dlmask_and_scl_file(tmp_path):
     # GreenEarthNet layout: S2_YYYYMMDD.tif + MASK_YYYYMMDD.tif (band 1 dlmask, band 2 SCL), here
     # on the true UTM grid of 34VCL. The two bands disagree so the count tells which one was used.
     origin = (400000.0, 6550000.0)
@@ -270,9 +282,9 @@ def test_catalog_prefers_scl_in_a_two_band_dlmask_and_scl_file(tmp_path):
         descriptions=[DLMASK_DESC, "SCL"],
     )
     row = _only_row(tmp_path)
-    assert (row["mask_source"], row["mask_band"]) == ("SCL", 2)
+    assert (row["mask_source"], row["mask_band"]) == ("DLMASK", 1)
     assert row["tile"] == "34VCL" and row["crs"] == "EPSG:32634"
-    assert row["cloud_pct"] == pytest.approx(100 * (512 + 128 + 64) / (4096 - 64), abs=1e-4)
+    assert row["cloud_pct"] == pytest.approx(50.0, abs=1e-4)
 
 
 def test_catalog_reads_a_dlmask_with_its_nodata_codes(tmp_path):

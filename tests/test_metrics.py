@@ -25,6 +25,7 @@ from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter, minimum_filter
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
+from cloudclear import masks
 from cloudclear.errors import InvalidRasterError, ScoreError
 from cloudclear.metrics import (
     AGGREGATIONS,
@@ -270,17 +271,39 @@ REAL_PAIRS = [
 
 @pytest.mark.parametrize(("pred", "ref", "mask"), REAL_PAIRS, ids=lambda v: Path(v).name if v else "")
 @pytest.mark.parametrize("window", ["gaussian", "uniform"])
-def test_real_pairs_match_independent_figures(shared_data, pred, ref, mask, window):
+def test_real_pairs_match_independent_figures(shared_data, tmp_path, pred, ref, mask, window):
     p, pvalid = _read(shared_data / pred)
     r, rvalid = _read(shared_data / ref)
     sel = None
-    if mask:
-        with rasterio.open(shared_data / mask) as src:
-            scl_band = src.descriptions.index("SCL") + 1
-            sel = np.isin(src.read(scl_band), SCL_SETS["cloudy"])
-        assert sel.mean() > 0.2
     opts = ScoreOptions(ssim_window=window, block_rows=23)
-    s = score(shared_data / pred, shared_data / ref, mask=shared_data / mask if mask else None, options=opts)
+    if mask:
+        # The MASK file holds the learned mask (band 1, "dlmask") and Sen2Cor's SCL (band 2). Scored
+        # with the whole file, the preferred mask decides (masks.PREFERENCE: DLMASK before SCL):
+        # its cloud (1) and shadow (2) are the cloudy pixels.
+        assert masks.rank("DLMASK") < masks.rank("SCL")
+        with rasterio.open(shared_data / mask) as src:
+            profile = src.profile | {"count": 1}
+            assert src.descriptions[0].startswith("dlmask")
+            learned = np.isin(src.read(1), (1, 2))
+            scl_band = src.descriptions.index("SCL") + 1
+            scl = src.read(scl_band)
+        assert learned.mean() > 0.2
+        s = score(shared_data / pred, shared_data / ref, mask=shared_data / mask, options=opts)
+        exp = _expected(p, r, pvalid & rvalid, window=window, sel=learned)
+        _assert_figures(s, exp)
+        assert s.n_pixels == learned.sum()
+        # About the metrics, not which mask decides: the SCL band alone, in a file of its own, gives
+        # the figures on the pixels the real SCL calls cloudy.
+        sel = np.isin(scl, SCL_SETS["cloudy"])
+        assert sel.mean() > 0.2
+        scl_path = tmp_path / "MASK_SCL.tif"
+        with rasterio.open(scl_path, "w", **profile) as dst:
+            dst.write(scl, 1)
+            dst.set_band_description(1, "SCL")
+        mask_path: Path | None = scl_path
+    else:
+        mask_path = None
+    s = score(shared_data / pred, shared_data / ref, mask=mask_path, options=opts)
     exp = _expected(p, r, pvalid & rvalid, window=window, sel=sel)
     assert exp["n_ssim"] > 1000
     _assert_figures(s, exp)

@@ -1,8 +1,10 @@
 """One decision of what is clear in ``index``, ``sample`` and ``evaluate``: the clear policy.
 
-The default policy changes nothing (catalogs and stores as before); ``--strict`` (buffer 3 px,
-SCL "unclassified" as cloud) raises a scene's cloud % by the buffer ring, is recorded in the
-catalog's meta table and in store.json, and re-indexing with another policy recomputes every scene.
+The default policy (issue 16: the scene's mask combined with the built-in detector's, a 3 px
+buffer) raises a scene's cloud % by the buffer ring; ``--strict`` (buffer 5 px, SCL "unclassified"
+as cloud) more; ``--as-decoded`` keeps the mask as it is (catalogs and stores as before the
+policy). Every catalog records its policy in the meta table, every store in store.json, and
+re-indexing with another policy recomputes every scene.
 """
 
 from __future__ import annotations
@@ -56,17 +58,36 @@ def _cloud(folder: Path) -> float:
 
 
 def test_policy_text_round_trips():
-    for policy in (masks.DEFAULT_POLICY, masks.STRICT):
+    for policy in (masks.DEFAULT_POLICY, masks.STRICT, masks.AS_DECODED):
         assert policy_of(policy_text(policy)) == policy
-    assert policy_of(None) == masks.DEFAULT_POLICY
+    # Catalogs and stores made before the policy kept the masks as decoded.
+    assert policy_of(None) == masks.AS_DECODED and policy_of("") == masks.AS_DECODED
 
 
-def test_default_index_records_no_policy_and_no_removed_column(tmp_path):
+def test_default_index_records_the_default_policy_and_the_removed_column(tmp_path):
     _scene(tmp_path)
     out = _index(tmp_path)
-    assert out["policy_removed_px"] == {"total": 0, "scenes": {}}
+    ring = masks.DEFAULT_POLICY.buffer_px  # a straight cloud edge grows by buffer_px full rows
+    (scene_id,) = out["policy_removed_px"]["scenes"]
+    # The detector sees no cloud on the flat scene: the buffer removes the ring, nothing else.
+    assert out["masks_detected"] == 1
+    assert out["policy_removed_px"] == {
+        "total": ring * SIZE,
+        "by_rule": {"detector": 0, "buffer": ring * SIZE},
+        "scenes": {scene_id: ring * SIZE},
+    }
     cat = Catalog.open(tmp_path)
-    assert POLICY_KEY not in cat.meta and cat.policy == masks.DEFAULT_POLICY
+    assert cat.meta[POLICY_KEY] == policy_text(masks.DEFAULT_POLICY) and cat.policy == masks.DEFAULT_POLICY
+    assert int(cat.scenes.iloc[0]["policy_removed_px"]) == ring * SIZE
+    assert _cloud(tmp_path) == pytest.approx(100.0 * (CLOUD_ROWS + ring) / SIZE, abs=1e-3)
+
+
+def test_as_decoded_index_records_its_policy_and_no_removed_column(tmp_path):
+    _scene(tmp_path)
+    out = _index(tmp_path, "--as-decoded")
+    assert out["policy_removed_px"] == {"total": 0, "by_rule": {}, "scenes": {}}
+    cat = Catalog.open(tmp_path)
+    assert cat.meta[POLICY_KEY] == policy_text(masks.AS_DECODED) and cat.policy == masks.AS_DECODED
     assert "policy_removed_px" not in cat.scenes.columns
     assert _cloud(tmp_path) == pytest.approx(100.0 * CLOUD_ROWS / SIZE)
 
@@ -77,27 +98,54 @@ def test_strict_raises_cloud_by_the_buffer_ring(tmp_path):
     ring = masks.STRICT.buffer_px  # a straight cloud edge grows by buffer_px full rows
     assert _cloud(tmp_path) == pytest.approx(100.0 * (CLOUD_ROWS + ring) / SIZE, abs=1e-3)
     (scene_id,) = out["policy_removed_px"]["scenes"]
-    assert out["policy_removed_px"] == {"total": ring * SIZE, "scenes": {scene_id: ring * SIZE}}
+    assert out["policy_removed_px"] == {
+        "total": ring * SIZE,
+        "by_rule": {"detector": 0, "unclassified": 0, "buffer": ring * SIZE},
+        "scenes": {scene_id: ring * SIZE},
+    }
     cat = Catalog.open(tmp_path)
     assert cat.policy == masks.STRICT
     assert int(cat.scenes.iloc[0]["policy_removed_px"]) == ring * SIZE
-    text = runner.invoke(app, ["index", str(tmp_path)])  # back to the default: recomputed, said nowhere
-    assert text.exit_code == 0 and "clear policy" not in text.stdout
+    text = runner.invoke(app, ["index", str(tmp_path)])  # back to the default: recomputed, and said
+    assert text.exit_code == 0, text.output
+    assert (
+        f"  clear policy: {masks.DEFAULT_POLICY.describe()} (its temporal test: sample and infer), every scene "
+        "recomputed (the catalog had another policy)" in text.stdout.splitlines()
+    )
+    assert _cloud(tmp_path) == pytest.approx(100.0 * (CLOUD_ROWS + masks.DEFAULT_POLICY.buffer_px) / SIZE, abs=1e-3)
 
 
 def test_strict_counts_unclassified_as_cloud(tmp_path):
     _scene(tmp_path, cloud_rows=0, unclassified_rows=16)
-    _index(tmp_path, "--unclassified", "cloud")
+    _index(tmp_path, "--unclassified", "cloud", "--buffer", "0")
     assert _cloud(tmp_path) == pytest.approx(100.0 * 16 / SIZE, abs=1e-3)
-    _index(tmp_path, "--strict")  # unclassified rows at the bottom edge: the buffer adds 3 rows above
-    assert _cloud(tmp_path) == pytest.approx(100.0 * 19 / SIZE, abs=1e-3)
+    _index(tmp_path)  # the default: unclassified is clear
+    assert _cloud(tmp_path) == 0.0
+    _index(tmp_path, "--strict")  # unclassified rows at the bottom edge: the buffer adds rows above
+    assert _cloud(tmp_path) == pytest.approx(100.0 * (16 + masks.STRICT.buffer_px) / SIZE, abs=1e-3)
 
 
 def test_text_output_has_a_total_line(tmp_path):
     _scene(tmp_path)
     res = runner.invoke(app, ["index", str(tmp_path), "--buffer", "2"])
     assert res.exit_code == 0, res.output
-    assert "clear policy: buffer 2 px" in res.stdout and f"{2 * SIZE} px the masks call clear" in res.stdout
+    lines = res.stdout.splitlines()
+    assert (
+        "  clear policy: mask and detector, buffer 2 px, unclassified clear, snow clear, temporal test (20 d) "
+        "(its temporal test: sample and infer)" in lines
+    )
+    assert (
+        f"    {2 * SIZE} px the scenes' masks call clear counted as obscured, in 1 scene(s); by rule: detector 0, "
+        f"buffer {2 * SIZE}" in lines
+    )
+    # As decoded: the policy is said, and nothing was removed.
+    res = runner.invoke(app, ["index", str(tmp_path), "--as-decoded"])
+    assert res.exit_code == 0, res.output
+    assert (
+        f"  clear policy: {masks.AS_DECODED.describe()}, every scene recomputed (the catalog had another policy)"
+        in (res.stdout.splitlines())
+    )
+    assert "counted as obscured" not in res.stdout
 
 
 def test_reindexing_with_another_policy_recomputes_every_scene(tmp_path):
@@ -110,25 +158,38 @@ def test_reindexing_with_another_policy_recomputes_every_scene(tmp_path):
     strict = build_index(tmp_path, policy=masks.STRICT)
     assert strict.scenes_computed == 3 and strict.scenes_reused == 0 and strict.recomputed_policy
     clouds = Catalog.open(tmp_path).scenes["cloud_pct"].tolist()
-    assert clouds == pytest.approx([100.0 * (CLOUD_ROWS + 3) / SIZE] * 3, abs=1e-3)
+    ring = masks.STRICT.buffer_px
+    assert clouds == pytest.approx([100.0 * (CLOUD_ROWS + ring) / SIZE] * 3, abs=1e-3)
     same = build_index(tmp_path, policy=masks.STRICT)  # the same policy: reused, removed counts kept
-    assert same.scenes_reused == 3 and same.removed_total == 3 * 3 * SIZE
+    assert same.scenes_reused == 3 and same.removed_total == 3 * ring * SIZE
+    assert same.removed_by == {"detector": 0, "unclassified": 0, "buffer": 3 * ring * SIZE}
     back = build_index(tmp_path)
     assert back.scenes_computed == 3 and back.recomputed_policy
+    ring = masks.DEFAULT_POLICY.buffer_px
+    assert Catalog.open(tmp_path).scenes["cloud_pct"].tolist() == pytest.approx(
+        [100.0 * (CLOUD_ROWS + ring) / SIZE] * 3, abs=1e-3
+    )
+    assert Catalog.open(tmp_path).meta[POLICY_KEY] == policy_text(masks.DEFAULT_POLICY)
+    decoded = build_index(tmp_path, policy=masks.AS_DECODED)
+    assert decoded.scenes_computed == 3 and decoded.recomputed_policy
     assert Catalog.open(tmp_path).scenes["cloud_pct"].tolist() == pytest.approx([25.0] * 3)
-    assert POLICY_KEY not in Catalog.open(tmp_path).meta
+    assert Catalog.open(tmp_path).meta[POLICY_KEY] == policy_text(masks.AS_DECODED)
 
 
-@pytest.mark.skipif(not hasattr(masks.DEFAULT_POLICY, "temporal"), reason="no temporal test in this policy")
-def test_the_temporal_test_is_refused_where_scenes_are_decided_alone(tmp_path):
+def test_the_temporal_test_does_not_change_one_scene_s_cloud_pct(tmp_path):
     import dataclasses
 
-    from cloudclear.errors import MaskError
-
-    _scene(tmp_path)
-    with pytest.raises(MaskError, match="only infer applies it"):
-        build_index(tmp_path, policy=dataclasses.replace(masks.DEFAULT_POLICY, temporal=True))
-    assert not (tmp_path / "cloudclear.gpkg").exists()
+    # index decides each scene alone: a policy with the temporal test is taken (and recorded), and
+    # counts the same as one without it.
+    _scene(tmp_path, unclassified_rows=8)
+    assert masks.DEFAULT_POLICY.temporal
+    with_test = build_index(tmp_path)
+    cloud = _cloud(tmp_path)
+    assert cloud > 100.0 * CLOUD_ROWS / SIZE
+    assert Catalog.open(tmp_path).policy == masks.DEFAULT_POLICY
+    without = build_index(tmp_path, policy=dataclasses.replace(masks.DEFAULT_POLICY, temporal=False))
+    assert without.recomputed_policy and without.scenes_computed == 1
+    assert _cloud(tmp_path) == cloud and without.removed == with_test.removed
 
 
 def test_bad_policy_value_exits_2(tmp_path):
@@ -169,19 +230,20 @@ def _raw_scl(catalog: Catalog, scene_id: str) -> np.ndarray:
 def test_strict_store_records_the_policy_and_its_targets_are_clear_with_the_buffer(tiles, tmp_path):
     _index(tiles, "-c", str(tiles / "strict.gpkg"), "--strict")
     res = _sample(tiles / "strict.gpkg", tmp_path / "os2")
-    assert "note: clear policy (buffer 3 px" in res.stdout
+    assert f"note: clear policy ({masks.STRICT.describe()}): " in res.stdout
     manifest = json.loads((tmp_path / "os2" / "store.json").read_text())
     assert policy_of(manifest["clear_policy"]) == masks.STRICT
     ps = PatchStore(tmp_path / "os2")
     assert store_policy(ps) == masks.STRICT
     cat = Catalog.open(tiles / "strict.gpkg")
     meta = ps.metadata()
-    disk = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
+    px = masks.STRICT.buffer_px
+    disk = np.hypot(*np.mgrid[-px : px + 1, -px : px + 1]) <= px
     for i in range(len(ps)):
         row = meta.iloc[i]
         arrays = ps.read(i)
         assert not masks.is_obscured(arrays["t.mask"]).any()  # the truth is clear under the policy
-        # ... and, from the raw SCL: no cloud, shadow, cirrus or unclassified pixel within 3 px
+        # ... and, from the raw SCL: no cloud, shadow, cirrus or unclassified pixel within the buffer
         scl = _raw_scl(cat, row["t_scene"])
         bad = np.isin(scl, (3, 7, 8, 9, 10))
         near = ndimage.binary_dilation(bad, structure=disk)
@@ -196,12 +258,21 @@ def test_strict_store_records_the_policy_and_its_targets_are_clear_with_the_buff
 
 @pytest.mark.slow
 def test_sample_default_follows_the_catalog_and_options_override_it(tiles, tmp_path):
-    _index(tiles, "-c", str(tiles / "plain.gpkg"))
+    # A catalog of the masks as decoded: sample follows it, removes nothing and says nothing.
+    _index(tiles, "-c", str(tiles / "plain.gpkg"), "--as-decoded")
     plain = _sample(tiles / "plain.gpkg", tmp_path / "plain")
     assert "clear policy" not in plain.stdout
     manifest = json.loads((tmp_path / "plain" / "store.json").read_text())
-    assert policy_of(manifest["clear_policy"]) == masks.DEFAULT_POLICY
+    assert policy_of(manifest["clear_policy"]) == masks.AS_DECODED
     assert not [c for c in pyogrio.read_dataframe(tmp_path / "plain" / "samples.gpkg").columns if "policy" in c]
+    # The default catalog: sample follows it and says what the policy removed.
+    _index(tiles, "-c", str(tiles / "default.gpkg"))
+    default = _sample(tiles / "default.gpkg", tmp_path / "default")
+    assert f"note: clear policy ({masks.DEFAULT_POLICY.describe()}): " in default.stdout
+    assert "another clear policy" not in default.stdout
+    manifest = json.loads((tmp_path / "default" / "store.json").read_text())
+    assert policy_of(manifest["clear_policy"]) == masks.DEFAULT_POLICY
+    assert [c for c in pyogrio.read_dataframe(tmp_path / "default" / "samples.gpkg").columns if "policy" in c]
     strict = _sample(tiles / "plain.gpkg", tmp_path / "strict", "--strict")
     assert "the catalog's cloud cells count another clear policy" in strict.stdout
     assert policy_of(json.loads((tmp_path / "strict" / "store.json").read_text())["clear_policy"]) == masks.STRICT

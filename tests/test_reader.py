@@ -59,16 +59,19 @@ def _s2(folder, *, scl_res: float = 20.0):
     return data, scl
 
 
-def _scenes(tmp_path, **kw):
+def _scenes(tmp_path, *, policy: masks.ClearPolicy = masks.AS_DECODED, detect: str | None = None, **kw):
+    """The catalogued scenes. By default indexed without a detector and with the mask as decoded:
+    most tests here are about reading bands and masks on grids, not about the clear decision."""
     data, scl = _s2(tmp_path / "data", **kw)
-    cat = Catalog.open(build_index(tmp_path / "data", tmp_path / "c.gpkg").catalog_path)
+    cat = Catalog.open(build_index(tmp_path / "data", tmp_path / "c.gpkg", detect=detect, policy=policy).catalog_path)
     s2 = next(s for s in cat if s.sensor == "S2")
     s1 = next(s for s in cat if s.sensor == "S1")
     return cat, s2, s1, data, scl
 
 
-def _read_all(spec: ReadSpec, grid: Grid):
-    reader = SceneReader(spec, grid)
+def _read_all(spec: ReadSpec, grid: Grid, policy: masks.ClearPolicy = masks.AS_DECODED):
+    """Every pixel of ``spec`` on ``grid``; by default the mask as decoded (see :func:`_scenes`)."""
+    reader = SceneReader(spec, grid, policy=policy)
     try:
         return reader.read(0, grid.height)
     finally:
@@ -101,7 +104,7 @@ def test_reader_on_the_scene_grid(tmp_path, scl_res):
     known = cls != MaskClass.NODATA
     assert px.cloud_pct == pytest.approx(100.0 * np.isin(cls, masks.OBSCURED).sum() / known.sum())
     # A window is the same pixels.
-    reader = SceneReader(ReadSpec.of(s2, ["B08", "B02"]), grid)
+    reader = SceneReader(ReadSpec.of(s2, ["B08", "B02"]), grid, policy=masks.AS_DECODED)
     try:
         win = reader.read_window(10, 30, 5, 50)
         np.testing.assert_array_equal(win.values, data[[3, 0], 10:30, 5:50])
@@ -179,20 +182,30 @@ def test_per_band_scales():
     np.testing.assert_allclose(out[1], 0.9, rtol=1e-6)
 
 
+# Both under the mask as decoded and under the default decision (the scene's SCL combined with the
+# built-in detector's mask that index writes, a 3 px buffer).
+POLICIES = pytest.mark.parametrize(
+    ("policy", "detect"), [(masks.AS_DECODED, None), (masks.DEFAULT_POLICY, "builtin")], ids=["as-decoded", "default"]
+)
+
+
+@POLICIES
 @pytest.mark.parametrize("scl_res", [10.0, 20.0])
-def test_catalog_statistics_are_the_readers(tmp_path, scl_res):
-    _, s2, _, _, _ = _scenes(tmp_path, scl_res=scl_res)
-    px = _read_all(ReadSpec.of(s2, [s2.bands[0]]), grid_of(s2))
+def test_catalog_statistics_are_the_readers(tmp_path, scl_res, policy, detect):
+    _, s2, _, _, _ = _scenes(tmp_path, scl_res=scl_res, policy=policy, detect=detect)
+    assert (s2.detected is not None) == (detect is not None)
+    px = _read_all(ReadSpec.of(s2, [s2.bands[0]]), grid_of(s2), policy)
     assert s2.cloud_pct == pytest.approx(px.cloud_pct, abs=1e-4)
     assert s2.nodata_pct == pytest.approx(100.0 * (1.0 - px.valid.mean()), abs=1e-4)
 
 
-def test_inference_source_is_the_reader(tmp_path):
-    _, s2, _, _, _ = _scenes(tmp_path)
+@POLICIES
+def test_inference_source_is_the_reader(tmp_path, policy, detect):
+    _, s2, _, _, _ = _scenes(tmp_path, policy=policy, detect=detect)
     acq = acquisition(s2, "t", "target", WHEN, BANDS)
     grid = grid_of(s2)
-    px = _read_all(ReadSpec.of(s2, BANDS), grid)
-    src = Source(acq, grid)
+    px = _read_all(ReadSpec.of(s2, BANDS), grid, policy)
+    src = Source(acq, grid, policy)
     try:
         strip = src.read(0, grid.height)
     finally:

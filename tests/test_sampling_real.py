@@ -40,7 +40,11 @@ def _catalog(tmp_path_factory, name: str) -> Path:
     if not src.is_dir():
         pytest.skip(f"{src} is not present")
     cat = tmp_path_factory.mktemp(name) / "cat.gpkg"
-    build_index(src, cat)
+    # About sampling geometry (slots, windows, splits, pasted gaps), not the clear decision: no
+    # detector and the masks as decoded, so that a pasted gap is exactly another scene's mask file
+    # (the default policy would combine the detector's and grow a buffer); sample follows the
+    # catalog's policy.
+    build_index(src, cat, detect=None, policy=masks.AS_DECODED)
     return cat
 
 
@@ -152,7 +156,7 @@ def check_store(store: Path, catalog: Path, counts: dict[str, int], label: str) 
     return ps
 
 
-# -- greenearthnet minicubes (two sites, EPSG:4326, SCL masks, no S1) ----------------------------
+# -- greenearthnet minicubes (two sites, EPSG:4326, learned masks, no S1) ------------------------
 
 
 def test_green_os2_simulated(green, tmp_path):

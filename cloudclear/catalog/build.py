@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudclear import __version__, masks
 from cloudclear.catalog.records import (
+    DETECTED_COLUMN,
     link_nearest_s1,
     make_frame,
     record,
@@ -21,12 +22,15 @@ from cloudclear.catalog.records import (
     stats_from_row,
 )
 from cloudclear.catalog.stats import scene_stats
-from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, check_single_date, policy_text, read_catalog
+from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, policy_text, read_catalog
+from cloudclear.detect.spatial import SpatialOptions
 from cloudclear.errors import (
     CatalogError,
     CatalogWriteError,
     EmptyCatalogError,
+    GridError,
     InvalidRasterError,
+    MaskError,
     OutputError,
     QueryError,
     ResourceLimitError,
@@ -56,10 +60,13 @@ class IndexResult:
         skipped: files left out, with reasons.
         seconds: wall time.
         summary: counts by sensor and tile, dates, cloud distribution.
-        masks_detected: S2 scenes whose mask was computed (or reused) by a detector.
+        masks_detected: S2 scenes whose mask was computed (or reused) by a detector, with or
+            without a mask of their own.
         policy: the clear policy the cloud % counts.
         removed: per S2 scene with a mask, valid pixels the mask calls clear that the policy
-            counted as obscured (empty under the default policy, which removes nothing).
+            counted as obscured (empty when the policy keeps the masks as decoded).
+        removed_by: the same over every scene, per rule ("detector", "unclassified", "snow",
+            "buffer"; each pixel counted once, under the first rule that removed it).
         recomputed_policy: every scene was recomputed because the previous catalog used another
             policy.
     """
@@ -77,6 +84,7 @@ class IndexResult:
     policy: masks.ClearPolicy = masks.DEFAULT_POLICY
     removed: dict[str, int] = field(default_factory=dict)
     recomputed_policy: bool = False
+    removed_by: dict[str, int] = field(default_factory=dict)
 
     @property
     def removed_total(self) -> int:
@@ -98,7 +106,7 @@ class IndexResult:
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "summary": self.summary,
             "clear_policy": dataclasses.asdict(self.policy),
-            "policy_removed_px": {"total": self.removed_total, "scenes": self.removed},
+            "policy_removed_px": {"total": self.removed_total, "by_rule": self.removed_by, "scenes": self.removed},
             "recomputed_for_policy": self.recomputed_policy,
         }
 
@@ -150,7 +158,7 @@ def build_index(
     date_pattern: str | None = None,
     rebuild: bool = False,
     progress: bool = False,
-    detect: str | None = None,
+    detect: str | None = "builtin",
     policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
 ) -> IndexResult:
     """Scan a directory for S2, S1 and mask rasters and write (or update) its catalog.
@@ -162,12 +170,16 @@ def build_index(
             optional ``time`` (HHMMSS), or ``datetime``; default matches YYYYMMDD[THHMMSS].
         rebuild: ignore the previous catalog and reopen every file.
         progress: show progress bars on stderr.
-        detect: a detector (:data:`cloudclear.detect.DETECTORS`) that computes a mask for every S2
-            scene without one. Masks go to ``CATALOG_masks/`` beside the catalog as SCL GeoTIFFs and
+        detect: a detector (:data:`cloudclear.detect.DETECTORS`; default the built-in one, None
+            for none) run on every S2 scene that has the bands it needs: a scene without a mask
+            takes the detector's as its mask, a scene with one keeps it and the detector's is
+            combined with it by the policy (``source``). Masks go to ``CATALOG_masks/`` beside the
+            catalog as SCL GeoTIFFs (no dilation: the policy's buffer grows every mask alike) and
             are reused by later runs (with or without ``detect``) while the scene is unchanged.
         policy: what counts as clear (:class:`~cloudclear.masks.ClearPolicy`) in the cloud % and
-            cells; recorded in the ``meta`` table (only when not the default). A previous catalog
-            made with another policy has the statistics of every scene recomputed, never mixed.
+            cells; recorded in the ``meta`` table. The temporal test compares dates and does not
+            apply to one scene's cloud %. A previous catalog made with another policy has the
+            statistics of every scene recomputed, never mixed.
 
     Returns:
         An :class:`IndexResult`.
@@ -179,7 +191,6 @@ def build_index(
             cloudclear catalog (never replaced).
         EmptyCatalogError: no usable scene was found (the previous catalog is left as it was).
         QueryError: ``date_pattern`` is not a regular expression.
-        MaskError: ``policy`` asks for the temporal test (only ``infer`` compares dates).
 
     A scene whose statistics cannot be computed (a corrupt file, or one declaring more pixels
     than :data:`~cloudclear.catalog.stats.MAX_PIXELS`) is skipped with the reason.
@@ -196,7 +207,6 @@ def build_index(
             re.compile(date_pattern)
         except re.error as exc:
             raise QueryError(f"date pattern {date_pattern!r} is not a valid regular expression: {exc}") from None
-    check_single_date(policy, "index")
     _check_writable(cat_path)
     _remove_stale_temporaries(cat_path)
 
@@ -230,6 +240,16 @@ def _previous(cat_path: Path, rebuild: bool) -> Catalog | None:
     return None if rebuild else Catalog(cat_path, scenes, meta)
 
 
+#: How ``index`` runs a detector: no dilation (the clear policy's buffer grows every mask alike).
+INDEX_SPATIAL = SpatialOptions(cloud_dilation=0, shadow_dilation=0)
+
+
+def _old_detected(row: Any) -> str | None:
+    """The detected-mask path a stored record holds (None in catalogs made before the column)."""
+    value = row.get(DETECTED_COLUMN) if hasattr(row, "get") else None
+    return None if value is None or value != value or value == "" else str(value)
+
+
 def masks_folder(cat_path: Path) -> Path:
     """Where ``index --detect`` writes the masks it computes: ``CATALOG_masks/`` beside the catalog."""
     return cat_path.parent / f"{cat_path.stem}_masks"
@@ -238,7 +258,7 @@ def masks_folder(cat_path: Path) -> Path:
 def _detected_mask(
     draft: SceneDraft, scene_id: str, folder: Path, detect: str | None, progress: bool
 ) -> tuple[masks.MaskBand | None, str | None, bool]:
-    """The detected mask of an unmasked S2 scene: reused if current, computed if ``detect``.
+    """The detected mask of an S2 scene: reused if current, computed if ``detect``.
 
     Returns the mask (or None), why detection failed (or None), and whether it was computed now.
     """
@@ -251,13 +271,23 @@ def _detected_mask(
     if dst.exists():
         newest = max(Path(p).stat().st_mtime_ns for p in draft.files)
         with rasterio.open(dst) as src:
-            made_by = src.tags().get("CLOUDCLEAR_DETECTOR")
-        if dst.stat().st_mtime_ns >= newest and (detect is None or made_by == detect):
+            tags = src.tags()
+        made_by = tags.get("CLOUDCLEAR_DETECTOR")
+        try:
+            made_with = json.loads(tags.get("CLOUDCLEAR_OPTIONS", "{}"))
+        except ValueError:
+            made_with = {}
+        same_options = (made_with.get("cloud_dilation"), made_with.get("shadow_dilation")) == (
+            INDEX_SPATIAL.cloud_dilation,
+            INDEX_SPATIAL.shadow_dilation,
+        )
+        if dst.stat().st_mtime_ns >= newest and (detect is None or (made_by == detect and same_options)):
             return masks.MaskBand(str(dst), 1, "SCL"), None, False
     if detect is None:
         return None, None, False
+    options = MaskOptions(detector=detect, spatial=INDEX_SPATIAL, overwrite=True, progress=progress)
     try:
-        mask_draft(draft, scene_id, dst, MaskOptions(detector=detect, overwrite=True, progress=progress))
+        mask_draft(draft, scene_id, dst, options)
     except (MaskError, InvalidRasterError) as exc:
         return None, str(exc), False
     return masks.MaskBand(str(dst), 1, "SCL"), None, True
@@ -322,33 +352,44 @@ def _build(
     ids = scene_ids(drafts)
     detected = 0
     removed: dict[str, int] = {}
+    removed_by: dict[str, int] = {}
     for scene_id, draft in tqdm(
         list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
     ):
         old = old_rows.get(scene_id)
         fresh = False
-        if draft.sensor == "S2" and draft.mask is None and (detect or mask_dir.is_dir()):
+        if draft.sensor == "S2" and (detect or mask_dir.is_dir()):
             found, why, fresh = _detected_mask(draft, scene_id, mask_dir, detect, progress)
             if why:
-                log.warning("no mask detected for %s: %s", scene_id, why)
+                # A scene with its own mask is still decided by it: say so quietly.
+                (log.warning if draft.mask is None else log.info)("no mask detected for %s: %s", scene_id, why)
             if found is not None:
-                draft = replace(draft, mask=found, mask_files=(found.path,))
+                if draft.mask is None:
+                    draft = replace(draft, mask=found, mask_files=(found.path,))
+                else:
+                    draft = replace(draft, detected=found)
                 detected += 1
         # draft.files lists the mask file too, so the signature also tells a changed mask; a
         # detected mask is not among the files, so its path is compared as well.
-        same_mask = old is not None and (old["mask_file"] or None) == (rel(draft.mask.path) if draft.mask else None)
+        same_mask = (
+            old is not None
+            and (old["mask_file"] or None) == (rel(draft.mask.path) if draft.mask else None)
+            and _old_detected(old) == (rel(draft.detected.path) if draft.detected else None)
+        )
         if old is not None and same_mask and not fresh and old["signature"] == signature(draft.files, infos):
             stats = stats_from_row(old)
             reused += 1
         else:
             try:
                 stats = scene_stats(draft, policy=policy)
-            except (InvalidRasterError, ResourceLimitError) as exc:
+            except (InvalidRasterError, ResourceLimitError, MaskError, GridError) as exc:
                 skipped.extend(Skipped(p, str(exc)) for p in draft.files[:1])
                 continue
             computed += 1
         if stats.removed_px is not None:
             removed[scene_id] = stats.removed_px
+        for rule, n in (stats.removed_by or {}).items():
+            removed_by[rule] = removed_by.get(rule, 0) + n
         records.append(record(scene_id, draft, stats, infos, rel))
 
     if not records:
@@ -364,8 +405,7 @@ def _build(
         "date_pattern": date_pattern or "",
         "generation": uuid.uuid4().hex,
     }
-    if not policy.is_default:
-        meta[POLICY_KEY] = policy_text(policy)
+    meta[POLICY_KEY] = policy_text(policy)
     write_catalog(cat_path, frame, file_rows, skipped, meta, rel)
     catalog = Catalog(cat_path, frame, meta)
     catalog.build_rtree(persist=True)
@@ -383,6 +423,7 @@ def _build(
         policy=policy,
         removed=removed,
         recomputed_policy=other_policy,
+        removed_by=removed_by,
     )
 
 

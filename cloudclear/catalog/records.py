@@ -93,9 +93,13 @@ def _level(draft: SceneDraft) -> str:
     return "GRD" if draft.sensor == "S1" else ""
 
 
-#: Column of the pixels a non-default clear policy removed beyond the mask, per S2 scene with a
-#: mask; absent from catalogs built with the default policy (which removes nothing).
+#: Column of the pixels the clear policy removed beyond the scene's own mask, per S2 scene with a
+#: mask; absent from catalogs whose policy removes nothing (the mask as decoded).
 REMOVED_COLUMN = "policy_removed_px"
+#: The same per rule, as JSON (``{"detector": n, "unclassified": n, "snow": n, "buffer": n}``).
+REMOVED_BY_COLUMN = "policy_removed_by"
+#: Column of the path of the detector's mask of a scene that has a mask of its own.
+DETECTED_COLUMN = "detected_file"
 
 
 def signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
@@ -139,6 +143,7 @@ def record(scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str,
         "mask_source": draft.mask.convention if draft.mask else "no mask",
         "mask_file": rel(draft.mask.path) if draft.mask else None,
         "mask_band": draft.mask.band if draft.mask else None,
+        DETECTED_COLUMN: rel(draft.detected.path) if draft.detected else None,
         "nodata_pct": round(stats.nodata_pct, 4),
         "cloud_pct": None if stats.cloud_pct is None else round(stats.cloud_pct, 4),
         "cell_size": CELL,
@@ -151,7 +156,11 @@ def record(scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str,
         "files": json.dumps([rel(p) for p in draft.files]),
         "signature": signature(draft.files, infos),
         "geometry": geo,
-    } | ({} if stats.removed_px is None else {REMOVED_COLUMN: stats.removed_px})
+    } | (
+        {}
+        if stats.removed_px is None
+        else {REMOVED_COLUMN: stats.removed_px, REMOVED_BY_COLUMN: json.dumps(stats.removed_by or {})}
+    )
 
 
 def stats_from_row(row: Any) -> SceneStats:
@@ -164,6 +173,7 @@ def stats_from_row(row: Any) -> SceneStats:
         decode_cells(row["cloud_cells"], rows, cols),
         decode_cells(row["valid_cells"], rows, cols),
         None if REMOVED_COLUMN not in row or _isnull(row[REMOVED_COLUMN]) else int(row[REMOVED_COLUMN]),
+        None if REMOVED_BY_COLUMN not in row or _isnull(row[REMOVED_BY_COLUMN]) else json.loads(row[REMOVED_BY_COLUMN]),
     )
 
 
@@ -260,6 +270,10 @@ class SceneRows:
 
     def __init__(self, frame: gpd.GeoDataFrame, base: Path):
         self._cols = {c: frame[c].to_numpy() for c in _SCENE_COLUMNS}
+        # Catalogs made before detected masks were combined have no such column.
+        self._cols[DETECTED_COLUMN] = (
+            frame[DETECTED_COLUMN].to_numpy() if DETECTED_COLUMN in frame else [None] * len(frame)
+        )
         self._geoms = frame.geometry.to_numpy()
         self._base = base
         self._paths: dict[str, str] = {}
@@ -312,6 +326,8 @@ class SceneRows:
         mask = None
         if mask_file:
             mask = MaskBand(self.resolve(mask_file), int(c["mask_band"]), str(c["mask_source"]))
+        detected_file = _text(c[DETECTED_COLUMN])
+        detected = MaskBand(self.resolve(detected_file), 1, "SCL") if detected_file else None
         rows, cols = int(c["cells_rows"]), int(c["cells_cols"])
         epsg = _float(c["epsg"])
         scale, offset = _float(c["scale"]), _float(c["offset"])
@@ -350,4 +366,5 @@ class SceneRows:
             nearest_s1=_text(c["nearest_s1"]),
             s1_gap_hours=_float(c["s1_gap_hours"]),
             files=tuple(self.resolve(p) for p in json.loads(c["files"])),
+            detected=detected,
         )

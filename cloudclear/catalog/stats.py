@@ -40,9 +40,10 @@ class SceneStats:
         cloud_pct: % of valid pixels that are cloud, thin cloud or cloud shadow; None without mask.
         cloud_cells: per CELL x CELL cell, cloud % (0-100), NO_CELL where unknown.
         valid_cells: per cell, % of pixels with data (0-100).
-        removed_px: valid pixels the mask calls clear that the clear policy counted as obscured
-            (buffer, unclassified, snow); None under the default policy (it removes nothing) or
-            without a mask.
+        removed_px: valid pixels the scene's mask calls clear that the clear policy counted as
+            obscured (detector, unclassified, snow, buffer); None when the policy keeps the mask as
+            decoded or without a mask.
+        removed_by: ``removed_px`` per rule (see :attr:`~cloudclear.scenes.reader.Pixels.removed_by`).
     """
 
     nodata_pct: float
@@ -50,6 +51,7 @@ class SceneStats:
     cloud_cells: np.ndarray
     valid_cells: np.ndarray
     removed_px: int | None = None
+    removed_by: dict[str, int] | None = None
 
 
 def _cell_sums(arr: np.ndarray, cell: int) -> np.ndarray:
@@ -100,13 +102,16 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
     height, width = info.height, info.width
     # Validity comes from a band on the scene grid (the finest file), not e.g. a 60 m B01.
     name, (path, bidx) = next((b, (p, i)) for b, (p, i) in draft.band_sources.items() if p == info.path)
-    spec = ReadSpec.from_files(draft.sensor, {name: (path, bidx)}, {path: info}, units=draft.units, mask=draft.mask)
+    spec = ReadSpec.from_files(
+        draft.sensor, {name: (path, bidx)}, {path: info}, units=draft.units, mask=draft.mask, detected=draft.detected
+    )
     grid = Grid(info.crs or "", tuple(info.transform[:6]), width, height)  # type: ignore[arg-type]
     ncy, ncx = -(-height // cell), -(-width // cell)
     valid_n = np.zeros((ncy, ncx), np.int64)
     known_n = np.zeros((ncy, ncx), np.int64)
     cloud_n = np.zeros((ncy, ncx), np.int64)
     removed = 0
+    removed_by: dict[str, int] = {}
     # Pixels per cell: full cells, smaller ones along the bottom and right edges.
     total_n = np.outer(
         np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
@@ -133,6 +138,8 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
                 cloud_n[c0:c1] += _cell_sums(px.obscured, cell)
                 if px.removed is not None:
                     removed += int(px.removed.sum())
+                for rule, n in (px.removed_by or {}).items():
+                    removed_by[rule] = removed_by.get(rule, 0) + n
     finally:
         reader.close()
 
@@ -142,7 +149,8 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
         valid_cells = np.round(100.0 * valid_n / total_n).astype(np.uint8)
         cloud_frac = np.where(known_n > 0, 100.0 * cloud_n / np.maximum(known_n, 1), NO_CELL)
     cloud_cells = np.round(cloud_frac).astype(np.uint8)
-    removed_px = None if policy.is_default or draft.mask is None else removed
+    keeps = policy.changes_nothing or (draft.detected is None and not policy.changes_classes)
+    removed_px = None if keeps or draft.mask is None else removed
     if draft.mask is None:
         cloud_pct = None
         cloud_cells[:] = NO_CELL
@@ -150,5 +158,10 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
         known = int(known_n.sum())
         cloud_pct = 100.0 * cloud_n.sum() / known if known else None
     return SceneStats(
-        float(nodata_pct), None if cloud_pct is None else float(cloud_pct), cloud_cells, valid_cells, removed_px
+        float(nodata_pct),
+        None if cloud_pct is None else float(cloud_pct),
+        cloud_cells,
+        valid_cells,
+        removed_px,
+        None if removed_px is None else removed_by,
     )

@@ -37,26 +37,15 @@ def policy_text(policy: masks.ClearPolicy) -> str:
     return json.dumps(dataclasses.asdict(policy), sort_keys=True)
 
 
-def check_single_date(policy: masks.ClearPolicy, command: str) -> None:
-    """Refuse a policy asking for the temporal test where each scene is decided alone.
-
-    Raises:
-        MaskError: ``policy.temporal`` is set (the test compares dates: ``infer`` applies it).
-    """
-    from cloudclear.errors import MaskError
-
-    if getattr(policy, "temporal", False):
-        raise MaskError(f"{command}: the temporal test compares the dates of a series; only infer applies it")
-
-
 def policy_of(record: str | dict[str, Any] | None) -> masks.ClearPolicy:
-    """The clear policy recorded as :func:`policy_text` (or its parsed dict); None: the default.
+    """The clear policy recorded as :func:`policy_text` (or its parsed dict); None: the masks as
+    decoded (:data:`~cloudclear.masks.AS_DECODED`, what catalogs made before the policy counted).
 
     Raises:
         CatalogError: the record is not a clear policy (unknown fields or values).
     """
     if record is None or record == "":
-        return masks.DEFAULT_POLICY
+        return masks.AS_DECODED  # catalogs and stores made before the policy kept masks as decoded
     try:
         fields = json.loads(record) if isinstance(record, str) else dict(record)
         return masks.ClearPolicy(**fields)

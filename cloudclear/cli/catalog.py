@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from cloudclear.cli.options import (
+    AsDecoded,
     AsJson,
     Buffer,
+    MaskSource,
     Snow,
     Strict,
     Unclassified,
@@ -49,28 +51,37 @@ def index(
         str | None,
         typer.Option(
             "--detect",
-            help="Compute a cloud/shadow mask with this detector ({detectors}) for every S2 "
-            "scene without one; masks go to CATALOG_masks/ and are reused while the scene is unchanged.",
+            help="Compute a cloud/shadow mask with this detector ({detectors}) for every S2 scene "
+            "that has its bands: the mask of a scene without one, combined with the scene's own "
+            "otherwise (see --mask-source); masks go to CATALOG_masks/ and are reused while the "
+            "scene is unchanged.",
             callback=choice("detectors"),
         ),
-    ] = None,
+    ] = "builtin",
+    no_detect: Annotated[
+        bool, typer.Option("--no-detect", help="Run no detector (masks made by an earlier run are still used).")
+    ] = False,
     buffer: Buffer = None,
     unclassified: Unclassified = None,
     snow: Snow = None,
+    mask_source: MaskSource = None,
     strict: Strict = False,
+    as_decoded: AsDecoded = False,
 ) -> None:
     """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
 
     Writes a GeoPackage (layer 'scenes', footprints in EPSG:4326; open it in QGIS or geopandas)
     and an rtree index beside it. Re-running reads only new or changed files. Files that are not
-    usable scenes are listed on stderr with the reason. The cloud % counts what the clear policy
-    (--buffer, --unclassified, --snow, --strict) calls obscured; the catalog records it, and
-    re-indexing with another policy recomputes every scene.
+    usable scenes are listed on stderr with the reason. The built-in detector runs on every S2
+    scene (--no-detect: none). The cloud % counts what the clear policy (--mask-source, --buffer,
+    --unclassified, --snow, --strict, --as-decoded) calls obscured, and the pixels each rule
+    removed are reported; the catalog records the policy, and re-indexing with another policy
+    recomputes every scene. (The temporal test compares dates: sample and infer apply it.)
     """
     from cloudclear.catalog import build_index
     from cloudclear.errors import EmptyCatalogError
 
-    policy = clear_policy(buffer, unclassified, snow, strict)
+    policy = clear_policy(buffer, unclassified, snow, strict, as_decoded=as_decoded, source=mask_source)
     try:
         result = build_index(
             directory,
@@ -78,7 +89,7 @@ def index(
             date_pattern=date_pattern,
             rebuild=rebuild,
             progress=progress(),
-            detect=detect,
+            detect=None if no_detect else detect,
             policy=policy,
         )
     except EmptyCatalogError as exc:
@@ -96,17 +107,20 @@ def index(
     )
     typer.echo(f"catalog: {result.catalog_path}")
     if result.masks_detected:
-        typer.echo(f"  detected masks: {result.masks_detected} scene(s), in {result.catalog_path.stem}_masks/")
+        typer.echo(f"  detector masks: {result.masks_detected} scene(s), in {result.catalog_path.stem}_masks/")
     for row in s["by_sensor_tile"]:
         typer.echo(f"  {row['sensor']}  tile {row['tile']:<6} {row['scenes']:>6} scenes")
     typer.echo(f"  dates: {s['first'][:10]} .. {s['last'][:10]}")
     dist = "  ".join(f"{k}: {v}" for k, v in s["s2_cloud_distribution"].items())
     typer.echo(f"  S2 cloud cover: {dist}")
-    if not result.policy.is_default:
-        again = ", every scene recomputed (the catalog had another policy)" if result.recomputed_policy else ""
+    again = ", every scene recomputed (the catalog had another policy)" if result.recomputed_policy else ""
+    temporal = " (its temporal test: sample and infer)" if result.policy.temporal else ""
+    typer.echo(f"  clear policy: {result.policy.describe()}{temporal}{again}")
+    if not result.policy.changes_nothing:
+        rules = ", ".join(f"{rule} {n}" for rule, n in result.removed_by.items()) or "none"
         typer.echo(
-            f"  clear policy: {result.policy.describe()}: {result.removed_total} px the masks call clear "
-            f"counted as obscured, in {len(result.removed)} scene(s){again}"
+            f"    {result.removed_total} px the scenes' masks call clear counted as obscured, in "
+            f"{len(result.removed)} scene(s); by rule: {rules}"
         )
     if s["s2_with_s1"]:
         typer.echo(f"  S2 with an S1 over them: {s['s2_with_s1']} (median gap {s['s1_gap_hours_median']:.1f} h)")

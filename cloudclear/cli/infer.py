@@ -10,10 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from cloudclear.cli.options import (
+    AsDecoded,
     Buffer,
+    MaskSource,
     Snow,
     Strict,
     Temporal,
+    TemporalDays,
     Unclassified,
     clear_policy,
     expand_dates,
@@ -89,8 +92,11 @@ def infer(
     buffer: Buffer = None,
     unclassified: Unclassified = None,
     snow: Snow = None,
-    strict: Strict = False,
+    mask_source: MaskSource = None,
     temporal: Temporal = None,
+    temporal_days: TemporalDays = None,
+    strict: Strict = False,
+    as_decoded: AsDecoded = False,
     exclude: Annotated[
         list[str] | None,
         typer.Option(
@@ -109,9 +115,11 @@ def infer(
     before and after the date (the nearest one at the ends of the series). A checkpoint runs its
     network in overlapping windows (GPU when there is one).
 
-    What is clear is what the masks call clear; --buffer, --unclassified, --snow, --temporal and
-    --strict make that stricter (the run summary says which policy was used and how many pixels it
-    removed).
+    What is clear is one decision (the clear policy): the scene's own mask combined with the
+    built-in detector's that index made, a 3 px buffer around cloud and shadow, and the temporal
+    test across the inputs (dates within 20 days). --mask-source,
+    --buffer, --unclassified, --snow, --temporal, --temporal-days, --strict and --as-decoded change
+    it; the run summary says which policy was used and how many pixels each rule removed.
 
     Writes uint16 reflectance x 10000 (nodata 0), 512 x 512 tiles, ZSTD, on the S2 grid, plus a
     status sidecar. Files appear under their final name only when complete.
@@ -127,7 +135,16 @@ def infer(
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     if batch < 1 or strip_rows < 1 or neighbours < 1 or every < 1:
         raise typer.BadParameter("--batch, --strip-rows, --neighbours and --every must be >= 1")
-    policy = clear_policy(buffer, unclassified, snow, strict, temporal)
+    policy = clear_policy(
+        buffer,
+        unclassified,
+        snow,
+        strict,
+        temporal,
+        as_decoded=as_decoded,
+        source=mask_source,
+        temporal_days=temporal_days,
+    )
     dates = expand_dates(date, every)
     band_list = parse_bands(bands)
     cat = Catalog.open(catalog)

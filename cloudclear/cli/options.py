@@ -32,14 +32,15 @@ def overwrite_option(what: str = "existing outputs") -> Any:
 AsJson = Annotated[bool, json_option()]
 Overwrite = Annotated[bool, overwrite_option()]
 
-# The clear policy (cloudclear.masks.ClearPolicy): what the masks' classes become before a pixel
-# is called clear. None means "not given": the preset's (or the default's) value.
+# The clear policy (cloudclear.masks.ClearPolicy): which masks, and what their classes become
+# before a pixel is called clear. None means "not given": the preset's (or the default's) value.
 Buffer = Annotated[
     int | None,
     typer.Option(
         "--buffer",
         help="Grow cloud, thin cloud and shadow by this many pixels (a disk) before deciding what is "
-        "clear, so halos and edges are not kept. [default: 0; 3 with --strict]",
+        "clear, so halos and edges are not kept. [default: 3; 5 with --strict, 0 with --as-decoded]",
+        show_default=False,
     ),
 ]
 Unclassified = Annotated[
@@ -47,47 +48,94 @@ Unclassified = Annotated[
     typer.Option(
         "--unclassified",
         help="What Sen2Cor's 'unclassified' (SCL 7) counts as: clear or cloud. [default: clear; cloud with --strict]",
+        show_default=False,
     ),
 ]
 Snow = Annotated[
-    str | None, typer.Option("--snow", help="What the masks' snow counts as: clear or cloud. [default: clear]")
+    str | None,
+    typer.Option("--snow", help="What the masks' snow counts as: clear or cloud. [default: clear]"),
+]
+MaskSource = Annotated[
+    str | None,
+    typer.Option(
+        "--mask-source",
+        help="Which masks decide: 'combined' (the scene's own mask and the built-in detector's that index "
+        "computed, either one's cloud or shadow is obscured), 'mask' (the scene's own only) or 'detector' "
+        "(the detector's where index made one). [default: combined; mask with --as-decoded]",
+        show_default=False,
+    ),
 ]
 Temporal = Annotated[
     bool | None,
     typer.Option(
         "--temporal/--no-temporal",
         help="The temporal test: a pixel the mask calls clear that is much brighter in blue than the "
-        "other inputs clear there is cloud or haze, much darker in NIR is shadow, snow with no snowy "
-        "other input is cloud (needs 2 other clear inputs at the pixel). [default: off]",
+        "other dates clear there is cloud or haze, much darker in NIR is shadow, snow with no snowy "
+        "other date is cloud (needs 2 other clear dates at the pixel). [default: on; off with --as-decoded]",
+        show_default=False,
+    ),
+]
+TemporalDays = Annotated[
+    int | None,
+    typer.Option(
+        "--temporal-days",
+        help="The temporal test compares each date with the dates within this many days of it (0: all "
+        "dates read). [default: 20]",
         show_default=False,
     ),
 ]
 Strict = Annotated[
     bool,
     typer.Option(
-        "--strict", help="The strict clear policy (buffer 3 px, unclassified cloud); options given override it."
+        "--strict",
+        help="The strict clear policy: the default with a 5 px buffer and 'unclassified' as cloud; options "
+        "given override it.",
+    ),
+]
+AsDecoded = Annotated[
+    bool,
+    typer.Option(
+        "--as-decoded",
+        help="Each scene's own mask as decoded, nothing else (no detector, buffer, unclassified rule or "
+        "temporal test: cloudclear before 0.5); options given override it.",
     ),
 ]
 
 
 def clear_policy(
-    buffer: int | None, unclassified: str | None, snow: str | None, strict: bool, temporal: bool | None = None
+    buffer: int | None = None,
+    unclassified: str | None = None,
+    snow: str | None = None,
+    strict: bool = False,
+    temporal: bool | None = None,
+    *,
+    as_decoded: bool = False,
+    source: str | None = None,
+    temporal_days: int | None = None,
 ) -> Any:
     """The :class:`~cloudclear.masks.ClearPolicy` the clear-policy options ask for.
 
     Raises:
-        typer.BadParameter: a value is out of range or not a choice (exit 2).
+        typer.BadParameter: a value is out of range or not a choice, or both presets (exit 2).
     """
     import dataclasses
 
     from cloudclear.errors import MaskError
-    from cloudclear.masks import DEFAULT_POLICY, STRICT
+    from cloudclear.masks import AS_DECODED, DEFAULT_POLICY, STRICT
 
-    given: dict[str, Any] = {"buffer_px": buffer, "unclassified": unclassified, "snow": snow, "temporal": temporal}
+    if strict and as_decoded:
+        raise typer.BadParameter("--strict and --as-decoded are two different presets; give one")
+    base = STRICT if strict else AS_DECODED if as_decoded else DEFAULT_POLICY
+    given: dict[str, Any] = {
+        "buffer_px": buffer,
+        "unclassified": unclassified,
+        "snow": snow,
+        "temporal": temporal,
+        "temporal_days": temporal_days,
+        "source": source,
+    }
     try:
-        return dataclasses.replace(
-            STRICT if strict else DEFAULT_POLICY, **{k: v for k, v in given.items() if v is not None}
-        )
+        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     except MaskError as exc:
         raise typer.BadParameter(str(exc).removeprefix("clear policy: ")) from None
 

@@ -10,9 +10,13 @@ from typing import Annotated
 import typer
 
 from cloudclear.cli.options import (
+    AsDecoded,
     Buffer,
+    MaskSource,
     Snow,
     Strict,
+    Temporal,
+    TemporalDays,
     Unclassified,
     clear_policy,
     interruptible,
@@ -115,7 +119,11 @@ def sample(
     buffer: Buffer = None,
     unclassified: Unclassified = None,
     snow: Snow = None,
+    mask_source: MaskSource = None,
+    temporal: Temporal = None,
+    temporal_days: TemporalDays = None,
     strict: Strict = False,
+    as_decoded: AsDecoded = False,
 ) -> None:
     """Build training patches from an acquisition layout and write a patch store.
 
@@ -123,15 +131,17 @@ def sample(
     per-cell cloud cover and the rtree find acquisitions for every slot. Locations are split into
     train / val / test by blocks that never overlap. The store holds uint16 patches (compressed),
     masks, pasted gaps and a samples.gpkg table; cloudclear.sampling.PatchDataset reads it.
-    What is clear follows the clear policy (--buffer, --unclassified, --snow, --strict; without
-    them, the catalog's), recorded in store.json.
+    What is clear follows the clear policy (--mask-source, --buffer, --unclassified, --snow,
+    --temporal, --temporal-days, --strict, --as-decoded; without them, the catalog's, with the
+    temporal test on a target's dates), recorded in store.json.
 
     Example: cloudclear sample -c sample_tiles/T31UFQ -l sequence -p 128 -n 40 -o out/seq
     """
     from cloudclear.sampling import SampleOptions
     from cloudclear.sampling import sample as run_sample
 
-    policy_given = strict or any(v is not None for v in (buffer, unclassified, snow))
+    given = (buffer, unclassified, snow, mask_source, temporal, temporal_days)
+    policy_given = strict or as_decoded or any(v is not None for v in given)
     options = SampleOptions(
         patch_size=patch_size,
         count=count,
@@ -154,7 +164,18 @@ def sample(
         compression=compression,
         overwrite=overwrite,
         progress=progress(),
-        policy=clear_policy(buffer, unclassified, snow, strict) if policy_given else None,
+        policy=clear_policy(
+            buffer,
+            unclassified,
+            snow,
+            strict,
+            temporal,
+            as_decoded=as_decoded,
+            source=mask_source,
+            temporal_days=temporal_days,
+        )
+        if policy_given
+        else None,
     )
 
     result = interruptible(lambda: run_sample(catalog, layout, out, options), "store")

@@ -141,6 +141,8 @@ class InferResult:
         policy_restored: pixels where the policy left no S2 input clear while the masks alone had
             one, so the masks' decision was kept there
             (:func:`~cloudclear.inference.reading.restore_mask_clear`).
+        policy_removed_by: the pixels removed over every input, per rule ("detector",
+            "unclassified", "snow", "buffer", "temporal"), before any was restored.
     """
 
     path: Path
@@ -160,6 +162,7 @@ class InferResult:
     policy: str = ""
     policy_removed: dict[str, int] = field(default_factory=dict)
     policy_restored: int = 0
+    policy_removed_by: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +181,7 @@ class InferResult:
             "clear_policy": {
                 "policy": self.policy,
                 "removed": dict(self.policy_removed),
+                "removed_by_rule": dict(self.policy_removed_by),
                 "restored": self.policy_restored,
             },
         }
@@ -232,7 +236,9 @@ def run(
         output_files(path, spath, overwrite=options.overwrite, cog=options.cog) as temps,
         WriteFailures() as failures,
     ):
-        counts, removed, restored = _reconstruct(inputs, method, temps, (path, spath), failures, options, progress_desc)
+        counts, removed, by_rule, restored = _reconstruct(
+            inputs, method, temps, (path, spath), failures, options, progress_desc
+        )
     grid = inputs.grid
     return InferResult(
         path=path,
@@ -241,7 +247,7 @@ def run(
         tile=inputs.tile,
         method=method.name,
         inputs=tuple(a.to_dict() for a in inputs.acquisitions),
-        notes=inputs.notes + (_policy_note(options.clear, removed, inputs, restored),),
+        notes=inputs.notes + (_policy_note(options.clear, removed, inputs, restored, by_rule),),
         observed=int(counts[PixelStatus.OBSERVED]),
         reconstructed=int(counts[PixelStatus.RECONSTRUCTED]),
         nodata=int(counts[PixelStatus.NODATA]),
@@ -252,13 +258,20 @@ def run(
         policy=options.clear.describe(),
         policy_removed={k: v for k, v in removed.items() if v},
         policy_restored=restored,
+        policy_removed_by={k: v for k, v in by_rule.items() if v},
     )
 
 
-def _policy_note(policy: ClearPolicy, removed: dict[str, int], inputs: InputSet, restored: int = 0) -> str:
+def _policy_note(
+    policy: ClearPolicy,
+    removed: dict[str, int],
+    inputs: InputSet,
+    restored: int = 0,
+    by_rule: dict[str, int] | None = None,
+) -> str:
     """The run summary's line on the clear policy and what it removed beyond the masks."""
     text = f"clear policy: {policy.describe()}"
-    if policy.is_default:
+    if policy.changes_nothing:
         return text
     total = sum(removed.values())
     target = next((removed.get(s.name, 0) for s, a in inputs.slots if s.role == "target" and a is not None), None)
@@ -266,6 +279,9 @@ def _policy_note(policy: ClearPolicy, removed: dict[str, int], inputs: InputSet,
     text += f"; removed {total} px beyond the masks over {len(removed)} input(s)"
     if target is not None:
         text += f", {target} px ({100 * target / npx:.1f} %) of the date's own"
+    rules = {k: v for k, v in (by_rule or {}).items() if v}
+    if rules:
+        text += " (by rule: " + ", ".join(f"{k} {v}" for k, v in rules.items()) + ")"
     if restored:
         text += f"; kept the masks' decision at {restored} px the policy left with no clear input"
     return text
@@ -282,8 +298,7 @@ def _tags(inputs: InputSet, method: Method, options: InferOptions) -> dict[str, 
         "BOA_ADD_OFFSET": "0",
         "PROCESSING_LEVEL": "L2A-cloudclear",
     }
-    if not options.clear.is_default:
-        tags["CLOUDCLEAR_CLEAR_POLICY"] = options.clear.describe()
+    tags["CLOUDCLEAR_CLEAR_POLICY"] = options.clear.describe()
     return tags
 
 
@@ -295,10 +310,11 @@ def _reconstruct(
     failures: WriteFailures,
     options: InferOptions,
     progress_desc: str,
-) -> tuple[np.ndarray, dict[str, int], int]:
+) -> tuple[np.ndarray, dict[str, int], dict[str, int], int]:
     """Read, predict and write every row into ``temps``; returns the pixel counts per status,
-    per used slot the pixels the clear policy removed beyond the masks, and the pixels where the
-    masks' decision was restored (:func:`~cloudclear.inference.reading.restore_mask_clear`)."""
+    per used slot the pixels the clear policy removed beyond the masks, the same per rule over
+    every slot, and the pixels where the masks' decision was restored
+    (:func:`~cloudclear.inference.reading.restore_mask_clear`)."""
     grid = inputs.grid
     slots = inputs.slots
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
@@ -306,6 +322,7 @@ def _reconstruct(
     reader: Prefetcher | None = None
     writer: Writer | None = None
     bar: Any = None
+    by_rule: dict[str, int] = {}
     try:
         for _, acq in used:
             sources.append(Source(acq, grid, options.clear))
@@ -363,6 +380,9 @@ def _reconstruct(
         writer.finish()
         counts = writer.counts.copy()
         removed = {slots[i][0].name: src.removed for (i, _), src in zip(used, sources, strict=True)}
+        for src in sources:
+            for rule, n in src.removed_by.items():
+                by_rule[rule] = by_rule.get(rule, 0) + n
         restored = reader.restored
         writer = None
     finally:
@@ -375,7 +395,7 @@ def _reconstruct(
         for src in sources:
             src.close()
     seal(temps, *names, failures)
-    return counts, removed, restored
+    return counts, removed, by_rule, restored
 
 
 # -- several dates ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from cloudclear import masks
+from cloudclear.errors import GridError, MaskError
 from cloudclear.gridio import Grid, GridReader
 from cloudclear.scenes.files import reflectance_scale, valid_pixels
 
@@ -101,6 +102,8 @@ class ReadSpec:
         bands: one :class:`BandRead` per name.
         units: "reflectance" (S2), "dB" or "linear" (S1): linear is converted to dB.
         mask: the mask band, or None (then every valid pixel is clear).
+        detected: the built-in detector's mask of a scene that also has ``mask`` (``index`` made it),
+            or None; how the two combine is the reader's :class:`~cloudclear.masks.ClearPolicy`.
     """
 
     sensor: str
@@ -108,6 +111,7 @@ class ReadSpec:
     bands: tuple[BandRead, ...]
     units: str = "reflectance"
     mask: masks.MaskBand | None = None
+    detected: masks.MaskBand | None = None
 
     @classmethod
     def of(cls, scene: _SceneLike, bands: Sequence[str] | None = None, *, mask: bool = True) -> ReadSpec:
@@ -129,7 +133,8 @@ class ReadSpec:
             by_name = dict(zip(scene.bands, scene.sources, strict=True))
             pairs = [tuple(by_name[b]) for b in names]
         reads = tuple(BandRead(str(p), int(b), scene.scale, scene.offset, scene.nodata) for p, b in pairs)
-        return cls(scene.sensor, names, reads, scene.units, scene.mask if mask else None)
+        detected = getattr(scene, "detected", None) if mask else None
+        return cls(scene.sensor, names, reads, scene.units, scene.mask if mask else None, detected)
 
     @classmethod
     def from_files(
@@ -140,6 +145,7 @@ class ReadSpec:
         *,
         units: str = "reflectance",
         mask: masks.MaskBand | None = None,
+        detected: masks.MaskBand | None = None,
     ) -> ReadSpec:
         """The spec of a scene still being indexed, from its files' metadata.
 
@@ -152,13 +158,14 @@ class ReadSpec:
             infos: path -> the file's :class:`~cloudclear.scenes.FileInfo`, for every path in ``sources``.
             units: the scene's units.
             mask: the scene's mask, or None.
+            detected: the detector's mask of a scene that also has ``mask``, or None.
         """
         reads = []
         for path, bidx in sources.values():
             info = infos[path]
             scale, offset = reflectance_scale(info, bidx) if sensor == "S2" else (1.0, 0.0)
             reads.append(BandRead(path, bidx, scale, offset, info.nodata))
-        return cls(sensor, tuple(sources), tuple(reads), units, mask)
+        return cls(sensor, tuple(sources), tuple(reads), units, mask, detected)
 
     def physical(self, values: np.ndarray) -> np.ndarray:
         """``values`` (bands, ...) in physical units, float32 (see :func:`to_physical`)."""
@@ -227,8 +234,10 @@ class Pixels:
             valid, NODATA elsewhere; without a mask CLEAR where valid.
         has_mask: whether ``classes`` come from a mask.
         spec: what was read.
-        removed: (rows, cols) valid pixels the mask calls clear that the reader's clear policy
-            calls obscured; None when the policy is the default (it removes nothing).
+        removed: (rows, cols) valid pixels the scene's mask calls clear that the reader's clear
+            policy calls obscured; None when the policy keeps the mask as decoded.
+        removed_by: how many of ``removed`` each rule removed, first rule first: "detector"
+            (the detector's mask combined), "unclassified", "snow", "buffer"; None with ``removed``.
     """
 
     values: np.ndarray
@@ -238,6 +247,7 @@ class Pixels:
     has_mask: bool
     spec: ReadSpec
     removed: np.ndarray | None = None
+    removed_by: dict[str, int] | None = None
 
     @property
     def clear(self) -> np.ndarray:
@@ -282,6 +292,37 @@ def _open(
     return GridReader(path, list(indexes), grid, resampling, nodata, coverage=coverage)
 
 
+def _check_covers(mask: GridReader, band: GridReader, grid: Grid) -> None:
+    """Refuse a mask that lies nowhere on its scene (a file replaced after indexing); a mask that
+    covers part of it is NODATA beyond its edge."""
+    src_m, src_b = getattr(mask, "src", None), getattr(band, "src", None)
+    if getattr(mask, "vrt", None) is None or src_m is None or src_b is None or src_m.crs is None:
+        return
+    from rasterio.warp import transform_bounds
+
+    crs = grid.crs or src_b.crs
+    ml, mb, mr, mt = transform_bounds(src_m.crs, crs, *src_m.bounds)
+    bl, bb, br, bt = transform_bounds(src_b.crs, crs, *src_b.bounds) if src_b.crs else src_b.bounds
+    tol = max(abs(src_m.res[0]), grid.res)
+    if ml >= br - tol or mr <= bl + tol or mb >= bt - tol or mt <= bb + tol:
+        raise GridError(f"{mask.path}: mask grid does not cover scene {band.path}")
+
+
+def _room(rd: GridReader, grid: Grid, halo: int) -> tuple[int, int, int, int]:
+    """Rows and columns (top, left, bottom, right), at most ``halo`` each, that the file ``rd``
+    reads directly holds beyond ``grid``; a warped view gets ``halo`` on every side (where it does
+    not reach, its pixels are NODATA)."""
+    if rd.vrt is not None:
+        return (halo, halo, halo, halo)
+    h, w = rd.src.height, rd.src.width
+    return (
+        min(halo, rd.row_off),
+        min(halo, rd.col_off),
+        min(halo, max(0, h - rd.row_off - grid.height)),
+        min(halo, max(0, w - rd.col_off - grid.width)),
+    )
+
+
 class SceneReader:
     """A scene's bands and mask read on a grid, rows or windows at a time.
 
@@ -319,14 +360,41 @@ class SceneReader:
             by_file.setdefault((b.path, spec.warp_nodata(b)), []).append((pos, b.band))
         self.files: list[tuple[GridReader, list[int]]] = []
         self.mask: GridReader | None = None
+        self.detected: GridReader | None = None
+        own, det = spec.mask, spec.detected
+        if policy.source == "mask":
+            det = None
+        elif policy.source == "detector" and det is not None:
+            own = None
+        #: The masks read: (the scene's own or None, the detector's or None).
+        self.masks_read: tuple[masks.MaskBand | None, masks.MaskBand | None] = (own, det)
         try:
             for (path, nodata), items in by_file.items():
                 rd = open_(path, tuple(b for _, b in items), grid, BAND_RESAMPLING, nodata, coverage=False)
                 self.files.append((rd, [p for p, _ in items]))
-            if spec.mask is not None:
-                # Where a warped mask does not reach, its pixels are NODATA, not the fill value
-                # (0 is "clear" in several conventions).
-                self.mask = open_(spec.mask.path, (spec.mask.band,), grid, MASK_RESAMPLING, None, coverage=True)
+            # Where a warped mask does not reach, its pixels are NODATA, not the fill value
+            # (0 is "clear" in several conventions).
+            if own is not None:
+                self.mask = open_(own.path, (own.band,), grid, MASK_RESAMPLING, None, coverage=True)
+                if self.files:
+                    _check_covers(self.mask, self.files[0][0], grid)
+            if det is not None:
+                self.detected = open_(det.path, (det.band,), grid, MASK_RESAMPLING, None, coverage=True)
+            # A buffer needs the masks a halo beyond the grid where the files have it (a --bbox
+            # crop of a tile): each mask is reopened on the grid grown by what its file holds.
+            self.pads: dict[int, tuple[int, int, int, int]] = {}
+            for name in ("mask", "detected"):
+                rd = getattr(self, name)
+                if rd is None or policy.halo == 0 or opener is not None:
+                    continue
+                band = own if name == "mask" else det
+                assert band is not None
+                pad = _room(rd, grid, policy.halo)
+                if any(pad):
+                    rd.close()
+                    rd = open_(band.path, (band.band,), grid.pad(*pad), MASK_RESAMPLING, None, coverage=True)
+                    setattr(self, name, rd)
+                    self.pads[id(rd)] = pad
         except BaseException:
             self.close()
             raise
@@ -363,27 +431,54 @@ class SceneReader:
         got = self._mask(r0, r1, c0, c1)
         return None if got is None else got[0]
 
-    def _mask(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """(classes with the policy applied, classes as decoded or None for the default policy)."""
-        if self.mask is None or self.spec.mask is None:
+    def _mask(
+        self, r0: int, r1: int, c0: int, c1: int
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, np.ndarray]]] | None:
+        """(classes with the policy applied, the scene's mask as decoded or None when the policy
+        keeps it as it is, [(rule, classes after that rule)...]); None when no mask is read."""
+        own_band, det_band = self.masks_read
+        if own_band is None and det_band is None:
             return None
-        if self.policy.is_default:
-            return self._decoded(r0, r1, c0, c1)[0], None
+        if self.policy.changes_nothing or (det_band is None and not self.policy.changes_classes):
+            return self._decoded(self.mask or self.detected, own_band or det_band, r0, r1, c0, c1)[0], None, []
         h = self.policy.halo
-        a0, a1 = max(0, r0 - h), min(self.grid.height, r1 + h)
-        b0, b1 = max(0, c0 - h), min(self.grid.width, c1 + h)
-        decoded, raw = self._decoded(a0, a1, b0, b1)
-        applied = masks.apply_policy(decoded, self.policy, raw, self.spec.mask.convention)
+        # The halo reaches beyond the grid as far as every mask read has rows and columns there.
+        pads = [self.pads.get(id(rd), (0, 0, 0, 0)) for rd in (self.mask, self.detected) if rd is not None]
+        top, left, bottom, right = (min(p[k] for p in pads) for k in range(4))
+        a0, a1 = max(-top, r0 - h), min(self.grid.height + bottom, r1 + h)
+        b0, b1 = max(-left, c0 - h), min(self.grid.width + right, c1 + h)
+        own = raw = det = None
+        if own_band is not None:
+            own, raw = self._decoded(self.mask, own_band, a0, a1, b0, b1)
+        if det_band is not None:
+            det = self._decoded(self.detected, det_band, a0, a1, b0, b1)[0]
+        steps: list[tuple[str, np.ndarray]] = []
+        combined = masks.combine(own, det)
+        assert combined is not None
+        if own is not None and det is not None:
+            steps.append(("detector", combined))
+        convention = own_band.convention if own_band is not None else "SCL"
+        applied = masks.apply_policy(combined, self.policy, raw, convention, steps=steps)
         core = (slice(r0 - a0, r1 - a0), slice(c0 - b0, c1 - b0))
-        return applied[core], decoded[core]
+        before = own if own is not None else det
+        assert before is not None
+        return applied[core], before[core], [(rule, arr[core]) for rule, arr in steps]
 
-    def _decoded(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
-        """(decoded classes, raw values) of a window of the mask."""
-        assert self.mask is not None and self.spec.mask is not None
-        mb = self.spec.mask
-        raw = self.mask.read(r0, r1) if (c0, c1) == (0, self.grid.width) else self.mask.read_window(r0, r1, c0, c1)
-        out = masks.decode(raw[0], mb.convention, self.mask.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
-        covered = self.mask.covered(r0, r1, c0, c1)
+    def _decoded(
+        self, reader: GridReader | None, mb: masks.MaskBand | None, r0: int, r1: int, c0: int, c1: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(decoded classes, raw values) of a window of a mask (grid rows and columns; negative or
+        beyond the grid within the mask's pad)."""
+        assert reader is not None and mb is not None
+        top, left, _, _ = self.pads.get(id(reader), (0, 0, 0, 0))
+        r0, r1, c0, c1 = r0 + top, r1 + top, c0 + left, c1 + left
+        full = (c0, c1) == (0, self.grid.width) and not top and not left and id(reader) not in self.pads
+        raw = reader.read(r0, r1) if full else reader.read_window(r0, r1, c0, c1)
+        try:
+            out = masks.decode(raw[0], mb.convention, reader.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
+        except MaskError as exc:
+            raise MaskError(f"{mb.path}: {exc}") from None
+        covered = reader.covered(r0, r1, c0, c1)
         if covered is not None:
             out[~covered] = masks.MaskClass.NODATA
         return out, raw[0]
@@ -406,11 +501,17 @@ class SceneReader:
         got = self._mask(r0, r1, c0, c1)
         if got is None:
             return Pixels(values, band_valid, valid, classes_of(None, valid), False, spec)
-        classes, before = got
-        removed = None
+        classes, before, steps = got
+        removed = removed_by = None
         if before is not None:
-            removed = valid & masks.is_clear(before) & ~masks.is_clear(classes)
-        return Pixels(values, band_valid, valid, classes_of(classes, valid), True, spec, removed)
+            kept = valid & masks.is_clear(before)
+            removed = kept & ~masks.is_clear(classes)
+            removed_by = {}
+            for rule, after in steps:
+                gone = kept & ~masks.is_clear(after)
+                removed_by[rule] = int(gone.sum())
+                kept &= ~gone
+        return Pixels(values, band_valid, valid, classes_of(classes, valid), True, spec, removed, removed_by)
 
     def close(self) -> None:
         """Close the files this reader opened (not those an ``opener`` handed it)."""
@@ -418,5 +519,6 @@ class SceneReader:
             return
         for rd, _ in self.files:
             rd.close()
-        if self.mask is not None:
-            self.mask.close()
+        for m in (self.mask, self.detected):
+            if m is not None:
+                m.close()

@@ -173,6 +173,8 @@ class Scene:
         nearest_s1: id of the S1 scene over this one nearest in time (S2 only), or None.
         s1_gap_hours: hours between this scene and ``nearest_s1``, or None.
         files: every file of the scene (bands and mask), absolute paths in catalog order.
+        detected: the built-in detector's mask of a scene that also has its own (``index`` made it;
+            the clear policy's ``source`` decides how the two combine), or None.
     """
 
     scene_id: str
@@ -206,6 +208,7 @@ class Scene:
     nearest_s1: str | None
     s1_gap_hours: float | None
     files: tuple[str, ...]
+    detected: MaskBand | None = None
 
     @property
     def crs(self) -> CRS:
@@ -248,6 +251,7 @@ class Scene:
             "cloud_pct": self.cloud_pct,
             "nodata_pct": self.nodata_pct,
             "mask_source": self.mask_source,
+            "detected_mask": self.detected.path if self.detected else None,
             "nearest_s1": self.nearest_s1,
             "s1_gap_hours": self.s1_gap_hours,
             "files": list(self.files),
