@@ -40,6 +40,12 @@ TEMPORAL_MIN_OTHERS = 2
 #: call a lone "snow" cloud (on worldcereal 31UDS, 2017-12-12 keeps a white "snow" patch in the
 #: output otherwise, with only 2017-11-22 clear there within 20 days).
 TEMPORAL_MIN_OTHERS_SNOW = 1
+#: Other dates still clear at a pixel the shadow pass needs: one is enough, since the pass asks
+#: for a darkening a surface change rarely gives (NIR below 0.6 x and 0.04 under the other
+#: date's, blue not brighter). On worldcereal 31UDS, 2017-12-27 lies under the shadow of a cloud
+#: outside its 640 m patch (NIR half that of the dates around it, Sen2Cor calls 37 % of it "dark
+#: area", i.e. clear) with one clear date within 20 days: it was copied dark into 2017-12-12.
+TEMPORAL_MIN_OTHERS_SHADOW = 1
 #: Band names the temporal test reads as blue, in order of preference...
 TEMPORAL_BLUE_BANDS = ("B02", "B2")
 #: ... and as NIR (the shadow test).
@@ -130,7 +136,7 @@ def temporal_test(
       this rule needs only :data:`TEMPORAL_MIN_OTHERS_SNOW` other clear date;
     - shadow, in a second pass over the dates the first pass left clear: NIR <
       :data:`TEMPORAL_NIR_FACTOR` x median and NIR < median - :data:`TEMPORAL_NIR_SUB` (median of
-      NIR over the *other* dates still clear, at least :data:`TEMPORAL_MIN_OTHERS` of them), and
+      NIR over the *other* dates still clear, at least :data:`TEMPORAL_MIN_OTHERS_SHADOW` of them), and
       blue not above their blue median. (In one pass, a bright cloud among three dates raised the
       NIR median so far that both clear dates beside it looked like shadow.)
 
@@ -237,7 +243,7 @@ def _temporal_all(
     n = clear.shape[0]
     cloud = np.zeros(clear.shape, bool)
     shadow = np.zeros(clear.shape, bool)
-    if n <= min(TEMPORAL_MIN_OTHERS, TEMPORAL_MIN_OTHERS_SNOW if snow is not None else n):
+    if n < 2:  # the date tested and at least one other (the snow and shadow rules need one)
         return TemporalFlags(cloud, shadow)
     blue2 = np.asarray(blue, dtype=np.float32).reshape(n, -1)
     clear2 = clear.reshape(n, -1) & np.isfinite(blue2)
@@ -282,7 +288,7 @@ def _temporal_pixels(
     n = clear.shape[0]
     cloud = np.zeros(clear.shape, bool)
     shadow = np.zeros(clear.shape, bool)
-    if n <= min(TEMPORAL_MIN_OTHERS, TEMPORAL_MIN_OTHERS_SNOW if snow is not None else n):
+    if n < 2:  # the date tested and at least one other (the snow and shadow rules need one)
         return TemporalFlags(cloud, shadow)
     clear = clear & np.isfinite(blue)
     snow_b = None if snow is None else (np.asarray(snow, dtype=bool) & clear)
@@ -317,7 +323,7 @@ def _temporal_pixels(
         nir_median = _OthersMedian(nir_f, nir_ok)
         for i in range(n):
             med_n, kn = nir_median(i)
-            test = nir_ok[i] & (kn >= TEMPORAL_MIN_OTHERS)
+            test = nir_ok[i] & (kn >= TEMPORAL_MIN_OTHERS_SHADOW)
             if not test.any():
                 continue
             med_b, _ = blue_still(i)

@@ -84,12 +84,18 @@ class Source:
         InvalidRasterError: a file cannot be opened or placed on the grid.
     """
 
-    def __init__(self, acq: Acquisition, grid: Grid, policy: ClearPolicy = DEFAULT_POLICY):
+    def __init__(self, acq: Acquisition, grid: Grid, policy: ClearPolicy = DEFAULT_POLICY, *, witness: bool = False):
+        #: Read for the temporal test only (:func:`~cloudclear.inference.select.choose_witnesses`):
+        #: it takes part in :func:`temporal_flags`, never in the method or :func:`restore_mask_clear`.
+        self.witness = witness
         self.acq = acq
         self.reader = SceneReader(ReadSpec.of(acq), grid, policy=policy)
         self.policy = policy
         self.removed = 0
         self.removed_by: dict[str, int] = {}
+        #: Pixels :func:`restore_mask_clear` gave back (``removed`` is after them, ``removed_by``
+        #: before: the sum of ``removed_by`` is ``removed + given_back``).
+        self.given_back = 0
 
     def count(self, rule: str, n: int) -> None:
         """Add ``n`` pixels removed by ``rule`` to :attr:`removed` and :attr:`removed_by`."""
@@ -278,7 +284,7 @@ def temporal_flags(sources: Sequence[Source], strips: Sequence[Strip]) -> list[n
         for j, (src, st) in enumerate(zip(sources, strips, strict=True))
         if src.acq.sensor == "S2" and (b := _band(src.acq, BLUE_BANDS)) is not None
     ]
-    if len(part) < 3:  # the date tested and at least two others
+    if len(part) < 2:  # the date tested and at least one other (the snow and shadow rules need one)
         return out
     nir_idx = [_band(src.acq, NIR_BANDS) for _, src, _, _ in part]
 
@@ -322,24 +328,31 @@ def restore_mask_clear(sources: Sequence[Source], strips: Sequence[Strip]) -> in
     """Where the clear policy left no S2 input of a date clear at a pixel but the masks alone had
     one, the masks' decision stands there: each S2 strip's ``clear`` takes its mask's own
     decision at those pixels (in place; the sources' ``removed`` drop by what comes back). The
-    policy must never turn a pixel that can be reconstructed into nodata.
+    policy must never turn a pixel that can be reconstructed into nodata. Where an S1 input has a
+    value, a method that reads S1 reconstructs the pixel from it, and nothing is restored there.
 
     Returns:
         The pixels restored (each counted once, however many inputs came back there).
     """
-    s2 = [(src, st) for src, st in zip(sources, strips, strict=True) if src.acq.sensor == "S2"]
+    pairs = [(src, st) for src, st in zip(sources, strips, strict=True) if not getattr(src, "witness", False)]
+    s2 = [(src, st) for src, st in pairs if src.acq.sensor == "S2"]
     if not s2 or any(st.mask_clear is None for _, st in s2):
         return 0
     any_clear = np.logical_or.reduce([st.clear for _, st in s2])
     any_mask = np.logical_or.reduce([st.mask_clear for _, st in s2 if st.mask_clear is not None])
     lost = any_mask & ~any_clear
+    s1 = [st.valid for src, st in pairs if src.acq.sensor == "S1"]
+    if s1:
+        lost &= ~np.logical_or.reduce(s1)
     if not lost.any():
         return 0
     for src, st in s2:
         assert st.mask_clear is not None
         back = lost & st.mask_clear
         st.clear = st.clear | back
-        src.removed -= int(back.sum())
+        n = int(back.sum())
+        src.removed -= n
+        src.given_back += n
     return int(lost.sum())
 
 
