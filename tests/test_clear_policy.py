@@ -49,13 +49,13 @@ def test_policy_validation(kwargs, message):
 
 
 def test_default_as_decoded_and_strict():
-    # Issue 16: the default makes outputs cloud-free (mask and detector, 3 px buffer, temporal test).
+    # Issue 16: the default makes outputs cloud-free (scene mask, 3 px buffer, temporal test).
     assert ClearPolicy().is_default and masks.DEFAULT_POLICY == ClearPolicy()
     d = masks.DEFAULT_POLICY
-    want = dict(source="combined", buffer_px=3, unclassified="clear", snow="clear", temporal=True, temporal_days=20)
+    want = dict(source="mask", buffer_px=3, unclassified="clear", snow="clear", temporal=True, temporal_days=20)
     assert dataclasses.asdict(d) == want
     assert not d.changes_nothing and d.changes_classes and d.halo == 3
-    assert d.describe() == "mask and detector, buffer 3 px, unclassified clear, snow clear, temporal test (20 d)"
+    assert d.describe() == "scene mask, buffer 3 px, unclassified clear, snow clear, temporal test (20 d)"
     # AS_DECODED: the scene's own mask, nothing changed (cloudclear before the policy).
     a = AS_DECODED
     assert (a.source, a.buffer_px, a.unclassified, a.snow, a.temporal) == ("mask", 0, "clear", "clear", False)
@@ -67,11 +67,11 @@ def test_default_as_decoded_and_strict():
     # STRICT: the default with a 5 px buffer and unclassified counted as cloud.
     assert not STRICT.is_default and not STRICT.changes_nothing
     assert STRICT == dataclasses.replace(d, buffer_px=5, unclassified="cloud")
-    assert STRICT.describe() == "mask and detector, buffer 5 px, unclassified cloud, snow clear, temporal test (20 d)"
+    assert STRICT.describe() == "scene mask, buffer 5 px, unclassified cloud, snow clear, temporal test (20 d)"
     assert ClearPolicy(temporal_days=0).describe().endswith("temporal test (all dates)")
     assert (
         ClearPolicy(source="mask", temporal=False).describe()
-        == "mask only, buffer 3 px, unclassified clear, snow clear"
+        == "scene mask, buffer 3 px, unclassified clear, snow clear"
     )
     assert dataclasses.replace(STRICT, buffer_px=0).halo == 0
     # The default decoding is unchanged: Sen2Cor's unclassified (7) decodes to CLEAR.
@@ -365,13 +365,14 @@ def test_choose_inputs_excludes_scenes(tmp_path):
 
 def test_restore_mask_clear_where_the_policy_left_no_clear_input():
     """Pixels with no S2 input clear after the policy, but one clear per the masks alone, take the
-    masks' decision on every S2 input; S1 inputs neither count nor change; counts move back."""
+    masks' decision on every S2 input; S1 inputs with no value there neither count nor change
+    (where one has a value nothing is restored: tests/test_temporal_witnesses.py); counts move back."""
     from types import SimpleNamespace
 
     from cloudclear.inference.reading import Strip, restore_mask_clear
 
     def source(sensor: str, removed: int) -> SimpleNamespace:
-        return SimpleNamespace(acq=SimpleNamespace(sensor=sensor), removed=removed)
+        return SimpleNamespace(acq=SimpleNamespace(sensor=sensor), removed=removed, given_back=0)
 
     def strip(clear: list[bool], mask_clear: list[bool] | None) -> Strip:
         c = np.array([clear])
@@ -388,10 +389,12 @@ def test_restore_mask_clear_where_the_policy_left_no_clear_input():
     a = strip([True, False, False, False], [True, True, True, False])
     b = strip([False, False, False, False], [False, False, True, False])
     s1 = strip([True, True, True, True], [True, True, True, True])
+    s1.valid = np.zeros_like(s1.valid)  # no S1 value at these pixels
     sources = [source("S2", 2), source("S2", 1), source("S1", 0)]
     assert restore_mask_clear(sources, [a, b, s1]) == 2
     assert a.clear.tolist() == [[True, True, True, False]] and b.clear.tolist() == [[False, False, True, False]]
     assert [s.removed for s in sources] == [0, 0, 0]
+    assert [s.given_back for s in sources] == [2, 1, 0]
     assert restore_mask_clear(sources, [a, b, s1]) == 0  # nothing more to restore
     # The default policy (no mask_clear) changes nothing.
     c = strip([False, False, False, False], None)

@@ -142,7 +142,9 @@ class InferResult:
             one, so the masks' decision was kept there
             (:func:`~cloudclear.inference.reading.restore_mask_clear`).
         policy_removed_by: the pixels removed over every input, per rule ("detector",
-            "unclassified", "snow", "buffer", "temporal"), before any was restored.
+            "unclassified", "snow", "buffer", "temporal"), and "given back" (negative): what
+            :func:`~cloudclear.inference.reading.restore_mask_clear` returned, input by input; the
+            values sum to the total of ``policy_removed``.
     """
 
     path: Path
@@ -284,6 +286,9 @@ def _policy_note(
         text += " (by rule: " + ", ".join(f"{k} {v}" for k, v in rules.items()) + ")"
     if restored:
         text += f"; kept the masks' decision at {restored} px the policy left with no clear input"
+    if inputs.witnesses:
+        n = len(inputs.witnesses)
+        text += f"; the temporal test also compared {n} more scene(s) within {policy.temporal_days} d"
     return text
 
 
@@ -299,6 +304,8 @@ def _tags(inputs: InputSet, method: Method, options: InferOptions) -> dict[str, 
         "PROCESSING_LEVEL": "L2A-cloudclear",
     }
     tags["CLOUDCLEAR_CLEAR_POLICY"] = options.clear.describe()
+    if inputs.witnesses:
+        tags["CLOUDCLEAR_TEMPORAL_WITNESSES"] = ",".join(acq.scene_id for acq in inputs.witnesses)
     return tags
 
 
@@ -326,6 +333,9 @@ def _reconstruct(
     try:
         for _, acq in used:
             sources.append(Source(acq, grid, options.clear))
+        # Scenes read for the temporal test only: after the inputs, never handed to the method.
+        for acq in inputs.witnesses:
+            sources.append(Source(acq, grid, options.clear, witness=True))
         bounds = strip_bounds(sources, grid.height, options.strip_rows)
         spans, plan = method.row_spans(grid.height, grid.width, bounds)
         out_bands = method.output_bands(inputs)
@@ -347,7 +357,7 @@ def _reconstruct(
             a, b = span.start, min(span.stop, grid.height)
             got = buf.get(a, b)
             strips: list[Strip | None] = [None] * len(slots)
-            for (i, _), s in zip(used, got, strict=True):
+            for (i, _), s in zip(used, got[: len(used)], strict=True):
                 strips[i] = s
             res = method.run(inputs, strips, span, plan, options)
             if acc is not None:
@@ -379,10 +389,12 @@ def _reconstruct(
                 bar.update(st.shape[0])
         writer.finish()
         counts = writer.counts.copy()
-        removed = {slots[i][0].name: src.removed for (i, _), src in zip(used, sources, strict=True)}
-        for src in sources:
+        removed = {slots[i][0].name: src.removed for (i, _), src in zip(used, sources[: len(used)], strict=True)}
+        for src in sources[: len(used)]:
             for rule, n in src.removed_by.items():
                 by_rule[rule] = by_rule.get(rule, 0) + n
+            if src.given_back:
+                by_rule["given back"] = by_rule.get("given back", 0) - src.given_back
         restored = reader.restored
         writer = None
     finally:
@@ -456,7 +468,7 @@ def _infer(
     options: InferOptions,
     on_result: Callable[[InferResult], None] | None,
 ) -> InferManyResult:
-    from cloudclear.inference.select import choose_inputs, output_name
+    from cloudclear.inference.select import choose_inputs, choose_witnesses, output_name
 
     # Choose every date's inputs first: a bad date fails before hours of work on the others.
     request = method.layout()
@@ -465,6 +477,16 @@ def _infer(
     chosen = [
         choose_inputs(catalog, d, request, tile=tile, bands=method.bands(), s1_bands=method.s1_bands()) for d in dates
     ]
+    if options.clear.temporal:
+        chosen = [
+            dataclasses.replace(
+                c,
+                witnesses=choose_witnesses(
+                    catalog, c, options.clear.temporal_days, request.exclude, max_cloud=request.max_cloud
+                ),
+            )
+            for c in chosen
+        ]
     dst_text = str(dst)
     if (
         len(chosen) > 1

@@ -74,6 +74,8 @@ class InputSet:
     bands: tuple[str, ...]
     slots: tuple[tuple[Slot, Acquisition | None], ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: S2 scenes read only for the clear policy's temporal test (:func:`choose_witnesses`).
+    witnesses: tuple[Acquisition, ...] = ()
 
     @property
     def acquisitions(self) -> list[Acquisition]:
@@ -231,6 +233,60 @@ def choose_inputs(
     notes: tuple[str, ...] = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
     notes += tuple(f"{s} (the network accepts it)" for s in sorted(substituted))
     return InputSet(tile, target, grid, tuple(scene_bands(nearest)), tuple(slots), notes)
+
+
+#: The most scenes read for the temporal test besides a method's inputs.
+MAX_WITNESSES = 8
+#: Blue and NIR band names a witness is read with, in order of preference.
+_WITNESS_BANDS = (("B02", "B2"), ("B08", "B8A", "B8"))
+
+
+def choose_witnesses(
+    catalog: Catalog,
+    inputs: InputSet,
+    window_days: float,
+    exclude: Sequence[str] = (),
+    max_cloud: float = 95.0,
+    limit: int | None = None,
+) -> tuple[Acquisition, ...]:
+    """S2 scenes of the inputs' tile that the temporal test compares the inputs with, besides the
+    inputs themselves: a method reads a few dates, often too few clear at a pixel for the test
+    (a hazy date beside one clear one cannot be told from it). Scenes within ``window_days`` of
+    an S2 input, not inputs, not excluded, with data and at most ``max_cloud`` % cloud, nearest to
+    an input first, at most ``limit`` (default :data:`MAX_WITNESSES`); read with blue and NIR
+    only, they never feed the method.
+    """
+    limit = MAX_WITNESSES if limit is None else limit
+    s2 = [a for a in inputs.acquisitions if a.sensor == "S2"]
+    if not s2 or window_days <= 0 or limit <= 0:
+        return ()
+    span = timedelta(days=window_days)
+    first, last = min(a.datetime for a in s2), max(a.datetime for a in s2)
+    taken = {a.scene_id for a in inputs.acquisitions} | set(exclude)
+    found = catalog.query(sensor="S2", tile=inputs.tile, start=first - span, end=last + span)
+
+    def gap(scene: Scene) -> float:
+        return min(abs((scene.datetime - a.datetime).total_seconds()) for a in s2) / 86400.0
+
+    cands = [
+        sc
+        for sc in dedupe(found)
+        if sc.scene_id not in taken
+        and sc.nodata_pct < 100.0
+        and (sc.cloud_pct is None or sc.cloud_pct <= max_cloud)
+        and gap(sc) <= window_days + 0.5
+    ]
+    cands.sort(key=lambda sc: (gap(sc), 101.0 if sc.cloud_pct is None else sc.cloud_pct))
+    out: list[Acquisition] = []
+    for sc in cands:
+        bands = [next((b for b in names if b in sc.sources), None) for names in _WITNESS_BANDS]
+        if bands[0] is None or bands[1] is None:
+            continue
+        check_files(sc, catalog.path)
+        out.append(acquisition(sc, f"w{len(out) + 1}", "witness", inputs.target, [b for b in bands if b]))
+        if len(out) == limit:
+            break
+    return tuple(out)
 
 
 def _check_excluded(catalog: Catalog, exclude: Sequence[str]) -> None:
