@@ -207,9 +207,7 @@ def pick_cases(data: Path, only: list[str] | None) -> tuple[list[Case], dict[str
 SELECTION_PREFERENCE = ("SCL", "MAJA", "FMASK", "DLMASK", "CLM", "CLDPRB", "CLP")
 
 
-def index_folder(
-    folder: Path, cat_path: Path, leave_out: frozenset[Path] = frozenset(), policy: Any = None
-) -> Path:
+def index_folder(folder: Path, cat_path: Path, leave_out: frozenset[Path] = frozenset(), policy: Any = None) -> Path:
     """Index ``folder`` (through symlinks in a fresh folder when files are left out).
 
     ``policy`` None: the selection catalog (masks as decoded, SCL first, no detector); else the

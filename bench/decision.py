@@ -20,13 +20,15 @@ all dates (micro-average), counted where both the decision and the reference hav
 - ``ukis_csmask_s2_testtile``: the built-in detector alone (``detect_array``, default spatial
   options, ``sun=None``) and the policies applied to its output, against the hand labels.
 
-Rows, one per decision: ``default`` (the mask as decoded, ``masks.DEFAULT_POLICY``), ``buffer 3``,
-``unclassified cloud``, ``STRICT`` (``masks.STRICT``: buffer 3 + unclassified cloud), ``buffer 3,
-then unclassified cloud`` (the same two rules, the buffer growing the mask's own cloud and shadow
-only); on greenearthnet also the built-in detector alone (``builtin dil 0`` / ``dil 3``) and the
-mask's decision joined with it (``SCL or builtin ...``: not clear where either says so); and, where a
-site has several dates, ``temporal`` and each policy ``+ temporal`` (the policy first, then
-``detect.temporal.temporal_test``: its flags are not buffered, as in ``infer``).
+Rows, one per decision: ``as decoded`` (the mask as decoded, ``masks.AS_DECODED``), ``buffer 3``,
+``unclassified cloud``, ``STRICT`` (``masks.STRICT``'s rules: buffer 5 + unclassified cloud),
+``buffer 3, then unclassified cloud`` (the same two rules, the buffer growing the mask's own cloud
+and shadow only); on greenearthnet also the built-in detector alone (``builtin dil 0`` / ``dil 3``),
+the mask's decision joined with it (``SCL or builtin ...``: not clear where either says so; the
+``combined`` source) and that union buffered; and, where a site has several dates, ``temporal``
+and each decision ``+ temporal`` (the decision first, then ``detect.temporal.temporal_test``: its
+flags are not buffered, as in ``infer``). ``buffer 3 + temporal 20 d`` is the library's default
+(``masks.DEFAULT_POLICY``: the scene's mask, 3 px buffer, the test over 20 days).
 
 Classes: *cloud* is MaskClass CLOUD or THIN_CLOUD (Sen2Cor 8, 9 and 10: cirrus counts as cloud),
 *shadow* is SHADOW, everything else with data (CLEAR, SNOW) is clear; the same for the reference
@@ -74,9 +76,9 @@ UNION_ROWS = {
     "unclassified cloud or builtin dil 0": ("unclassified cloud", "builtin dil 0"),
     "SCL or builtin dil 3": ("as decoded", "builtin dil 3"),
 }
-#: The library's default decision (``masks.DEFAULT_POLICY``) before its temporal test: the mask
-#: combined with the detector's (index runs it with no dilation), then the 3 px buffer.
-DEFAULT_ROW = "DEFAULT: SCL or builtin dil 0, buffer 3"
+#: The ``combined`` source (``--mask-source combined``) before the temporal test: the mask combined
+#: with the detector's (index runs it with no dilation), then the 3 px buffer.
+DEFAULT_ROW = "combined: SCL or builtin dil 0, buffer 3"
 #: The window of the windowed temporal rows: dates within this many days of the date tested.
 WINDOW_DAYS = 20
 #: Temporal rows: row -> (the decision the test runs after, window in days; 0: the whole series, as
@@ -91,7 +93,8 @@ TEMPORAL_ROWS = {
     "SCL or builtin dil 0 + temporal": ("SCL or builtin dil 0", 0),
     f"SCL or builtin dil 0 + temporal {WINDOW_DAYS} d": ("SCL or builtin dil 0", WINDOW_DAYS),
     f"SCL or builtin dil 3 + temporal {WINDOW_DAYS} d": ("SCL or builtin dil 3", WINDOW_DAYS),
-    f"{DEFAULT_ROW} + temporal {WINDOW_DAYS} d (DEFAULT_POLICY)": (DEFAULT_ROW, WINDOW_DAYS),
+    f"buffer 3 + temporal {WINDOW_DAYS} d (DEFAULT_POLICY)": ("buffer 3", WINDOW_DAYS),
+    f"{DEFAULT_ROW} + temporal {WINDOW_DAYS} d": (DEFAULT_ROW, WINDOW_DAYS),
 }
 
 

@@ -499,13 +499,14 @@ def test_rtree_that_cannot_be_saved_is_kept_in_memory(tmp_path, caplog):
 
 @pytest.mark.parametrize("detect", [False, True])
 def test_index_on_a_full_disk_leaves_the_catalog_untouched(tmp_path, small_fs, detect):
-    """--no-detect: writing the catalog fails; the default: writing the first detector mask (in
-    CATALOG_masks/, before the catalog) fails, and the error names that file."""
+    """--no-detect: writing the catalog fails; --mask-source combined (the detector runs on scenes
+    with a mask too): writing the first detector mask (in CATALOG_masks/, before the catalog)
+    fails, and the error names that file."""
     d = tmp_path / "d"
     _scene(d, 0, 0)
     vol = small_fs(1 << 20)
     cat = vol / "cat.gpkg"
-    extra = [] if detect else ["--no-detect"]
+    extra = ["--mask-source", "combined"] if detect else ["--no-detect"]
     assert runner.invoke(app, ["index", str(d), "-c", str(cat), *extra]).exit_code == 0
     before = cat.read_bytes()
     mask_dir = vol / "cat_masks"

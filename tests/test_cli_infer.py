@@ -68,9 +68,16 @@ def partials(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def sample_catalog(tmp_path_factory) -> Path:
-    """The sample tiles indexed in place with the defaults (detector masks, the default clear
-    policy's cloud %), the catalog kept outside the repository."""
+    """The sample tiles indexed in place with the defaults (the default clear policy's cloud %; every
+    scene has an SCL, so no detector masks), the catalog kept outside the repository."""
     return index(SAMPLE, tmp_path_factory.mktemp("sample_cat") / "cat.gpkg")
+
+
+@pytest.fixture(scope="session")
+def combined_catalog(tmp_path_factory) -> Path:
+    """The sample tiles indexed with ``--mask-source combined``: index runs the built-in detector on
+    every scene and records its mask beside the scene's SCL."""
+    return index(SAMPLE, tmp_path_factory.mktemp("combined_cat") / "cat.gpkg", "--mask-source", "combined")
 
 
 @pytest.fixture(scope="session")
@@ -455,8 +462,8 @@ def test_exclude_an_unknown_scene_is_one_line(sample_catalog, tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
-DEFAULT_POLICY_TEXT = "mask and detector, buffer 3 px, unclassified clear, snow clear, temporal test (20 d)"
-STRICT_POLICY_TEXT = "mask and detector, buffer 5 px, unclassified cloud, snow clear, temporal test (20 d)"
+DEFAULT_POLICY_TEXT = "scene mask, buffer 3 px, unclassified clear, snow clear, temporal test (20 d)"
+STRICT_POLICY_TEXT = "scene mask, buffer 5 px, unclassified cloud, snow clear, temporal test (20 d)"
 
 
 def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
@@ -497,9 +504,10 @@ def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"clear policy: {DEFAULT_POLICY_TEXT}" in res.stdout
     assert np.array_equal(read(again), read(default))
-    # and so does --as-decoded with the options that make it the default again
+    # and so does --as-decoded with the options that make it the default again (both read the
+    # scene's own mask: source "mask")
     back = tmp_path / "back.tif"
-    args = ["--buffer", "3", "--mask-source", "combined", "--temporal"]
+    args = ["--buffer", "3", "--temporal"]
     res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", back, DECODED, *args)
     assert res.exit_code == 0, res.output
     assert f"clear policy: {DEFAULT_POLICY_TEXT}" in res.stdout
@@ -510,14 +518,14 @@ def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_mask_source_reads_the_detector_masks_index_made(sample_catalog, tmp_path):
-    """The default index ran the detector on every sample scene (each has an SCL): --mask-source
-    decides which of the two masks infer reads. Without buffer or temporal test the target's
-    observed pixels are exactly those the chosen masks call clear."""
+def test_mask_source_reads_the_detector_masks_index_made(combined_catalog, tmp_path):
+    """index --mask-source combined ran the detector on every sample scene (each has an SCL):
+    infer's --mask-source decides which of the two masks it reads. Without buffer or temporal test
+    the target's observed pixels are exactly those the chosen masks call clear."""
     from cloudclear import masks
 
     scl = read(SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
-    det = read(sample_catalog.parent / f"{sample_catalog.stem}_masks" / f"S2_31UFQ_{DAY}_SCL.tif")[0]
+    det = read(combined_catalog.parent / f"{combined_catalog.stem}_masks" / f"S2_31UFQ_{DAY}_SCL.tif")[0]
     own, found = masks.decode(scl, "SCL", None), masks.decode(det, "SCL", None)
     want = {
         "mask": masks.is_clear(own),
@@ -528,7 +536,7 @@ def test_mask_source_reads_the_detector_masks_index_made(sample_catalog, tmp_pat
     for source, clear in want.items():
         out = tmp_path / f"{source}.tif"
         args = ["--mask-source", source, "--buffer", "0", "--no-temporal", "--json"]
-        res = infer("-c", sample_catalog, "-d", "2021-05-16", "-o", out, *args)
+        res = infer("-c", combined_catalog, "-d", "2021-05-16", "-o", out, *args)
         assert res.exit_code == 0, res.output
         (d,) = json.loads(res.stdout)["dates"]
         assert d["pixels"]["observed"] == int(clear.sum()), source
@@ -561,7 +569,9 @@ def test_temporal_flags_a_haze_patch_the_mask_calls_clear(tmp_path):
     res = infer("-c", catalog, "-d", "2021-05-01", "-o", temporal, DECODED, "--temporal", "--json")
     assert res.exit_code == 0, res.output
     (d,) = json.loads(res.stdout)["dates"]
-    assert d["clear_policy"]["policy"] == "mask only, buffer 0 px, unclassified clear, snow clear, temporal test (20 d)"
+    assert (
+        d["clear_policy"]["policy"] == "scene mask, buffer 0 px, unclassified clear, snow clear, temporal test (20 d)"
+    )
     removed = d["clear_policy"]["removed"]
     status = read(tmp_path / "temporal_status.tif")[0]
     assert (status[20:36, 20:36] == 2).all()  # reconstructed, not observed

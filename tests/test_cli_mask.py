@@ -420,23 +420,28 @@ def test_index_detect_keeps_a_scene_s_own_mask(series, tmp_path):
     folder.mkdir()
     shutil.copy(series.s2[0], folder)
     shutil.copy(series.masks[0], folder)
-    # The scene keeps its own mask; the detector's is recorded beside it.
+    # As decoded (source "mask"), the scene keeps its own mask and the detector does not run on it
+    # (it runs on a masked scene only where the policy reads its mask): the cloud % is the scene's
+    # own mask's alone.
     res = index(folder, "--detect", "builtin", "--as-decoded", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["masks_detected"] == 1
+    assert json.loads(res.stdout)["masks_detected"] == 0
     detected = folder / "cloudclear_masks" / f"{FIRST}_SCL.tif"
-    assert sorted(p.name for p in detected.parent.iterdir()) == [detected.name]
+    assert not detected.exists()
     row = _rows(folder / "cloudclear.gpkg")[FIRST]
     assert row["mask_source"] == "SCL" and row["mask_file"] == series.masks[0].name
-    stored = Catalog.open(folder / "cloudclear.gpkg").scenes.set_index("scene_id").loc[FIRST]
-    assert stored["detected_file"] == f"cloudclear_masks/{detected.name}"
-    # As decoded, the cloud % is the scene's own mask's alone.
+    assert Catalog.open(folder / "cloudclear.gpkg").scenes.set_index("scene_id").loc[FIRST]["detected_file"] is None
     assert row["cloud_pct"] == pytest.approx(series.cloud_pct[0], abs=1e-3)
 
-    # Combined (the default source; no buffer to keep the figure exact): a pixel either mask calls
-    # cloud or shadow is obscured, over the pixels the scene's own mask knows.
-    res = index(folder, "--buffer", "0", "--json")
+    # --mask-source combined (no buffer to keep the figure exact): the scene keeps its own mask, the
+    # detector's is recorded beside it, and a pixel either mask calls cloud or shadow is obscured,
+    # over the pixels the scene's own mask knows.
+    res = index(folder, "--mask-source", "combined", "--buffer", "0", "--json")
     assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["masks_detected"] == 1
+    assert sorted(p.name for p in detected.parent.iterdir()) == [detected.name]
+    stored = Catalog.open(folder / "cloudclear.gpkg").scenes.set_index("scene_id").loc[FIRST]
+    assert stored["mask_source"] == "SCL" and stored["detected_file"] == f"cloudclear_masks/{detected.name}"
     own, det = read(series.masks[0]), read(detected)
     obscured = (np.isin(own, (3, 8, 9, 10)) | (np.isin(det, (3, 8, 9, 10)) & (own != 0))).sum()
     combined = float(100 * obscured / (own != 0).sum())

@@ -46,7 +46,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Path:
     cat = tmp_path_factory.mktemp("cli_train_cat") / "cat.gpkg"
-    res = cli("index", SAMPLE, "-c", cat)
+    # about training and evaluation, not the clear decision: the masks as decoded, as in
+    # test_training.py (the default policy samples other patches: OS2 test split 4, not 7)
+    res = cli("index", SAMPLE, "-c", cat, "--as-decoded", "--no-detect")
     assert res.exit_code == 0, res.output
     return cat
 

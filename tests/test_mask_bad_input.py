@@ -36,6 +36,7 @@ DAYS = range(0, 30, 5)  # six dates: enough for the sequence layout and gapfill'
 BAD_DAY = 10
 BAD_DATE = "2021-05-11"
 
+
 def decoded(values, convention: str, nodata: float | None = None, dtype=np.uint8) -> list[int]:
     return masks.decode(np.asarray(values, dtype=dtype), convention, nodata).tolist()
 

@@ -1,10 +1,11 @@
 """One decision of what is clear in ``index``, ``sample`` and ``evaluate``: the clear policy.
 
-The default policy (issue 16: the scene's mask combined with the built-in detector's, a 3 px
-buffer) raises a scene's cloud % by the buffer ring; ``--strict`` (buffer 5 px, SCL "unclassified"
-as cloud) more; ``--as-decoded`` keeps the mask as it is (catalogs and stores as before the
-policy). Every catalog records its policy in the meta table, every store in store.json, and
-re-indexing with another policy recomputes every scene.
+The default policy (issue 16: the scene's own mask, a 3 px buffer; the built-in detector's mask
+only where a scene has none, or combined with it under ``--mask-source combined``) raises a
+scene's cloud % by the buffer ring; ``--strict`` (buffer 5 px, SCL "unclassified" as cloud) more;
+``--as-decoded`` keeps the mask as it is (catalogs and stores as before the policy). Every catalog
+records its policy in the meta table, every store in store.json, and re-indexing with another
+policy recomputes every scene.
 """
 
 from __future__ import annotations
@@ -69,7 +70,22 @@ def test_default_index_records_the_default_policy_and_the_removed_column(tmp_pat
     out = _index(tmp_path)
     ring = masks.DEFAULT_POLICY.buffer_px  # a straight cloud edge grows by buffer_px full rows
     (scene_id,) = out["policy_removed_px"]["scenes"]
-    # The detector sees no cloud on the flat scene: the buffer removes the ring, nothing else.
+    # The default reads the scene's own SCL: no detector runs on it and no "detector" rule is
+    # counted; the buffer removes the ring, nothing else.
+    assert masks.DEFAULT_POLICY.source == "mask" and out["masks_detected"] == 0
+    assert out["policy_removed_px"] == {
+        "total": ring * SIZE,
+        "by_rule": {"buffer": ring * SIZE},
+        "scenes": {scene_id: ring * SIZE},
+    }
+    cat = Catalog.open(tmp_path)
+    assert cat.meta[POLICY_KEY] == policy_text(masks.DEFAULT_POLICY) and cat.policy == masks.DEFAULT_POLICY
+    assert int(cat.scenes.iloc[0]["policy_removed_px"]) == ring * SIZE
+    assert cat.scenes.iloc[0]["detected_file"] is None
+    assert _cloud(tmp_path) == pytest.approx(100.0 * (CLOUD_ROWS + ring) / SIZE, abs=1e-3)
+    # --mask-source combined runs the detector on the masked scene too and counts its rule: it sees
+    # no cloud on the flat scene, so the cloud % is the same.
+    out = _index(tmp_path, "--mask-source", "combined")
     assert out["masks_detected"] == 1
     assert out["policy_removed_px"] == {
         "total": ring * SIZE,
@@ -77,8 +93,7 @@ def test_default_index_records_the_default_policy_and_the_removed_column(tmp_pat
         "scenes": {scene_id: ring * SIZE},
     }
     cat = Catalog.open(tmp_path)
-    assert cat.meta[POLICY_KEY] == policy_text(masks.DEFAULT_POLICY) and cat.policy == masks.DEFAULT_POLICY
-    assert int(cat.scenes.iloc[0]["policy_removed_px"]) == ring * SIZE
+    assert cat.policy.source == "combined" and cat.scenes.iloc[0]["detected_file"] is not None
     assert _cloud(tmp_path) == pytest.approx(100.0 * (CLOUD_ROWS + ring) / SIZE, abs=1e-3)
 
 
@@ -100,7 +115,7 @@ def test_strict_raises_cloud_by_the_buffer_ring(tmp_path):
     (scene_id,) = out["policy_removed_px"]["scenes"]
     assert out["policy_removed_px"] == {
         "total": ring * SIZE,
-        "by_rule": {"detector": 0, "unclassified": 0, "buffer": ring * SIZE},
+        "by_rule": {"unclassified": 0, "buffer": ring * SIZE},  # source "mask": no detector rule
         "scenes": {scene_id: ring * SIZE},
     }
     cat = Catalog.open(tmp_path)
@@ -131,12 +146,18 @@ def test_text_output_has_a_total_line(tmp_path):
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert (
-        "  clear policy: mask and detector, buffer 2 px, unclassified clear, snow clear, temporal test (20 d) "
+        "  clear policy: scene mask, buffer 2 px, unclassified clear, snow clear, temporal test (20 d) "
         "(its temporal test: sample and infer)" in lines
     )
     assert (
+        f"    {2 * SIZE} px the scenes' masks call clear counted as obscured, in 1 scene(s); by rule: "
+        f"buffer {2 * SIZE}" in lines  # source "mask": the detector ran on no scene, no detector rule
+    )
+    res = runner.invoke(app, ["index", str(tmp_path), "--buffer", "2", "--mask-source", "combined"])
+    assert res.exit_code == 0, res.output
+    assert (
         f"    {2 * SIZE} px the scenes' masks call clear counted as obscured, in 1 scene(s); by rule: detector 0, "
-        f"buffer {2 * SIZE}" in lines
+        f"buffer {2 * SIZE}" in res.stdout.splitlines()
     )
     # As decoded: the policy is said, and nothing was removed.
     res = runner.invoke(app, ["index", str(tmp_path), "--as-decoded"])
@@ -162,7 +183,7 @@ def test_reindexing_with_another_policy_recomputes_every_scene(tmp_path):
     assert clouds == pytest.approx([100.0 * (CLOUD_ROWS + ring) / SIZE] * 3, abs=1e-3)
     same = build_index(tmp_path, policy=masks.STRICT)  # the same policy: reused, removed counts kept
     assert same.scenes_reused == 3 and same.removed_total == 3 * ring * SIZE
-    assert same.removed_by == {"detector": 0, "unclassified": 0, "buffer": 3 * ring * SIZE}
+    assert same.removed_by == {"unclassified": 0, "buffer": 3 * ring * SIZE}  # source "mask": no detector rule
     back = build_index(tmp_path)
     assert back.scenes_computed == 3 and back.recomputed_policy
     ring = masks.DEFAULT_POLICY.buffer_px

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -182,10 +183,14 @@ def test_per_band_scales():
     np.testing.assert_allclose(out[1], 0.9, rtol=1e-6)
 
 
-# Both under the mask as decoded and under the default decision (the scene's SCL combined with the
-# built-in detector's mask that index writes, a 3 px buffer).
+# Under the mask as decoded, under the default decision (the scene's own SCL, a 3 px buffer: index
+# runs no detector on a scene with a mask) and with source "combined" (the SCL and the built-in
+# detector's mask that index then writes for it).
+COMBINED = replace(masks.DEFAULT_POLICY, source="combined")
 POLICIES = pytest.mark.parametrize(
-    ("policy", "detect"), [(masks.AS_DECODED, None), (masks.DEFAULT_POLICY, "builtin")], ids=["as-decoded", "default"]
+    ("policy", "detect"),
+    [(masks.AS_DECODED, None), (masks.DEFAULT_POLICY, "builtin"), (COMBINED, "builtin")],
+    ids=["as-decoded", "default", "combined"],
 )
 
 
@@ -193,7 +198,8 @@ POLICIES = pytest.mark.parametrize(
 @pytest.mark.parametrize("scl_res", [10.0, 20.0])
 def test_catalog_statistics_are_the_readers(tmp_path, scl_res, policy, detect):
     _, s2, _, _, _ = _scenes(tmp_path, scl_res=scl_res, policy=policy, detect=detect)
-    assert (s2.detected is not None) == (detect is not None)
+    # the detector's mask is made and recorded only where the policy reads it
+    assert (s2.detected is not None) == (policy.source == "combined")
     px = _read_all(ReadSpec.of(s2, [s2.bands[0]]), grid_of(s2), policy)
     assert s2.cloud_pct == pytest.approx(px.cloud_pct, abs=1e-4)
     assert s2.nodata_pct == pytest.approx(100.0 * (1.0 - px.valid.mean()), abs=1e-4)

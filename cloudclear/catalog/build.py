@@ -171,9 +171,9 @@ def build_index(
         rebuild: ignore the previous catalog and reopen every file.
         progress: show progress bars on stderr.
         detect: a detector (:data:`cloudclear.detect.DETECTORS`; default the built-in one, None
-            for none) run on every S2 scene that has the bands it needs: a scene without a mask
-            takes the detector's as its mask, a scene with one keeps it and the detector's is
-            combined with it by the policy (``source``). Masks go to ``CATALOG_masks/`` beside the
+            for none) run on every S2 scene without a mask that has the bands it needs (its mask
+            becomes the detector's), and on the scenes with one too when the policy's ``source``
+            reads the detector's ("combined", "detector"). Masks go to ``CATALOG_masks/`` beside the
             catalog as SCL GeoTIFFs (no dilation: the policy's buffer grows every mask alike) and
             are reused by later runs (with or without ``detect``) while the scene is unchanged.
         policy: what counts as clear (:class:`~cloudclear.masks.ClearPolicy`) in the cloud % and
@@ -244,9 +244,10 @@ def _previous(cat_path: Path, rebuild: bool) -> Catalog | None:
 INDEX_SPATIAL = SpatialOptions(cloud_dilation=0, shadow_dilation=0)
 
 
-def _old_detected(row: Any) -> str | None:
-    """The detected-mask path a stored record holds (None in catalogs made before the column)."""
-    value = row.get(DETECTED_COLUMN) if hasattr(row, "get") else None
+def _stored_path(row: Any, column: str) -> str | None:
+    """A path a stored record holds in ``column``: None when empty (None, NaN, "") or when the
+    column is absent (``detected_file`` in catalogs made before it)."""
+    value = row.get(column) if hasattr(row, "get") else None
     return None if value is None or value != value or value == "" else str(value)
 
 
@@ -358,7 +359,10 @@ def _build(
     ):
         old = old_rows.get(scene_id)
         fresh = False
-        if draft.sensor == "S2" and (detect or mask_dir.is_dir()):
+        # The detector's mask of a scene with its own is read only by the "combined" and "detector"
+        # sources; a scene without a mask always takes it as its mask.
+        wanted = draft.mask is None or policy.source != "mask"
+        if draft.sensor == "S2" and wanted and (detect or mask_dir.is_dir()):
             found, why, fresh = _detected_mask(draft, scene_id, mask_dir, detect, progress)
             if why:
                 # A scene with its own mask is still decided by it: say so quietly.
@@ -373,8 +377,8 @@ def _build(
         # detected mask is not among the files, so its path is compared as well.
         same_mask = (
             old is not None
-            and (old["mask_file"] or None) == (rel(draft.mask.path) if draft.mask else None)
-            and _old_detected(old) == (rel(draft.detected.path) if draft.detected else None)
+            and _stored_path(old, "mask_file") == (rel(draft.mask.path) if draft.mask else None)
+            and _stored_path(old, DETECTED_COLUMN) == (rel(draft.detected.path) if draft.detected else None)
         )
         if old is not None and same_mask and not fresh and old["signature"] == signature(draft.files, infos):
             stats = stats_from_row(old)

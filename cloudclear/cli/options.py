@@ -59,9 +59,10 @@ MaskSource = Annotated[
     str | None,
     typer.Option(
         "--mask-source",
-        help="Which masks decide: 'combined' (the scene's own mask and the built-in detector's that index "
-        "computed, either one's cloud or shadow is obscured), 'mask' (the scene's own only) or 'detector' "
-        "(the detector's where index made one). [default: combined; mask with --as-decoded]",
+        help="Which masks decide: 'mask' (each scene's own; the built-in detector's, which index computes, "
+        "for a scene without one), 'combined' (the scene's own and the detector's, either one's cloud or "
+        "shadow is obscured; index then runs the detector on every scene) or 'detector' (the detector's "
+        "where index made one). [default: mask]",
         show_default=False,
     ),
 ]
