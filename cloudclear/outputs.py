@@ -43,10 +43,14 @@ def partial_path(dst: str | os.PathLike[str]) -> Path:
 
 
 def remove_stale_partials(dst: str | os.PathLike[str]) -> None:
-    """Delete temporaries of ``dst`` left by processes that no longer exist."""
+    """Delete temporaries of ``dst`` left by processes that no longer exist, and the files their
+    writers keep beside them (SQLite's ``-journal`` / ``-wal`` / ``-shm`` of a GeoPackage killed
+    mid-write, GDAL's ``.aux.xml``)."""
     dst = Path(dst)
     if dst.parent.is_dir():
-        pattern = re.compile(rf"^\.{re.escape(dst.stem)}\.partial-(?P<pid>\d+){re.escape(dst.suffix)}$")
+        pattern = re.compile(
+            rf"^\.{re.escape(dst.stem)}\.partial-(?P<pid>\d+){re.escape(dst.suffix)}(-journal|-wal|-shm|\.aux\.xml)?$"
+        )
         remove_orphans(dst.parent, f".{glob_escape(dst.stem)}.partial-*", pattern)
 
 
