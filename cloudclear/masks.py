@@ -7,7 +7,6 @@ are a plain dict (:data:`CONVENTIONS`), name -> decoder, and the same dict drive
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Literal, NoReturn
 import numpy as np
 
 from cloudclear.errors import MaskError
+from cloudclear.morphology import dilate_disk as dilate_disk  # re-exported: the buffer of masks
+from cloudclear.morphology import disk as disk
 
 
 class MaskClass(IntEnum):
@@ -37,14 +38,31 @@ OBSCURED = (MaskClass.CLOUD, MaskClass.THIN_CLOUD, MaskClass.SHADOW)
 CLEAR_CLASSES = (MaskClass.CLEAR, MaskClass.SNOW)
 
 
+def _class_lut(members: tuple[MaskClass, ...]) -> np.ndarray:
+    lut = np.zeros(256, bool)
+    lut[list(members)] = True
+    return lut
+
+
+_CLEAR_LUT = _class_lut(CLEAR_CLASSES)
+_OBSCURED_LUT = _class_lut(OBSCURED)
+
+
+def _member(classes: np.ndarray, lut: np.ndarray, members: tuple[MaskClass, ...]) -> np.ndarray:
+    # A table lookup on uint8 codes (several times faster than np.isin on full-tile strips).
+    if isinstance(classes, np.ndarray) and classes.dtype == np.uint8:
+        return lut[classes]
+    return np.isin(classes, members)
+
+
 def is_clear(classes: np.ndarray) -> np.ndarray:
     """Where decoded classes show the surface (a class in :data:`CLEAR_CLASSES`); NODATA is not clear."""
-    return np.isin(classes, CLEAR_CLASSES)
+    return _member(classes, _CLEAR_LUT, CLEAR_CLASSES)
 
 
 def is_obscured(classes: np.ndarray) -> np.ndarray:
     """Where decoded classes hide the surface (a class in :data:`OBSCURED`)."""
-    return np.isin(classes, OBSCURED)
+    return _member(classes, _OBSCURED_LUT, OBSCURED)
 
 
 #: Sen2Cor scene classification codes -> MaskClass.
@@ -539,46 +557,28 @@ def combine(mask: np.ndarray | None, detected: np.ndarray | None) -> np.ndarray 
     return out
 
 
-def disk(radius: int) -> np.ndarray:
-    """The (2r+1, 2r+1) bool footprint of a buffer: offsets within ``radius`` (Euclidean)."""
-    r = np.arange(-radius, radius + 1)
-    return np.asarray((r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius)
-
-
 def buffer_obscured(classes: np.ndarray, px: int) -> np.ndarray:
     """Clear pixels (CLEAR or SNOW) within ``px`` pixels (a disk) of cloud, thin cloud or shadow
     take that class (cloud over thin cloud over shadow). A new array; outside it counts as clear."""
     out = np.array(classes, dtype=np.uint8, copy=True)
     if px <= 0:
         return out
-    clear = is_clear(classes)
+    clear = is_clear(out)
     if not clear.any():
         return out
-    for cls in (MaskClass.SHADOW, MaskClass.THIN_CLOUD, MaskClass.CLOUD):
-        seed = classes == cls
-        if seed.any():
-            out[dilate_disk(seed, px) & clear] = cls
+    # One dilation of priorities (cloud 3 > thin cloud 2 > shadow 1): the maximum within the disk is
+    # the class a clear pixel takes, as three dilations in turn would give it.
+    rank = _BUFFER_RANK[out]
+    if not rank.any():
+        return out
+    near = _BUFFER_CLASS[dilate_disk(rank, px)]
+    grow = clear & (near != 0)
+    out[grow] = near[grow]
     return out
 
 
-def dilate_disk(seed: np.ndarray, radius: int) -> np.ndarray:
-    """``seed`` (rows, cols) bool grown by a :func:`disk` of ``radius``; outside the array is False.
-
-    The disk is a stack of horizontal runs, so the dilation is one 1-D maximum filter per run width
-    and one shifted OR per row of the disk (a few times faster than a 2-D structuring element).
-    """
-    from scipy.ndimage import maximum_filter1d
-
-    src = seed.view(np.uint8) if seed.dtype == bool else seed.astype(np.uint8)
-    rows = seed.shape[0]
-    out = np.zeros(seed.shape, bool)
-    runs: dict[int, np.ndarray] = {}
-    for dy in range(-radius, radius + 1):
-        w = math.isqrt(radius * radius - dy * dy)
-        if w not in runs:
-            runs[w] = maximum_filter1d(src, 2 * w + 1, axis=1, mode="constant", cval=0).astype(bool)
-        # out[y] |= runs[w][y + dy] wherever y + dy is inside the array.
-        a, b = max(0, -dy), min(rows, rows - dy)
-        if a < b:
-            out[a:b] |= runs[w][a + dy : b + dy]
-    return out
+#: MaskClass code -> buffer priority (0: does not grow) and back.
+_BUFFER_RANK = np.zeros(256, np.uint8)
+_BUFFER_RANK[[MaskClass.SHADOW, MaskClass.THIN_CLOUD, MaskClass.CLOUD]] = (1, 2, 3)
+_BUFFER_CLASS = np.zeros(256, np.uint8)
+_BUFFER_CLASS[[1, 2, 3]] = (MaskClass.SHADOW, MaskClass.THIN_CLOUD, MaskClass.CLOUD)

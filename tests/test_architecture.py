@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cloudclear"
 #: The stages in data-flow order (docs/architecture.md). A module may import from its own stage and
 #: the stages before it, never from a later one.
 STAGES: list[tuple[str, set[str]]] = [
-    ("foundation", {"errors", "_tempfiles", "outputs", "gdal", "gridio", "masks", "synth"}),
+    ("foundation", {"errors", "_tempfiles", "outputs", "gdal", "gridio", "morphology", "masks", "synth"}),
     ("scenes", {"scenes"}),
     ("detect", {"detect"}),
     ("catalog", {"catalog"}),
