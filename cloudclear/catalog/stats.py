@@ -112,6 +112,7 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
     cloud_n = np.zeros((ncy, ncx), np.int64)
     removed = 0
     removed_by: dict[str, int] = {}
+    reported = False  # the reader says what the policy removed (None when it keeps the mask as decoded)
     # Pixels per cell: full cells, smaller ones along the bottom and right edges.
     total_n = np.outer(
         np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
@@ -137,6 +138,7 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
                 known_n[c0:c1] += _cell_sums(px.known, cell)
                 cloud_n[c0:c1] += _cell_sums(px.obscured, cell)
                 if px.removed is not None:
+                    reported = True
                     removed += int(px.removed.sum())
                 for rule, n in (px.removed_by or {}).items():
                     removed_by[rule] = removed_by.get(rule, 0) + n
@@ -149,8 +151,7 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
         valid_cells = np.round(100.0 * valid_n / total_n).astype(np.uint8)
         cloud_frac = np.where(known_n > 0, 100.0 * cloud_n / np.maximum(known_n, 1), NO_CELL)
     cloud_cells = np.round(cloud_frac).astype(np.uint8)
-    keeps = policy.changes_nothing or (draft.detected is None and not policy.changes_classes)
-    removed_px = None if keeps or draft.mask is None else removed
+    removed_px = removed if reported and draft.mask is not None else None
     if draft.mask is None:
         cloud_pct = None
         cloud_cells[:] = NO_CELL

@@ -113,8 +113,10 @@ def clear_policy(
     as_decoded: bool = False,
     source: str | None = None,
     temporal_days: int | None = None,
+    none_if_unset: bool = False,
 ) -> Any:
-    """The :class:`~cloudclear.masks.ClearPolicy` the clear-policy options ask for.
+    """The :class:`~cloudclear.masks.ClearPolicy` the clear-policy options ask for; with
+    ``none_if_unset``, None when no option and no preset was given (the caller's own default).
 
     Raises:
         typer.BadParameter: a value is out of range or not a choice, or both presets (exit 2).
@@ -126,7 +128,6 @@ def clear_policy(
 
     if strict and as_decoded:
         raise typer.BadParameter("--strict and --as-decoded are two different presets; give one")
-    base = STRICT if strict else AS_DECODED if as_decoded else DEFAULT_POLICY
     given: dict[str, Any] = {
         "buffer_px": buffer,
         "unclassified": unclassified,
@@ -135,8 +136,12 @@ def clear_policy(
         "temporal_days": temporal_days,
         "source": source,
     }
+    given = {k: v for k, v in given.items() if v is not None}
+    if none_if_unset and not (strict or as_decoded or given):
+        return None
+    base = STRICT if strict else AS_DECODED if as_decoded else DEFAULT_POLICY
     try:
-        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        return dataclasses.replace(base, **given)
     except MaskError as exc:
         raise typer.BadParameter(str(exc).removeprefix("clear policy: ")) from None
 

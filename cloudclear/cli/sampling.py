@@ -140,8 +140,6 @@ def sample(
     from cloudclear.sampling import SampleOptions
     from cloudclear.sampling import sample as run_sample
 
-    given = (buffer, unclassified, snow, mask_source, temporal, temporal_days)
-    policy_given = strict or as_decoded or any(v is not None for v in given)
     options = SampleOptions(
         patch_size=patch_size,
         count=count,
@@ -173,9 +171,8 @@ def sample(
             as_decoded=as_decoded,
             source=mask_source,
             temporal_days=temporal_days,
-        )
-        if policy_given
-        else None,
+            none_if_unset=True,  # without policy options: the catalog's
+        ),
     )
 
     result = interruptible(lambda: run_sample(catalog, layout, out, options), "store")

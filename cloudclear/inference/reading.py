@@ -334,7 +334,7 @@ def restore_mask_clear(sources: Sequence[Source], strips: Sequence[Strip]) -> in
     Returns:
         The pixels restored (each counted once, however many inputs came back there).
     """
-    pairs = [(src, st) for src, st in zip(sources, strips, strict=True) if not getattr(src, "witness", False)]
+    pairs = [(src, st) for src, st in zip(sources, strips, strict=True) if not src.witness]
     s2 = [(src, st) for src, st in pairs if src.acq.sensor == "S2"]
     if not s2 or any(st.mask_clear is None for _, st in s2):
         return 0

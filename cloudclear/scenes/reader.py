@@ -382,7 +382,9 @@ class SceneReader:
                 self.detected = open_(det.path, (det.band,), grid, MASK_RESAMPLING, None, coverage=True)
             # A buffer needs the masks a halo beyond the grid where the files have it (a --bbox
             # crop of a tile): each mask is reopened on the grid grown by what its file holds.
-            self.pads: dict[int, tuple[int, int, int, int]] = {}
+            #: Rows and columns (top, left, bottom, right) a mask ("mask", "detected") was opened
+            #: with beyond the grid; absent: none.
+            self.pads: dict[str, tuple[int, int, int, int]] = {}
             for name in ("mask", "detected"):
                 rd = getattr(self, name)
                 if rd is None or policy.halo == 0 or opener is not None:
@@ -394,7 +396,7 @@ class SceneReader:
                     rd.close()
                     rd = open_(band.path, (band.band,), grid.pad(*pad), MASK_RESAMPLING, None, coverage=True)
                     setattr(self, name, rd)
-                    self.pads[id(rd)] = pad
+                    self.pads[name] = pad
         except BaseException:
             self.close()
             raise
@@ -440,18 +442,20 @@ class SceneReader:
         if own_band is None and det_band is None:
             return None
         if self.policy.changes_nothing or (det_band is None and not self.policy.changes_classes):
-            return self._decoded(self.mask or self.detected, own_band or det_band, r0, r1, c0, c1)[0], None, []
+            name = "mask" if own_band is not None else "detected"
+            return self._decoded(name, own_band or det_band, r0, r1, c0, c1)[0], None, []
         h = self.policy.halo
         # The halo reaches beyond the grid as far as every mask read has rows and columns there.
-        pads = [self.pads.get(id(rd), (0, 0, 0, 0)) for rd in (self.mask, self.detected) if rd is not None]
+        read = [n for n, band in zip(("mask", "detected"), self.masks_read, strict=True) if band is not None]
+        pads = [self.pads.get(n, (0, 0, 0, 0)) for n in read]
         top, left, bottom, right = (min(p[k] for p in pads) for k in range(4))
         a0, a1 = max(-top, r0 - h), min(self.grid.height + bottom, r1 + h)
         b0, b1 = max(-left, c0 - h), min(self.grid.width + right, c1 + h)
         own = raw = det = None
         if own_band is not None:
-            own, raw = self._decoded(self.mask, own_band, a0, a1, b0, b1)
+            own, raw = self._decoded("mask", own_band, a0, a1, b0, b1)
         if det_band is not None:
-            det = self._decoded(self.detected, det_band, a0, a1, b0, b1)[0]
+            det = self._decoded("detected", det_band, a0, a1, b0, b1)[0]
         steps: list[tuple[str, np.ndarray]] = []
         combined = masks.combine(own, det)
         assert combined is not None
@@ -465,15 +469,19 @@ class SceneReader:
         return applied[core], before[core], [(rule, arr[core]) for rule, arr in steps]
 
     def _decoded(
-        self, reader: GridReader | None, mb: masks.MaskBand | None, r0: int, r1: int, c0: int, c1: int
+        self, name: str, mb: masks.MaskBand | None, r0: int, r1: int, c0: int, c1: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(decoded classes, raw values) of a window of a mask (grid rows and columns; negative or
-        beyond the grid within the mask's pad)."""
+        """(decoded classes, raw values) of a window of mask ``name`` ("mask" or "detected"), in
+        grid rows and columns (negative or beyond the grid within the mask's pad)."""
+        reader: GridReader | None = getattr(self, name)
         assert reader is not None and mb is not None
-        top, left, _, _ = self.pads.get(id(reader), (0, 0, 0, 0))
-        r0, r1, c0, c1 = r0 + top, r1 + top, c0 + left, c1 + left
-        full = (c0, c1) == (0, self.grid.width) and not top and not left and id(reader) not in self.pads
-        raw = reader.read(r0, r1) if full else reader.read_window(r0, r1, c0, c1)
+        if name in self.pads:
+            top, left, _, _ = self.pads[name]
+            r0, r1, c0, c1 = r0 + top, r1 + top, c0 + left, c1 + left
+            raw = reader.read_window(r0, r1, c0, c1)
+        else:
+            full = (c0, c1) == (0, self.grid.width)
+            raw = reader.read(r0, r1) if full else reader.read_window(r0, r1, c0, c1)
         try:
             out = masks.decode(raw[0], mb.convention, reader.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
         except MaskError as exc:
