@@ -506,6 +506,13 @@ def _s2(name: str, window: list[float] | None, cloud: list[float], s1: bool = Tr
 
 SEQUENCE_LENGTH = 6
 SEQUENCE_SPAN_DAYS = 90
+#: Acquisitions on each side of the date in the ``gapfill-3`` layout (as ``infer --method gapfill``
+#: reads), and how far they may lie: 200 days reaches the third neighbour of a bi-monthly series.
+REFINE_NEIGHBOURS = 3
+REFINE_SPAN_DAYS = 200
+#: The most cloud % a ``gapfill-3`` target may hold under the pasted mask (its cloudy pixels are not
+#: truth: left out of the loss and the scores).
+REFINE_TRUTH_CLOUD = 10
 
 #: Preset layouts by name (the same dict feeds ``cloudclear layouts`` and validation).
 PRESETS: dict[str, Layout] = {
@@ -562,6 +569,18 @@ PRESETS: dict[str, Layout] = {
         "t",
         "target",
         [_s2("t", None, [1, 100]), _s2("target", [-240, 240], [0, 0], s1=False)],
+    ),
+    "gapfill-3": _preset(
+        "gapfill-3",
+        f"The date t (at most {REFINE_TRUTH_CLOUD} % cloud, with a real mask of another date pasted on it; "
+        f"its pixels are the truth) and the {REFINE_NEIGHBOURS} acquisitions "
+        f"before and after it with data at the patch (any cloud cover) within {REFINE_SPAN_DAYS} days, "
+        "S1 within 72 h of each: the dates gapfill reads, for the refine network.",
+        "t",
+        "t",
+        [_s2(f"t{k:+d}", [-REFINE_SPAN_DAYS * 24, -1], [0, 100], nth=k) for k in range(-REFINE_NEIGHBOURS, 0)]
+        + [_s2("t", None, [1, 100], gaps="simulated", truth_cloud=REFINE_TRUTH_CLOUD)]
+        + [_s2(f"t{k:+d}", [1, REFINE_SPAN_DAYS * 24], [0, 100], nth=k) for k in range(1, REFINE_NEIGHBOURS + 1)],
     ),
     "sequence": _preset(
         "sequence",

@@ -18,6 +18,8 @@ multi-temporal S2 (+ S1) at several dates -> S2 at t; one encoder shared :mod:`.
                by the dates, decoder over their stacked features
 sequence       T dates of S2 (+ S1) -> T dates; attention across time at :mod:`.sequence`
                the bottleneck, its weights also mix the skip features
+refine         S2 (+ S1) at the dates gapfill reads -> gapfill's estimate :mod:`.refine`
+               of t plus a learned correction (zero at the start)
 unet           any slots stacked as channels -> S2 at t                  :mod:`.unet`
 ============== ========================================================= ==========================
 """
@@ -132,12 +134,21 @@ def _sequence(spec: NetSpec, width: int = 16, depth: int = 3, heads: int = 4) ->
     return net, receptive_radius(depth), net.align
 
 
+def _refine(spec: NetSpec, width: int = 16, depth: int = 3) -> tuple[Any, int, int]:
+    from cloudclear.nets.refine import SMOOTH_RADIUS, Refine
+    from cloudclear.nets.unet import receptive_radius
+
+    net = Refine(spec, width=width, depth=depth)
+    return net, receptive_radius(depth) + SMOOTH_RADIUS, net.align
+
+
 #: Architecture name -> factory. The same dict feeds the card validation, ``cloudclear train
 #: --net`` and ``cloudclear models``.
 ARCHITECTURES: dict[str, Factory] = {
     "single-date": _single_date,
     "multi-temporal": _multi_temporal,
     "sequence": _sequence,
+    "refine": _refine,
     "unet": _unet,
 }
 
@@ -146,6 +157,7 @@ DESCRIPTIONS: dict[str, str] = {
     "single-date": "cloudy S2 at t (+ S1 at t) -> S2 at t; U-Net over the stacked channels",
     "multi-temporal": "S2 (+ S1) at t-1, t, t+1 -> S2 at t; shared encoder per date, decoder over stacked features",
     "sequence": "T dates of S2 (+ S1) with day offsets -> T dates; U-Net with attention across time",
+    "refine": "S2 (+ S1) at t and the dates around it -> gapfill's estimate of t plus a learned correction",
     "unet": "any slots stacked as channels -> S2 at t (plain U-Net)",
 }
 
