@@ -129,7 +129,10 @@ class SampleResult:
         rejected: pairs tried and not used, by reason.
         bytes: store size on disk.
         seconds: wall time.
-        notes: things the user should know (fewer samples than asked, a split left empty...).
+        notes: things the user should know (fewer samples than asked, a split left empty, a
+            band read in place of another...).
+        stand_ins: band asked for -> the band read in its place from the scenes that lack it
+            (B8A for B08: :data:`~cloudclear.sampling.candidates.STAND_INS`); empty when none was.
     """
 
     path: Path
@@ -144,6 +147,7 @@ class SampleResult:
     bytes: int
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    stand_ins: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +163,7 @@ class SampleResult:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
+            "stand_ins": dict(self.stand_ins),
         }
 
 
@@ -289,7 +294,7 @@ def _sample(
     n_feasible = int(sum(c.feasible.sum() for c in cands))
     n_loc = sum(c.group.n_locations for c in cands)
     if n_feasible == 0:
-        raise SampleError(f"layout {lay.name} on {cat.path}: {cand_mod.explain(cands, lay, patch, cat)}")
+        raise SampleError(f"layout {lay.name} on {cat.path}: {cand_mod.explain(cands, lay, patch, cat, bands)}")
     splits = assign_splits(cands, patch, opts.block, opts.fractions, opts.seed, opts.block_days)
     order = draw_order(cands, splits, opts.seed, opts.seasonal)
     if not order:
@@ -365,6 +370,8 @@ def _sample(
                     f"none passed the exact checks: {top}"
                 )
             notes = _policy_notes(policy, cat.policy, rows)
+            stand_ins = _stand_ins(cand_mod.stand_ins_of(groups, bands), rows, sum(len(g.scenes) for g in groups))
+            notes += [u["note"] for u in stand_ins.values()]
             if len(writer) < opts.count:
                 notes.append(f"{len(writer)} of the {opts.count} samples asked for satisfy the layout")
             for k, name in enumerate(SPLITS):
@@ -374,6 +381,9 @@ def _sample(
                     else:
                         notes.append(f"split {name} is empty: its candidates were not reached; raise --count")
             manifest = _manifest(lay, bands, opts, cat, len(writer), dict(by_split), splits, policy)
+            # "stand_ins" as a network card has it (band -> the band read in its place); the counts apart.
+            manifest["stand_ins"] = {b: u["band"] for b, u in stand_ins.items()}
+            manifest["stand_ins_used"] = {b: {k: u[k] for k in ("scenes", "samples")} for b, u in stand_ins.items()}
             import geopandas as gpd
 
             frame = gpd.GeoDataFrame(rows, geometry=geoms, crs="EPSG:4326")
@@ -400,6 +410,7 @@ def _sample(
         bytes=size,
         seconds=time.perf_counter() - t0,
         notes=tuple(notes),
+        stand_ins={b: u["band"] for b, u in stand_ins.items()},
     )
 
 
@@ -429,6 +440,22 @@ def _policy_notes(
             f"were chosen by them, each patch checked with this one; re-index with the same options to match"
         )
     return notes
+
+
+def _stand_ins(used: dict[str, tuple[str, int]], rows: list[dict[str, Any]], n_scenes: int) -> dict[str, Any]:
+    """Per band read through a stand-in: the band, the scenes and samples read so, and a note."""
+    out: dict[str, Any] = {}
+    for b, (r, scenes) in used.items():
+        tag = f"{r}>{b}"
+        n = sum(any(tag in str(v).split(",") for k, v in row.items() if k.endswith("_stand_ins")) for row in rows)
+        out[b] = {
+            "band": r,
+            "scenes": scenes,
+            "samples": n,
+            "note": f"{r} read in place of {b} from the {scenes} of {n_scenes} S2 scenes that lack {b} "
+            f"(in {n} of the {len(rows)} samples)",
+        }
+    return out
 
 
 def _total(rows: list[dict[str, Any]], suffix: str) -> int:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from cloudclear.catalog import Catalog
 
 log = logging.getLogger(__name__)
+#: Bands read in place of each other when a scene lacks the one asked for (greenearthnet minicubes
+#: have B8A and no B08): the two near-infrared bands, as ``infer`` accepts for a network's card
+#: (``cloudclear.training.options.NIR_STAND_INS``, a later stage, holds the same pairs).
+STAND_INS = {"B08": "B8A", "B8A": "B08"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -46,12 +50,14 @@ class Group:
         scenes: the scenes (one per acquisition).
         positions: each scene's :attr:`Scene.index` in the catalog (the rtree ids).
         times: acquisition times, seconds since 1970.
-        has_bands: whether each scene has every band asked for.
+        has_bands: whether each scene has every band asked for (or its stand-in).
         r0, c0: patch origins (pixels) of the locations on this grid.
         cloud_lo, cloud_hi: (scenes, locations) bounds of each patch's cloud % (NaN: no mask).
         valid: (scenes, locations) the patch has data everywhere (per the cells).
         lonlat: (locations,) patch footprints in lon/lat (shapely polygons).
         bbox: lon/lat bounds of all the locations (the rtree query box).
+        reads: per scene, the bands read for the bands asked for (a stand-in in place of a band
+            the scene lacks, :data:`STAND_INS`), or None when it lacks one and its stand-in.
     """
 
     index: int
@@ -71,6 +77,7 @@ class Group:
     s1_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     s1_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     s1_cover: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
+    reads: list[tuple[str, ...] | None] = field(default_factory=list)
 
     @property
     def n_locations(self) -> int:
@@ -79,6 +86,31 @@ class Group:
     @property
     def scene_ids(self) -> list[str]:
         return [s.scene_id for s in self.scenes]
+
+
+def read_bands(scene: Scene, bands: list[str]) -> tuple[str, ...] | None:
+    """The bands to read from ``scene`` for ``bands``: each band, or its stand-in (:data:`STAND_INS`)
+    where the scene lacks it and it is not asked for itself; None when the scene lacks both."""
+    out = []
+    for b in bands:
+        if b in scene.sources:
+            out.append(b)
+        elif STAND_INS.get(b) in scene.sources and STAND_INS[b] not in bands:
+            out.append(STAND_INS[b])
+        else:
+            return None
+    return tuple(out)
+
+
+def stand_ins_of(groups: list[Group], bands: list[str]) -> dict[str, tuple[str, int]]:
+    """Band asked for -> (the band read in its place, the scenes read so)."""
+    out: dict[str, tuple[str, int]] = {}
+    for g in groups:
+        for names in g.reads:
+            for b, r in zip(bands, names or (), strict=False):
+                if b != r:
+                    out[b] = (r, out.get(b, (r, 0))[1] + 1)
+    return out
 
 
 def _group_key(scene: Scene) -> tuple[Any, ...]:
@@ -136,7 +168,8 @@ def s2_groups(
     for _key, members in sorted(by_key.items(), key=lambda kv: (str(kv[1][0].tile), kv[0])):
         members.sort(key=lambda sc: sc.datetime)
         times = np.array([epoch_seconds(sc.datetime) for sc in members])
-        has = np.array([sc.has_bands(bands) for sc in members])
+        reads = [read_bands(sc, bands) for sc in members]
+        has = np.array([r is not None for r in reads], bool)
         groups.append(
             Group(
                 index=len(groups),
@@ -146,6 +179,7 @@ def s2_groups(
                 positions=np.array([sc.index for sc in members], np.int64),
                 times=times,
                 has_bands=has,
+                reads=reads,
             )
         )
     if start is not None or end is not None:
@@ -418,7 +452,13 @@ def _hours_text(w: tuple[float, float] | None) -> str:
     return f" in [{a} h, {b} h]"
 
 
-def explain(cands: list[Candidates], layout: Layout, patch: int, catalog: Catalog | None = None) -> str:
+def explain(
+    cands: list[Candidates],
+    layout: Layout,
+    patch: int,
+    catalog: Catalog | None = None,
+    bands: list[str] | None = None,
+) -> str:
     """Why no (reference, location) pair satisfies the layout: the first slot that found nothing."""
     wants_s1 = any(s.sensor == "S1" or s.s1_max_gap is not None for s in layout.slots)
     if wants_s1 and catalog is not None and not catalog.has_sensor("S1"):
@@ -426,6 +466,14 @@ def explain(cands: list[Candidates], layout: Layout, patch: int, catalog: Catalo
     ref = layout.slot(layout.reference)
     n_loc = sum(c.group.n_locations for c in cands)
     n_sc = sum(len(c.group.scenes) for c in cands)
+    if cands and not any(c.group.has_bands.any() for c in cands):
+        have = sorted({b for c in cands for sc in c.group.scenes for b in sc.bands})
+        asked = f" ({','.join(bands)})" if bands else ""
+        return (
+            f"none of the {n_sc} S2 scenes has the bands asked for{asked} (nor a stand-in: "
+            f"{', '.join(f'{a} for {b}' for b, a in STAND_INS.items())}); they have {','.join(have)}: "
+            f"choose bands with --bands"
+        )
     if n_loc == 0:
         sizes = ", ".join(f"{c.group.grid.width} x {c.group.grid.height}" for c in cands)
         return f"no {patch} px patch fits in any S2 grid (grids: {sizes}); choose a smaller --patch-size"

@@ -132,6 +132,9 @@ class SampleReader:
         self.readers: list[_Readers] = []
         self.local = threading.local()
         self.pools = {s.name: self._pool(s) for s in layout.s2_slots if s.simulated}
+        #: whether any scene is read with a stand-in band (then each S2 slot has a
+        #: ``SLOT_stand_ins`` column: "B8A>B08" where the slot's scene was read so)
+        self.stand_ins = any(r is not None and list(r) != list(bands) for c in cands for r in c.group.reads)
 
     def place(self, gi: int, loc: int) -> tuple[Any, ...]:
         """A patch's ground location: CRS and origin (grids of one place share it), for --per-location."""
@@ -186,9 +189,9 @@ class SampleReader:
         return r0, r0 + self.patch, c0, c0 + self.patch
 
     def read_s2(self, g: Group, j: int, loc: int) -> _S2Patch:
-        scene = g.scenes[j]
-        assert scene.has_bands(self.bands)  # s2_groups kept only scenes with every band
-        px = self._scene(g, scene, self.bands, mask=True).read_window(*self._window(g, loc))
+        names = g.reads[j]
+        assert names is not None  # only scenes with every band (or its stand-in) are valid
+        px = self._scene(g, g.scenes[j], names, mask=True).read_window(*self._window(g, loc))
         removed = None if px.removed is None else int(px.removed.sum())
         return _S2Patch(px.physical(), px.valid, px.classes, px.cloud_pct, removed)
 
@@ -383,6 +386,11 @@ class SampleReader:
             cat_cloud = scene.cloud_pct
             meta[f"{slot.name}_scene_cloud_pct"] = None if cat_cloud is None else round(cat_cloud, 3)
             meta[f"{slot.name}_files"] = json.dumps(list(scene.files))
+            if self.stand_ins:
+                names = g.reads[j] or ()
+                meta[f"{slot.name}_stand_ins"] = ",".join(
+                    f"{r}>{b}" for b, r in zip(self.bands, names, strict=True) if b != r
+                )
             if p.removed is not None:
                 meta[f"{slot.name}_policy_removed_px"] = p.removed
             if self.policy.temporal:

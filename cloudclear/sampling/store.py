@@ -3,12 +3,15 @@
 A store is a folder::
 
     STORE/
-      store.json      manifest, written last: format, layout, bands, arrays, encodings, counts
+      store.json      manifest, written last: format, layout, bands, arrays, encodings, counts;
+                      "stand_ins" ({"B08": "B8A"}: B8A read where a scene lacks B08) and
+                      "stand_ins_used" (scenes and samples read so)
       patches.bin     every sample's arrays, each byte-shuffled and zlib-compressed
       index.npy       (samples, arrays, 2) int64: offset and length of each array in patches.bin
       split.npy       (samples,) uint8: 0 train, 1 val, 2 test
       hours.npy       (samples, slots) float32: each slot's hours from the reference date
-      samples.gpkg    one row per sample (id, split, footprint, dates, cloud %, source files)
+      samples.gpkg    one row per sample (id, split, footprint, dates, cloud %, source files;
+                      SLOT_stand_ins "B8A>B08" where a stand-in was read)
 
 A run writes into ``.STORE.partial-PID`` and renames it to ``STORE`` after the manifest, so an
 interrupted run leaves nothing that looks complete. :class:`PatchDataset` opens the data file
