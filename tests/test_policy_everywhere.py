@@ -31,7 +31,6 @@ from cloudclear.training.evaluation import store_policy
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
 BANDS = ["B02", "B03", "B04", "B08"]
 SIZE = 128
 CLOUD_ROWS = 32
@@ -223,10 +222,10 @@ def test_bad_policy_value_exits_2(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiles(tmp_path_factory) -> Path:
+def tiles(tmp_path_factory, sample_series) -> Path:
     root = tmp_path_factory.mktemp("t31ufq")
     for sub in ("S2", "S1"):
-        shutil.copytree(SAMPLE / sub, root / sub)
+        shutil.copytree(sample_series / sub, root / sub)
     return root
 
 

@@ -1,9 +1,9 @@
 """Training and evaluation on patch stores: the card plan, the tensors fed, checkpoints, resume,
 loss masking, evaluation against gapfill, and PatchScores against ``cloudclear score``.
 
-Stores are sampled once per session from sample_tiles/T31UFQ (480 x 480 px, 10 S2 dates 15 days
-apart with SCL, 12 S1 dates; bands B02, B03, B04, B08): OS2 and single-date with a simulated
-target and a 150 h S1 gap, and a six-date sequence with every date simulated. Networks are tiny
+Stores are sampled once per session from the synthetic series ``conftest.SAMPLE_SERIES`` (480 x 480
+px, 10 S2 dates 15 days apart with SCL, 12 S1 dates; bands B02, B03, B04, B08): OS2 and single-date
+with a simulated target and a 150 h S1 gap, and a six-date sequence with every date simulated. Networks are tiny
 (width 4, depth 2) and train for 1-3 epochs on the CPU.
 """
 
@@ -50,7 +50,6 @@ from cloudclear.training import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_tiles" / "T31UFQ"
 BANDS = ("B02", "B03", "B04", "B08")
 SEQ_NAMES = ("t-3", "t-2", "t-1", "t", "t+1", "t+2")
 TINY = dict(width=4, depth=2, device="cpu")
@@ -63,13 +62,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
-def catalog(tmp_path_factory) -> Path:
+def catalog(tmp_path_factory, sample_series) -> Path:
     cat = tmp_path_factory.mktemp("train_cat") / "cat.gpkg"
     # These tests are about training and evaluation, not the clear decision: the catalog (and so
     # every store sampled from it) pins the masks as decoded. The default policy (buffer 3 px,
     # temporal test) keeps other samples (OS2 splits 33/3/4, not 29/4/7), and not because of the
     # one-other-date shadow rule: with TEMPORAL_MIN_OTHERS_SHADOW = 2 the default gives 33/3/4 too.
-    build_index(SAMPLE, cat, detect=None, policy=masks.AS_DECODED)
+    build_index(sample_series, cat, detect=None, policy=masks.AS_DECODED)
     return cat
 
 

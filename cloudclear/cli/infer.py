@@ -104,6 +104,15 @@ def infer(
             help="Scene id never used as an input (e.g. a clear date held out for scoring). Repeat for several.",
         ),
     ] = None,
+    hide: Annotated[
+        Path | None,
+        typer.Option(
+            "--hide",
+            help="A cloud mask raster (SCL, CLM...): every pixel it calls cloud or shadow is also cloud on "
+            "the date reconstructed, for any method. Reconstruct a clear date under another date's real "
+            "clouds, then score it against itself on those pixels.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, overwrite_option("existing outputs")] = False,
     as_json: Annotated[bool, json_option("Print the results as JSON.")] = False,
 ) -> None:
@@ -124,7 +133,15 @@ def infer(
     Writes uint16 reflectance x 10000 (nodata 0), 512 x 512 tiles, ZSTD, on the S2 grid, plus a
     status sidecar. Files appear under their final name only when complete.
 
-    Example: cloudclear infer -c sample_tiles/T31UFQ -d 2021-05-16 -o out/T31UFQ_20210516.tif
+    --hide MASK checks a method on a clear date: the mask's cloud and shadow pixels (another
+    date's real clouds) are taken from the date's own clear pixels, reconstructed, and can be
+    scored against the date's own file with `cloudclear score --mask MASK`.
+
+    \b
+    Examples:
+      cloudclear infer -c out/sample.gpkg -d 2022-06-02 -o out/32TPS_20220602.tif
+      cloudclear infer -c out/sample.gpkg -d 2022-06-15 -o out/hidden.tif \\
+          --hide sample_tiles/32TPS/S2_L2A_T32TPS_20220617_SCL.tif
     """
     from cloudclear.catalog import Catalog
     from cloudclear.inference.pipeline import InferOptions, load_method
@@ -168,6 +185,7 @@ def infer(
         progress=progress(),
         clear=policy,
         exclude=tuple(exclude or ()),
+        hide=str(hide) if hide is not None else None,
     )
 
     def report(r: Any) -> None:

@@ -135,7 +135,11 @@ def sample(
     --temporal, --temporal-days, --strict, --as-decoded; without them, the catalog's, with the
     temporal test on a target's dates), recorded in store.json.
 
-    Example: cloudclear sample -c sample_tiles/T31UFQ -l sequence -p 128 -n 40 -o out/seq
+    \b
+    Example, on a synthetic series with S1:
+      cloudclear synth out/T31UFQ --size 480 --dates 10 --interval 15 --start 2021-04-01 --seed 42
+      cloudclear index out/T31UFQ
+      cloudclear sample -c out/T31UFQ -l sequence -p 128 -n 40 -o out/seq
     """
     from cloudclear.sampling import SampleOptions
     from cloudclear.sampling import sample as run_sample

@@ -37,7 +37,7 @@ from cloudclear.errors import NoInputsError, OutputError, OutputExistsError
 from cloudclear.gapfill import PixelStatus
 from cloudclear.gdal import gdal_env
 from cloudclear.inference.methods import GapfillMethod, Method, NetMethod, SpanResult, load_method
-from cloudclear.inference.reading import Prefetcher, RowBuffer, Source, Strip, reflectance, strip_bounds
+from cloudclear.inference.reading import HideMask, Prefetcher, RowBuffer, Source, Strip, reflectance, strip_bounds
 from cloudclear.inference.select import InputSet
 from cloudclear.inference.tiling import BlendAccumulator
 from cloudclear.inference.writer import (
@@ -102,6 +102,10 @@ class InferOptions:
             :func:`~cloudclear.inference.reading.apply_temporal`); the default keeps the masks as
             decoded.
         exclude: scene ids never used as inputs (a clear date held out for scoring).
+        hide: a mask raster (:class:`~cloudclear.inference.reading.HideMask`): every pixel it calls
+            cloud or shadow is also cloud on the date reconstructed, for every method, so that a
+            clear date can be reconstructed under another date's real clouds and scored against
+            itself on those pixels.
     """
 
     keep_observed: bool = True
@@ -114,6 +118,7 @@ class InferOptions:
     ring: int = 2
     clear: ClearPolicy = ClearPolicy()
     exclude: tuple[str, ...] = ()
+    hide: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,10 @@ class InferResult:
             "unclassified", "snow", "buffer", "temporal"), and "given back" (negative): what
             :func:`~cloudclear.inference.reading.restore_mask_clear` returned, input by input; the
             values sum to the total of ``policy_removed``.
+        hide: the ``--hide`` mask (absolute path), or None.
+        hidden: pixels of the output grid the ``--hide`` mask calls cloud or shadow.
+        hidden_clear: of them, pixels the date's own acquisition had clear (after the clear
+            policy) and which were reconstructed instead.
     """
 
     path: Path
@@ -165,8 +174,14 @@ class InferResult:
     policy_removed: dict[str, int] = field(default_factory=dict)
     policy_restored: int = 0
     policy_removed_by: dict[str, int] = field(default_factory=dict)
+    hide: str | None = None
+    hidden: int = 0
+    hidden_clear: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        hide = None
+        if self.hide is not None:
+            hide = {"path": self.hide, "pixels": self.hidden, "clear_hidden": self.hidden_clear}
         return {
             "path": str(self.path),
             "status_path": str(self.status_path) if self.status_path else None,
@@ -186,6 +201,7 @@ class InferResult:
                 "removed_by_rule": dict(self.policy_removed_by),
                 "restored": self.policy_restored,
             },
+            "hide": hide,
         }
 
 
@@ -233,15 +249,27 @@ def run(
     if options.bbox:
         inputs = dataclasses.replace(inputs, grid=inputs.grid.crop(options.bbox))
     _check_output(path, spath, options.overwrite)
-    with (
-        gdal_env("infer"),
-        output_files(path, spath, overwrite=options.overwrite, cog=options.cog) as temps,
-        WriteFailures() as failures,
-    ):
-        counts, removed, by_rule, restored = _reconstruct(
-            inputs, method, temps, (path, spath), failures, options, progress_desc
-        )
+    hide: HideMask | None = None
+    hide_note: tuple[str, ...] = ()
+    with gdal_env("infer"):
+        if options.hide is not None:
+            hide = HideMask(options.hide, inputs.grid)
+    try:
+        with (
+            gdal_env("infer"),
+            output_files(path, spath, overwrite=options.overwrite, cog=options.cog) as temps,
+            WriteFailures() as failures,
+        ):
+            hidden = hide.count(options.strip_rows) if hide is not None else 0
+            counts, removed, by_rule, restored, hidden_clear = _reconstruct(
+                inputs, method, temps, (path, spath), failures, options, progress_desc, hide, hidden
+            )
+    finally:
+        if hide is not None:
+            hide.close()
     grid = inputs.grid
+    if hide is not None:
+        hide_note = (_hide_note(hide.path, hidden, hidden_clear, grid.width * grid.height, inputs),)
     return InferResult(
         path=path,
         status_path=spath,
@@ -249,7 +277,7 @@ def run(
         tile=inputs.tile,
         method=method.name,
         inputs=tuple(a.to_dict() for a in inputs.acquisitions),
-        notes=inputs.notes + (_policy_note(options.clear, removed, inputs, restored, by_rule),),
+        notes=inputs.notes + (_policy_note(options.clear, removed, inputs, restored, by_rule),) + hide_note,
         observed=int(counts[PixelStatus.OBSERVED]),
         reconstructed=int(counts[PixelStatus.RECONSTRUCTED]),
         nodata=int(counts[PixelStatus.NODATA]),
@@ -261,7 +289,26 @@ def run(
         policy_removed={k: v for k, v in removed.items() if v},
         policy_restored=restored,
         policy_removed_by={k: v for k, v in by_rule.items() if v},
+        hide=hide.path if hide is not None else None,
+        hidden=hidden,
+        hidden_clear=hidden_clear,
     )
+
+
+def _target_index(inputs: InputSet) -> int | None:
+    """The slot of the date's own S2 acquisition, if it has one."""
+    return next(
+        (i for i, (s, a) in enumerate(inputs.slots) if s.role == "target" and s.sensor == "S2" and a is not None),
+        None,
+    )
+
+
+def _hide_note(path: str, hidden: int, hidden_clear: int, npx: int, inputs: InputSet) -> str:
+    """The run summary's line on ``--hide``."""
+    text = f"hide: {path}: {hidden} px ({100 * hidden / max(npx, 1):.1f} %) cloud or shadow there"
+    if _target_index(inputs) is None:
+        return text + "; the date has no acquisition of its own, nothing to hide"
+    return text + f", {hidden_clear} px of them clear on the date, reconstructed instead"
 
 
 def _policy_note(
@@ -292,7 +339,7 @@ def _policy_note(
     return text
 
 
-def _tags(inputs: InputSet, method: Method, options: InferOptions) -> dict[str, str]:
+def _tags(inputs: InputSet, method: Method, options: InferOptions, hidden: int = 0) -> dict[str, str]:
     tags = {
         "DATETIME": inputs.target.strftime("%Y-%m-%dT%H:%M:%S"),
         "TILE_ID": inputs.tile,
@@ -306,6 +353,9 @@ def _tags(inputs: InputSet, method: Method, options: InferOptions) -> dict[str, 
     tags["CLOUDCLEAR_CLEAR_POLICY"] = options.clear.describe()
     if inputs.witnesses:
         tags["CLOUDCLEAR_TEMPORAL_WITNESSES"] = ",".join(acq.scene_id for acq in inputs.witnesses)
+    if options.hide is not None:
+        tags["CLOUDCLEAR_HIDE"] = os.path.abspath(options.hide)
+        tags["CLOUDCLEAR_HIDE_PIXELS"] = str(hidden)
     return tags
 
 
@@ -317,11 +367,14 @@ def _reconstruct(
     failures: WriteFailures,
     options: InferOptions,
     progress_desc: str,
-) -> tuple[np.ndarray, dict[str, int], dict[str, int], int]:
+    hide: HideMask | None = None,
+    hidden: int = 0,
+) -> tuple[np.ndarray, dict[str, int], dict[str, int], int, int]:
     """Read, predict and write every row into ``temps``; returns the pixel counts per status,
     per used slot the pixels the clear policy removed beyond the masks, the same per rule over
-    every slot, and the pixels where the masks' decision was restored
-    (:func:`~cloudclear.inference.reading.restore_mask_clear`)."""
+    every slot, the pixels where the masks' decision was restored
+    (:func:`~cloudclear.inference.reading.restore_mask_clear`), and the target's clear pixels
+    ``hide`` took out (``hidden``: the pixels it hides on the grid, for the tags)."""
     grid = inputs.grid
     slots = inputs.slots
     used = [(i, a) for i, (_, a) in enumerate(slots) if a is not None]
@@ -330,9 +383,10 @@ def _reconstruct(
     writer: Writer | None = None
     bar: Any = None
     by_rule: dict[str, int] = {}
+    target_i = _target_index(inputs)
     try:
-        for _, acq in used:
-            sources.append(Source(acq, grid, options.clear))
+        for i, acq in used:
+            sources.append(Source(acq, grid, options.clear, hide=hide if i == target_i else None))
         # Scenes read for the temporal test only: after the inputs, never handed to the method.
         for acq in inputs.witnesses:
             sources.append(Source(acq, grid, options.clear, witness=True))
@@ -340,7 +394,7 @@ def _reconstruct(
         spans, plan = method.row_spans(grid.height, grid.width, bounds)
         out_bands = method.output_bands(inputs)
         keep_idx = [inputs.bands.index(b) for b in out_bands]
-        tags = _tags(inputs, method, options)
+        tags = _tags(inputs, method, options, hidden)
         writer = Writer(temps.stream, temps.status, grid, out_bands, tags, names, failures)
         writer.start()
         reader = Prefetcher(sources, bounds, options.ring)
@@ -351,7 +405,6 @@ def _reconstruct(
 
             desc = progress_desc or inputs.target.date().isoformat()
             bar = tqdm(total=grid.height, unit="row", desc=desc, leave=False)
-        target_i = next((i for i, (s, a) in enumerate(slots) if s.role == "target" and s.sensor == "S2" and a), None)
         acc = BlendAccumulator(len(out_bands), grid.width, status=True) if method.blend else None
         for k, span in enumerate(spans):
             a, b = span.start, min(span.stop, grid.height)
@@ -396,6 +449,7 @@ def _reconstruct(
             if src.given_back:
                 by_rule["given back"] = by_rule.get("given back", 0) - src.given_back
         restored = reader.restored
+        hidden_clear = sum(src.hidden for src in sources)
         writer = None
     finally:
         if bar is not None:
@@ -407,7 +461,7 @@ def _reconstruct(
         for src in sources:
             src.close()
     seal(temps, *names, failures)
-    return counts, removed, by_rule, restored
+    return counts, removed, by_rule, restored, hidden_clear
 
 
 # -- several dates ---------------------------------------------------------------------------------
@@ -487,6 +541,11 @@ def _infer(
             )
             for c in chosen
         ]
+    if options.hide is not None:
+        # A bad --hide mask fails before any date is read or written.
+        with gdal_env("infer"):
+            for grid in {c.grid for c in chosen}:
+                HideMask(options.hide, grid).close()
     dst_text = str(dst)
     if (
         len(chosen) > 1

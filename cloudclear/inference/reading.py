@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from cloudclear import masks
 from cloudclear.detect.temporal import TEMPORAL_BLUE_BANDS, TEMPORAL_NIR_BANDS, temporal_test
-from cloudclear.gridio import Grid
+from cloudclear.errors import CloudClearError, MaskError
+from cloudclear.gridio import Grid, GridReader
 from cloudclear.inference.select import Acquisition
 from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, dilate_disk
 from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
@@ -66,6 +68,75 @@ def reflectance(strip: Strip, acq: Acquisition, cols: slice) -> np.ndarray:
     return to_physical(strip.values[:, :, cols], acq.scale, acq.offset, acq.units)
 
 
+class HideMask:
+    """A mask raster whose cloud and shadow pixels are hidden from the date reconstructed
+    (``cloudclear infer --hide``): to score a method on a clear date under another date's real
+    clouds.
+
+    The file is read as a scene's mask is: its convention recognised from its band descriptions or
+    name (SCL, CLM, CLP, FMASK, MAJA...; an S2 file holding a mask band gives that band), decoded by
+    :func:`cloudclear.masks.decode`, and placed on the output grid (nearest neighbour where it lies
+    on another grid). Pixels it calls cloud, thin cloud or shadow are hidden; its nodata, clear and
+    snow pixels, and the grid's pixels it does not cover, are not. No buffer is added.
+
+    Attributes:
+        path: the mask file (absolute).
+        convention: its mask convention (a key of :data:`cloudclear.masks.CONVENTIONS`).
+
+    Raises:
+        MaskError: the file is missing, not a raster, holds no mask cloudclear recognises, has no
+            CRS, or holds values its convention does not define; the message names the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], grid: Grid):
+        from cloudclear.scenes.files import classify, read_file_info
+
+        self.path = os.path.abspath(path)
+        if not os.path.exists(self.path):
+            raise MaskError(f"{self.path}: --hide mask not found")
+        if os.path.isdir(self.path):
+            raise MaskError(f"{self.path}: --hide mask is a folder, not a raster")
+        try:
+            info = read_file_info(self.path)
+            band = classify(info).mask
+        except CloudClearError as exc:
+            raise MaskError(f"--hide: {exc}") from None
+        if band is None:
+            raise MaskError(
+                f"{self.path}: --hide mask holds no cloud mask cloudclear recognises "
+                f"(band descriptions or file name naming one of {', '.join(masks.CONVENTIONS)})"
+            )
+        if info.crs is None:
+            raise MaskError(f"{self.path}: --hide mask has no CRS; cannot place it on the output grid")
+        self.convention = band.convention
+        self.nodata = info.nodata
+        self.grid = grid
+        try:
+            self.reader = GridReader(self.path, [band.band], grid, "nearest", info.nodata)
+        except CloudClearError as exc:
+            raise MaskError(f"--hide: {exc}") from None
+
+    def read(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0..r1`` of the output grid: (rows, cols) bool, True where the mask hides the surface."""
+        raw = self.reader.read(r0, r1)[0]
+        try:
+            classes = masks.decode(raw, self.convention, self.nodata)
+        except MaskError as exc:
+            raise MaskError(f"{self.path}: --hide mask: {exc}") from None
+        return masks.is_obscured(classes)
+
+    def count(self, strip_rows: int = 512) -> int:
+        """Pixels of the output grid the mask hides (read strip by strip)."""
+        n = 0
+        for r0 in range(0, self.grid.height, max(strip_rows, 1)):
+            n += int(self.read(r0, min(r0 + strip_rows, self.grid.height)).sum())
+        return n
+
+    def close(self) -> None:
+        """Close the file."""
+        self.reader.close()
+
+
 class Source:
     """One acquisition's bands and mask, read strip by strip on the output grid through the one
     scene reader (:class:`~cloudclear.scenes.reader.SceneReader`), with a clear policy.
@@ -79,12 +150,23 @@ class Source:
             "snow", "buffer" (the reader's, see :attr:`~cloudclear.scenes.reader.Pixels.removed_by`)
             and "temporal".
 
+        hidden: clear pixels read so far that ``hide`` (:class:`HideMask`) took out: cloud to every
+            later step (the temporal test, :func:`restore_mask_clear`, the method, the output).
+
     Raises:
         SceneNotFoundError: a file the catalog lists is gone.
         InvalidRasterError: a file cannot be opened or placed on the grid.
     """
 
-    def __init__(self, acq: Acquisition, grid: Grid, policy: ClearPolicy = DEFAULT_POLICY, *, witness: bool = False):
+    def __init__(
+        self,
+        acq: Acquisition,
+        grid: Grid,
+        policy: ClearPolicy = DEFAULT_POLICY,
+        *,
+        witness: bool = False,
+        hide: HideMask | None = None,
+    ):
         #: Read for the temporal test only (:func:`~cloudclear.inference.select.choose_witnesses`):
         #: it takes part in :func:`temporal_flags`, never in the method or :func:`restore_mask_clear`.
         self.witness = witness
@@ -96,6 +178,8 @@ class Source:
         #: Pixels :func:`restore_mask_clear` gave back (``removed`` is after them, ``removed_by``
         #: before: the sum of ``removed_by`` is ``removed + given_back``).
         self.given_back = 0
+        self.hide = hide
+        self.hidden = 0
 
     def count(self, rule: str, n: int) -> None:
         """Add ``n`` pixels removed by ``rule`` to :attr:`removed` and :attr:`removed_by`."""
@@ -122,6 +206,14 @@ class Source:
         clear = px.clear
         snow = (px.classes == MaskClass.SNOW) & clear if self.policy.temporal else None
         mask_clear = None if self.policy.changes_nothing else (clear if px.removed is None else clear | px.removed)
+        if self.hide is not None:
+            # Hidden pixels are cloud to every later step: the masks' own decision too, so that
+            # restore_mask_clear can never give them back.
+            shown = ~self.hide.read(r0, r1)
+            self.hidden += int((clear & ~shown).sum())
+            clear = clear & shown
+            snow = None if snow is None else snow & shown
+            mask_clear = None if mask_clear is None else mask_clear & shown
         return Strip(px.values, px.valid, clear, snow, mask_clear)
 
     def close(self) -> None:

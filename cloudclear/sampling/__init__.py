@@ -8,11 +8,12 @@
 - :class:`PatchDataset` reads a store for a PyTorch DataLoader, :class:`PatchStore` gives the raw
   arrays and the metadata table (:mod:`cloudclear.sampling.store`).
 
-Example::
+Example, on a synthetic series (``cloudclear synth out/T31UFQ --size 480 --dates 10 --interval 15
+--start 2021-04-01 --seed 42``, then ``cloudclear index out/T31UFQ``)::
 
     from cloudclear.sampling import PatchDataset, SampleOptions, sample
 
-    result = sample("sample_tiles/T31UFQ", "OS2", "out/os2", SampleOptions(patch_size=128, count=40,
+    result = sample("out/T31UFQ", "OS2", "out/os2", SampleOptions(patch_size=128, count=40,
                     simulate=("t",)))
     train = PatchDataset(result.path, split="train")
     item = train[0]          # {"t": (4, 128, 128) float32, "t.valid": ..., "t.truth": ..., ...}
