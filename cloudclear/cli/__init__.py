@@ -103,6 +103,7 @@ app.add_typer(layouts_app)
 
 app.command()(sampling.sample)
 app.command()(training.train)
+app.command()(training.adapt)
 app.command()(training.evaluate)
 app.command()(training.models)
 

@@ -8,7 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudclear.cli.options import AsJson, choice, interruptible, overwrite_option, progress
+from cloudclear.cli.options import (
+    AsDecoded,
+    AsJson,
+    Buffer,
+    MaskSource,
+    Snow,
+    Strict,
+    Temporal,
+    TemporalDays,
+    Unclassified,
+    choice,
+    clear_policy,
+    interruptible,
+    overwrite_option,
+    progress,
+)
 
 
 def train(
@@ -50,6 +65,23 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.", min=0)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last epoch.")] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from this checkpoint (path or model name): its weights, architecture, slots and "
+            "normalisation are kept (--net/--size/--width/--depth ignored); its val figures are epoch 0.",
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            help="Time budget in SECONDS: stop when spent (checked every step; the epoch in progress is then "
+            "validated and kept if best).",
+            min=0,
+        ),
+    ] = None,
     overwrite: Annotated[bool, overwrite_option("an existing checkpoint")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -59,6 +91,9 @@ def train(
     measured on the train split. Masked L1 loss, AdamW, cosine schedule; after every epoch the
     val split is scored (PSNR, SSIM, SAM, MAE as `cloudclear score`), the best epoch is kept and a
     resume state is saved beside the checkpoint. CUDA with bf16 autocast when present.
+
+    With --init CHECKPOINT it fine-tunes that checkpoint instead (keeping its card); with --budget
+    SECONDS it stops when the time is spent.
 
     Example: cloudclear train -s out/os2 --net multi-temporal -o models/mt.safetensors
     """
@@ -84,6 +119,8 @@ def train(
         seed=seed,
         resume=resume,
         overwrite=overwrite,
+        init=init,
+        budget_s=budget,
     )
     show = progress()
 
@@ -106,8 +143,116 @@ def train(
         f"{result.path}: {result.card.architecture} {result.card.options}, {result.parameters:,} parameters, "
         f"best epoch {result.best_epoch} of {len(result.history)}"
         + (" (stopped early)" if result.stopped_early else "")
+        + (f" (time budget of {budget:g} s spent, {result.steps} steps)" if result.out_of_time else "")
     )
+    if result.val_before is not None:
+        b = result.val_before
+        typer.echo(f"    before ({init}): PSNR {b.get('psnr')} dB, SSIM {b.get('ssim')}, SAM {b.get('sam')} deg")
     typer.echo(f"    val: PSNR {v.get('psnr')} dB, SSIM {v.get('ssim')}, SAM {v.get('sam')} deg, MAE {v.get('mae')}")
+
+
+def adapt(
+    catalog: Annotated[
+        Path, typer.Option("--catalog", "-c", help="Your catalog from `cloudclear index` (or its folder).")
+    ],
+    model: Annotated[str, typer.Option("--from", "-m", help="Checkpoint to adapt: a path or a model name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Adapted checkpoint to write (.safetensors).")],
+    minutes: Annotated[
+        float, typer.Option("--minutes", help="Training time budget in minutes (sampling not counted).", min=0)
+    ] = 5.0,
+    count: Annotated[int, typer.Option("--count", "-n", help="Patches to sample from the catalog.", min=1)] = 1000,
+    patch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--patch-size", "-p", help="Patch side (default: the model's training patch, at least 32).", min=8
+        ),
+    ] = None,
+    block: Annotated[int, typer.Option("--block", help="Train/val split block side, in patches.", min=1)] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate of the fine-tuning.")] = 5e-4,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds sampling, data order and augmentation.", min=0)] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Sampling threads.", min=1)] = 2,
+    overwrite: Annotated[bool, overwrite_option("an existing checkpoint")] = False,
+    as_json: AsJson = False,
+    buffer: Buffer = None,
+    unclassified: Unclassified = None,
+    snow: Snow = None,
+    mask_source: MaskSource = None,
+    temporal: Temporal = None,
+    temporal_days: TemporalDays = None,
+    strict: Strict = False,
+    as_decoded: AsDecoded = False,
+) -> None:
+    """Adapt a checkpoint to your own catalog: self-supervised fine-tuning within a time budget.
+
+    Samples patches from the catalog with the layout, bands and slots the model was trained on,
+    pasting your own real cloud masks on your own clear observations (so the truth is known, and
+    pixels a date's mask hides are never a target), fine-tunes the model on them for --minutes,
+    keeping its card and normalisation, and writes the checkpoint whose card records the
+    adaptation (info.adapted: base model and SHA-256, scenes, dates, bounds, samples, time, val
+    figures before and after). The best epoch by val PSNR is kept, the base weights if none
+    beats them. The temporary patch store is removed.
+
+    Example: cloudclear adapt -c my.gpkg --from multi-temporal-small -o models/mine.safetensors --minutes 5
+    """
+    from cloudclear.training import AdaptOptions
+    from cloudclear.training import adapt as run_adapt
+
+    options = AdaptOptions(
+        minutes=minutes,
+        count=count,
+        patch_size=patch_size,
+        block=block,
+        lr=lr,
+        device=device,
+        seed=seed,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress(),
+        policy=clear_policy(
+            buffer,
+            unclassified,
+            snow,
+            strict,
+            temporal,
+            as_decoded=as_decoded,
+            source=mask_source,
+            temporal_days=temporal_days,
+            none_if_unset=True,
+        ),
+    )
+
+    def report(rec: Any) -> None:
+        if not as_json:
+            v = rec.val
+            typer.echo(f"epoch {rec.epoch}: loss {rec.loss:.4f}, val PSNR {v['psnr']} dB, SSIM {v['ssim']}", err=True)
+
+    result = interruptible(lambda: run_adapt(catalog, model, out, options, on_epoch=report), "checkpoint")
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    a = result.adapted
+    b, v = a["val_before"] or {}, a["val_after"] or {}
+    typer.echo(
+        f"{result.path}: {a['base']} adapted on {sum(a['samples'].values())} patches "
+        f"({', '.join(f'{k} {n}' for k, n in a['samples'].items() if n)}) of {len(a['scenes'])} scenes, "
+        f"{a['dates'][0]} .. {a['dates'][-1]}"
+    )
+    typer.echo(
+        f"    sampling {a['sample_seconds']:.1f} s, training {a['seconds']:.1f} s of {a['budget_s']:g} s: "
+        f"{a['epochs']} epochs, {a['steps']} steps, best epoch {a['best_epoch']}"
+        + (" (the base weights: no epoch beat them)" if a["best_epoch"] == 0 else "")
+    )
+    typer.echo(
+        f"    val PSNR {b.get('psnr')} -> {v.get('psnr')} dB, SSIM {b.get('ssim')} -> {v.get('ssim')}, "
+        f"SAM {b.get('sam')} -> {v.get('sam')} deg"
+        if b.get("psnr") is not None
+        else "    no val pixels to score: "
+        + ("the base weights are kept" if a["best_epoch"] == 0 else "the last epoch is kept")
+        + " (raise --count or use a smaller --block)"
+    )
+    for note in result.notes:
+        typer.echo(f"    note: {note}", err=True)
 
 
 def evaluate(

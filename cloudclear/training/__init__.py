@@ -22,11 +22,17 @@ layout, and fits it:
 :func:`evaluate` scores a checkpoint or the ``gapfill`` baseline on a split of stores, on the same
 reconstructed pixels.
 
+:func:`finetune` starts from a checkpoint (``TrainOptions(init=...)``, its card and normalisation
+kept) within a time budget (``budget_s``); :func:`adapt` samples the user's own catalog with the
+layout the checkpoint was trained on (real masks pasted on clear dates) and fine-tunes on it.
+
 Modules: :mod:`.options` (what is asked, guards), :mod:`.samples` (stores as network tensors),
-:mod:`.loop` (the training loop), :mod:`.resume` (the resume state), :mod:`.evaluation`.
+:mod:`.loop` (the training loop), :mod:`.resume` (the resume state), :mod:`.evaluation`,
+:mod:`.adapt` (fine-tuning and adaptation to a catalog).
 """
 
 from cloudclear.nets.feed import output_stats as _denorm  # noqa: F401 - used by bench/train.py
+from cloudclear.training.adapt import FINETUNE, AdaptOptions, AdaptResult, adapt, finetune, training_layout
 from cloudclear.training.evaluation import Evaluation, evaluate
 from cloudclear.training.loop import (
     DIVERGENCE_FACTOR,
@@ -52,17 +58,22 @@ from cloudclear.training.samples import (
 
 __all__ = [
     "DIVERGENCE_FACTOR",
+    "FINETUNE",
     "FIGURES",
     "LOSS_PIXELS",
     "NIR_STAND_INS",
     "RESUME_KEY",
+    "AdaptOptions",
+    "AdaptResult",
     "CardSamples",
     "EpochRecord",
     "Evaluation",
     "StoreSlots",
     "TrainOptions",
     "TrainResult",
+    "adapt",
     "evaluate",
+    "finetune",
     "map_card",
     "measure_normalisation",
     "open_stores",
@@ -70,4 +81,5 @@ __all__ = [
     "resume_path",
     "store_summary",
     "train",
+    "training_layout",
 ]

@@ -15,7 +15,14 @@ from typing import Any
 from cloudclear.errors import CheckpointError, OutputError, OutputExistsError, StoreError, TrainingDivergedError
 from cloudclear.training.options import TrainOptions, check_depth
 from cloudclear.training.resume import load_resume, resume_meta, resume_path, save_resume
-from cloudclear.training.samples import CardSamples, measure_normalisation, open_stores, plan_card, store_summary
+from cloudclear.training.samples import (
+    CardSamples,
+    map_card,
+    measure_normalisation,
+    open_stores,
+    plan_card,
+    store_summary,
+)
 
 #: A step whose loss exceeds this many times the run's first step loss has diverged. In normalised
 #: units an untrained network's L1 loss is about 1; healthy training only lowers it.
@@ -51,6 +58,10 @@ class TrainResult:
     resumed_from: int
     parameters: int
     device: str
+    out_of_time: bool = False
+    steps: int = 0
+    seconds: float = 0.0
+    val_before: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +73,11 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
             "resumed_from": self.resumed_from,
+            "out_of_time": self.out_of_time,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "init": self.card.info.get("init"),
+            "val_before": self.val_before,
             "val": self.card.info.get("val", {}),
             "history": [asdict(h) for h in self.history],
         }
@@ -174,7 +190,12 @@ def train(
     progress: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
-    """Fit ``opts.net`` on the train split of ``stores``; keep the best validation epoch at ``out``.
+    """Fit ``opts.net`` (or fine-tune ``opts.init``) on the train split of ``stores``; keep the best
+    validation epoch at ``out``.
+
+    With ``opts.init`` the checkpoint's weights and card are the start (its normalisation kept)
+    and count as epoch 0: validated first and written to ``out``, replaced only by a better epoch.
+    With ``opts.budget_s`` the run stops when the time is spent (see :class:`TrainOptions`).
 
     The checkpoint and its card are rewritten whenever an epoch beats the best validation PSNR, and
     a resume state after every epoch (both atomically). A non-finite loss, or a step loss
@@ -202,16 +223,37 @@ def train(
 
     from cloudclear import __version__
     from cloudclear.nets import parameter_count
-    from cloudclear.nets.card import build_net, load_checkpoint, read_card, save_checkpoint
+    from cloudclear.nets.card import build_net, find_checkpoint, load_checkpoint, read_card, save_checkpoint
     from cloudclear.nets.feed import Feed
 
+    t_run = time.perf_counter()
     opts = opts if opts is not None else TrainOptions()
     out = Path(out).expanduser()
     state_path = _prepare_output(out, opts)
     opened = open_stores(stores)
     patch = min(int(s.manifest["patch_size"]) for s in opened)
-    check_depth(opts, patch)
-    card, slot_map = plan_card(opened, opts)
+    base: dict[str, Any] | None = None
+    if opts.init is not None:
+        base_path = find_checkpoint(opts.init)
+        base_net, base_card = load_checkpoint(base_path)
+        try:
+            slot_map = map_card(base_card, opened[0])
+            for s in opened[1:]:
+                map_card(base_card, s)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--init {base_path.name}: the stores do not fit its card: {exc}") from None
+        card = replace(base_card, info={})
+        base = {
+            "model": base_path.stem,
+            "path": str(base_path.resolve()),
+            "sha256": file_sha256(base_path),
+            "trained_on": base_card.info.get("trained_on"),
+        }
+        if "adapted" in base_card.info:
+            base["adapted"] = base_card.info["adapted"]
+    else:
+        check_depth(opts, patch)
+        card, slot_map = plan_card(opened, opts)
     crop = opts.crop or patch
     crop -= crop % card.align
     if crop < card.align:
@@ -221,9 +263,12 @@ def train(
     amp = device.type == "cuda"
 
     torch.manual_seed(opts.seed)
-    norm = measure_normalisation(opened, card, opts.seed)
-    card = replace(card, normalisation=norm)
-    net = build_net(card).to(device)
+    if base is None:
+        norm = measure_normalisation(opened, card, opts.seed)
+        card = replace(card, normalisation=norm)
+        net = build_net(card).to(device)
+    else:
+        net = base_net.to(device)  # the card's normalisation is kept: the weights expect it
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
 
     def samples(split: str, augment: bool) -> list[Any]:
@@ -234,12 +279,14 @@ def train(
 
     from torch.utils.data import ConcatDataset, Subset
 
-    train_parts = [d for d in samples("train", opts.augment) if len(d)]
-    val_sets = [d for d in samples("val", False) if len(d)]
+    train_parts = [d for split in opts.train_splits for d in samples(split, opts.augment) if len(d)]
+    val_sets = [] if "val" in opts.train_splits else [d for d in samples("val", False) if len(d)]
     if not train_parts:
-        raise StoreError(f"{opened[0].path}: the train split is empty")
-    if not val_sets:
+        raise StoreError(f"{opened[0].path}: the {'+'.join(opts.train_splits)} split is empty")
+    if not val_sets and base is None:
         raise StoreError(f"{opened[0].path}: the val split is empty (sample with a smaller --block or more --count)")
+    # fine-tuning without a val split keeps the last epoch (nothing to choose the best by)
+    has_val = bool(val_sets)
     train_set: Any = ConcatDataset(train_parts)
     if opts.limit is not None and opts.limit < len(train_set):
         train_set = Subset(train_set, range(opts.limit))
@@ -250,11 +297,14 @@ def train(
     best_psnr, best_epoch, start = -math.inf, -1, 0
     first_loss: float | None = None
     # Everything that changes what is trained; device, workers and the resume flags do not.
-    settings = {k: v for k, v in asdict(opts).items() if k not in ("device", "workers", "resume", "overwrite")}
+    settings = {
+        k: v for k, v in asdict(opts).items() if k not in ("device", "workers", "resume", "overwrite", "budget_s")
+    }
     fingerprint = json.loads(
         json.dumps({"stores": [str(s.path) for s in opened], "options": card.options, "crop": crop, **settings})
     )
     written = False  # whether ``out`` holds this run's checkpoint
+    val_before: dict[str, Any] | None = None
     if opts.resume:
         previous = resume_meta(state_path).get("fingerprint")
         if previous != fingerprint:
@@ -269,13 +319,15 @@ def train(
         history = [EpochRecord(**h) for h in meta["history"]]
         best_psnr, best_epoch, start = meta["best_psnr"], meta["best_epoch"], meta["epoch"] + 1
         first_loss = meta.get("first_loss") or (history[0].loss if history else None)
+        val_before = meta.get("val_before")
         written = out.exists()
         if best_psnr is None:
             best_psnr = -math.inf
     resumed_from = start
     n_params = parameter_count(net)
     summary = [store_summary(s) for s in opened]
-    stopped = False
+    stopped = out_of_time = False
+    steps_run = 0
     loss_key = "gaps" if opts.loss_pixels == "gaps" else "truth_valid"
     nb = len(card.bands)
     feed = Feed(card, device)
@@ -296,9 +348,52 @@ def train(
             + f": train again with a lower --lr than {opts.lr:g}"
         )
 
+    def save_best(val: dict[str, Any] | None, epoch: int) -> None:
+        """Write ``net`` as the checkpoint: ``epoch`` 0-based, -1 for the ``init`` weights."""
+        info: dict[str, Any] = {
+            "trained_on": summary,
+            "val": val,
+            "training": {
+                "epochs_run": epoch + 1,
+                "best_epoch": epoch + 1,
+                "loss_pixels": opts.loss_pixels,
+                "crop": crop,
+                "batch_size": opts.batch_size,
+                "lr": opts.lr,
+                "weight_decay": opts.weight_decay,
+                "s1_dropout": opts.s1_dropout,
+                "seed": opts.seed,
+                "device": str(device),
+                "samples_per_epoch": len(train_set),
+                "train_splits": list(opts.train_splits),
+                "selection": "best val PSNR" if has_val else f"last epoch (no val {'pixels' if val_sets else 'split'})",
+                "budget_s": opts.budget_s,
+                "parameters": n_params,
+            },
+        }
+        if base is not None:
+            info["init"] = dict(base, val=val_before)
+        save_checkpoint(out, net, replace(card, info=info, version=__version__))
+
+    if base is not None and not opts.resume:
+        # epoch 0: the checkpoint started from, so fine-tuning never hands back worse weights
+        if has_val:
+            val_before = _validate(net, val_sets, card, device, amp, opts.batch_size)
+            best_psnr = val_before["psnr"] if val_before["psnr"] is not None else -math.inf
+            # a val split without a reconstructed pixel cannot choose: keep the last epoch
+            has_val = val_before["psnr"] is not None
+        save_best(val_before, -1)
+        written = True
+
+    def spent() -> bool:
+        return opts.budget_s is not None and time.perf_counter() - t_run >= opts.budget_s
+
     for epoch in range(start, opts.epochs):
-        if epoch - best_epoch > opts.patience and best_epoch >= 0:
+        if epoch - best_epoch > opts.patience and (best_epoch >= 0 or (base is not None and has_val)):
             stopped = True
+            break
+        if spent() and written:
+            out_of_time = True
             break
         for part in train_parts:
             part.epoch = epoch
@@ -308,6 +403,9 @@ def train(
         bar = progress_bar(loader, f"epoch {epoch + 1}/{opts.epochs}", progress)
         loss_sum, loss_n, seen = 0.0, 0, 0
         for step, b in enumerate(bar):
+            if seen and spent():
+                out_of_time = True
+                break
             lr = opts.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -329,13 +427,21 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps_run += 1
             loss_sum += value * b["x"].shape[0]
             loss_n += b["x"].shape[0]
             seen += b["x"].shape[0]
             if progress:
                 bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.4f}", refresh=False)
+        bar.close()
+        if out_of_time and not seen:
+            break
         seconds = time.perf_counter() - t0
-        val = _validate(net, val_sets, card, device, amp, opts.batch_size)
+        val = (
+            _validate(net, val_sets, card, device, amp, opts.batch_size)
+            if has_val
+            else {k: None for k in FIGURES} | {"pixels": 0, "samples": 0}
+        )
         record = EpochRecord(
             epoch=epoch + 1,
             loss=round(loss_sum / max(loss_n, 1), 6),
@@ -348,29 +454,16 @@ def train(
         psnr = val["psnr"] if val["psnr"] is not None else -math.inf
         if progress:
             bar.write(f"epoch {epoch + 1}: loss {record.loss:.4f}, val PSNR {psnr:.2f} dB, SSIM {val['ssim']}")
-        if psnr > best_psnr:
+        if psnr > best_psnr or not has_val:
             best_psnr, best_epoch = psnr, epoch
-            info: dict[str, Any] = {
-                "trained_on": summary,
-                "val": val,
-                "training": {
-                    "epochs_run": epoch + 1,
-                    "best_epoch": epoch + 1,
-                    "loss_pixels": opts.loss_pixels,
-                    "crop": crop,
-                    "batch_size": opts.batch_size,
-                    "lr": opts.lr,
-                    "weight_decay": opts.weight_decay,
-                    "s1_dropout": opts.s1_dropout,
-                    "seed": opts.seed,
-                    "device": str(device),
-                    "samples_per_epoch": len(train_set),
-                    "parameters": n_params,
-                },
-            }
-            best_card = replace(card, info=info, version=__version__)
-            save_checkpoint(out, net, best_card)
+            save_best(val if has_val else None, epoch)
             written = True
+        if out_of_time:
+            # a partial epoch: no resume state (a resumed run would not end where an unbroken
+            # one would); the state of the last full epoch is removed below
+            if on_epoch:
+                on_epoch(record)
+            break
         save_resume(
             state_path,
             net,
@@ -381,6 +474,7 @@ def train(
                 "best_psnr": None if not math.isfinite(best_psnr) else best_psnr,
                 "best_epoch": best_epoch,
                 "first_loss": first_loss,
+                "val_before": val_before,
                 "history": [asdict(h) for h in history],
             },
         )
@@ -388,12 +482,44 @@ def train(
             on_epoch(record)
     if not out.exists() or not written:
         raise CheckpointError(f"{out}: no epoch gave a finite validation PSNR; nothing was written")
+    seconds_run = time.perf_counter() - t_run
     final_card = read_card(out)
     final_info: dict[str, Any] = dict(final_card.info)
-    final_info["training"] = dict(final_info["training"], epochs_run=len(history), stopped_early=stopped)
+    final_info["training"] = dict(
+        final_info["training"],
+        epochs_run=len(history),
+        stopped_early=stopped,
+        out_of_time=out_of_time,
+        steps=steps_run,
+        seconds=round(seconds_run, 3),
+    )
     final_info["history"] = [{"epoch": h.epoch, "loss": h.loss, "val_psnr": h.val["psnr"]} for h in history]
     final_card = replace(final_card, info=final_info)
     best_net, _ = load_checkpoint(out)
     save_checkpoint(out, best_net, final_card)
     state_path.unlink(missing_ok=True)
-    return TrainResult(out, final_card, tuple(history), best_epoch + 1, stopped, resumed_from, n_params, str(device))
+    return TrainResult(
+        out,
+        final_card,
+        tuple(history),
+        best_epoch + 1,
+        stopped,
+        resumed_from,
+        n_params,
+        str(device),
+        out_of_time=out_of_time,
+        steps=steps_run,
+        seconds=seconds_run,
+        val_before=val_before,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

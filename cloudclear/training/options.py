@@ -46,6 +46,17 @@ class TrainOptions:
         overwrite: replace an existing checkpoint.
         window: the window side inference should use (written on the card).
         limit: use at most this many training samples per epoch (quick runs and benches).
+        init: a checkpoint (path or model name) to start from: its weights and card (architecture,
+            options, slots, normalisation) are kept, ``net``, ``size``, ``width``, ``depth`` and
+            ``heads`` are ignored, and the stores must fit the card
+            (:func:`~cloudclear.training.map_card`). Its validation figures are measured first
+            (epoch 0) and its weights are the checkpoint until an epoch beats them. Without a val
+            split, the last epoch is kept.
+        budget_s: stop when this many seconds have passed since the run started (checked before
+            every step; the epoch in progress is then validated and kept if it is the best, so
+            the run ends one validation after the budget). None: no limit.
+        train_splits: the store splits trained on (a bench may adapt on ``("train",)`` and score on
+            ``test``). Validation is on ``val`` unless it is one of them.
     """
 
     net: str = "multi-temporal"
@@ -70,6 +81,9 @@ class TrainOptions:
     overwrite: bool = False
     window: int = 256
     limit: int | None = None
+    init: str | None = None
+    budget_s: float | None = None
+    train_splits: tuple[str, ...] = ("train",)
 
     def __post_init__(self) -> None:
         from cloudclear.nets import ARCHITECTURES, SIZES
@@ -86,6 +100,12 @@ class TrainOptions:
             raise CheckpointError("lr must be > 0, weight decay >= 0 and S1 dropout in [0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CheckpointError(f"device {self.device!r}: choose auto, cpu or cuda")
+        if self.budget_s is not None and not self.budget_s >= 0:
+            raise CheckpointError(f"the time budget must be >= 0 seconds, not {self.budget_s}")
+        object.__setattr__(self, "train_splits", tuple(self.train_splits))
+        known = ("train", "val", "test")
+        if not self.train_splits or set(self.train_splits) - set(known):
+            raise CheckpointError(f"train splits {list(self.train_splits)}: choose among {', '.join(known)}")
 
     def net_options(self) -> dict[str, Any]:
         """The architecture's keyword options: the size preset with overrides."""
