@@ -12,12 +12,14 @@ For each place of ``bench/places.py`` (one piece of ground, even when two datase
    never saw.
 
 Prints one row per place and the mean over places (each place counted once), and writes
-``OUT/quality.json``. ``--card CHECKPOINT`` also writes the per-place figures into that
-checkpoint's card (``info.leave_one_place_out``), which ``cloudclear models`` shows.
+``OUT/quality.json``. ``--ship CHECKPOINT`` also trains that checkpoint on every place with the
+same recipe and writes the per-place figures into its card (``info.leave_one_place_out``), which
+``cloudclear models`` shows.
 
 Run (about an hour on 2 CPU cores)::
 
-    python bench/quality.py --out /tmp/q17 --budget 240 --adapt-budget 90
+    python bench/quality.py --out /tmp/q17 --budget 300 --epochs 5 --adapt-budget 90 --adapt-epochs 3 \
+        --ship models/refine-small.safetensors
 """
 
 from __future__ import annotations
@@ -87,7 +89,12 @@ def main() -> None:
     ap.add_argument("--adapt-epochs", type=int, default=6, help="epochs of the cosine schedule (adaptation)")
     ap.add_argument("--places", default=None, help="comma-separated place ids (default: all)")
     ap.add_argument("--count", type=int, default=1500, help="samples per store")
-    ap.add_argument("--card", type=Path, default=None, help="write the figures into this checkpoint's card")
+    ap.add_argument(
+        "--ship",
+        type=Path,
+        default=None,
+        help="also train this checkpoint on EVERY place with the same recipe, and write the figures into its card",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: no real data folder; this bench needs ../shared/data")
@@ -95,6 +102,10 @@ def main() -> None:
     wanted = args.places.split(",") if args.places else [p for p in PLACES if stores.get(p)]
     models = args.out / "lopo"
     models.mkdir(parents=True, exist_ok=True)
+    if args.ship:
+        every = [str(s) for ss in stores.values() for s in ss]
+        secs = _train(_trainable(every), args.ship, args.budget, args.epochs)
+        print(f"{args.ship}: trained on every place in {secs:.0f} s", flush=True)
     rows: dict[str, Any] = {}
     for place in wanted:
         held = [str(s) for s in stores[place]]
@@ -119,8 +130,8 @@ def main() -> None:
     result = {"places": rows, "mean_over_places": summary["mean"], "settings": vars(args) | {"out": str(args.out)}}
     result["settings"] = {k: str(v) for k, v in result["settings"].items()}
     (args.out / "quality.json").write_text(json.dumps(result, indent=1))
-    if args.card:
-        _write_card(args.card, result)
+    if args.ship:
+        _write_card(args.ship, result)
 
 
 def _fmt(d: dict[str, Any] | None) -> str:
@@ -205,13 +216,16 @@ def _write_card(path: Path, result: dict[str, Any]) -> None:
     info["leave_one_place_out"] = {
         "what": "refine trained without the place, scored on every sample of it (its real masks pasted on "
         "its clear dates); the same architecture and recipe as this checkpoint",
-        "command": "python bench/quality.py --out OUT --budget {budget} --adapt-budget {adapt_budget}".format(
-            **result["settings"]
-        ),
+        "command": "python bench/quality.py --out OUT --budget {budget} --epochs {epochs} --adapt-budget "
+        "{adapt_budget} --adapt-epochs {adapt_epochs} --ship {ship}".format(**result["settings"]),
         "places": places,
         "mean_over_places": result["mean_over_places"],
     }
-    save_checkpoint(path, net, replace(card, info=info))
+    # a card trained before plan_card's window rule gets the same window as a new training would
+    from cloudclear.training.samples import card_window
+
+    window = card_window(card.window, card.receptive_radius, card.align)
+    save_checkpoint(path, net, replace(card, info=info, window=window))
 
 
 if __name__ == "__main__":

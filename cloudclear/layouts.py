@@ -50,6 +50,10 @@ _TOP_FIELDS = ("name", "description", "reference", "target", "slots")
 _SLOT_FIELDS = ("name", "sensor", "window", "cloud", "gaps", "truth_cloud", "s1_max_gap", "pick", "nth")
 
 
+#: NIR bands that stand in for each other (865 and 842 nm): ``sample`` reads one where a scene
+#: lacks the other, and ``infer`` does so for a network trained on it.
+NIR_STAND_INS = {"B08": "B8A", "B8A": "B08"}
+
 #: Where a slot's acquisition lies relative to the date being reconstructed.
 ROLES = ("target", "before", "after")
 
@@ -506,13 +510,9 @@ def _s2(name: str, window: list[float] | None, cloud: list[float], s1: bool = Tr
 
 SEQUENCE_LENGTH = 6
 SEQUENCE_SPAN_DAYS = 90
-#: Acquisitions on each side of the date in the ``gapfill-3`` layout (as ``infer --method gapfill``
-#: reads), and how far they may lie: 200 days reaches the third neighbour of a bi-monthly series.
-REFINE_NEIGHBOURS = 3
-REFINE_SPAN_DAYS = 200
-#: The most cloud % a ``gapfill-3`` target may hold under the pasted mask (its cloudy pixels are not
-#: truth: left out of the loss and the scores).
-REFINE_TRUTH_CLOUD = 10
+#: ``gapfill-3``: acquisitions on each side (as gapfill reads), how far they may lie (200 days reach
+#: a bi-monthly series' third), the most cloud % of a target under its paste (not truth, not scored).
+REFINE_NEIGHBOURS, REFINE_SPAN_DAYS, REFINE_TRUTH_CLOUD = 3, 200, 10
 
 #: Preset layouts by name (the same dict feeds ``cloudclear layouts`` and validation).
 PRESETS: dict[str, Layout] = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import SHARED_DATA, assert_one_line_error, fill_disk, read_only, write_raster
+from conftest import SHARED_DATA, assert_one_line_error, fill_disk, gapfill_unless_named, read_only, write_raster
 from typer.testing import CliRunner
 
 from cloudclear.cli import app
@@ -47,7 +47,7 @@ DECODED = "--as-decoded"
 
 
 def infer(*args: object):
-    return runner.invoke(app, ["infer", *(str(a) for a in args)])
+    return runner.invoke(app, gapfill_unless_named(["infer", *args]))
 
 
 def index(directory: Path, catalog: Path, *extra: str) -> Path:
@@ -655,7 +655,9 @@ app(sys.argv[2:], prog_name="cloudclear")
 def _start_and_wait_for_partial(catalog: Path, out: Path, marker: Path, *extra: str) -> subprocess.Popen:
     """Start ``infer`` in a process whose writer holds after its first rows reach the temporary,
     and return once they have (the run has a temporary and cannot finish before it is signalled)."""
-    args = ["infer", "-c", str(catalog), "-d", "2021-05-11", "-o", str(out), "--strip-rows", "64", DECODED, *extra]
+    args = gapfill_unless_named(
+        ["infer", "-c", str(catalog), "-d", "2021-05-11", "-o", str(out), "--strip-rows", "64", DECODED, *extra]
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD_AFTER_FIRST_WRITE, str(marker), *args],
         cwd=ROOT,
@@ -765,6 +767,8 @@ def test_interrupt_while_a_thread_starts(sample_catalog, tmp_path, thread):
         str(tmp_path / "x.tif"),
         "--strip-rows",
         "256",
+        "--method",
+        "gapfill",
     ]
     proc = subprocess.run(
         [sys.executable, "-c", INTERRUPT_AT_START, thread, *args], cwd=ROOT, capture_output=True, text=True, timeout=120

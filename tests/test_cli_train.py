@@ -137,11 +137,32 @@ def test_models_lists_architectures_and_checkpoints(trained, tmp_path):
     k = len(NETS)
     assert [ln.split()[0] for ln in lines[1 : k + 1]] == list(NETS)
     assert lines[k + 1] == "checkpoints:"
-    (row,) = lines[k + 2 :]
+    (row, lopo) = lines[k + 2 :]
+    assert lopo.strip() == "leave-one-place-out: not measured (figures at places it was trained on only)"
     params = card_of(out)["info"]["training"]["parameters"]
     assert row.split()[:3] == ["mt", "multi-temporal", f"{params:,}"]
     assert "bands B02,B03,B04,B08" in row and "slots t-1,t,t+1,s1@t-1,s1@t,s1@t+1" in row
     assert "nocard" not in res.stdout and "garbage" not in res.stdout
+
+    # a card with leave-one-place-out figures (bench/quality.py writes them): a line per place
+    from dataclasses import replace
+
+    from cloudclear.nets.card import load_checkpoint, save_checkpoint
+
+    net, card = load_checkpoint(out)
+    g, n = {"psnr": 30.0, "ssim": 0.9, "sam": 4.0}, {"psnr": 31.5, "ssim": 0.92, "sam": 3.5}
+    lopo = {
+        "places": {"bolzano": {"level": "L2A", "s1": False, "pixels": 10, "gapfill": g, "network": n}},
+        "mean_over_places": {"gapfill": g, "base": n},
+    }
+    save_checkpoint(folder / "lopo.safetensors", net, replace(card, info={**card.info, "leave_one_place_out": lopo}))
+    res = cli("models", "--dir", folder)
+    assert res.exit_code == 0, res.output
+    text = res.stdout
+    assert "leave-one-place-out, mean of 1 places: PSNR 31.50 dB vs gapfill 30.00 (+1.50)" in text
+    assert "bolzano         L2A    PSNR 31.50 vs gapfill 30.00 (+1.50)" in text
+    (folder / "lopo.safetensors").unlink()
+    (folder / "lopo.json").unlink()
 
     res = cli("models", "--dir", folder, "--json")
     assert res.exit_code == 0, res.output

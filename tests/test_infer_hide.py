@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import assert_one_line_error, write_raster
+from conftest import assert_one_line_error, gapfill_unless_named, write_raster
 from typer.testing import CliRunner
 
 from cloudclear.cli import app
@@ -32,7 +32,7 @@ DECODED = "--as-decoded"
 
 
 def cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(app, gapfill_unless_named(args))
 
 
 def read(path: Path) -> np.ndarray:

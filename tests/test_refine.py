@@ -139,3 +139,12 @@ def test_refine_refuses_a_spec_it_cannot_fill():
         build("refine", one, {})
     with pytest.raises(CheckpointError, match="outputs the 4 bands"):
         build("refine", NetSpec.of(_spec(False).slots, 3), {})
+
+
+def test_the_card_window_keeps_margins_to_a_third_of_its_side():
+    from cloudclear.training.samples import card_window
+
+    assert card_window(256, receptive_radius(3) + SMOOTH_RADIUS, 8) == 528  # refine, depth 3: 88 px
+    assert card_window(256, receptive_radius(3), 8) == 352
+    assert card_window(1024, receptive_radius(3), 8) == 1024  # a wider window asked for is kept
+    assert card_window(100, 10, 16) == 112  # aligned to the pooling

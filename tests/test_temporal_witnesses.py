@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import gapfill_unless_named
 from typer.testing import CliRunner
 
 from cloudclear.cli import app
@@ -20,7 +21,7 @@ PATCH = (slice(20, 36), slice(20, 36))
 
 
 def _run(*args: str) -> dict:
-    res = runner.invoke(app, [str(a) for a in args])
+    res = runner.invoke(app, gapfill_unless_named(args))
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout) if "--json" in args else {}
 

@@ -330,3 +330,35 @@ def models(
             f"  {path.stem:28s} {card.architecture:15s} {params or 0:>10,} params  bands {','.join(card.bands)}"
             f"  slots {slots}  val PSNR {v.get('psnr')} dB  ({path})"
         )
+        for line in _lopo_lines(card.info):
+            typer.echo(f"      {line}")
+
+
+def _lopo_lines(info: dict) -> list[str]:
+    """A card's leave-one-place-out figures (bench/quality.py) and adaptation, as lines."""
+    out = []
+    adapted = info.get("adapted")
+    if adapted:
+        out.append(
+            f"adapted from {adapted.get('base', '?')} on {adapted.get('catalog', '?')} "
+            f"(samples {adapted.get('samples', '?')}, {adapted.get('seconds', '?')} s)"
+        )
+    lopo = info.get("leave_one_place_out")
+    if not lopo:
+        out.append("leave-one-place-out: not measured (figures at places it was trained on only)")
+        return out
+    mean = lopo.get("mean_over_places", {})
+    g, n = mean.get("gapfill", {}), mean.get("base", {})
+    if g and n:
+        out.append(
+            f"leave-one-place-out, mean of {len(lopo.get('places', {}))} places: PSNR {n['psnr']:.2f} dB vs gapfill "
+            f"{g['psnr']:.2f} ({n['psnr'] - g['psnr']:+.2f}), SSIM {n['ssim']:.3f} vs {g['ssim']:.3f}, "
+            f"SAM {n['sam']:.2f} vs {g['sam']:.2f} deg"
+        )
+    for place, row in lopo.get("places", {}).items():
+        a, b = row["gapfill"], row["network"]
+        out.append(
+            f"  {place:15s} {row.get('level', ''):3s} {'S1' if row.get('s1') else '  '} "
+            f"PSNR {b['psnr']:.2f} vs gapfill {a['psnr']:.2f} ({b['psnr'] - a['psnr']:+.2f})"
+        )
+    return out

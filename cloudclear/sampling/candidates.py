@@ -21,7 +21,7 @@ from cloudclear.acquisitions import dedupe, grid_of
 from cloudclear.catalog import NO_CELL
 from cloudclear.errors import SampleError
 from cloudclear.gridio import Grid
-from cloudclear.layouts import Layout, LayoutSlot, ordinal
+from cloudclear.layouts import NIR_STAND_INS, Layout, LayoutSlot, ordinal
 from cloudclear.scenes import Scene, normalise_tile
 
 if TYPE_CHECKING:
@@ -29,9 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 #: Bands read in place of each other when a scene lacks the one asked for (greenearthnet minicubes
-#: have B8A and no B08): the two near-infrared bands, as ``infer`` accepts for a network's card
-#: (``cloudclear.training.options.NIR_STAND_INS``, a later stage, holds the same pairs).
-STAND_INS = {"B08": "B8A", "B8A": "B08"}
+#: have B8A and no B08): the two near-infrared bands, as ``infer`` accepts for a network's card.
+STAND_INS = NIR_STAND_INS
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

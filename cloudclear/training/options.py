@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudclear.errors import CheckpointError, ResourceLimitError
+from cloudclear.layouts import NIR_STAND_INS as NIR_STAND_INS
 
 #: Which pixels the loss covers: name -> help.
 LOSS_PIXELS = {
     "gaps": "reconstructed pixels only: valid in the truth, not seen in the input (masked L1)",
     "all": "every pixel valid in the truth",
 }
-
-#: NIR bands that stand in for each other at inference when a scene lacks the one trained on.
-NIR_STAND_INS = {"B8A": "B08", "B08": "B8A"}
 
 
 @dataclass(frozen=True)
