@@ -54,6 +54,13 @@ REGRESSION_SIGMA = 10.0
 REGRESSION_RIDGE = 0.2
 #: Floor of a regression's residual variance when the dates' predictions are weighted.
 REGRESSION_FLOOR = 0.01
+#: The steepest slope a local regression may take: an unmasked cloud on a neighbour date, multiplied
+#: by a steep slope, gave predictions off by 2 in reflectance on Bolzano's 2022-06-17.
+MAX_SLOPE = 2.0
+#: The largest departure from gap filling (normalised units, about one band standard deviation) a
+#: signal or the output may take: the evidence of a date's clear pixels corrects gap filling; it
+#: never replaces it with something brighter or darker than any land nearby.
+MAX_DEPARTURE = 1.0
 #: Pixels the smoothing reaches on each side (3 sigma of the widest kernel).
 SMOOTH_RADIUS = int(math.ceil(3 * max(*SIGMAS, REGRESSION_SIGMA)))
 _INF = 1e9
@@ -221,7 +228,7 @@ class Refine(DateStack):
             var_x = (mxx - mx * mx).clamp_min(0.0)
             cov = mxt - mx * mt
             var_t = (mtt - mt * mt).clamp_min(0.0)
-            slope = (cov + REGRESSION_RIDGE) / (var_x + REGRESSION_RIDGE)
+            slope = ((cov + REGRESSION_RIDGE) / (var_x + REGRESSION_RIDGE)).clamp(0.0, MAX_SLOPE)
             pred = mt + slope * (x - mx)
             resid = (var_t - 2 * slope * cov + slope * slope * var_x).clamp_min(0.0)
             w = (m[:, :1] > 0.05).to(t.dtype) * vx / (resid + REGRESSION_FLOOR)
@@ -255,10 +262,10 @@ class Refine(DateStack):
         feats += [per_band(rt), shared(vt)]
         spread = self._spread(rt, vt)
         for value, weight in zip(spread[::2], spread[1::2], strict=True):
-            signals.append(value)
+            signals.append(value.clamp(-MAX_DEPARTURE, MAX_DEPARTURE))
             feats += [per_band(value), shared(weight)]
         reg, support = self.regression(e)
-        signals.append(reg - gf)
+        signals.append((reg - gf).clamp(-MAX_DEPARTURE, MAX_DEPARTURE))
         feats += [per_band(reg - gf), shared(torch.log1p(support))]
         feats += [shared(rt.mean(1, keepdim=True)), shared((reg - gf).mean(1, keepdim=True))]
         if self.s1_bands:
@@ -273,5 +280,5 @@ class Refine(DateStack):
         z = torch.cat(feats, 2)
         assert z.shape[2] == self.in_features, (z.shape, self.in_features)
         mix = self.decoder(self.encoder(z.reshape(n * b, self.in_features, h, w))).view(n, b, self.signals, h, w)
-        correction = (mix * torch.stack(signals, 2)).sum(2)
-        return gf + self.trust * (reg - gf) + correction
+        correction = (mix * torch.stack(signals, 2)).sum(2) + self.trust * signals[-1]
+        return gf + correction.clamp(-MAX_DEPARTURE, MAX_DEPARTURE)
