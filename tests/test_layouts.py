@@ -21,7 +21,7 @@ from cloudclear.errors import LayoutError
 from cloudclear.layouts import PRESETS, Layout, load_layout, parse_layout
 
 runner = CliRunner()
-PRESET_NAMES = ["OS1", "OS2", "OS2-GFa", "OS2-GFb", "single-date", "sequence"]
+PRESET_NAMES = ["OS1", "OS2", "OS2-GFa", "OS2-GFb", "single-date", "gapfill-3", "sequence"]
 
 # DESIGN.md section 5 (Decloud's layouts, S1-S2 gap 72 h): reference, target and, per slot in file
 # order, (window in hours, cloud % range, largest S1 gap in hours or None).
@@ -125,13 +125,27 @@ def assert_one_line_error(res, *parts: str) -> str:
 # -- presets ---------------------------------------------------------------------------------------
 
 
-def test_presets_are_the_six_named_layouts():
+def test_presets_are_the_seven_named_layouts():
     assert list(PRESETS) == PRESET_NAMES
     for name, lay in PRESETS.items():
         assert lay.name == name and lay.source == "preset" and lay.description
         assert load_layout(name) is lay
         assert load_layout(name.lower()) is lay  # names are case-insensitive
         assert load_layout(name.upper()) is lay
+
+
+def test_gapfill_3_is_the_date_and_the_three_acquisitions_gapfill_reads_on_each_side():
+    lay = PRESETS["gapfill-3"]
+    assert lay.reference == lay.target == "t"
+    assert [s.name for s in lay.s2_slots] == ["t-3", "t-2", "t-1", "t", "t+1", "t+2", "t+3"]
+    t = lay.slot("t")
+    assert t.simulated and t.truth_cloud == 10 and t.cloud == (1, 100)
+    for k in (1, 2, 3):
+        before, after = lay.slot(f"t-{k}"), lay.slot(f"t+{k}")
+        assert (before.nth, after.nth) == (-k, k)
+        assert before.window == (-200 * 24, -1) and after.window == (1, 200 * 24)
+        assert before.cloud == after.cloud == (0, 100) and not before.simulated
+    assert lay.simulate(["t"]) == lay  # --simulate t, as the bench passes it, changes nothing
 
 
 @pytest.mark.parametrize("name", list(DECLOUD))
