@@ -221,11 +221,7 @@ def _write_card(path: Path, result: dict[str, Any]) -> None:
         "places": places,
         "mean_over_places": result["mean_over_places"],
     }
-    # a card trained before plan_card's window rule gets the same window as a new training would
-    from cloudclear.training.samples import card_window
-
-    window = card_window(card.window, card.receptive_radius, card.align)
-    save_checkpoint(path, net, replace(card, info=info, window=window))
+    save_checkpoint(path, net, replace(card, info=info))
 
 
 if __name__ == "__main__":

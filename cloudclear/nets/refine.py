@@ -96,7 +96,7 @@ class Refine(DateStack):
         self.bands = len(s2[0].bands)
         if spec.out_bands != self.bands:
             raise CheckpointError(f"refine outputs the {self.bands} bands it reads, not {spec.out_bands}")
-        self.s1_bands = self.group_channels - self.bands - 1 - 1 if self.group_channels > self.bands + 1 else 0
+        self.s1_bands = max(self.group_channels - self.bands - 2, 0)  # S1 bands + their validity
         self.others = [k for k in range(len(s2)) if k != self.target]
         self.register_buffer(
             "before", torch.tensor([s.role == "before" for s in s2], dtype=torch.bool), persistent=False
@@ -184,14 +184,9 @@ class Refine(DateStack):
         """Normalised convolution of the departure ``r`` seen where ``v``: per sigma, (value, weight)."""
         out = []
         c = r.shape[1]
+        both = torch.cat([r * v, v], 1)
         for i in range(len(SIGMAS)):
-            k = getattr(self, f"kernel{i}")
-            pad = k.numel() // 2
-            both = torch.cat([r * v, v], 1)
-            kx = k.view(1, 1, 1, -1).expand(c + 1, 1, 1, -1)
-            ky = k.view(1, 1, -1, 1).expand(c + 1, 1, -1, 1)
-            s = nn.functional.conv2d(both, kx, padding=(0, pad), groups=c + 1)
-            s = nn.functional.conv2d(s, ky, padding=(pad, 0), groups=c + 1)
+            s = self._blur(both, getattr(self, f"kernel{i}"))
             num, den = s[:, :c], s[:, c:]
             out += [num / den.clamp_min(1e-3), den]
         return out
