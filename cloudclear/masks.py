@@ -107,19 +107,10 @@ SCL_NAMES: dict[int, str] = {
 
 #: Display colours for SCL codes (the Sen2Cor legend), so QGIS shows a written mask as a class map.
 SCL_COLOURS: dict[int, tuple[int, int, int, int]] = {
-    0: (0, 0, 0, 0),
-    1: (255, 0, 0, 255),
-    2: (47, 47, 47, 255),
-    3: (100, 50, 0, 255),
-    4: (0, 160, 0, 255),
-    5: (255, 230, 90, 255),
-    6: (0, 0, 255, 255),
-    7: (128, 128, 128, 255),
-    8: (192, 192, 192, 255),
-    9: (255, 255, 255, 255),
-    10: (100, 200, 255, 255),
-    11: (255, 150, 255, 255),
-}
+    0: (0, 0, 0, 0), 1: (255, 0, 0, 255), 2: (47, 47, 47, 255), 3: (100, 50, 0, 255), 4: (0, 160, 0, 255),
+    5: (255, 230, 90, 255), 6: (0, 0, 255, 255), 7: (128, 128, 128, 255), 8: (192, 192, 192, 255),
+    9: (255, 255, 255, 255), 10: (100, 200, 255, 255), 11: (255, 150, 255, 255),
+}  # fmt: skip
 
 #: Fmask (Zhu & Woodcock) output codes -> MaskClass; 255 is no observation.
 FMASK_TABLE: dict[int, MaskClass] = {
@@ -206,28 +197,42 @@ def _table_decoder(
     return decode
 
 
-# MAJA / THEIA CLM bits (the CLM_R1 / CLM_R2 files of a MAJA L2A product).
-_MAJA_CLOUD_BITS = 0b0000_1110  # all clouds except the thinnest; mono- and multi-temporal tests
-_MAJA_THIN_BITS = 0b1001_0000  # the thinnest clouds; high clouds seen at 1.38 um
-_MAJA_SHADOW_BITS = 0b0110_0000  # shadows of clouds in the image, of clouds outside it
+def _flags_decoder(name: str, rules: tuple[tuple[int, MaskClass], ...]) -> Callable[..., np.ndarray]:
+    """A decoder of 8-bit flags: each ``(bits, class)`` rule in turn gives its class to the pixels
+    with any of its bits set (a later rule wins); no flag set is CLEAR. A value that is no byte
+    (nor the band's nodata) raises :class:`MaskError`."""
 
-
-def _decode_maja(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    if data.dtype != np.uint8:
-        # Every byte is a valid set of flags; a value outside a byte is none.
-        off = _off_byte(data)
+    def decode(data: np.ndarray, nodata: float | None) -> np.ndarray:
+        if data.dtype != np.uint8:
+            off = _off_byte(data)
+            if nodata is not None:
+                off &= data != nodata
+            if off.any():
+                _refuse(f"unknown {name} value(s)", data[off], f"{name} masks are 8-bit flags, 0-255")
+        bits = np.clip(data, 0, 255).astype(np.uint8)
+        out = np.full(bits.shape, MaskClass.CLEAR, np.uint8)
+        for flags, cls in rules:
+            out[(bits & flags) != 0] = cls
         if nodata is not None:
-            off &= data != nodata
-        if off.any():
-            _refuse("unknown MAJA value(s)", data[off], "MAJA masks are 8-bit flags, 0-255")
-    bits = np.clip(data, 0, 255).astype(np.uint8)
-    out = np.full(bits.shape, MaskClass.CLEAR, np.uint8)
-    out[(bits & _MAJA_SHADOW_BITS) != 0] = MaskClass.SHADOW
-    out[(bits & _MAJA_THIN_BITS) != 0] = MaskClass.THIN_CLOUD
-    out[(bits & _MAJA_CLOUD_BITS) != 0] = MaskClass.CLOUD
-    if nodata is not None:
-        out[data == nodata] = MaskClass.NODATA
-    return out
+            out[data == nodata] = MaskClass.NODATA
+        return out
+
+    return decode
+
+
+# MAJA / THEIA CLM bits (CLM_R1 / CLM_R2): 0 any cloud or shadow (a summary of the others), 1-3 clouds
+# except the thinnest (all, mono- and multi-temporal tests), 4 the thinnest clouds, 5-6 shadows of
+# clouds in and outside the image, 7 high clouds seen at 1.38 um.
+_MAJA_RULES = ((0b0110_0000, MaskClass.SHADOW), (0b1001_0000, MaskClass.THIN_CLOUD), (0b0000_1110, MaskClass.CLOUD))
+# THEIA MG2 (geophysical mask, MG2_R1 / MG2_R2) bits: 0 water, 1 clouds except the thinnest, 2 snow,
+# 3 cloud shadows, 4 topographic shadow, 5 hidden by the relief (not seen: no observation), 6-7 sun
+# too low or tangent to the slope. Water and the terrain flags show the surface; MG2 has no thin cloud.
+_MG2_RULES = (
+    (0b0100, MaskClass.SNOW),
+    (0b1000, MaskClass.SHADOW),
+    (0b0010, MaskClass.CLOUD),
+    (0b10_0000, MaskClass.NODATA),
+)
 
 
 def _decode_binary(data: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -255,23 +260,31 @@ def _probability_decoder(peak: float) -> Callable[[np.ndarray, float | None], np
 #: Mask conventions: name -> decoder(data, nodata) -> MaskClass array.
 CONVENTIONS: dict[str, Callable[[np.ndarray, float | None], np.ndarray]] = {
     "SCL": _table_decoder("SCL", SCL_TABLE),
-    "MAJA": _decode_maja,
+    "MAJA": _flags_decoder("MAJA", _MAJA_RULES),
     "FMASK": _table_decoder("FMASK", FMASK_TABLE, (255,)),
     "DLMASK": _table_decoder("DLMASK", DLMASK_TABLE, (255,)),
     "CLM": _decode_binary,
     "CLP": _probability_decoder(255.0),
     "CLDPRB": _probability_decoder(100.0),
+    "MG2": _flags_decoder("MG2", _MG2_RULES),
+    # ESA MSK_CLASSI_B00 (baseline 04.00): bands opaque clouds, cirrus, snow/ice, read packed as
+    # bits 0, 1, 2 (cloudclear.scenes.reader.MASK_BANDS).
+    "CLASSI": _flags_decoder(
+        "CLASSI", ((0b100, MaskClass.SNOW), (0b010, MaskClass.THIN_CLOUD), (0b001, MaskClass.CLOUD))
+    ),
 }
 
 # How a band description or a file-name token names a convention, best first. Masks that also
 # mark shadows win (Sen2Cor SCL first); a plain cloud mask next; a probability is the last resort.
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("SCL", re.compile(r"^(SCL|SCENE[_ ]?CLASSIFICATION)\b", re.I)),
-    ("MAJA", re.compile(r"^(MAJA|THEIA)[_ ]?(CLM|CLOUD)", re.I)),
+    ("MAJA", re.compile(r"^(MAJA|THEIA)([_ ]?(CLM|CLOUD)|$)", re.I)),
+    ("MG2", re.compile(r"^((MAJA|THEIA)[_ ]?)?MG2$", re.I)),
     ("FMASK", re.compile(r"^FMASK", re.I)),
     ("DLMASK", re.compile(r"^DLMASK", re.I)),
     ("CLM", re.compile(r"^(CLM|CLOUD[_ ]?MASK|CLD[_ ]?MASK)\b", re.I)),
     ("CLDPRB", re.compile(r"(MSK_CLDPRB|CLDPRB|0-100)", re.I)),
+    ("CLASSI", re.compile(r"^(MSK_)?CLASSI", re.I)),
     ("CLP", re.compile(r"^(CLP|CLOUD[_ ]?PROB)", re.I)),
 )
 
@@ -304,11 +317,11 @@ def convention_of_tokens(tokens: set[str]) -> str | None:
 
 
 #: Which mask decides when a scene has several, best first. Masks made from more than the one
-#: image come first: MAJA's (multi-temporal tests) and the learned masks (EarthNet's dlmask: on
+#: image come first: MAJA's (multi-temporal tests; CLM, then MG2) and the learned masks (EarthNet's dlmask: on
 #: greenearthnet it calls 87.5 % of 34TET 2021-08-04 cloud where Sen2Cor's SCL, beside it in the
 #: same file, calls 8.2 %); then Fmask; then Sen2Cor's SCL (cloud, shadow and its "unclassified"
 #: class, see :class:`ClearPolicy`); then cloud-only masks, a probability last.
-PREFERENCE: tuple[str, ...] = ("MAJA", "DLMASK", "FMASK", "SCL", "CLM", "CLDPRB", "CLP")
+PREFERENCE: tuple[str, ...] = ("MAJA", "MG2", "DLMASK", "FMASK", "SCL", "CLM", "CLDPRB", "CLASSI", "CLP")
 
 _RANK = {conv: i for i, conv in enumerate(PREFERENCE)}
 

@@ -197,7 +197,7 @@ def test_convention_of_tokens(stem, convention):
 
 
 def test_rank_prefers_multi_temporal_and_learned_masks_then_masks_that_mark_shadows():
-    order = ["MAJA", "DLMASK", "FMASK", "SCL", "CLM", "CLDPRB", "CLP"]
+    order = ["MAJA", "MG2", "DLMASK", "FMASK", "SCL", "CLM", "CLDPRB", "CLASSI", "CLP"]
     assert list(masks.PREFERENCE) == order
     assert sorted(masks.CONVENTIONS, key=masks.rank) == order
     assert masks.rank("unknown") > masks.rank("CLP")

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cloudclear import masks
-from cloudclear.errors import InvalidRasterError, MissingDateError
+from cloudclear.errors import InvalidRasterError, MissingDateError, NotASceneError
 from cloudclear.scenes.files import (
     _DATE_TAGS,
     _TILE_RE,
@@ -86,11 +86,19 @@ def find_datetime(info: FileInfo, pattern: str | re.Pattern[str] | None = None) 
     The file name (matched by ``pattern``, whose named groups ``date`` and optional ``time``, or
     ``datetime``, or ``year``, ``month``, ``day`` and optional ``hour``, ``minute``, ``second``
     hold the value) is the user's explicit statement and wins; a tag on the same
-    day supplies the time of day when the name has none. Nothing is guessed.
+    day supplies the time of day when the name has none. A product member (SAFE, THEIA, STAC:
+    tag ``CLOUDCLEAR_PRODUCT``) takes the sensing time its metadata states. Nothing is guessed.
 
     Raises:
         MissingDateError: neither the name nor a DATETIME / TIFFTAG_DATETIME tag holds a date.
     """
+    if info.tags.get("CLOUDCLEAR_PRODUCT") and info.tags.get("DATETIME"):
+        # A product's metadata states the sensing time; its file names hold the datatake's start
+        # (or, in old SAFE naming, the processing time).
+        try:
+            return DateFound(parse_datetime(info.tags["DATETIME"]), "tag:DATETIME", True)
+        except ValueError:
+            pass
     regex = re.compile(pattern or DEFAULT_DATE_PATTERN)
     from_name: DateFound | None = None
     m = regex.search(info.stem)
@@ -201,10 +209,16 @@ def scene_ids(drafts: Sequence[SceneDraft]) -> list[str]:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out of the catalog, and why."""
+    """A file left out of the catalog, and why.
+
+    ``refused`` marks wrong input (a scene that cannot be read, dated or trusted: unreadable,
+    no CRS, no date, values that fit no scale, a broken product), as opposed to a file that is no
+    scene (a DEM, a reference) or a duplicate; ``index`` exits non-zero when it refused any.
+    """
 
     path: str
     reason: str
+    refused: bool = False
 
 
 @dataclass
@@ -232,11 +246,17 @@ def _same_place(a: FileInfo, b: FileInfo) -> bool:
     return all(abs(x - y) <= tol for x, y in zip(a.bounds, b.bounds, strict=True))
 
 
+def _folder(info: FileInfo) -> str:
+    """What files of one acquisition share: their product (a SAFE's R10m and R20m folders, see
+    :mod:`cloudclear.scenes.products`), else their folder."""
+    return info.tags.get("CLOUDCLEAR_PRODUCT") or os.path.dirname(info.path)
+
+
 def assemble(infos: Iterable[FileInfo], date_pattern: str | None = None) -> tuple[list[SceneDraft], list[Skipped]]:
     """Group files into scenes and pair masks with the S2 scenes they describe.
 
-    Files of one acquisition (same folder, sensor, tile and time) make one scene: ESA per-band
-    JP2s, or 10 m and 20 m files of one date. A mask sidecar belongs to the S2 scene in the same
+    Files of one acquisition (same folder or product, sensor, tile and time) make one scene: ESA
+    per-band JP2s, or 10 m and 20 m files of one date. A mask sidecar belongs to the S2 scene in the same
     folder at the same time (or the same day when either side has no time of day).
 
     Returns:
@@ -252,14 +272,14 @@ def assemble(infos: Iterable[FileInfo], date_pattern: str | None = None) -> tupl
                 raise InvalidRasterError(f"{info.path}: raster has no CRS (not georeferenced)")
             when = find_datetime(info, date_pattern)
         except InvalidRasterError as exc:
-            skipped.append(Skipped(info.path, str(exc)))
+            skipped.append(Skipped(info.path, str(exc), refused=not isinstance(exc, NotASceneError)))
             continue
         tile = find_tile(info)
         if role.kind == "mask":
             mask_files.append((info, role, when, tile))
             continue
         sensor = "S2" if role.kind == "s2" else "S1"
-        key = (os.path.dirname(info.path), sensor, tile or "", when.value.isoformat())
+        key = (_folder(info), sensor, tile or "", when.value.isoformat())
         group = groups.setdefault(key, _Group(sensor, when, tile))
         group.files.append((info, role))
 
@@ -272,14 +292,16 @@ def assemble(infos: Iterable[FileInfo], date_pattern: str | None = None) -> tupl
             scenes.append(draft)
 
     for info, role, when, tile in mask_files:
-        target = _match_mask(scenes, drafts_by_dir[os.path.dirname(info.path)], info, when, tile)
+        target = _match_mask(scenes, drafts_by_dir[_folder(info)], info, when, tile)
         if target is None:
             skipped.append(Skipped(info.path, f"{info.path}: mask with no S2 scene of the same date in its folder"))
             continue
         scene = scenes[target]
         assert role.mask is not None
         if not _mask_covers(scene.grid, info):
-            skipped.append(Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.grid.path}"))
+            skipped.append(
+                Skipped(info.path, f"{info.path}: mask grid does not cover scene {scene.grid.path}", refused=True)
+            )
             continue
         best = scene.mask
         if best is None or masks.rank(role.mask.convention) < masks.rank(best.convention):
@@ -305,6 +327,7 @@ def _draft(group: _Group, skipped: list[Skipped]) -> SceneDraft | None:
                 Skipped(
                     info.path,
                     f"{info.path}: same date as {grid.path} but a different CRS or extent",
+                    refused=True,
                 )
             )
             continue

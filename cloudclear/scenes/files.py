@@ -53,6 +53,12 @@ _TAG_KEYS = (
     "CLOUDCLEAR_ROLE",
     "SPACECRAFT",
     "PRODUCT",
+    # Written by the product readers (SAFE, THEIA, STAC: cloudclear.scenes.products) from the
+    # product's metadata onto each member raster's FileInfo.
+    "CLOUDCLEAR_PRODUCT",
+    "SCALE_SOURCE",
+    "SUN_ZENITH",
+    "SUN_AZIMUTH",
 )
 
 
@@ -176,8 +182,12 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-    path = os.path.abspath(path)
-    st = os.stat(path)
+    from cloudclear.gdal import canonical_vsi, is_vsi, path_stat
+
+    # A GDAL virtual path (a member of a .zip, a URL) is not a file name: a .zip member is written
+    # in the form pathlib keeps whole (/vsizip/{/abs/a.zip}/x). Its size and time are the archive's.
+    path = canonical_vsi(os.fspath(path)) if is_vsi(path) else os.path.abspath(path)
+    size, mtime_ns = path_stat(path)
     try:
         # A raster without CRS is reported by assemble() in its own words; rasterio's warning
         # would only repeat it.
@@ -186,12 +196,13 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
             src = rasterio.open(path)
         with src:
             if src.driver == "GTiff":
-                _check_tiff_complete(src, st.st_size)
+                if not is_vsi(path):
+                    _check_tiff_complete(src, size)
             tags = src.tags()
             info = FileInfo(
                 path=path,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
+                size=size,
+                mtime_ns=mtime_ns,
                 driver=src.driver,
                 count=src.count,
                 dtype=src.dtypes[0],
@@ -203,12 +214,25 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
                 descriptions=tuple(d or "" for d in src.descriptions),
                 scales=tuple(float(s) for s in src.scales),
                 offsets=tuple(float(o) for o in src.offsets),
-                tags={k: str(tags[k]) for k in _TAG_KEYS if k in tags},
+                tags={k: str(tags[k]) for k in _TAG_KEYS if k in tags} | _band_tags(src),
             )
     except RasterioIOError as exc:
         msg = str(exc).replace(path, "").strip(" :") or "GDAL cannot open it"
         raise InvalidRasterError(f"{path}: not a readable raster ({msg})") from None
     return info
+
+
+#: Band-level tags that state a band's reflectance scaling (GDAL's SENTINEL2 driver, exports
+#: that copy the product's per-band offsets): kept as ``KEY:BAND`` (``BOA_ADD_OFFSET:3``).
+_BAND_TAG_KEYS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET", "QUANTIFICATION_VALUE")
+
+
+def _band_tags(src: Any) -> dict[str, str]:
+    out = {}
+    for bidx in range(1, min(src.count, 32) + 1):
+        tags = src.tags(bidx)
+        out.update({f"{k}:{bidx}": str(tags[k]) for k in _BAND_TAG_KEYS if tags.get(k) not in (None, "")})
+    return out
 
 
 def valid_pixels(data: Any, nodata: float | None, sensor: str) -> Any:
@@ -229,20 +253,58 @@ def valid_pixels(data: Any, nodata: float | None, sensor: str) -> Any:
     return data != nodata if nodata is not None else np.ones(data.shape, bool)
 
 
+def stated_scale(info: FileInfo, bidx: int | None) -> tuple[float, float, str] | None:
+    """How band ``bidx`` of an optical file becomes reflectance, where its metadata says so.
+
+    In order: the band's GDAL scale/offset; the band's own BOA_ADD_OFFSET / RADIO_ADD_OFFSET /
+    QUANTIFICATION_VALUE tags; the file's (processing baseline 04.00 and later store -1000).
+    ``bidx`` None looks at the file's tags only.
+
+    Returns:
+        ``(scale, offset, source)`` with ``DN * scale + offset`` the reflectance and ``source``
+        where it was read (the ``SCALE_SOURCE`` a product reader wrote, else "band scale/offset",
+        "band tags", "tags"); None when the file states nothing.
+    """
+    product = info.tags.get("SCALE_SOURCE")
+    if bidx is not None:
+        scale, offset = info.scales[bidx - 1], info.offsets[bidx - 1]
+        if scale != 1.0 or offset != 0.0:
+            return scale, offset, product or "band scale/offset"
+    for suffix, source in (((f":{bidx}",) if bidx is not None else ()), "band tags"), (("",), "tags"):
+        keys = [k + sfx for sfx in suffix for k in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET", "QUANTIFICATION_VALUE")]
+        found = {k.split(":")[0]: info.tags[k] for k in keys if info.tags.get(k) not in (None, "")}
+        if found:
+            try:
+                quant = float(found.get("QUANTIFICATION_VALUE") or info.tags.get("QUANTIFICATION_VALUE") or 10000.0)
+                add = float(found.get("BOA_ADD_OFFSET") or found.get("RADIO_ADD_OFFSET") or 0.0)
+            except ValueError:
+                raise InvalidRasterError(f"{info.path}: band {bidx}: scaling tags are not numbers ({found})") from None
+            if not quant > 0:
+                raise InvalidRasterError(f"{info.path}: QUANTIFICATION_VALUE {quant:g} is not a positive number")
+            return 1.0 / quant, add / quant, product or source
+    return None
+
+
+def offset_stated(info: FileInfo, bidx: int | None) -> bool:
+    """Whether the file says what its reflectance offset is (0 included): a GDAL offset on the
+    band, an ``*_ADD_OFFSET`` tag, or a product reader's metadata."""
+    if info.tags.get("SCALE_SOURCE"):
+        return True
+    if bidx is not None and info.offsets[bidx - 1] != 0.0:
+        return True
+    keys = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
+    return any(info.tags.get(k) not in (None, "") for k in keys) or (
+        bidx is not None and any(info.tags.get(f"{k}:{bidx}") not in (None, "") for k in keys)
+    )
+
+
 def reflectance_scale(info: FileInfo, bidx: int | None, default: float = 10000.0) -> tuple[float, float]:
     """How to turn band ``bidx`` of an optical file into reflectance: ``DN * scale + offset``.
 
-    A GDAL scale/offset on the band wins (``bidx`` None: look at the tags only); else the
-    product's QUANTIFICATION_VALUE and BOA_ADD_OFFSET / RADIO_ADD_OFFSET tags (processing baseline
-    04.00 and later store -1000); else ``DN / default``.
+    What the metadata states (:func:`stated_scale`), else ``DN / default``.
     """
-    scale = info.scales[bidx - 1] if bidx is not None else 1.0
-    offset = info.offsets[bidx - 1] if bidx is not None else 0.0
-    if scale != 1.0 or offset != 0.0:
-        return scale, offset
-    quant = float(info.tags.get("QUANTIFICATION_VALUE") or default)
-    add = info.tags.get("BOA_ADD_OFFSET") or info.tags.get("RADIO_ADD_OFFSET") or "0"
-    return 1.0 / quant, float(add) / quant
+    stated = stated_scale(info, bidx)
+    return (stated[0], stated[1]) if stated else (1.0 / default, 0.0)
 
 
 @dataclass(frozen=True)
@@ -274,8 +336,11 @@ def classify(info: FileInfo) -> FileRole:
         NotASceneError: with the reason, for rasters that are none of these.
     """
     tokens = _tokens(info)
-    if info.tags.get("CLOUDCLEAR_ROLE", "").lower() == "truth" or "TRUTH" in tokens:
+    role = info.tags.get("CLOUDCLEAR_ROLE", "").lower()
+    if role == "truth" or "TRUTH" in tokens:
         raise NotASceneError(f"{info.path}: cloud-free reference (truth), not an acquisition")
+    if role in ("reconstruction", "status"):
+        raise NotASceneError(f"{info.path}: a cloudclear {role} output, not an acquisition")
     names = [normalise_band(d) for d in info.descriptions]
     convs = [masks.convention_of(d) if d else None for d in info.descriptions]
 
@@ -295,9 +360,9 @@ def classify(info: FileInfo) -> FileRole:
         return FileRole("s2", {esa.group("band").upper(): 1}, "name")
 
     is_float = info.dtype.startswith("float")
-    if "S1" in tokens and info.count in (1, 2):
-        bands = dict(zip(("VV", "VH")[: info.count], range(1, info.count + 1), strict=True))
-        return FileRole("s1", bands, "count", units=_s1_units(info))
+    s1_role = _s1_role_from_name(info, tokens)
+    if s1_role is not None:
+        return s1_role
     if ("S2" in tokens or tokens & {"L1C", "L2A", "MSIL1C", "MSIL2A"}) and not is_float:
         assumed = S2_BANDS_BY_COUNT.get(info.count)
         if assumed:
@@ -320,13 +385,71 @@ def _pick_mask_band(info: FileInfo, convs: list[str | None], tokens: set[str]) -
     return None
 
 
+#: File-name tokens that say a file is Sentinel-1 (the mission, or one of its satellites).
+_S1_TOKENS = {"S1", "S1A", "S1B", "S1C", "S1D"}
+# ASF HyP3 RTC names (S1A_IW_20180128T161201_DVP_RTC30_G_gpuned_FD6A_VV.tif): after "RTCzz_G_",
+# gamma-0 or sigma-0 (g/s), then the scale: power (p), decibel (d) or amplitude (a).
+_HYP3_SCALE_RE = re.compile(r"_RTC\d{2}_G_[gs](?P<scale>[pda])[uw][nf][ec][dm](?:_|$)", re.I)
+_HYP3_UNITS = {"p": "linear", "d": "dB", "a": "amplitude"}
+
+
+def _s1_role_from_name(info: FileInfo, tokens: set[str]) -> FileRole | None:
+    """The S1 role a file name gives (no band descriptions name S1 bands), or None.
+
+    A polarisation token in the name (``..._VH.tif``, ``S1_20200101_VV.tif``) names the bands of a
+    file that holds as many; the band count names them (VV, then VH) only where the name says
+    ``S1`` and names no polarisation. A satellite token (S1A, S1B, ...) alone is not enough: an
+    ASF RTC folder also holds its DEM and incidence-angle maps under the same base name.
+    """
+    if not tokens & _S1_TOKENS:
+        return None
+    pols = [t.upper() for t in _TOKEN_SPLIT.split(info.stem) if t.upper() in S1_BANDS]
+    pols = list(dict.fromkeys(pols))
+    if pols:
+        if len(pols) != info.count:
+            raise NotASceneError(
+                f"{info.path}: the name names polarisation(s) {', '.join(pols)} but the file has {info.count} band(s)"
+            )
+        return FileRole("s1", {p: i + 1 for i, p in enumerate(pols)}, "name", units=_s1_units(info))
+    if "S1" in tokens and info.count in (1, 2):
+        bands = dict(zip(("VV", "VH")[: info.count], range(1, info.count + 1), strict=True))
+        return FileRole("s1", bands, "count", units=_s1_units(info))
+    return None
+
+
 def _s1_units(info: FileInfo) -> str:
-    text = " ".join((*info.descriptions, info.tags.get("UNITS", ""))).lower()
-    if "db" in text.split() or "_db" in text or "db" == info.tags.get("UNITS", "").lower():
-        return "dB"
-    if "linear" in text or not info.dtype.startswith("float"):
+    """ "linear" (power) or "dB": as the band descriptions, the UNITS tag or the file name state,
+    else as the data show (:func:`_s1_units_from_pixels`).
+
+    Raises:
+        NotASceneError: the file states amplitude, which is neither (cloudclear reads backscatter
+            as power or dB).
+    """
+    units = _s1_units_stated(info)
+    if units == "amplitude":
+        raise NotASceneError(
+            f"{info.path}: Sentinel-1 amplitude, not power or dB backscatter (square it to power, "
+            f"or process the product with scale power or decibel)"
+        )
+    if units:
+        return units
+    if not info.dtype.startswith("float"):
         return "linear"
     return _s1_units_from_pixels(info)
+
+
+def _s1_units_stated(info: FileInfo) -> str | None:
+    """What the descriptions and UNITS tag, then the name, say: "linear", "dB", "amplitude" or None."""
+    for text in (" ".join((*info.descriptions, info.tags.get("UNITS", ""))), info.stem):
+        words = {w.lower() for w in _TOKEN_SPLIT.split(text) if w}
+        if words & {"db", "decibel", "decibels"}:
+            return "dB"
+        if words & {"amplitude", "amp"}:
+            return "amplitude"
+        if words & {"linear", "lin", "power", "pwr"}:
+            return "linear"
+    m = _HYP3_SCALE_RE.search(info.stem)
+    return _HYP3_UNITS[m.group("scale").lower()] if m else None
 
 
 def _s1_units_from_pixels(info: FileInfo) -> str:

@@ -81,9 +81,9 @@ class _SceneLike(Protocol):
     @property
     def sources(self) -> Any: ...  # a Scene's name -> (path, band) mapping, an acquisition's pairs
     @property
-    def scale(self) -> float: ...
+    def scale(self) -> float | Sequence[float]: ...
     @property
-    def offset(self) -> float: ...
+    def offset(self) -> float | Sequence[float]: ...
     @property
     def nodata(self) -> float | None: ...
     @property
@@ -132,7 +132,11 @@ class ReadSpec:
         else:
             by_name = dict(zip(scene.bands, scene.sources, strict=True))
             pairs = [tuple(by_name[b]) for b in names]
-        reads = tuple(BandRead(str(p), int(b), scene.scale, scene.offset, scene.nodata) for p, b in pairs)
+        index = {b: i for i, b in enumerate(scene.bands)}
+        scaling = [per_band(scene, index.get(name, 0), name) for name in names]
+        reads = tuple(
+            BandRead(str(p), int(b), sc, off, scene.nodata) for (p, b), (sc, off) in zip(pairs, scaling, strict=True)
+        )
         detected = getattr(scene, "detected", None) if mask else None
         return cls(scene.sensor, names, reads, scene.units, scene.mask if mask else None, detected)
 
@@ -185,12 +189,49 @@ class ReadSpec:
         return 0.0 if self.sensor == "S2" else None
 
 
+def per_band(scene: _SceneLike, i: int, name: str) -> tuple[float, float]:
+    """(scale, offset) of band ``name`` (position ``i``) of a Scene (``band_scales``) or an
+    acquisition (``scale`` / ``offset``: one value, or one per band)."""
+    band_scales = getattr(scene, "band_scales", None)
+    if band_scales:
+        return band_scales.get(name, (scene.scale, scene.offset))
+    return pick(scene.scale, i), pick(scene.offset, i)
+
+
+def pick(value: float | Sequence[float], i: int) -> float:
+    """One band's value of a scale or offset given once (every band) or per band."""
+    return float(value) if isinstance(value, int | float) else float(value[i])
+
+
+#: Mask conventions read from several bands of their file (from the MaskBand's band on), packed
+#: into one value as bits (band k -> bit k): ESA's MSK_CLASSI (opaque clouds, cirrus, snow).
+MASK_BANDS: dict[str, int] = {"CLASSI": 3}
+
+
+def mask_indexes(mb: masks.MaskBand) -> tuple[int, ...]:
+    """The 1-based bands of a mask's file that make the mask (one, but for :data:`MASK_BANDS`)."""
+    return tuple(range(mb.band, mb.band + MASK_BANDS.get(mb.convention, 1)))
+
+
+def pack_mask(raw: np.ndarray, convention: str) -> np.ndarray:
+    """A mask's values as its decoder reads them, from the (bands, rows, cols) read at
+    :func:`mask_indexes`: band 0, or the bands packed as bits (non-zero in band k sets bit k)."""
+    if convention not in MASK_BANDS or raw.shape[0] == 1:
+        return raw[0]
+    out = np.zeros(raw.shape[1:], np.uint8)
+    for k in range(raw.shape[0]):
+        out |= (raw[k] != 0).astype(np.uint8) << k
+    return out
+
+
 #: Linear power below this is taken as this before converting to dB (no -inf for zero returns).
 #: :class:`cloudclear.nets.feed.Feed` applies the same conversion in torch on the network's device.
 LINEAR_FLOOR = 1e-6
 
 
-def to_physical(values: np.ndarray, scale: float, offset: float, units: str = "reflectance") -> np.ndarray:
+def to_physical(
+    values: np.ndarray, scale: float | Sequence[float], offset: float | Sequence[float], units: str = "reflectance"
+) -> np.ndarray:
     """Raw values in physical units, float32: ``DN * scale + offset``, then dB for linear S1.
 
     Args:
@@ -200,7 +241,15 @@ def to_physical(values: np.ndarray, scale: float, offset: float, units: str = "r
         units: "linear" converts to dB (``10 log10``, floored at 1e-6); anything else is kept.
     """
     v: np.ndarray = values.astype(np.float32)
-    if scale != 1.0 or offset != 0.0:
+    if not isinstance(scale, int | float) or not isinstance(offset, int | float):
+        # Per band along axis 0 (offsets honoured band by band).
+        n = values.shape[0]
+        shape = (n,) + (1,) * (values.ndim - 1)
+        sc = np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (n,)).reshape(shape)
+        off = np.broadcast_to(np.asarray(offset, np.float32).reshape(-1), (n,)).reshape(shape)
+        v *= sc
+        v += off
+    elif scale != 1.0 or offset != 0.0:
         v *= np.float32(scale)
         v += np.float32(offset)
     if units.lower() == "linear":
@@ -375,11 +424,11 @@ class SceneReader:
             # Where a warped mask does not reach, its pixels are NODATA, not the fill value
             # (0 is "clear" in several conventions).
             if own is not None:
-                self.mask = open_(own.path, (own.band,), grid, MASK_RESAMPLING, None, coverage=True)
+                self.mask = open_(own.path, mask_indexes(own), grid, MASK_RESAMPLING, None, coverage=True)
                 if self.files:
                     _check_covers(self.mask, self.files[0][0], grid)
             if det is not None:
-                self.detected = open_(det.path, (det.band,), grid, MASK_RESAMPLING, None, coverage=True)
+                self.detected = open_(det.path, mask_indexes(det), grid, MASK_RESAMPLING, None, coverage=True)
             # A buffer needs the masks a halo beyond the grid where the files have it (a --bbox
             # crop of a tile): each mask is reopened on the grid grown by what its file holds.
             #: Rows and columns (top, left, bottom, right) a mask ("mask", "detected") was opened
@@ -394,7 +443,7 @@ class SceneReader:
                 pad = _room(rd, grid, policy.halo)
                 if any(pad):
                     rd.close()
-                    rd = open_(band.path, (band.band,), grid.pad(*pad), MASK_RESAMPLING, None, coverage=True)
+                    rd = open_(band.path, mask_indexes(band), grid.pad(*pad), MASK_RESAMPLING, None, coverage=True)
                     setattr(self, name, rd)
                     self.pads[name] = pad
         except BaseException:
@@ -482,14 +531,15 @@ class SceneReader:
         else:
             full = (c0, c1) == (0, self.grid.width)
             raw = reader.read(r0, r1) if full else reader.read_window(r0, r1, c0, c1)
+        packed = pack_mask(raw, mb.convention)
         try:
-            out = masks.decode(raw[0], mb.convention, reader.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
+            out = masks.decode(packed, mb.convention, reader.nodatavals[mb.band - 1]).astype(np.uint8, copy=False)
         except MaskError as exc:
             raise MaskError(f"{mb.path}: {exc}") from None
         covered = reader.covered(r0, r1, c0, c1)
         if covered is not None:
             out[~covered] = masks.MaskClass.NODATA
-        return out, raw[0]
+        return out, packed
 
     def _pixels(self, r0: int, r1: int, c0: int, c1: int) -> Pixels:
         spec = self.spec

@@ -175,6 +175,10 @@ class Scene:
         files: every file of the scene (bands and mask), absolute paths in catalog order.
         detected: the built-in detector's mask of a scene that also has its own (``index`` made it;
             the clear policy's ``source`` decides how the two combine), or None.
+        scale_source: where ``scale`` and ``offset`` came from (metadata, data) and what the
+            catalog's check of the values found.
+        band_scales: band name -> (scale, offset), per band (empty in catalogs made before it:
+            every band then has ``scale`` and ``offset``).
     """
 
     scene_id: str
@@ -209,6 +213,12 @@ class Scene:
     s1_gap_hours: float | None
     files: tuple[str, ...]
     detected: MaskBand | None = None
+    scale_source: str = ""
+    band_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def scaling(self, band: str) -> tuple[float, float]:
+        """(scale, offset) of one band: ``DN * scale + offset`` is its physical value."""
+        return self.band_scales.get(band, (self.scale, self.offset))
 
     @property
     def crs(self) -> CRS:
