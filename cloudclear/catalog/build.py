@@ -15,14 +15,17 @@ from typing import TYPE_CHECKING, Any
 from cloudclear import __version__, masks
 from cloudclear.catalog.records import (
     DETECTED_COLUMN,
+    calibration_from_row,
     link_nearest_s1,
     make_frame,
     record,
     signature,
     stats_from_row,
 )
+from cloudclear.catalog.scan import iter_rasters, product_json, read_products
 from cloudclear.catalog.stats import scene_stats
 from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, policy_text, read_catalog
+from cloudclear.catalog.values import calibrate, float_scale
 from cloudclear.detect.spatial import SpatialOptions
 from cloudclear.errors import (
     CatalogError,
@@ -36,9 +39,10 @@ from cloudclear.errors import (
     ResourceLimitError,
     SceneNotFoundError,
 )
-from cloudclear.gdal import gdal_env
+from cloudclear.gdal import gdal_env, path_stat
 from cloudclear.outputs import atomic_output
-from cloudclear.scenes import RASTER_SUFFIXES, FileInfo, SceneDraft, Skipped, assemble, read_file_info, scene_ids
+from cloudclear.scenes import FileInfo, SceneDraft, Skipped, assemble, read_file_info, scene_ids
+from cloudclear.scenes.duplicates import drop_duplicates
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -87,6 +91,12 @@ class IndexResult:
     removed_by: dict[str, int] = field(default_factory=dict)
 
     @property
+    def refused(self) -> tuple[Skipped, ...]:
+        """The inputs refused as wrong (unreadable, undated, values that fit no scale, broken
+        products), a subset of ``skipped``."""
+        return tuple(s for s in self.skipped if s.refused)
+
+    @property
     def removed_total(self) -> int:
         """Pixels the policy removed beyond the masks, over every scene."""
         return sum(self.removed.values())
@@ -103,25 +113,12 @@ class IndexResult:
             "scenes_reused": self.scenes_reused,
             "masks_detected": self.masks_detected,
             "seconds": round(self.seconds, 3),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "skipped": [{"path": s.path, "reason": s.reason, "refused": s.refused} for s in self.skipped],
             "summary": self.summary,
             "clear_policy": dataclasses.asdict(self.policy),
             "policy_removed_px": {"total": self.removed_total, "by_rule": self.removed_by, "scenes": self.removed},
             "recomputed_for_policy": self.recomputed_policy,
         }
-
-
-def _iter_rasters(
-    root: Path, exclude: set[Path], exclude_dirs: frozenset[Path] | set[Path] = frozenset()
-) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) not in exclude_dirs)
-        for name in sorted(filenames):
-            p = Path(dirpath, name)
-            if name.lower().endswith(RASTER_SUFFIXES) and not name.startswith(".") and p not in exclude:
-                found.append(p)
-    return found
 
 
 def _check_writable(path: Path) -> None:
@@ -270,7 +267,7 @@ def _detected_mask(
 
     dst = folder / mask_name(scene_id)
     if dst.exists():
-        newest = max(Path(p).stat().st_mtime_ns for p in draft.files)
+        newest = max(path_stat(p)[1] for p in draft.files)
         with rasterio.open(dst) as src:
             tags = src.tags()
         made_by = tags.get("CLOUDCLEAR_DETECTOR")
@@ -309,7 +306,11 @@ def _build(
     from tqdm import tqdm
 
     mask_dir = masks_folder(cat_path)
-    paths = _iter_rasters(root, {cat_path}, {mask_dir})
+    paths, product_paths = iter_rasters(root, {cat_path}, {mask_dir})
+    products, refused_products, product_rows, products_opened = read_products(product_paths, previous, progress)
+    # A STAC item's COGs may lie in the scanned folder: they are the item's, not loose files.
+    claimed = {m.path for prod in products for m in prod.members}
+    paths = [p for p in paths if str(p) not in claimed]
     cache = previous.file_cache() if previous else {}
     infos: dict[str, FileInfo] = {}
     errors: list[Skipped] = []
@@ -324,13 +325,13 @@ def _build(
         else:
             opened += 1
             try:
-                info, error = read_file_info(p), None
+                info, error = float_scale(read_file_info(p)), None
             except InvalidRasterError as exc:
                 info, error = None, str(exc)
         if info is not None:
             infos[key] = info
         else:
-            errors.append(Skipped(key, error or f"{key}: unreadable"))
+            errors.append(Skipped(key, error or f"{key}: unreadable", refused=True))
         file_rows.append(
             {
                 "path": key,
@@ -341,8 +342,13 @@ def _build(
             }
         )
 
+    for prod in products:
+        infos.update({m.path: m for m in prod.members})
     drafts, skipped = assemble(infos.values(), date_pattern)
-    skipped = errors + skipped
+    # One acquisition, one scene, whatever the naming: a stack beside its band files, a SAFE and
+    # its GeoTIFF export, a copy without the time of day.
+    drafts, duplicates = drop_duplicates(drafts)
+    skipped = refused_products + errors + skipped + duplicates
 
     # Statistics counted under another policy are never reused: every scene is recomputed.
     other_policy = previous is not None and previous.policy != policy
@@ -380,21 +386,24 @@ def _build(
             and _stored_path(old, "mask_file") == (rel(draft.mask.path) if draft.mask else None)
             and _stored_path(old, DETECTED_COLUMN) == (rel(draft.detected.path) if draft.detected else None)
         )
-        if old is not None and same_mask and not fresh and old["signature"] == signature(draft.files, infos):
+        calibration = calibration_from_row(old, draft) if old is not None and draft.sensor == "S2" else None
+        same_files = old is not None and old["signature"] == signature(draft.files, infos)
+        if same_files and same_mask and not fresh and (draft.sensor != "S2" or calibration is not None):
             stats = stats_from_row(old)
             reused += 1
         else:
             try:
                 stats = scene_stats(draft, policy=policy)
+                calibration = calibrate(draft, infos, stats.sample) if draft.sensor == "S2" else None
             except (InvalidRasterError, ResourceLimitError, MaskError, GridError) as exc:
-                skipped.extend(Skipped(p, str(exc)) for p in draft.files[:1])
+                skipped.extend(Skipped(p, str(exc), refused=True) for p in draft.files[:1])
                 continue
             computed += 1
         if stats.removed_px is not None:
             removed[scene_id] = stats.removed_px
         for rule, n in (stats.removed_by or {}).items():
             removed_by[rule] = removed_by.get(rule, 0) + n
-        records.append(record(scene_id, draft, stats, infos, rel))
+        records.append(record(scene_id, draft, stats, infos, rel, calibration))
 
     if not records:
         raise EmptyCatalogError(
@@ -410,7 +419,7 @@ def _build(
         "generation": uuid.uuid4().hex,
     }
     meta[POLICY_KEY] = policy_text(policy)
-    write_catalog(cat_path, frame, file_rows, skipped, meta, rel)
+    write_catalog(cat_path, frame, file_rows, skipped, meta, rel, product_rows)
     catalog = Catalog(cat_path, frame, meta)
     catalog.build_rtree(persist=True)
     return IndexResult(
@@ -432,8 +441,10 @@ def _build(
 
 
 def _relativiser(base: Path) -> Any:
+    from cloudclear.gdal import relative_path
+
     def rel(p: str) -> str:
-        return os.path.relpath(p, base)
+        return relative_path(p, base)
 
     return rel
 
@@ -445,6 +456,7 @@ def write_catalog(
     skipped: Sequence[Skipped],
     meta: dict[str, str],
     rel: Any,
+    product_rows: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write the catalog to a temporary GeoPackage and rename it over ``path`` (atomic).
 
@@ -466,8 +478,21 @@ def write_catalog(
             }
             for r in file_rows
         ]
+        + [
+            {
+                "path": rel(r["path"]),
+                "size": r["size"],
+                "mtime_ns": r["mtime_ns"],
+                "info": json.dumps({"products": [product_json(p, rel) for p in r["products"]]}),
+                "error": r["error"] or "",
+            }
+            for r in product_rows
+        ]
     )
-    skip = pd.DataFrame([{"path": rel(s.path), "reason": s.reason} for s in skipped], columns=["path", "reason"])
+    skip = pd.DataFrame(
+        [{"path": rel(s.path), "reason": s.reason, "refused": int(s.refused)} for s in skipped],
+        columns=["path", "reason", "refused"],
+    )
     try:
         with atomic_output(path, overwrite=True, what="catalog") as tmp:
             pyogrio.write_dataframe(frame, tmp, layer="scenes", driver="GPKG")

@@ -17,6 +17,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from cloudclear.catalog.stats import CELL, SceneStats
+from cloudclear.catalog.values import Calibration, level_of
+from cloudclear.gdal import absolute_path
 from cloudclear.masks import MaskBand
 from cloudclear.scenes import BandSource, CellGrids, FileInfo, Scene, SceneDraft, grid_name, reflectance_scale
 
@@ -85,12 +87,7 @@ def _scale_offset(draft: SceneDraft) -> tuple[float, float]:
 
 
 def _level(draft: SceneDraft) -> str:
-    info = draft.grid
-    text = " ".join((info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem)).upper()
-    for level in ("L2A", "L1C"):
-        if level in text:
-            return level
-    return "GRD" if draft.sensor == "S1" else ""
+    return level_of(draft) or ("GRD" if draft.sensor == "S1" else "")
 
 
 #: Column of the pixels the clear policy removed beyond the scene's own mask, per S2 scene with a
@@ -98,6 +95,11 @@ def _level(draft: SceneDraft) -> str:
 REMOVED_COLUMN = "policy_removed_px"
 #: The same per rule, as JSON (``{"detector": n, "unclassified": n, "snow": n, "buffer": n}``).
 REMOVED_BY_COLUMN = "policy_removed_by"
+#: Where a scene's scale and offset came from, and what the data check found (catalogs made
+#: before it have no such column).
+SCALE_SOURCE_COLUMN = "scale_source"
+#: Per band ``[scale, offset]`` as JSON (per-band offsets are honoured).
+BAND_SCALES_COLUMN = "band_scales"
 #: Column of the path of the detector's mask of a scene that has a mask of its own.
 DETECTED_COLUMN = "detected_file"
 
@@ -107,12 +109,27 @@ def signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
     return json.dumps(sorted((Path(p).name, infos[p].size, infos[p].mtime_ns) for p in paths))
 
 
-def record(scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str, FileInfo], rel: Any) -> dict[str, Any]:
+def record(
+    scene_id: str,
+    draft: SceneDraft,
+    stats: SceneStats,
+    infos: dict[str, FileInfo],
+    rel: Any,
+    calibration: Calibration | None = None,
+) -> dict[str, Any]:
     """The stored record (one row of the ``scenes`` layer) of a scene; ``rel`` makes paths
-    relative to the catalog's folder."""
+    relative to the catalog's folder; ``calibration`` is an S2 scene's scaling
+    (:func:`~cloudclear.catalog.values.calibrate`), None for S1."""
     native, geo = footprints(draft.grid)
     label, epsg = crs_label(draft.grid.crs)
-    scale, offset = _scale_offset(draft)
+    if calibration is not None:
+        scale, offset = calibration.first
+        band_scales = {b: [calibration.scales[b], calibration.offsets[b]] for b in draft.bands}
+        scale_source = calibration.source
+    else:
+        scale, offset = _scale_offset(draft)
+        band_scales = {b: [scale, offset] for b in draft.bands}
+        scale_source = draft.grid.tags.get("SCALE_SOURCE") or ("units: " + draft.units)
     info = draft.grid
     return {
         "scene_id": scene_id,
@@ -140,6 +157,8 @@ def record(scene_id: str, draft: SceneDraft, stats: SceneStats, infos: dict[str,
         "scale": scale,
         "offset": offset,
         "units": draft.units,
+        SCALE_SOURCE_COLUMN: scale_source,
+        BAND_SCALES_COLUMN: json.dumps(band_scales),
         "mask_source": draft.mask.convention if draft.mask else "no mask",
         "mask_file": rel(draft.mask.path) if draft.mask else None,
         "mask_band": draft.mask.band if draft.mask else None,
@@ -174,6 +193,23 @@ def stats_from_row(row: Any) -> SceneStats:
         decode_cells(row["valid_cells"], rows, cols),
         None if REMOVED_COLUMN not in row or _isnull(row[REMOVED_COLUMN]) else int(row[REMOVED_COLUMN]),
         None if REMOVED_BY_COLUMN not in row or _isnull(row[REMOVED_BY_COLUMN]) else json.loads(row[REMOVED_BY_COLUMN]),
+    )
+
+
+def calibration_from_row(row: Any, draft: SceneDraft) -> Calibration | None:
+    """The scaling a stored record holds for ``draft``'s bands; None when the record predates
+    per-band scaling or lacks a band (the scene's values are then checked again)."""
+    text = row.get(BAND_SCALES_COLUMN) if hasattr(row, "get") else None
+    if text is None or _isnull(text) or not text:
+        return None
+    stored = json.loads(text)
+    if any(b not in stored for b in draft.bands):
+        return None
+    source = row.get(SCALE_SOURCE_COLUMN)
+    return Calibration(
+        {b: float(stored[b][0]) for b in draft.bands},
+        {b: float(stored[b][1]) for b in draft.bands},
+        "" if source is None or _isnull(source) else str(source),
     )
 
 
@@ -274,6 +310,8 @@ class SceneRows:
         self._cols[DETECTED_COLUMN] = (
             frame[DETECTED_COLUMN].to_numpy() if DETECTED_COLUMN in frame else [None] * len(frame)
         )
+        for column in (SCALE_SOURCE_COLUMN, BAND_SCALES_COLUMN):
+            self._cols[column] = frame[column].to_numpy() if column in frame else [None] * len(frame)
         self._geoms = frame.geometry.to_numpy()
         self._base = base
         self._paths: dict[str, str] = {}
@@ -287,7 +325,7 @@ class SceneRows:
         """A stored path made absolute (memoised: resolving stats every component)."""
         out = self._paths.get(rel)
         if out is None:
-            out = self._paths[rel] = str((self._base / rel).resolve())
+            out = self._paths[rel] = absolute_path(rel, self._base)
         return out
 
     def place(self, i: int) -> str:
@@ -367,4 +405,10 @@ class SceneRows:
             s1_gap_hours=_float(c["s1_gap_hours"]),
             files=tuple(self.resolve(p) for p in json.loads(c["files"])),
             detected=detected,
+            scale_source=_text(c[SCALE_SOURCE_COLUMN]) or "",
+            band_scales=MappingProxyType(
+                {b: (float(v[0]), float(v[1])) for b, v in json.loads(c[BAND_SCALES_COLUMN]).items()}
+                if _text(c[BAND_SCALES_COLUMN])
+                else {}
+            ),
         )

@@ -52,6 +52,27 @@ class SceneStats:
     valid_cells: np.ndarray
     removed_px: int | None = None
     removed_by: dict[str, int] | None = None
+    sample: ValueSample | None = None
+
+
+@dataclass(frozen=True)
+class ValueSample:
+    """Raw values of the band the statistics read, on a regular subsample of the scene (at most
+    :data:`SAMPLE_PIXELS`), for :mod:`cloudclear.catalog.values` to check the scene's scale.
+
+    Attributes:
+        band: the band's name.
+        valid: values at pixels with data.
+        clear: values at pixels the mask calls clear (every valid one without a mask).
+    """
+
+    band: str
+    valid: np.ndarray
+    clear: np.ndarray
+
+
+#: Pixels of a scene whose raw values are kept to check its scale (a regular subsample).
+SAMPLE_PIXELS = 250_000
 
 
 def _cell_sums(arr: np.ndarray, cell: int) -> np.ndarray:
@@ -101,7 +122,9 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
     check_size(info.path, info.width, info.height)
     height, width = info.height, info.width
     # Validity comes from a band on the scene grid (the finest file), not e.g. a 60 m B01.
-    name, (path, bidx) = next((b, (p, i)) for b, (p, i) in draft.band_sources.items() if p == info.path)
+    # Blue first where the grid's file has it: its darkest clear pixels tell an offset (values.py).
+    on_grid = [(b, (p, i)) for b, (p, i) in draft.band_sources.items() if p == info.path]
+    name, (path, bidx) = next((bp for bp in on_grid if bp[0] in ("B02", "B03", "B04")), on_grid[0])
     spec = ReadSpec.from_files(
         draft.sensor, {name: (path, bidx)}, {path: info}, units=draft.units, mask=draft.mask, detected=draft.detected
     )
@@ -118,6 +141,9 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
         np.minimum(cell, height - cell * np.arange(ncy)), np.minimum(cell, width - cell * np.arange(ncx))
     )
     strip = max(cell, STRIP_ROWS - STRIP_ROWS % cell)
+    step = max(1, int((height * width / SAMPLE_PIXELS) ** 0.5))
+    valid_parts: list[np.ndarray] = []
+    clear_parts: list[np.ndarray] = []
     try:
         reader = SceneReader(spec, grid, policy=policy)
     except InvalidRasterError as exc:
@@ -131,6 +157,11 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
                 px = reader.read(r0, r0 + h)
             except InvalidRasterError as exc:
                 raise InvalidRasterError(f"{exc} (corrupt or truncated)") from None
+            # The subsample's rows continue across strips: row r0 + k is kept when k is on the step.
+            first = -r0 % step
+            sub = px.values[0, first::step, ::step]
+            valid_parts.append(sub[px.valid[first::step, ::step]])
+            clear_parts.append(sub[px.clear[first::step, ::step]])
             c0 = r0 // cell
             c1 = c0 + -(-h // cell)
             valid_n[c0:c1] += _cell_sums(px.valid, cell)
@@ -165,4 +196,5 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
         valid_cells,
         removed_px,
         None if removed_px is None else removed_by,
+        ValueSample(name, np.concatenate(valid_parts), np.concatenate(clear_parts)) if valid_parts else None,
     )

@@ -16,6 +16,10 @@ from cloudclear import masks
 from cloudclear.catalog.records import SceneRows
 from cloudclear.errors import CatalogError, CatalogNotFoundError, CloudClearError, QueryError, describe_os_error
 from cloudclear.scenes import FileInfo, Scene, Skipped, normalise_tile
+from cloudclear.scenes.products import Product
+
+#: How the ``files`` layer's ``info`` column starts for a product's row (its acquisitions as JSON).
+PRODUCTS_KEY = '{"products"'
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -185,9 +189,32 @@ class Catalog:
         files = pyogrio.read_dataframe(self.path, layer="files", read_geometry=False)
         out = {}
         for row in files.itertuples(index=False):
+            if row.info and row.info.startswith(PRODUCTS_KEY):
+                continue
             p = str(self.resolve(row.path))
             info = FileInfo.from_dict({**json.loads(row.info), "path": p}) if row.info else None
             out[p] = (int(row.size), int(row.mtime_ns), info, row.error or None)
+        return out
+
+    def product_cache(self) -> dict[str, tuple[int, int, list[Product]]]:
+        """Absolute path of a product (SAFE, THEIA, STAC) -> (size, mtime_ns, its acquisitions)
+        from the last scan: an unchanged product is not read again."""
+        import pyogrio
+
+        from cloudclear.gdal import absolute_path
+
+        files = pyogrio.read_dataframe(self.path, layer="files", read_geometry=False)
+        out = {}
+        base = self.path.parent
+        for row in files.itertuples(index=False):
+            if not (row.info and row.info.startswith(PRODUCTS_KEY)):
+                continue
+            products = []
+            for d in json.loads(row.info)["products"]:
+                members = tuple(FileInfo.from_dict({**m, "path": absolute_path(m["path"], base)}) for m in d["members"])
+                metadata = tuple(absolute_path(m, base) for m in d["metadata"])
+                products.append(Product(d["kind"], absolute_path(d["path"], base), d["key"], members, metadata))
+            out[absolute_path(row.path, base)] = (int(row.size), int(row.mtime_ns), products)
         return out
 
     def records_by_id(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from cloudclear.errors import CloudClearError, MaskError
 from cloudclear.gridio import Grid, GridReader
 from cloudclear.inference.select import Acquisition
 from cloudclear.masks import DEFAULT_POLICY, ClearPolicy, MaskClass, dilate_disk
-from cloudclear.scenes.reader import ReadSpec, SceneReader, to_physical
+from cloudclear.scenes.reader import ReadSpec, SceneReader, mask_indexes, pack_mask, pick, to_physical
 
 
 @dataclass
@@ -112,13 +112,13 @@ class HideMask:
         self.nodata = info.nodata
         self.grid = grid
         try:
-            self.reader = GridReader(self.path, [band.band], grid, "nearest", info.nodata)
+            self.reader = GridReader(self.path, list(mask_indexes(band)), grid, "nearest", info.nodata)
         except CloudClearError as exc:
             raise MaskError(f"--hide: {exc}") from None
 
     def read(self, r0: int, r1: int) -> np.ndarray:
         """Rows ``r0..r1`` of the output grid: (rows, cols) bool, True where the mask hides the surface."""
-        raw = self.reader.read(r0, r1)[0]
+        raw = pack_mask(self.reader.read(r0, r1), self.convention)
         try:
             classes = masks.decode(raw, self.convention, self.nodata)
         except MaskError as exc:
@@ -381,7 +381,7 @@ def temporal_flags(sources: Sequence[Source], strips: Sequence[Strip]) -> list[n
     nir_idx = [_band(src.acq, NIR_BANDS) for _, src, _, _ in part]
 
     def phys(src: Source, st: Strip, k: int) -> np.ndarray:
-        return to_physical(st.values[k : k + 1], src.acq.scale, src.acq.offset, src.acq.units)[0]
+        return to_physical(st.values[k : k + 1], pick(src.acq.scale, k), pick(src.acq.offset, k), src.acq.units)[0]
 
     blue = np.stack([phys(src, st, b) for _, src, st, b in part])
     clear = np.stack([st.clear for _, _, st, _ in part])

@@ -7,21 +7,38 @@ processor ranks its candidates the same way). Scenes above ``max_cloud`` % are n
 the neighbour slots, and scenes with no valid pixel are candidates for no slot. S1 slots take
 the S1 acquisition nearest to their S2 slot's time (or to D), within ``s1_max_hours``, whose
 footprint covers the tile.
+
+The inputs of a date lie on one grid: a tile whose S2 scenes lie on several (two datasets over
+one tile) is refused unless a grid is named (only its scenes are read) or a raster file gives the
+output grid (every S2 scene covering it is read, warped onto it); the same acquisition delivered
+twice fills one slot (:func:`cloudclear.acquisitions.dedupe`).
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudclear.acquisitions import Acquisition, acquisition, check_files, dedupe, grid_of
+from cloudclear.acquisitions import (
+    Acquisition,
+    acquisition,
+    check_files,
+    dedupe,
+    grid_label,
+    grid_of,
+    grid_of_file,
+    grid_outline,
+    same_acquisition,
+)
 from cloudclear.errors import NoInputsError, QueryError
 from cloudclear.gridio import Grid
 from cloudclear.layouts import Slot
-from cloudclear.scenes import Scene, normalise_tile, place_label
+from cloudclear.scenes import RASTER_SUFFIXES, Scene, grid_name, normalise_tile, place_label
 
 if TYPE_CHECKING:
     from cloudclear.catalog import Catalog
@@ -76,6 +93,10 @@ class InputSet:
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: S2 scenes read only for the clear policy's temporal test (:func:`choose_witnesses`).
     witnesses: tuple[Acquisition, ...] = ()
+    #: The name of the grid the S2 scenes were taken from (None: every grid of the tile).
+    on_grid: str | None = None
+    #: ``grid`` is a file's (``--grid FILE``): every S2 scene covering it is read, warped onto it.
+    grid_from_file: bool = False
 
     @property
     def acquisitions(self) -> list[Acquisition]:
@@ -122,8 +143,14 @@ def choose_inputs(
     tile: str | None = None,
     bands: Sequence[str] | None = None,
     s1_bands: Sequence[str] = ("VV", "VH"),
+    grid: str | os.PathLike[str] | None = None,
 ) -> InputSet:
     """Pick the acquisitions of ``layout`` for date ``when`` on ``tile``.
+
+    The output lies on one grid. When the tile's S2 scenes lie on several (two datasets over one
+    tile), ``grid`` must say which: a grid name (:func:`cloudclear.scenes.grid_name`; only the
+    scenes on it are read), or a raster file whose grid the output takes (every S2 scene covering
+    it, on any grid, is read warped onto it).
 
     Args:
         catalog: an open :class:`cloudclear.catalog.Catalog`.
@@ -133,32 +160,25 @@ def choose_inputs(
             be left out when the catalog's S2 scenes lie on one tile or grid.
         bands: S2 bands to read; default: those of the nearest scene.
         s1_bands: S1 bands to read for S1 slots.
+        grid: a grid name, or the path of a raster whose grid the output takes; needed when the
+            tile's S2 scenes lie on several grids.
 
     Raises:
         NoInputsError: an excluded scene id is not in the catalog, the tile is not in the
-            catalog (or several are and none was named), no S2
+            catalog (or several are and none was named), the tile's scenes lie on several grids
+            and ``grid`` names none of them, no S2
             scene lies within ``max_days``, a chosen scene lacks a band, a required slot is empty.
         SceneNotFoundError: a chosen scene's file was deleted after indexing.
     """
     target, date_only = parse_when(when)
     _check_excluded(catalog, layout.exclude)
-    places = catalog.places("S2")
-    if tile is None:
-        if len(places) > 1:
-            raise NoInputsError(f"{catalog.path}: holds S2 tiles {', '.join(places)}; choose one with --tile")
-        if not places:
-            raise NoInputsError(f"{catalog.path}: no S2 scenes; nothing to reconstruct")
-        tile = places[0]
-    tile = normalise_tile(tile) or ""
-    match = next((p for p in places if p.upper() == tile.upper()), None)
-    if match is None:
-        raise NoInputsError(f"{catalog.path}: no S2 scenes of tile {tile} (tiles: {', '.join(places) or 'none'})")
-    tile = match
+    scope = _scope(catalog, tile, grid)
+    tile = scope.tile
     span = timedelta(days=layout.max_days)
-    found = catalog.query(sensor="S2", tile=tile, start=target - span, end=target + span)
+    found = scope.query(catalog, target - span, target + span)
     # A scene with no valid pixel (100 % nodata in the catalog) can fill no slot.
     excluded = set(layout.exclude)
-    scenes = dedupe(s for s in found if s.nodata_pct < 100.0 and s.scene_id not in excluded)
+    scenes = dedupe((s for s in found if s.nodata_pct < 100.0 and s.scene_id not in excluded), scope.outline)
 
     # The target acquisition: on the same UTC day for a date, within an hour for a datetime.
     def on_target(scene: Scene) -> bool:
@@ -191,11 +211,11 @@ def choose_inputs(
             s2_scenes[slot.name] = cands[slot.rank - 1] if len(cands) >= slot.rank else None
     chosen = [s for s in s2_scenes.values() if s is not None]
     if not chosen:
-        raise NoInputsError(_no_neighbours(catalog, tile, target, layout))
+        raise NoInputsError(_no_neighbours(catalog, tile, target, layout, scope.query(catalog)))
     nearest = min(chosen, key=lambda s: abs((s.datetime - target).total_seconds()))
     if bands is None:
         bands = list(nearest.bands)
-    grid = grid_of(target_scene if target_scene is not None else nearest, NoInputsError, catalog.path)
+    out_grid = scope.grid or grid_of(target_scene if target_scene is not None else nearest, NoInputsError, catalog.path)
 
     empty: list[str] = []
     slots: list[tuple[Slot, Acquisition | None]] = []
@@ -219,7 +239,7 @@ def choose_inputs(
         else:
             anchor = s2_scenes.get(_s2_twin(layout, slot))
             when_s1 = anchor.datetime if anchor is not None else target
-            scene = _nearest_s1(catalog, grid, when_s1, layout.s1_max_hours)
+            scene = _nearest_s1(catalog, out_grid, when_s1, layout.s1_max_hours)
             wanted = list(s1_bands)
         acq: Acquisition | None = None
         if scene is not None and wanted is not None:
@@ -232,7 +252,102 @@ def choose_inputs(
         slots.append((slot, acq))
     notes: tuple[str, ...] = (f"no scene for slot(s) {', '.join(empty)}: their inputs are nodata",) if empty else ()
     notes += tuple(f"{s} (the network accepts it)" for s in sorted(substituted))
-    return InputSet(tile, target, grid, tuple(scene_bands(nearest)), tuple(slots), notes)
+    return InputSet(
+        tile,
+        target,
+        out_grid,
+        tuple(scene_bands(nearest)),
+        tuple(slots),
+        notes,
+        on_grid=scope.on_grid,
+        grid_from_file=scope.grid is not None,
+    )
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where a date's S2 inputs come from: a place, and one grid of it or a file's grid."""
+
+    tile: str
+    on_grid: str | None
+    grid: Grid | None = None
+    outline: object = None
+    #: With a file's grid, only the scenes of this place (a tile named beside the file).
+    place: str | None = None
+
+    def query(self, catalog: Catalog, start: datetime | None = None, end: datetime | None = None) -> list[Scene]:
+        if self.grid is not None:
+            hits = catalog.query(self.grid.bounds(), bbox_crs=self.grid.crs, sensor="S2", start=start, end=end)
+            return [s for s in hits if self.place is None or s.place == self.place]
+        hits = catalog.query(sensor="S2", tile=self.tile, start=start, end=end)
+        return [s for s in hits if self.on_grid is None or grid_label(s) == self.on_grid]
+
+
+def _is_file(value: str | os.PathLike[str]) -> bool:
+    text = str(value)
+    return os.path.exists(text) or text.lower().endswith(RASTER_SUFFIXES) or os.sep in text
+
+
+def _grids_text(counts: Counter[str]) -> str:
+    return ", ".join(f"{g} ({n} scene{'s' if n != 1 else ''})" for g, n in sorted(counts.items()))
+
+
+def _scope(catalog: Catalog, tile: str | None, grid: str | os.PathLike[str] | None) -> _Scope:
+    """The place and the grid a date's S2 inputs come from (see :func:`choose_inputs`)."""
+    places = catalog.places("S2")
+    if not places:
+        raise NoInputsError(f"{catalog.path}: no S2 scenes; nothing to reconstruct")
+    if grid is not None and _is_file(grid):
+        out = grid_of_file(grid, NoInputsError)
+        hits = [s for s in catalog.query(out.bounds(), bbox_crs=out.crs, sensor="S2") if s.nodata_pct < 100.0]
+        if tile is not None:
+            tile = _match_place(catalog, places, tile)
+            hits = [s for s in hits if s.place == tile]
+        if not hits:
+            where = f" of tile {tile}" if tile else ""
+            raise NoInputsError(f"{grid}: no S2 scene{where} in {catalog.path} covers this grid")
+        covering = sorted({s.place for s in hits})
+        label = tile or (covering[0] if len(covering) == 1 else _file_grid_name(out))
+        return _Scope(label, None, out, grid_outline(out), place=tile)
+    name = None if grid is None else str(grid).strip()
+    if tile is None:
+        if name and len(places) > 1:
+            having = {p for s in catalog.query(sensor="S2") if grid_label(s).upper() == name.upper() for p in [s.place]}
+            places = [p for p in places if p in having] or places
+        if len(places) > 1:
+            raise NoInputsError(f"{catalog.path}: holds S2 tiles {', '.join(places)}; choose one with --tile")
+        tile = places[0]
+    tile = _match_place(catalog, catalog.places("S2"), tile)
+    counts = Counter(grid_label(s) for s in catalog.query(sensor="S2", tile=tile) if s.nodata_pct < 100.0)
+    if name:
+        match = next((g for g in counts if g.upper() == name.upper()), None)
+        if match is None:
+            raise NoInputsError(
+                f"{catalog.path}: no S2 scene of tile {tile} lies on grid {name} (grids: {_grids_text(counts)}); "
+                f"give one of them to --grid, or a raster file whose grid the output takes"
+            )
+        return _Scope(tile, match)
+    if len(counts) > 1:
+        raise NoInputsError(
+            f"{catalog.path}: the S2 scenes of tile {tile} lie on {len(counts)} grids: {_grids_text(counts)}; "
+            f"pick one with --grid NAME, or give --grid FILE (a raster whose grid the output takes: every "
+            f"scene covering it is warped onto it)"
+        )
+    return _Scope(tile, next(iter(counts), None))
+
+
+def _file_grid_name(grid: Grid) -> str:
+    from pyproj import CRS
+
+    return grid_name(grid.crs, grid.transform, grid.width, grid.height, CRS.from_wkt(grid.crs).to_epsg())
+
+
+def _match_place(catalog: Catalog, places: Sequence[str], tile: str) -> str:
+    norm = normalise_tile(tile) or ""
+    match = next((p for p in places if p.upper() == norm.upper()), None)
+    if match is None:
+        raise NoInputsError(f"{catalog.path}: no S2 scenes of tile {norm} (tiles: {', '.join(places) or 'none'})")
+    return match
 
 
 #: The most scenes read for the temporal test besides a method's inputs.
@@ -263,15 +378,30 @@ def choose_witnesses(
     span = timedelta(days=window_days)
     first, last = min(a.datetime for a in s2), max(a.datetime for a in s2)
     taken = {a.scene_id for a in inputs.acquisitions} | set(exclude)
-    found = catalog.query(sensor="S2", tile=inputs.tile, start=first - span, end=last + span)
+    if inputs.grid_from_file:
+        # The output takes a file's grid: every S2 scene covering it may witness.
+        outline = grid_outline(inputs.grid)
+        found = catalog.query(
+            inputs.grid.bounds(), bbox_crs=inputs.grid.crs, sensor="S2", start=first - span, end=last + span
+        )
+    else:
+        outline = None
+        found = [
+            sc
+            for sc in catalog.query(sensor="S2", tile=inputs.tile, start=first - span, end=last + span)
+            if inputs.on_grid is None or grid_label(sc) == inputs.on_grid
+        ]
+    # Another delivery of an input (on another grid) is the input itself, no witness of it.
+    chosen = [catalog.get(a.scene_id) for a in s2]
 
     def gap(scene: Scene) -> float:
         return min(abs((scene.datetime - a.datetime).total_seconds()) for a in s2) / 86400.0
 
     cands = [
         sc
-        for sc in dedupe(found)
+        for sc in dedupe(found, outline)
         if sc.scene_id not in taken
+        and not any(same_acquisition(sc, c, outline) for c in chosen)
         and sc.nodata_pct < 100.0
         and (sc.cloud_pct is None or sc.cloud_pct <= max_cloud)
         and gap(sc) <= window_days + 0.5
@@ -321,8 +451,7 @@ def _nearest_s1(catalog: Catalog, grid: Grid, when: datetime, max_hours: float) 
     return best if abs((best.datetime - when).total_seconds()) <= max_hours * 3600 else None
 
 
-def _no_neighbours(catalog: Catalog, tile: str, target: datetime, layout: InputRequest) -> str:
-    s2 = catalog.query(sensor="S2", tile=tile)
+def _no_neighbours(catalog: Catalog, tile: str, target: datetime, layout: InputRequest, s2: list[Scene]) -> str:
     day = target.date().isoformat()
     if not s2:
         return f"{catalog.path}: tile {tile} has no S2 scenes"

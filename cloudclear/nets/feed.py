@@ -46,14 +46,15 @@ class SlotPixels:
             slot's bands and order. The physical value is ``values * scale + offset``: S2
             reflectance; S1 backscatter in dB, or linear power when ``linear``.
         valid: (N, H, W) bool or 0/1 tensor: where the slot saw the surface (S2: clear; S1: valid).
-        scale, offset: the scene's digital-number scaling (1 and 0 for values already physical).
+        scale, offset: the scene's digital-number scaling (1 and 0 for values already physical),
+            one value for every band or one per band.
         linear: S1 in linear power; converted to dB (``10 log10``, floored at 1e-6) after scaling.
     """
 
     values: Any
     valid: Any
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float | Sequence[float] = 1.0
+    offset: float | Sequence[float] = 0.0
     linear: bool = False
 
 
@@ -128,7 +129,12 @@ class Feed:
             x = px.values.to(torch.float32)
             if x.shape[1] != nb:
                 raise CheckpointError(f"slot {slot.name}: {x.shape[1]} bands given, the card reads {nb}")
-            if px.scale != 1.0 or px.offset != 0.0:
+            if not isinstance(px.scale, int | float) or not isinstance(px.offset, int | float):
+                # One scale and offset per band (offsets honoured band by band).
+                sc = torch.as_tensor(px.scale, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+                off = torch.as_tensor(px.offset, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+                x = x * sc + off
+            elif px.scale != 1.0 or px.offset != 0.0:
                 x = x * px.scale + px.offset
             if px.linear:
                 x = 10.0 * torch.log10(x.clamp_min(LINEAR_FLOOR))  # as scenes.reader.to_physical
