@@ -49,21 +49,32 @@ def scenes_dir(tmp_path):
     return d
 
 
-def test_index_prints_summary_and_skips(scenes_dir):
+def test_index_prints_summary_and_refuses_wrong_inputs(scenes_dir):
+    # A .tif that is no raster and an undated S2 are wrong inputs: one line each, exit 1, and the
+    # catalog of the other scenes is written all the same.
     res = runner.invoke(app, ["index", str(scenes_dir)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     assert "4 scenes from 9 raster files" in res.stdout
     assert "S2  tile 31UFQ       3 scenes" in res.stdout
     assert "README.tif: not a readable raster" in res.stderr
     assert "undated_s2.tif: no acquisition date" in res.stderr
+    assert "2 input(s) refused" in res.stderr
     cat = Catalog.open(scenes_dir / "cloudclear.gpkg")
     assert len(cat.scenes) == 4
+
+
+def test_index_exits_0_when_nothing_is_refused(scenes_dir):
+    (scenes_dir / "README.tif").unlink()
+    (scenes_dir / "undated_s2.tif").unlink()
+    res = runner.invoke(app, ["index", str(scenes_dir)])
+    assert res.exit_code == 0, res.output
+    assert "refused" not in res.output
 
 
 def test_index_json(scenes_dir, tmp_path):
     out = tmp_path / "x" / "cat.gpkg"
     res = runner.invoke(app, ["index", str(scenes_dir), "--catalog", str(out), "--json"])
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # two inputs refused (README.tif, undated_s2.tif)
     data = json.loads(res.stdout)
     assert data["scenes"] == 4 and data["summary"]["s2_cloud_distribution"]["0%"] == 1
     assert {s["path"].rsplit("/", 1)[1] for s in data["skipped"]} == {
@@ -76,7 +87,7 @@ def test_index_json(scenes_dir, tmp_path):
 def test_query_table_and_json(scenes_dir):
     # About query's filters: the cloud % are the SCL's as decoded (50 % is 64 of 128 rows; the
     # default policy's 3 px buffer would add 3 rows), so index keeps the masks as decoded.
-    assert runner.invoke(app, ["index", str(scenes_dir), "--as-decoded", "--no-detect"]).exit_code == 0
+    assert runner.invoke(app, ["index", str(scenes_dir), "--as-decoded", "--no-detect"]).exit_code == 1  # 2 refused
     res = runner.invoke(app, ["query", str(scenes_dir), "--cloud", ":60", "--sensor", "S2"])
     assert res.exit_code == 0 and res.stdout.strip().endswith("2 scene(s) (S2: 2)")
     res = runner.invoke(app, ["query", str(scenes_dir / "cloudclear.gpkg"), "--start", "2021-05-06", "--json"])
@@ -102,7 +113,7 @@ def test_query_table_and_json(scenes_dir):
     ],
 )
 def test_query_bad_input(scenes_dir, args, code, message):
-    assert runner.invoke(app, ["index", str(scenes_dir)]).exit_code == 0
+    assert runner.invoke(app, ["index", str(scenes_dir)]).exit_code == 1  # 2 refused, catalog written
     res = runner.invoke(app, [a.format(d=scenes_dir) for a in args])
     assert res.exit_code == code
     assert message in res.stderr
@@ -292,10 +303,19 @@ def test_help_imports_no_heavy_module():
     assert res.stderr.strip() == "[]"
 
 
-def test_quiet_silences_the_skipped_files(scenes_dir):
+def test_quiet_silences_the_skipped_files_not_the_refused_ones(scenes_dir):
+    (scenes_dir / "README.tif").unlink()
+    (scenes_dir / "undated_s2.tif").unlink()
+    write_raster(scenes_dir / "dem.tif", np.full((64, 64), 250.0, np.float32))  # no scene: skipped
     res = runner.invoke(app, ["-q", "index", str(scenes_dir)])
     assert res.exit_code == 0, res.output
-    assert "4 scenes from 9 raster files" in res.stdout
+    assert "4 scenes from 8 raster files" in res.stdout  # 3 S2 + their masks, 1 S1, the DEM
     assert res.stderr == ""
     res = runner.invoke(app, ["index", str(scenes_dir)])  # -q does not stick to the next run
-    assert "README.tif: not a readable raster" in res.stderr
+    assert "dem.tif: not recognised" in res.stderr
+    (scenes_dir / "README.tif").write_text("not a raster")
+    res = runner.invoke(app, ["-q", "index", str(scenes_dir)])
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith(str(scenes_dir / "README.tif") + ": not a readable raster")
+    assert "dem.tif" not in res.stderr and len(lines) == 2  # the refused line, then the count

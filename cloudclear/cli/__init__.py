@@ -26,7 +26,40 @@ from cloudclear.errors import CloudClearError
 __all__ = ["app", "main"]
 
 
-class _Group(TyperGroup):
+def _wrap_at_spaces_only() -> None:
+    """Help lines break at spaces only, never inside ``--as-decoded`` or ``multi-temporal-small``
+    (a name split at its hyphen cannot be copied). Typer wraps with its vendored copy of Click's
+    text wrapper; where a later Typer lays it out differently, its own wrapping stays."""
+    try:
+        from typer._click import _textwrap
+    except ImportError:  # pragma: no cover - another Typer layout
+        return
+    wrapper = getattr(_textwrap, "TextWrapper", None)
+    if wrapper is not None and hasattr(wrapper, "wordsep_simple_re"):
+        wrapper.wordsep_re = wrapper.wordsep_simple_re
+
+
+_wrap_at_spaces_only()
+
+
+class _HelpGroup(TyperGroup):
+    """A group whose command list shows each command's whole first paragraph, wrapped, where
+    Click would cut it with "..." to fit one line."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+            rows.append((name, " ".join(text.replace("\b", "").split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _Group(_HelpGroup):
     """The top-level group: every command (and sub-group) runs inside its :meth:`invoke`, so this
     is the one place where a user-facing error becomes one line and exit code 1, whether the app
     runs from :func:`main` or from ``typer.testing.CliRunner``."""
@@ -45,7 +78,18 @@ class _Group(TyperGroup):
 
 
 class _Typer(typer.Typer):
-    """A Typer whose commands fill ``{registry}`` names into their option help when it is shown."""
+    """A Typer whose commands fill ``{registry}`` names into their option help when it is shown.
+
+    Help is Click's plain text, not Rich's panels: it rewraps paragraphs to the terminal's width
+    (80 columns in an 80-column terminal) instead of cutting option help with "..." or breaking
+    lines where the docstring did, shows no placeholder after a switch, and keeps
+    ``[default: ...]``, which Rich takes for markup and drops.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("rich_markup_mode", None)
+        kwargs.setdefault("cls", _HelpGroup)
+        super().__init__(*args, **kwargs)
 
     def command(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", RegistryCommand)
@@ -59,7 +103,8 @@ app = _Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # help as wide as the terminal (Click stops at 80 columns unless told)
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 200},
 )
 
 

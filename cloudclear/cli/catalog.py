@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,8 +38,8 @@ def index(
         typer.Option(
             "--date-pattern",
             help="Regex for the date in file names, with named groups 'date' (YYYYMMDD) and "
-            "optional 'time' (HHMMSS). Default: YYYYMMDD[THHMMSS] anywhere in the name, then the "
-            "DATETIME / TIFFTAG_DATETIME tags.",
+            "optional 'time' (HHMMSS). [default: YYYYMMDD[THHMMSS] anywhere in the name, then the "
+            "DATETIME / TIFFTAG_DATETIME tags]",
         ),
     ] = None,
     rebuild: Annotated[
@@ -93,12 +93,16 @@ def index(
             policy=policy,
         )
     except EmptyCatalogError as exc:
-        print_skipped(exc.skipped, show_skipped)
+        print_skipped([s for s in exc.skipped if not getattr(s, "refused", False)], show_skipped)
+        print_refused(exc.skipped)
         raise
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
+        if result.refused:
+            raise typer.Exit(1)
         return
-    print_skipped(result.skipped, show_skipped)
+    print_skipped([s for s in result.skipped if not s.refused], show_skipped)
+    print_refused(result.skipped)
     s = result.summary
     typer.echo(
         f"{result.scenes} scenes from {result.files_seen} raster files in {result.seconds:.1f} s "
@@ -124,6 +128,18 @@ def index(
         )
     if s["s2_with_s1"]:
         typer.echo(f"  S2 with an S1 over them: {s['s2_with_s1']} (median gap {s['s1_gap_hours_median']:.1f} h)")
+    if result.refused:
+        typer.echo(
+            f"{len(result.refused)} input(s) refused (listed above); the catalog holds the other scenes", err=True
+        )
+        raise typer.Exit(1)
+
+
+def print_refused(skipped: Any) -> None:
+    """One line on stderr per refused input (wrong, not merely no scene), even under -q."""
+    for s in skipped:
+        if getattr(s, "refused", False):
+            typer.echo(s.reason if s.reason.startswith(s.path) else f"{s.path}: {s.reason}", err=True)
 
 
 _QUERY_COLUMNS = [

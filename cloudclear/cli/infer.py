@@ -62,6 +62,16 @@ def infer(
         ),
     ] = DEFAULT_METHOD,
     tile: Annotated[str | None, typer.Option("--tile", "-t", help="S2 tile when the catalog holds several.")] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            "--grid",
+            metavar="NAME|FILE",
+            help="Output grid when the tile's S2 scenes lie on several grids: a grid NAME (only its "
+            "scenes are read), or a raster FILE whose grid the output takes (every scene covering it "
+            "is warped onto it).",
+        ),
+    ] = None,
     every: Annotated[int, typer.Option("--every", help="Days between dates of a START..END range.")] = 10,
     bands: Annotated[
         str | None, typer.Option("--bands", help="S2 bands to fill with gapfill, e.g. B02,B03,B04,B08.")
@@ -209,7 +219,7 @@ def infer(
             typer.echo(f"    note: {note}")
 
     result = interruptible(
-        lambda: run_infer(cat, dates, m, out, tile=tile, options=options, on_result=report), "output"
+        lambda: run_infer(cat, dates, m, out, tile=tile, options=options, on_result=report, grid=grid), "output"
     )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -39,7 +39,8 @@ def mask(
         str | None,
         typer.Option(
             "--sun",
-            help="ZENITH,AZIMUTH in degrees, instead of the scene's angle tags or its time and place.",
+            help="ZENITH,AZIMUTH in degrees, instead of the scene's angle tags or its time and place. "
+            "[default: the angle tags, else the time and place]",
         ),
     ] = None,
     overwrite: Annotated[bool, overwrite_option("existing mask files")] = False,

@@ -162,6 +162,7 @@ def set_verbosity(verbose: int, quiet: bool) -> None:
     global _level
     _level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=_level, format="cloudclear: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(_level)  # basicConfig changes nothing once a handler exists
     logging.getLogger("rasterio").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 

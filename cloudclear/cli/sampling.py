@@ -85,10 +85,12 @@ def sample(
     split: Annotated[str, typer.Option("--split", help="train,val,test shares.")] = "0.8,0.1,0.1",
     block: Annotated[int, typer.Option("--block", help="Split block side, in patches.", min=1)] = 4,
     block_days: Annotated[
-        float | None, typer.Option("--block-days", help="Also split by periods of this many days.")
+        float | None,
+        typer.Option("--block-days", help="Also split by periods of this many days. [default: no period split]"),
     ] = None,
     per_location: Annotated[
-        int | None, typer.Option("--per-location", "-k", help="At most K samples per patch location.", min=1)
+        int | None,
+        typer.Option("--per-location", "-k", help="At most K samples per patch location. [default: no limit]", min=1),
     ] = None,
     seasonal: Annotated[
         bool, typer.Option("--seasonal", help="Equal draws per season (DJF, MAM, JJA, SON) of the reference date.")
@@ -103,7 +105,8 @@ def sample(
         bool, typer.Option("--s1/--no-s1", help="--no-s1 drops the layout's S1 (optical only, for series without S1).")
     ] = True,
     s1_max_gap: Annotated[
-        float | None, typer.Option("--s1-max-gap", help="Replace every slot's largest S1-S2 gap (hours).")
+        float | None,
+        typer.Option("--s1-max-gap", help="Replace every slot's largest S1-S2 gap (hours). [default: the layout's]"),
     ] = None,
     tile: Annotated[str | None, typer.Option("--tile", help="Sample only this MGRS tile.")] = None,
     start: Annotated[str | None, typer.Option("--start", help="First reference date (YYYY-MM-DD).")] = None,
@@ -137,7 +140,8 @@ def sample(
 
     \b
     Example, on a synthetic series with S1:
-      cloudclear synth out/T31UFQ --size 480 --dates 10 --interval 15 --start 2021-04-01 --seed 42
+      cloudclear synth out/T31UFQ --size 480 --dates 10 --interval 15 \\
+          --start 2021-04-01 --seed 42
       cloudclear index out/T31UFQ
       cloudclear sample -c out/T31UFQ -l sequence -p 128 -n 40 -o out/seq
     """

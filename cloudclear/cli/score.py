@@ -7,7 +7,28 @@ from typing import Annotated
 
 import typer
 
-from cloudclear.cli.options import expand_globs, json_option, overwrite_option, parse_bands, progress
+from cloudclear.cli.options import expand_globs, json_option, overwrite_option, parse_bands, progress, quiet
+
+
+def _expand(patterns: list[str] | None, what: str) -> list[str]:
+    """Expand the globs among ``patterns``, leaving out the status sidecars they match (``infer``
+    writes ``NAME_status.tif`` beside ``NAME.tif``: ``'out/*.tif'`` matches both); files named
+    one by one are kept as given."""
+    from cloudclear.metrics import drop_status_sidecars
+
+    out: list[str] = []
+    for pattern in patterns or []:
+        hits = expand_globs([pattern], what)
+        if hits == [pattern]:
+            out.append(pattern)
+            continue
+        kept, dropped = drop_status_sidecars(hits)
+        if not kept:
+            raise typer.BadParameter(f"{pattern}: matches only status sidecars, no {what}")
+        if dropped and not quiet():
+            typer.echo(f"{pattern}: left out {len(dropped)} status sidecar(s) (*_status.tif)", err=True)
+        out.extend(kept)
+    return out
 
 
 def score(
@@ -81,36 +102,43 @@ def score(
     """Score predictions against a cloud-free reference: MAE, RMSE, PSNR, SSIM, SAM.
 
     \b
-      cloudclear score PRED REF                      one prediction
-      cloudclear score --ref REF PRED1 PRED2 ...     compare methods (or a glob: 'out/*.tif')
+      cloudclear score PRED REF                   one prediction
+      cloudclear score --ref REF PRED1 PRED2 ...  compare methods
+      cloudclear score --ref REF 'out/*.tif'      the same with a glob (status
+                                                  sidecars *_status.tif are
+                                                  left out)
       cloudclear score --ref 'truth/*.tif' 'pred/*.tif' --mask 'S2/*_SCL.tif'
-                                                     a sequence: pairs by sorted order
-    \b
+                                                  a sequence: pairs by sorted
+                                                  order
+
     Values: reflectance x = DN * scale + offset (the file's scale/offset, its BOA_ADD_OFFSET and
     QUANTIFICATION_VALUE tags, else DN / --scale), clipped to [0, peak]. Over the scored pixels P
     and bands b (per band: over P only):
+
+    \b
       MAE  = mean |p - r|
       RMSE = sqrt(mean (p - r)^2)
       PSNR = 20 log10(peak / RMSE)   (overall: from the MSE pooled over bands)
-      SSIM = mean of (2 mu_p mu_r + C1)(2 cov_pr + C2) / ((mu_p^2 + mu_r^2 + C1)(var_p + var_r + C2)),
-             C1 = (0.01 peak)^2, C2 = (0.03 peak)^2, local statistics in the --ssim-window, over
-             the pixels of P whose window lies inside the image and holds no nodata; then the
-             mean over bands
-      SAM  = mean over P of arccos(<p, r> / (|p| |r|)), the angle between the spectra
-    \b
+      SSIM = mean of (2 mu_p mu_r + C1)(2 cov_pr + C2)
+                     / ((mu_p^2 + mu_r^2 + C1)(var_p + var_r + C2)),
+             C1 = (0.01 peak)^2, C2 = (0.03 peak)^2, local statistics in the
+             --ssim-window, over the pixels of P whose window lies inside the
+             image and holds no nodata; then the mean over bands
+      SAM  = mean over P of arccos(<p, r> / (|p| |r|)), the angle between the
+             spectra
+
     Pixels (--pixels, from the input date's cloud mask --mask): all; cloudy (cloud, thin cloud,
     shadow); clear (clear, snow); occluded (cloudy or nodata in the input, as U-TILISE);
     observed (= clear). --ref-mask leaves out pixels the reference's own mask does not call
     clear. Several images combine pooled (one sum over all pixels) or per image (mean of figures).
     Defaults follow U-TILISE: reflectance / 10000, peak 1, the masked (cloudy) pixels when a
     mask is given, SAM in degrees.
-
     """
     from cloudclear.errors import ScoreError
     from cloudclear.metrics import ScoreOptions, pair_up, score_many
 
-    files = expand_globs(paths, "prediction")
-    refs = expand_globs(ref, "reference")
+    files = _expand(paths, "prediction")
+    refs = _expand(ref, "reference")
     if not refs:
         if len(files) != 2:
             raise typer.BadParameter("give PRED REF, or the reference with --ref REF and any number of predictions")

@@ -12,7 +12,10 @@ from cloudclear.cli.options import parse_bands, progress
 
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the series into (S2/, S1/, truth/).")],
-    size: Annotated[int | None, typer.Option("--size", help="Square size in pixels (sets height and width).")] = None,
+    size: Annotated[
+        int | None,
+        typer.Option("--size", help="Square size in pixels (sets height and width). [default: --height x --width]"),
+    ] = None,
     height: Annotated[int, typer.Option("--height", help="Rows.")] = 512,
     width: Annotated[int, typer.Option("--width", help="Columns.")] = 512,
     dates: Annotated[int, typer.Option("--dates", help="Number of S2 dates.")] = 12,

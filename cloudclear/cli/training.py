@@ -40,8 +40,13 @@ def train(
     size: Annotated[
         str, typer.Option("--size", help="Width/depth preset: {sizes}.", callback=choice("sizes"))
     ] = "small",
-    width: Annotated[int | None, typer.Option("--width", help="Channels at full resolution.", min=1)] = None,
-    depth: Annotated[int | None, typer.Option("--depth", help="Poolings (2**depth aligns windows).", min=1)] = None,
+    width: Annotated[
+        int | None, typer.Option("--width", help="Channels at full resolution. [default: the --size preset's]", min=1)
+    ] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", help="Poolings (2**depth aligns windows). [default: the --size preset's]", min=1),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="The most epochs.", min=1)] = 40,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Samples per step.", min=1)] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine decay).")] = 2e-3,
@@ -95,7 +100,9 @@ def train(
     With --init CHECKPOINT it fine-tunes that checkpoint instead (keeping its card); with --budget
     SECONDS it stops when the time is spent.
 
-    Example: cloudclear train -s out/os2 --net multi-temporal -o models/mt.safetensors
+    \b
+    Example:
+      cloudclear train -s out/os2 --net multi-temporal -o models/mt.safetensors
     """
     from cloudclear.training import TrainOptions, resume_path
     from cloudclear.training import train as run_train
@@ -193,7 +200,10 @@ def adapt(
     figures before and after). The best epoch by val PSNR is kept, the base weights if none
     beats them. The temporary patch store is removed.
 
-    Example: cloudclear adapt -c my.gpkg --from multi-temporal-small -o models/mine.safetensors --minutes 5
+    \b
+    Example:
+      cloudclear adapt -c my.gpkg --from multi-temporal-small \\
+          -o models/mine.safetensors --minutes 5
     """
     from cloudclear.training import AdaptOptions
     from cloudclear.training import adapt as run_adapt
@@ -269,7 +279,9 @@ def evaluate(
     Every method is scored on the same pixels: valid in the truth, not seen in the input (the
     pasted gaps), and filled by gapfill. Figures are those of `cloudclear score`, pooled.
 
-    Example: cloudclear evaluate -s out/os2 -m gapfill -m models/multi-temporal-small.safetensors
+    \b
+    Example:
+      cloudclear evaluate -s out/os2 -m gapfill -m multi-temporal-small
     """
     from cloudclear.nets.card import find_checkpoint
     from cloudclear.training import evaluate as run_evaluate

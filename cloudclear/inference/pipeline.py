@@ -339,7 +339,15 @@ def _policy_note(
     return text
 
 
+def input_level(inputs: InputSet) -> str:
+    """The processing level of a date's S2 inputs, which its output keeps: "L1C" (top of
+    atmosphere), "L2A" (surface), "mixed" when the inputs differ, "unknown" when none says."""
+    levels = {str(getattr(acq, "level", "") or "") for acq in inputs.acquisitions if acq.sensor == "S2"} - {""}
+    return levels.pop() if len(levels) == 1 else "mixed" if levels else "unknown"
+
+
 def _tags(inputs: InputSet, method: Method, options: InferOptions, hidden: int = 0) -> dict[str, str]:
+    level = input_level(inputs)
     tags = {
         "DATETIME": inputs.target.strftime("%Y-%m-%dT%H:%M:%S"),
         "TILE_ID": inputs.tile,
@@ -347,8 +355,10 @@ def _tags(inputs: InputSet, method: Method, options: InferOptions, hidden: int =
         "CLOUDCLEAR_INPUTS": ",".join(acq.scene_id for acq in inputs.acquisitions),
         "CLOUDCLEAR_KEEP_OBSERVED": str(options.keep_observed).lower(),
         "QUANTIFICATION_VALUE": str(int(QUANTIFICATION)),
-        "BOA_ADD_OFFSET": "0",
-        "PROCESSING_LEVEL": "L2A-cloudclear",
+        # the output is reflectance of the inputs' level: top of atmosphere from L1C, surface from L2A
+        "RADIO_ADD_OFFSET" if level == "L1C" else "BOA_ADD_OFFSET": "0",
+        "PROCESSING_LEVEL": level,
+        "CLOUDCLEAR_INPUT_LEVEL": level,
     }
     tags["CLOUDCLEAR_CLEAR_POLICY"] = options.clear.describe()
     if inputs.witnesses:
@@ -486,6 +496,7 @@ def infer(
     tile: str | None = None,
     options: InferOptions = InferOptions(),
     on_result: Callable[[InferResult], None] | None = None,
+    grid: str | os.PathLike[str] | None = None,
 ) -> InferManyResult:
     """Reconstruct one or more dates of a tile from a catalog.
 
@@ -497,6 +508,8 @@ def infer(
             ``S2_T{tile}_{YYYYMMDD}_{method}.tif``) or a path containing ``{date}``.
         tile: the S2 tile when the catalog holds several.
         options: see :class:`InferOptions`.
+        grid: the output grid when the tile's S2 scenes lie on several: a grid name, or a raster
+            whose grid the output takes (see :func:`~cloudclear.inference.select.choose_inputs`).
         on_result: called after each date (e.g. to print a line).
 
     Raises:
@@ -510,7 +523,7 @@ def infer(
     if not dates:
         raise NoInputsError("no dates to reconstruct")
     with gdal_env("infer"):
-        return _infer(catalog, dates, method, dst, tile, options, on_result)
+        return _infer(catalog, dates, method, dst, tile, options, on_result, grid_choice=grid)
 
 
 def _infer(
@@ -521,6 +534,7 @@ def _infer(
     tile: str | None,
     options: InferOptions,
     on_result: Callable[[InferResult], None] | None,
+    grid_choice: str | os.PathLike[str] | None = None,
 ) -> InferManyResult:
     from cloudclear.inference.select import choose_inputs, choose_witnesses, output_name
 
@@ -529,7 +543,10 @@ def _infer(
     if options.exclude:
         request = dataclasses.replace(request, exclude=tuple(request.exclude) + tuple(options.exclude))
     chosen = [
-        choose_inputs(catalog, d, request, tile=tile, bands=method.bands(), s1_bands=method.s1_bands()) for d in dates
+        choose_inputs(
+            catalog, d, request, tile=tile, bands=method.bands(), s1_bands=method.s1_bands(), grid=grid_choice
+        )
+        for d in dates
     ]
     if options.clear.temporal:
         chosen = [

@@ -2,13 +2,13 @@
 
 A :class:`Writer` thread converts finished rows to uint16 reflectance x 10000 (nodata 0) and writes
 512-row bands of 512 x 512 tiles (ZSTD level 1, predictor 2, BIGTIFF=IF_SAFER) to temporaries; a
-status sidecar (``NAME_status.tif``) records per pixel
+status sidecar (``NAME_status.tif``, nodata 0, tagged ``CLOUDCLEAR_ROLE=status``) records per pixel
 :class:`~cloudclear.gapfill.PixelStatus`. :func:`output_files` hands out those
 temporaries through :func:`cloudclear.outputs.atomic_outputs`, so the output and its sidecar
 appear together, complete, or not at all; :func:`seal` checks every block of them (GDAL logs some
-failed writes, a full disk among them, instead of raising) and makes the COG copy. Every failure to
-write becomes an :class:`~cloudclear.errors.OutputError` naming the file and the cause, raised in
-the thread that drives the run.
+failed writes, a full disk among them, instead of raising) and makes the COG copies (of both
+files). Every failure to write becomes an :class:`~cloudclear.errors.OutputError` naming the file
+and the cause, raised in the thread that drives the run.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ OUTPUT_PROFILE: dict[str, Any] = {
     "interleave": "pixel",
 }
 QUANTIFICATION = 10000.0
+#: The ``CLOUDCLEAR_ROLE`` tag of each file a run writes: what a file is, whatever its name
+#: (``cloudclear score`` skips status sidecars by it).
+ROLE_TAG = "CLOUDCLEAR_ROLE"
+ROLE_OUTPUT = "reconstruction"
+ROLE_STATUS = "status"
 
 
 def output_profile(grid: Grid, count: int) -> dict[str, Any]:
@@ -72,8 +77,9 @@ def output_profile(grid: Grid, count: int) -> dict[str, Any]:
 
 
 def status_profile(grid: Grid) -> dict[str, Any]:
-    """Creation options of the status sidecar: one uint8 band, no nodata (0 is a class)."""
-    return dict(output_profile(grid, 1), dtype="uint8", nodata=None, predictor=1)
+    """Creation options of the status sidecar: one uint8 band, nodata 0 (the class
+    :attr:`~cloudclear.gapfill.PixelStatus.NODATA`: no input saw the pixel)."""
+    return dict(output_profile(grid, 1), dtype="uint8", nodata=int(PixelStatus.NODATA), predictor=1)
 
 
 def status_path_for(path: Path) -> Path:
@@ -97,14 +103,18 @@ class OutputTemps:
 
     Attributes:
         output: the temporary renamed onto the output.
-        status: the temporary renamed onto the status sidecar, or None.
+        status: where the writer thread streams the status band: ``status_output`` itself, or for
+            a COG a further temporary that :func:`seal` copies into ``status_output``; None
+            without a sidecar.
         stream: where the writer thread streams the reconstruction: ``output`` itself, or for a COG
             a further temporary that :func:`seal` copies into ``output``.
+        status_output: the temporary renamed onto the status sidecar, or None.
     """
 
     output: Path
     status: Path | None
     stream: Path
+    status_output: Path | None = None
 
 
 @contextlib.contextmanager
@@ -118,19 +128,24 @@ def output_files(path: Path, status_path: Path | None, *, overwrite: bool, cog: 
     """
     # The sidecar is renamed first, so an image under its final name always has its status beside it.
     targets = ([status_path] if status_path is not None else []) + [path]
-    stream_target = path.with_name(f"{path.stem}.stream{path.suffix or '.tif'}")
-    remove_stale_partials(stream_target)  # a killed COG run's streamed file
-    stream_name = stream_target if cog else None
+    # a COG cannot be streamed: each file is streamed to a further temporary, then copied
+    streams = [p.with_name(f"{p.stem}.stream{p.suffix or '.tif'}") for p in targets]
+    for stream_target in streams:
+        remove_stale_partials(stream_target)  # a killed COG run's streamed files
     with atomic_outputs(targets, overwrite=overwrite, what="output") as tmps:
-        stream = partial_path(stream_name) if stream_name is not None else tmps[-1]
+        made = [partial_path(p) for p in streams] if cog else list(tmps)
+        status_out = tmps[0] if status_path is not None else None
         try:
-            yield OutputTemps(tmps[-1], tmps[0] if status_path is not None else None, stream)
+            yield OutputTemps(
+                tmps[-1], made[0] if status_path is not None else None, made[-1], status_output=status_out
+            )
         finally:
-            if stream_name is not None:
-                remove_path(stream)
+            if cog:
+                for p in made:
+                    remove_path(p)
 
 
-def _cog_copy(src: Path, dst: Path) -> None:
+def _cog_copy(src: Path, dst: Path, resampling: str = "average", predictor: str = "YES") -> None:
     from rasterio.shutil import copy
 
     copy(
@@ -139,11 +154,11 @@ def _cog_copy(src: Path, dst: Path) -> None:
         driver="COG",
         compress="ZSTD",
         level=1,
-        predictor="YES",
+        predictor=predictor,
         blocksize=512,
         bigtiff="IF_SAFER",
         num_threads="ALL_CPUS",
-        overview_resampling="average",
+        overview_resampling=resampling,
     )
 
 
@@ -165,26 +180,32 @@ _NEARLY_FULL = 1 << 20
 
 
 def seal(temps: OutputTemps, path: Path, status_path: Path | None, failures: WriteFailures) -> None:
-    """Check the closed temporaries block by block and make the COG copy; call before the commit.
+    """Check the closed temporaries block by block and make the COG copies; call before the commit.
 
     Raises:
-        OutputError: a write failed (GDAL logged it), a block is missing or the copy failed,
+        OutputError: a write failed (GDAL logged it), a block is missing or a copy failed,
             naming the final file and the cause.
     """
     failures.check(path)
     _check_complete(temps.stream, path, failures)
     if temps.status is not None and status_path is not None:
         _check_complete(temps.status, status_path, failures)
-    if temps.stream != temps.output:
+    copies = [(temps.stream, temps.output, path, "average", "YES")]
+    if temps.status is not None and temps.status_output is not None and status_path is not None:
+        # classes, not values: an overview pixel is the most common class below it
+        copies.append((temps.status, temps.status_output, status_path, "mode", "NO"))
+    for src, dst, name, resampling, predictor in copies:
+        if src == dst:
+            continue
         try:
-            _cog_copy(temps.stream, temps.output)
+            _cog_copy(src, dst, resampling, predictor)
         except CloudClearError:
             raise
         except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a failed write
-            failures.check(path)
-            raise output_error(path, exc) from exc
-        failures.check(path)
-        _check_complete(temps.output, path, failures)
+            failures.check(name)
+            raise output_error(name, exc) from exc
+        failures.check(name)
+        _check_complete(dst, name, failures)
 
 
 class Writer:
@@ -225,7 +246,7 @@ class Writer:
         self.sdst: Any = None
         try:
             self.dst = rasterio.open(path, "w", **output_profile(grid, len(bands)))
-            self.dst.update_tags(**tags)
+            self.dst.update_tags(**{**tags, ROLE_TAG: ROLE_OUTPUT})
             for i, b in enumerate(bands, 1):
                 self.dst.set_band_description(i, b)
         except Exception as exc:  # noqa: BLE001 - rasterio raises several types for a failed create
@@ -236,7 +257,7 @@ class Writer:
                 self.sdst = rasterio.open(status_path, "w", **status_profile(grid))
                 self.sdst.set_band_description(1, "status")
                 classes = ", ".join(f"{s.value}={s.name.lower()}" for s in PixelStatus)
-                self.sdst.update_tags(STATUS_CLASSES=classes, **tags)
+                self.sdst.update_tags(**{**tags, "STATUS_CLASSES": classes, ROLE_TAG: ROLE_STATUS})
             except Exception as exc:  # noqa: BLE001
                 self._close_files(check=False)
                 raise output_error(names[1] or status_path, exc) from exc

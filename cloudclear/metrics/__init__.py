@@ -34,7 +34,7 @@ Modules, in the order data flows:
 """
 
 from cloudclear.metrics.conventions import AGGREGATIONS, PIXEL_SETS, SAM_UNITS, SSIM_WINDOWS, ScoreOptions, SsimWindow
-from cloudclear.metrics.pairs import Pair, pair_up
+from cloudclear.metrics.pairs import Pair, drop_status_sidecars, is_status_sidecar, pair_up
 from cloudclear.metrics.patches import PatchScores
 from cloudclear.metrics.quicklook import Quicklook, input_view, quicklook
 from cloudclear.metrics.rasters import score, score_many
@@ -54,7 +54,9 @@ __all__ = [
     "Score",
     "ScoreOptions",
     "SsimWindow",
+    "drop_status_sidecars",
     "input_view",
+    "is_status_sidecar",
     "match_bands",
     "pair_up",
     "quicklook",

@@ -26,6 +26,42 @@ class Pair:
     ref_mask: str | None = None
 
 
+#: The tag ``cloudclear infer`` writes on each file to say what it is
+#: (:data:`cloudclear.inference.writer.ROLE_TAG`), and the role of its status sidecars.
+ROLE_TAG = "CLOUDCLEAR_ROLE"
+STATUS_ROLE = "status"
+
+
+def is_status_sidecar(path: str | Path) -> bool:
+    """Whether ``path`` is the status sidecar of an ``infer`` output, not an image to score: tagged
+    ``CLOUDCLEAR_ROLE=status``; or, written before that tag, ``NAME_status.tif`` with the sidecar's
+    ``STATUS_CLASSES`` tag, or beside its ``NAME.tif``. An untagged file that cannot be opened is
+    judged by its name and left for the scorer to refuse."""
+    import rasterio
+
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            tags = src.tags()
+    except Exception:  # noqa: BLE001 - not readable: the scorer names the file and the cause
+        tags = {}
+    if ROLE_TAG in tags:
+        return tags[ROLE_TAG] == STATUS_ROLE
+    if not path.stem.endswith("_status"):
+        return False
+    return "STATUS_CLASSES" in tags or path.with_name(path.stem.removesuffix("_status") + path.suffix).exists()
+
+
+def drop_status_sidecars(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``paths`` without the status sidecars among them (:func:`is_status_sidecar`), and those
+    sidecars: a glob such as ``out/*.tif`` matches both an output and its sidecar."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    for path in paths:
+        (dropped if is_status_sidecar(path) else kept).append(path)
+    return kept, dropped
+
+
 def _date_in_name(path: str) -> str | None:
     import re
 

@@ -285,13 +285,36 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
     return net.eval(), card
 
 
+#: The package the shipped checkpoints are installed as (``models/`` in the repository, see
+#: ``pyproject.toml``).
+SHIPPED_PACKAGE = "cloudclear._models"
+
+
+def shipped_folder() -> Path | None:
+    """The shipped checkpoints' folder: the installed package data :data:`SHIPPED_PACKAGE` (a
+    wheel, or an editable install), else the checkout's ``models/`` beside ``cloudclear/`` (the
+    source tree run without installing); None when neither exists."""
+    from importlib import resources
+
+    try:
+        found = resources.files(SHIPPED_PACKAGE)
+    except (ImportError, TypeError):  # not installed: run from a source tree
+        found = None
+    # pip unpacks wheels, so the package data is a folder; anything else (a zip import) is skipped
+    if isinstance(found, Path) and found.is_dir():
+        return found
+    checkout = Path(__file__).resolve().parents[2] / "models"
+    return checkout if checkout.is_dir() else None
+
+
 def model_folders() -> list[Path]:
-    """Where checkpoints are looked up by name: ``./models``, then the project's ``models/``."""
-    shipped = Path(__file__).resolve().parents[2] / "models"
-    out = [Path("models")]
-    if shipped.resolve() != Path("models").resolve():
-        out.append(shipped)
-    return [p for p in out if p.is_dir()]
+    """Where checkpoints are looked up by name: ``./models`` (the user's own), then the shipped
+    checkpoints (:func:`shipped_folder`)."""
+    out: list[Path] = []
+    for folder in (Path("models"), shipped_folder()):
+        if folder is not None and folder.is_dir() and all(folder.resolve() != p.resolve() for p in out):
+            out.append(folder)
+    return out
 
 
 def find_checkpoint(name: str | os.PathLike[str]) -> Path:
