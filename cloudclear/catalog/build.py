@@ -73,6 +73,8 @@ class IndexResult:
             "buffer"; each pixel counted once, under the first rule that removed it).
         recomputed_policy: every scene was recomputed because the previous catalog used another
             policy.
+        products_seen: products (SAFE, THEIA, STAC) found under the root.
+        products_read: products whose metadata was read this run (new, changed or refused before).
     """
 
     catalog_path: Path
@@ -89,6 +91,8 @@ class IndexResult:
     removed: dict[str, int] = field(default_factory=dict)
     recomputed_policy: bool = False
     removed_by: dict[str, int] = field(default_factory=dict)
+    products_seen: int = 0
+    products_read: int = 0
 
     @property
     def refused(self) -> tuple[Skipped, ...]:
@@ -109,6 +113,8 @@ class IndexResult:
             "scenes": self.scenes,
             "files_seen": self.files_seen,
             "files_opened": self.files_opened,
+            "products_seen": self.products_seen,
+            "products_read": self.products_read,
             "scenes_computed": self.scenes_computed,
             "scenes_reused": self.scenes_reused,
             "masks_detected": self.masks_detected,
@@ -307,9 +313,11 @@ def _build(
 
     mask_dir = masks_folder(cat_path)
     paths, product_paths = iter_rasters(root, {cat_path}, {mask_dir})
-    products, refused_products, product_rows, products_opened = read_products(product_paths, previous, progress)
+    products, refused_products, product_rows, products_opened, claimed = read_products(
+        product_paths, previous, progress
+    )
     # A STAC item's COGs may lie in the scanned folder: they are the item's, not loose files.
-    claimed = {m.path for prod in products for m in prod.members}
+    claimed |= {m.path for prod in products for m in prod.members}
     paths = [p for p in paths if str(p) not in claimed]
     cache = previous.file_cache() if previous else {}
     infos: dict[str, FileInfo] = {}
@@ -437,6 +445,8 @@ def _build(
         removed=removed,
         recomputed_policy=other_policy,
         removed_by=removed_by,
+        products_seen=len(product_paths),
+        products_read=products_opened,
     )
 
 

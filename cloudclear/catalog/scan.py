@@ -77,11 +77,12 @@ def _container_stat(path: Path) -> tuple[int, int]:
 
 def read_products(
     products: list[tuple[Path, str]], previous: Catalog | None, progress: bool
-) -> tuple[list[Any], list[Skipped], list[dict[str, Any]], int]:
-    """The acquisitions of every product (reused from the previous catalog when unchanged).
+) -> tuple[list[Any], list[Skipped], list[dict[str, Any]], int, set[str]]:
+    """The acquisitions of every product (reused from the previous catalog when unchanged; a
+    product refused before is read again).
 
-    Returns the products read, the refused ones, their rows for the catalog's ``files`` layer and
-    how many were read this run.
+    Returns the products read, the refused ones, their rows for the catalog's ``files`` layer, how
+    many were read this run, and the local files a refused STAC item points at (not loose rasters).
     """
     from tqdm import tqdm
 
@@ -91,6 +92,7 @@ def read_products(
     found: list[Any] = []
     refused: list[Skipped] = []
     rows: list[dict[str, Any]] = []
+    claimed: set[str] = set()
     opened = 0
     for path, kind in tqdm(products, desc="products", unit="product", disable=not progress, leave=False):
         size, mtime = _container_stat(path)
@@ -105,9 +107,13 @@ def read_products(
             except InvalidRasterError as exc:
                 acquisitions, error = [], str(exc)
                 refused.append(Skipped(str(path), error, refused=True))
+                if kind == "STAC":  # its COGs are not loose rasters: the item was refused, once
+                    from cloudclear.scenes.stac import local_assets
+
+                    claimed |= local_assets(path)
         found.extend(acquisitions)
         rows.append({"path": str(path), "size": size, "mtime_ns": mtime, "products": acquisitions, "error": error})
-    return found, refused, rows, opened
+    return found, refused, rows, opened, claimed
 
 
 def product_json(product: Product, rel: Any) -> dict[str, Any]:

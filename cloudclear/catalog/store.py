@@ -207,8 +207,8 @@ class Catalog:
         out = {}
         base = self.path.parent
         for row in files.itertuples(index=False):
-            if not (row.info and row.info.startswith(PRODUCTS_KEY)):
-                continue
+            if not (row.info and row.info.startswith(PRODUCTS_KEY)) or row.error:
+                continue  # a product refused last time is read again (and refused again, or not)
             products = []
             for d in json.loads(row.info)["products"]:
                 members = tuple(FileInfo.from_dict({**m, "path": absolute_path(m["path"], base)}) for m in d["members"])

@@ -109,6 +109,8 @@ def index(
         f"({result.files_opened} opened, {result.scenes_computed} computed, "
         f"{result.scenes_reused} unchanged)"
     )
+    if result.products_seen:
+        typer.echo(f"  products (SAFE, THEIA, STAC): {result.products_seen} ({result.products_read} read)")
     typer.echo(f"catalog: {result.catalog_path}")
     if result.masks_detected:
         typer.echo(f"  detector masks: {result.masks_detected} scene(s), in {result.catalog_path.stem}_masks/")

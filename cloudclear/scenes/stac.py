@@ -421,3 +421,23 @@ def _nodata(value: Any) -> float:
 def _num(value: float) -> str:
     rounded = round(value, 6)
     return f"{rounded:g}" if rounded == int(rounded) else repr(rounded)
+
+
+def local_assets(path: Path) -> set[str]:
+    """Every local file the STAC JSON at ``path`` points at, read leniently (no checks): the scan
+    leaves them out of the loose rasters even when the item itself is refused."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        items = _items(Path(path), doc)
+    except (OSError, UnicodeDecodeError, ValueError, InvalidRasterError):
+        return set()
+    folder = Path(os.path.abspath(path)).parent
+    out = set()
+    for item in items:
+        for asset in (item.get("assets") or {}).values():
+            href = asset.get("href") if isinstance(asset, dict) else None
+            if isinstance(href, str) and href:
+                p = gdal_path(href, folder)
+                if not p.startswith("/vsi"):
+                    out.add(p)
+    return out
