@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from conftest import write_raster
 from products_fixtures import write_item_collection, write_stac_item, write_stac_s1_item
 
 from cloudclear.errors import InvalidRasterError, NotASceneError
@@ -235,3 +236,43 @@ def test_scene_reader_applies_the_offset(tmp_path, style):
     b04 = physical[scene.bands.index("B04")]
     assert np.isnan(b04[0]).all()  # DN 0: nodata
     np.testing.assert_allclose(b04[1:], (raw[1:].astype(np.float64) - 1000) / 10000.0, atol=1e-4)
+
+
+def test_a_multi_band_asset_gives_its_bands_with_their_own_scaling(tmp_path):
+    # openEO / ODC exports: one stack per item, its eo:bands naming each band; raster:bands per band.
+    from cloudclear.catalog import Catalog, build_index
+    from cloudclear.gridio import Grid
+    from cloudclear.scenes import ReadSpec, SceneReader
+
+    rng = np.random.default_rng(7)
+    dn = rng.integers(1100, 6000, (4, 32, 32)).astype(np.uint16)
+    stack = write_raster(tmp_path / "data" / "stack.tif", dn, nodata=0, crs="EPSG:32632", origin=(600000.0, 5200020.0))
+    scl = write_raster(tmp_path / "data" / "scl.tif", np.full((32, 32), 4, np.uint8), crs="EPSG:32632",
+                       origin=(600000.0, 5200020.0))  # fmt: skip
+    offsets = [-0.1, -0.1, -0.1, -0.11]  # B08 with its own offset
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "stack-20220617", "geometry": None, "links": [],
+        "properties": {"datetime": "2022-06-17T10:20:00Z", "platform": "sentinel-2a", "s2:mgrs_tile": "32TPS",
+                       "s2:product_type": "S2MSI2A"},
+        "assets": {
+            "data": {"href": "data/stack.tif", "type": "image/tiff; application=geotiff", "roles": ["data"],
+                     "eo:bands": [{"name": b} for b in ("B02", "B03", "B04", "B08")],
+                     "raster:bands": [{"nodata": 0, "scale": 1e-4, "offset": o} for o in offsets]},
+            "scl": {"href": "data/scl.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]},
+        },
+    }  # fmt: skip
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    res = build_index(tmp_path, tmp_path / "c.gpkg", detect=None)
+    assert not res.skipped and res.scenes == 1
+    (scene,) = list(Catalog.open(res.catalog_path))
+    assert scene.bands == ("B02", "B03", "B04", "B08") and scene.mask_source == "SCL"
+    assert scene.scaling("B08") == pytest.approx((1e-4, -0.11)) and scene.scaling("B02") == pytest.approx((1e-4, -0.1))
+    assert scene.files[0] == str(stack) and str(scl) in scene.files
+    grid = Grid(scene.crs.to_wkt(), tuple(scene.transform)[:6], scene.width, scene.height)
+    reader = SceneReader(ReadSpec.of(scene), grid)
+    try:
+        px = reader.read(0, scene.height)
+    finally:
+        reader.close()
+    want = dn * 1e-4 + np.array(offsets)[:, None, None]
+    assert np.abs(px.spec.physical(px.values) - want).max() * 10000 <= 1.0

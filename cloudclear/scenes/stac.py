@@ -217,34 +217,48 @@ class _Item:
         sun = self._sun()
         if sun:
             tags["SUN_ZENITH"], tags["SUN_AZIMUTH"] = (f"{a:.6g}" for a in sun)
-        chosen: dict[str, tuple[tuple[bool, bool], str]] = {}
+        # band -> (rank, asset key, 0-based band of the asset): a COG beats its -jp2 duplicate.
+        chosen: dict[str, tuple[tuple[bool, bool, bool], str, int]] = {}
         for key, asset in self.assets.items():
-            name = _s2_asset_name(key, asset)
-            if name:
-                rank = (_href_suffix(asset) == ".jp2", key.lower().endswith("-jp2"))
+            for i, name in _s2_asset_bands(key, asset):
+                rank = (_href_suffix(asset) == ".jp2", key.lower().endswith("-jp2"), i > 0)
                 if name not in chosen or rank < chosen[name][0]:
-                    chosen[name] = (rank, key)
+                    chosen[name] = (rank, key, i)
         bands = [b for b in S2_BANDS if b in chosen]
         if not bands:
             raise InvalidRasterError(f"{self.label}: no Sentinel-2 band asset (B02 / blue, ...)")
         add_key = "BOA_ADD_OFFSET" if level == "L2A" else "RADIO_ADD_OFFSET"
         members = []
-        for band in bands:
-            key = chosen[band][1]
-            scale, offset, source = self._scale(self.assets[key], level, baseline, when)
+        for key in dict.fromkeys(chosen[b][1] for b in bands):
+            held = {chosen[b][2]: b for b in bands if chosen[b][1] == key}  # one asset, several bands
+            n = max(held) + 1
+            scaling = [self._scale(self.assets[key], level, baseline, when, i) for i in range(n)]
+            scale, offset, source = scaling[min(held)]
             btags = {**tags, "SCALE_SOURCE": source, "QUANTIFICATION_VALUE": _num(1.0 / scale)}
             btags[add_key] = _num(offset / scale)
-            info = self._member(key, band, "uint16", btags)
-            members.append(replace(info, scales=(scale,), offsets=(offset,)))
-        if "SCL" in chosen:
-            members.append(self._member(chosen["SCL"][1], "SCL", "uint8", tags))
+            names = tuple(held.get(i, "") for i in range(n))
+            info = self._member(key, names, "uint16", btags)
+            if info.count != n and n > 1:
+                raise InvalidRasterError(f"{self.label}: asset {key} has {info.count} bands, its eo:bands list {n}")
+            members.append(
+                replace(
+                    info,
+                    scales=tuple(sc for sc, _, _ in scaling) + info.scales[n:],
+                    offsets=tuple(off for _, off, _ in scaling) + info.offsets[n:],
+                )
+            )
+        scl = [k for k, a in self.assets.items() if _s2_asset_name(k, a) == "SCL"]
+        if scl:
+            scl.sort(key=lambda k: (_href_suffix(self.assets[k]) == ".jp2", k.lower().endswith("-jp2")))
+            members.append(self._member(scl[0], "SCL", "uint8", tags))
         return members
 
     def _scale(
-        self, asset: dict[str, Any], level: str, baseline: tuple[str, str] | None, when: datetime
+        self, asset: dict[str, Any], level: str, baseline: tuple[str, str] | None, when: datetime, band: int = 0
     ) -> tuple[float, float, str]:
-        """(scale, offset, SCALE_SOURCE) turning the asset's DN into reflectance."""
-        rb = _raster_band(asset)
+        """(scale, offset, SCALE_SOURCE) turning the DN of the asset's band ``band`` (0-based)
+        into reflectance."""
+        rb = _raster_band(asset, band)
         if rb.get("scale") is not None or rb.get("offset") is not None:
             scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
             if offset and self.props.get("earthsearch:boa_offset_applied") is True:
@@ -287,7 +301,7 @@ class _Item:
 
     # -- one asset -----------------------------------------------------------------------------
 
-    def _member(self, key: str, description: str, dtype: str, tags: dict[str, str]) -> FileInfo:
+    def _member(self, key: str, description: str | tuple[str, ...], dtype: str, tags: dict[str, str]) -> FileInfo:
         asset = self.assets[key]
         href = str(asset.get("href") or "")
         if not href:
@@ -302,12 +316,14 @@ class _Item:
                 info = read_file_info(path)
             except OSError:
                 raise InvalidRasterError(f"{self.label}: asset {key}: {path} does not exist") from None
-            if info.count != 1:
-                raise InvalidRasterError(f"{self.label}: asset {key} has {info.count} bands, not one")
+            want = 1 if isinstance(description, str) else len(description)
+            if info.count != want:
+                raise InvalidRasterError(f"{self.label}: asset {key} has {info.count} bands, not {want}")
         nodata = info.nodata
         if nodata is None and rb.get("nodata") is not None:
             nodata = _nodata(rb["nodata"])
-        return replace(info, descriptions=(description,), nodata=nodata, tags={**info.tags, **tags})
+        names = (description,) if isinstance(description, str) else description
+        return replace(info, descriptions=names, nodata=nodata, tags={**info.tags, **tags})
 
     def _grid(self, asset: dict[str, Any]) -> tuple[str, tuple[float, ...], tuple[int, int]] | None:
         """(CRS WKT, transform, (rows, cols)) from the asset's (else the item's) proj: fields."""
@@ -366,6 +382,28 @@ def _info_from_fields(
     )
 
 
+def _s2_asset_bands(key: str, asset: dict[str, Any]) -> list[tuple[int, str]]:
+    """The S2 bands an asset holds, as (0-based band of the file, "B02"): one for the providers'
+    single-band COGs, several for a stack whose ``eo:bands`` lists them (openEO, ODC exports)."""
+    bands = asset.get("eo:bands") or asset.get("bands") or []
+    if len(bands) <= 1:
+        name = _s2_asset_name(key, asset)
+        return [(0, name)] if name and name != "SCL" else []
+    if key.lower().removesuffix("-jp2") in _SKIPPED_ASSETS or not _is_raster(asset):
+        return []
+    out = []
+    for i, b in enumerate(bands):
+        if not isinstance(b, dict):
+            continue
+        for text in (b.get("name"), b.get("common_name"), b.get("eo:common_name")):
+            band = normalise_band(str(text)) if text else None
+            band = band if band in S2_BANDS else COMMON_NAMES.get(str(text or "").lower())
+            if band:
+                out.append((i, band))
+                break
+    return out
+
+
 def _s2_asset_name(key: str, asset: dict[str, Any]) -> str | None:
     """The band ("B02") or "SCL" an asset holds, or None for any other asset."""
     base = key.lower().removesuffix("-jp2")
@@ -398,14 +436,14 @@ def _is_raster(asset: dict[str, Any]) -> bool:
     return _href_suffix(asset) in _RASTER_SUFFIXES or "image/tiff" in media or "image/jp2" in media
 
 
-def _raster_band(asset: dict[str, Any]) -> dict[str, Any]:
-    """The asset's one ``raster:bands`` entry (STAC 1.1 ``bands`` with ``raster:`` keys alike)."""
+def _raster_band(asset: dict[str, Any], i: int = 0) -> dict[str, Any]:
+    """The asset's ``raster:bands`` entry of band ``i`` (STAC 1.1 ``bands`` with ``raster:`` keys alike)."""
     rbs = asset.get("raster:bands")
-    if rbs and isinstance(rbs[0], dict):
-        return dict(rbs[0])
+    if rbs and len(rbs) > i and isinstance(rbs[i], dict):
+        return dict(rbs[i])
     bands = asset.get("bands")
-    if bands and isinstance(bands[0], dict):
-        b = bands[0]
+    if bands and len(bands) > i and isinstance(bands[i], dict):
+        b = bands[i]
         out = {k.removeprefix("raster:"): v for k, v in b.items() if k.startswith("raster:")}
         for k in ("nodata", "data_type", "unit"):
             if k in b:
