@@ -310,3 +310,34 @@ def test_every_wrong_input_gets_one_line_and_a_non_zero_exit(tmp_path, kind):
     assert len(lines) == 1 and lines[0].startswith(str(bad)) and words in lines[0], res.stderr
     cat = Catalog.open(tmp_path / "c.gpkg")
     assert [s.scene_id for s in cat] == ["S2_31UFQ_20210501T103000"]  # the good scene is catalogued
+
+
+def test_the_detector_reads_a_product_with_its_own_scale_and_sun(tmp_path):
+    # An L1C SAFE of baseline 04.00 (RADIO_ADD_OFFSET -1000) without MSK_CLASSI: the detector runs
+    # on it with the product's scale and offset and MTD_TL.xml's sun angles, not a file's own tags.
+    sp = write_safe(tmp_path / "in", level="L1C", sun=(33.5, 151.25))
+    (Path(sp.path) / sp.band_file("MSK_CLASSI")).unlink()
+    xml = Path(sp.path) / "MTD_MSIL1C.xml"
+    xml.write_text(xml.read_text().replace(f"{sp.band_file('MSK_CLASSI')[:-4]}", "REMOVED"))
+    res = runner.invoke(app, ["index", str(tmp_path / "in"), "--catalog", str(tmp_path / "c.gpkg")])
+    assert res.exit_code == 0, res.output
+    (scene,) = list(Catalog.open(tmp_path / "c.gpkg"))
+    assert scene.mask_source == "SCL" and scene.mask is not None  # the detector's
+    assert scene.scaling("B02") == pytest.approx((1e-4, -0.1))
+    with rasterio.open(scene.mask.path) as src:
+        tags = src.tags()
+    assert tags["SUN_ANGLES_SOURCE"] == "tag:SUN_ZENITH"
+    assert float(tags["SUN_ZENITH"]) == pytest.approx(33.5) and float(tags["SUN_AZIMUTH"]) == pytest.approx(151.25)
+
+
+def test_an_l1c_safe_takes_msk_classi_as_its_mask(tmp_path):
+    # Baseline 04.00 L1C: MSK_CLASSI_B00.jp2, 3 bands at 60 m (opaque clouds, cirrus, snow), read
+    # packed as bits: opaque is cloud, cirrus thin cloud, snow clear.
+    sp = write_safe(tmp_path / "in", level="L1C", seed=3)
+    classi = sp.pixels[sp.band_file("MSK_CLASSI")]
+    args = ["index", str(tmp_path / "in"), "--catalog", str(tmp_path / "c.gpkg"), "--no-detect", "--as-decoded"]
+    assert runner.invoke(app, args).exit_code == 0
+    (scene,) = list(Catalog.open(tmp_path / "c.gpkg"))
+    assert scene.mask_source == "CLASSI" and scene.level == "L1C"
+    want = 100 * ((classi[0] != 0) | (classi[1] != 0)).mean()
+    assert scene.cloud_pct == pytest.approx(want, abs=1e-6)

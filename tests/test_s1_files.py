@@ -109,3 +109,13 @@ def test_s1_token_and_band_count_still_name_vv_vh(tmp_path, rng):
     info = read_file_info(write_raster(tmp_path / "S1_20200101.tif", np.stack([_linear(rng)] * 2)))
     role = classify(info)
     assert role.bands == {"VV": 1, "VH": 2} and role.band_source == "count"
+
+
+def test_index_records_a_hyp3_pair_as_one_rtc_scene_in_linear_power(tmp_path, rng):
+    from cloudclear.catalog import Catalog, build_index
+
+    _hyp3(tmp_path, rng)
+    res = build_index(tmp_path, tmp_path / "c.gpkg", detect=None)
+    assert not res.refused
+    (scene,) = list(Catalog.open(res.catalog_path))
+    assert (scene.sensor, scene.level, scene.units, scene.bands) == ("S1", "RTC", "linear", ("VV", "VH"))

@@ -263,3 +263,18 @@ def test_scene_ids_are_short_and_unique(tmp_path, rng):
     }
     # a second file of the same acquisition that adds no band is reported, not merged silently
     assert [(k.path, "duplicate of" in k.reason) for k in skipped] == [(str(paths[3]), True)]
+
+
+def test_grid_names_tell_apart_lon_lat_grids_and_never_use_an_exponent():
+    from cloudclear.scenes import grid_name
+
+    px = 8.983153e-05
+    a = grid_name("EPSG:4326", (px, 0, 17.93712345, 0, -px, 59.0523456), 128, 128)
+    b = grid_name("EPSG:4326", (px, 0, 17.93718345, 0, -px, 59.0523456), 128, 128)  # 0.6 px east
+    assert a == "G4326_17p9371235_59p0523456_0p00008983153deg_128x128" and a != b
+    assert grid_name("EPSG:32633", (9.995, 0, 465181.0, 0, -9.997, 5080250.5), 100, 101) == (
+        "G32633_465181_5080250p5_9p995x9p997m_100x101"
+    )
+    assert (
+        grid_name("EPSG:32632", (10, 0, 699960, 0, -10, 4600020), 1000, 1000) == "G32632_699960_4600020_10m_1000x1000"
+    )

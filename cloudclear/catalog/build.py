@@ -260,7 +260,12 @@ def masks_folder(cat_path: Path) -> Path:
 
 
 def _detected_mask(
-    draft: SceneDraft, scene_id: str, folder: Path, detect: str | None, progress: bool
+    draft: SceneDraft,
+    scene_id: str,
+    folder: Path,
+    detect: str | None,
+    progress: bool,
+    infos: dict[str, FileInfo] | None = None,
 ) -> tuple[masks.MaskBand | None, str | None, bool]:
     """The detected mask of an S2 scene: reused if current, computed if ``detect``.
 
@@ -291,7 +296,7 @@ def _detected_mask(
         return None, None, False
     options = MaskOptions(detector=detect, spatial=INDEX_SPATIAL, overwrite=True, progress=progress)
     try:
-        mask_draft(draft, scene_id, dst, options)
+        mask_draft(draft, scene_id, dst, options, infos)
     except (MaskError, InvalidRasterError) as exc:
         return None, str(exc), False
     return masks.MaskBand(str(dst), 1, "SCL"), None, True
@@ -377,7 +382,7 @@ def _build(
         # sources; a scene without a mask always takes it as its mask.
         wanted = draft.mask is None or policy.source != "mask"
         if draft.sensor == "S2" and wanted and (detect or mask_dir.is_dir()):
-            found, why, fresh = _detected_mask(draft, scene_id, mask_dir, detect, progress)
+            found, why, fresh = _detected_mask(draft, scene_id, mask_dir, detect, progress, infos)
             if why:
                 # A scene with its own mask is still decided by it: say so quietly.
                 (log.warning if draft.mask is None else log.info)("no mask detected for %s: %s", scene_id, why)

@@ -87,7 +87,11 @@ def _scale_offset(draft: SceneDraft) -> tuple[float, float]:
 
 
 def _level(draft: SceneDraft) -> str:
-    return level_of(draft) or ("GRD" if draft.sensor == "S1" else "")
+    if draft.sensor != "S1":
+        return level_of(draft)
+    stated = draft.grid.tags.get("PROCESSING_LEVEL", "").upper()
+    # STAC sentinel-1-rtc items and ASF HyP3 (..._RTC30_G_gpuned_...) are terrain corrected.
+    return stated or ("RTC" if "RTC" in draft.grid.stem.upper() else "GRD")
 
 
 #: Column of the pixels the clear policy removed beyond the scene's own mask, per S2 scene with a

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,8 +245,14 @@ def _sun_for(draft: SceneDraft, tags: dict[str, str], options: MaskOptions) -> t
         return None, north
 
 
-def mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions) -> MaskResult:
+def mask_draft(
+    draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions, infos: Mapping[str, FileInfo] | None = None
+) -> MaskResult:
     """Detect and write the mask of one assembled scene (see :func:`mask_scenes`).
+
+    ``infos`` (path -> FileInfo, as the catalog holds them) keeps what a product's metadata or the
+    catalog's scale check wrote onto the files (scale, offset, sun angles); files not in it are
+    read again.
 
     Raises:
         MaskError: missing bands, wrong reflectance scale, all nodata, unknown detector.
@@ -255,10 +261,12 @@ def mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions
     """
     check_dilation(options.spatial, draft.grid.height, draft.grid.width)
     with gdal_env("mask"):
-        return _mask_draft(draft, scene_id, dst, options)
+        return _mask_draft(draft, scene_id, dst, options, infos or {})
 
 
-def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions) -> MaskResult:
+def _mask_draft(
+    draft: SceneDraft, scene_id: str, dst: Path, options: MaskOptions, known: Mapping[str, FileInfo]
+) -> MaskResult:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -273,7 +281,7 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
     infos = {info.path: info}
     for path, _ in draft.band_sources.values():
         if path not in infos:
-            infos[path] = read_file_info(path)
+            infos[path] = known.get(path) or read_file_info(path)
 
     # The one scene reader: one read per file for all the bands it holds, each band with its
     # file's scale, offset and nodata.
@@ -290,7 +298,7 @@ def _mask_draft(draft: SceneDraft, scene_id: str, dst: Path, options: MaskOption
         import rasterio
 
         with rasterio.open(info.path) as first:
-            tags = first.tags()
+            tags = {**first.tags(), **info.tags}  # a product's sun angles (MTD_TL.xml, STAC view:)
         rows = range(0, h, options.strip_rows)
         for r0 in tqdm(rows, desc=scene_id, unit="strip", disable=not options.progress, leave=False):
             r1 = min(h, r0 + options.strip_rows)

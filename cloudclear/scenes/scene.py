@@ -58,9 +58,11 @@ def place_label(place: str) -> str:
     return f"T{place}" if is_mgrs(place) else place
 
 
-def _num(v: float) -> str:
-    r = round(float(v), 3)
-    return str(int(r)) if r == int(r) else f"{r:g}".replace(".", "p").replace("-", "m")
+def _num(v: float, decimals: int = 3) -> str:
+    # Metres to the millimetre, degrees to 1e-7 (about a centimetre): never an exponent
+    # ("5p08025e+06" once named two grids alike).
+    text = f"{round(float(v), decimals):.{decimals}f}".rstrip("0").rstrip(".")
+    return (text if text not in ("", "-0") else "0").replace(".", "p").replace("-", "m")
 
 
 def grid_name(
@@ -68,7 +70,8 @@ def grid_name(
 ) -> str:
     """A stable name for a grid: ``G{EPSG}_{x0}_{y0}_{res}m_{width}x{height}``.
 
-    For example ``G32632_699960_4600020_10m_1000x1000``; a CRS without an EPSG code is named by a
+    For example ``G32632_699960_4600020_10m_1000x1000``, or on a lon/lat grid
+    ``G4326_17p9371235_59p0523456_0p00008983153deg_128x128``; a CRS without an EPSG code is named by a
     short hash of its text (``Gcrs1a2b3c_...``). Scenes whose names and tags give no tile id belong
     to the grid they lie on, and this is the name the catalog reports and ``--tile`` accepts.
     """
@@ -76,8 +79,15 @@ def grid_name(
     if epsg is None and crs_name.upper().startswith("EPSG:") and crs_name[5:].isdigit():
         epsg = int(crs_name[5:])
     code = str(epsg) if epsg else "crs" + hashlib.sha1(crs_name.encode()).hexdigest()[:6]
-    res = _num(abs(a)) if abs(abs(a) - abs(e)) < 1e-9 else f"{_num(abs(a))}x{_num(abs(e))}"
-    return f"G{code}_{_num(c)}_{_num(f)}_{res}m_{int(width)}x{int(height)}"
+    # A pixel under 0.01 CRS units is in degrees (EPSG:4326 exports): name it to 1e-7 degree.
+    deg = abs(a) < 0.01
+
+    def num(v: float) -> str:
+        return _num(v, (12 if abs(v) < 0.01 else 7) if deg else 3)
+
+    res = num(abs(a)) if abs(abs(a) - abs(e)) < 1e-12 else f"{num(abs(a))}x{num(abs(e))}"
+    unit = "deg" if deg else "m"
+    return f"G{code}_{num(c)}_{num(f)}_{res}{unit}_{int(width)}x{int(height)}"
 
 
 class BandSource(NamedTuple):
