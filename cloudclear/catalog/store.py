@@ -421,6 +421,13 @@ class Catalog:
 
         df = self.scenes
         per = Counter(zip(df["sensor"], self._rows.places(), strict=True))
+        # Two datasets over one tile on different grids stay two grids (infer --grid picks one).
+        grid_of = zip(
+            df["crs"], df["left"].round(3), df["top"].round(3), df["res_x"], df["width"], df["height"], strict=True
+        )
+        grids: dict[tuple[str, str], set[Any]] = {}
+        for key, g in zip(zip(df["sensor"], self._rows.places(), strict=True), grid_of, strict=True):
+            grids.setdefault(key, set()).add(g)
         s2 = df[df["sensor"] == "S2"]
         cloud = s2["cloud_pct"]
         bins = [
@@ -441,7 +448,10 @@ class Catalog:
         return {
             "scenes": int(len(df)),
             "by_sensor": {k: int(v) for k, v in Counter(df["sensor"]).items()},
-            "by_sensor_tile": [{"sensor": s, "tile": t, "scenes": int(n)} for (s, t), n in sorted(per.items())],
+            "by_sensor_tile": [
+                {"sensor": s, "tile": t, "scenes": int(n), "grids": len(grids[(s, t)])}
+                for (s, t), n in sorted(per.items())
+            ],
             "first": df["datetime"].min().isoformat() if len(df) else None,
             "last": df["datetime"].max().isoformat() if len(df) else None,
             "s2_cloud_distribution": dist,

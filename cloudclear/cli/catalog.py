@@ -115,7 +115,8 @@ def index(
     if result.masks_detected:
         typer.echo(f"  detector masks: {result.masks_detected} scene(s), in {result.catalog_path.stem}_masks/")
     for row in s["by_sensor_tile"]:
-        typer.echo(f"  {row['sensor']}  tile {row['tile']:<6} {row['scenes']:>6} scenes")
+        grids = f" on {row['grids']} grids (infer --grid picks one)" if row.get("grids", 1) > 1 else ""
+        typer.echo(f"  {row['sensor']}  tile {row['tile']:<6} {row['scenes']:>6} scenes{grids}")
     typer.echo(f"  dates: {s['first'][:10]} .. {s['last'][:10]}")
     dist = "  ".join(f"{k}: {v}" for k, v in s["s2_cloud_distribution"].items())
     typer.echo(f"  S2 cloud cover: {dist}")
