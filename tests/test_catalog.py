@@ -414,7 +414,7 @@ GRID = "G32631_600000_5700000_10m_128x128"
 def test_scenes_without_a_tile_belong_to_their_grid(tmp_path):
     _untiled(tmp_path)
     res = build_index(tmp_path)
-    assert res.summary["by_sensor_tile"] == [{"sensor": "S2", "tile": GRID, "scenes": 3}]
+    assert res.summary["by_sensor_tile"] == [{"sensor": "S2", "tile": GRID, "scenes": 3, "grids": 1}]
     cat = Catalog.open(res.catalog_path)
     assert cat.places() == [GRID] and {s.place for s in cat} == {GRID} and {s.tile for s in cat} == {None}
     assert len(cat.query(tile=GRID)) == 3 and len(cat.query(tile="31UFQ")) == 0
