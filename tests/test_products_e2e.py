@@ -122,6 +122,9 @@ def _write_twin(folder: Path, series: list[dict]) -> None:
         stamp = s["when"].replace("-", "").replace(":", "")
         stem = f"S2_{s['level']}_T{s['tile']}_{stamp}"
         data = np.stack([s["refl"][b] for b in BANDS])
+        # 0 is optical nodata in float files too: a pixel of reflectance exactly 0 (DN 1000 with the
+        # -1000 offset) is written 0.1 DN above it, within the 1 DN the comparison allows.
+        data[data == 0] = 1e-5
         kw = {"crs": s["crs"], "origin": s["origin"]}
         write_raster(folder / f"{stem}.tif", data, descriptions=BANDS, nodata=float("nan"), res=s["res"], **kw)
         mask, res, token = s["mask"]

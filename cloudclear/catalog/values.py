@@ -10,7 +10,8 @@ band of an S2 scene and says where it came from (the ``scale_source`` catalog co
    STAC ``raster:bands``, a band's GDAL scale/offset, per-band or per-file ``*_ADD_OFFSET`` and
    ``QUANTIFICATION_VALUE`` tags);
 2. else, for floats, the data: 99 % of the values at most 2 is reflectance 0..1, a median of 20
-   or more (and a 99th percentile under 30000) is DN x 10000; anything else is refused;
+   or more (and a 99th percentile under 30000) is DN x 10000; anything else is refused (here and
+   below, 0 is no data, declared or not);
 3. else integers are DN / 10000.
 
 Then the values are checked against the scale: a median reflectance over 2, or 99 % of the values
@@ -18,11 +19,15 @@ under 0.01 (reflectance 0..1 stored as DN, a 0/1 mask), is refused; and an integ
 from 2022-01-25 whose metadata states no offset has its darkest clear pixels looked at: +1000 DN
 from the baseline-04.00 offset puts them above 0.09 (L2A) or 0.15 (L1C, whose top-of-atmosphere
 blue is brighter) where harmonised values start near 0; such a scene is refused, with how to
-state the offset. A scene refused here is skipped by ``index`` with one line, never catalogued.
+state the offset; between the two (or for an unknown level, the L1C bounds) the offset is taken as
+none with a warning saying how to state it. A scene refused here is skipped by ``index`` with one
+line, never catalogued.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +38,11 @@ from cloudclear.scenes import FileInfo, SceneDraft
 from cloudclear.scenes.files import offset_stated, stated_scale
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from cloudclear.catalog.stats import ValueSample
+
+log = logging.getLogger(__name__)
 
 #: First sensing day of processing baseline 04.00, which adds BOA_ADD_OFFSET / RADIO_ADD_OFFSET
 #: of -1000 DN to every L1C and L2A product.
@@ -110,7 +119,7 @@ def calibrate(draft: SceneDraft, infos: Mapping[str, FileInfo], sample: ValueSam
     path = draft.band_sources[name][0] if name in draft.band_sources else info.path
     dtype = infos[path].dtype if path in infos else info.dtype
     is_float = dtype.startswith("float")
-    valid = sample.valid if sample is not None else np.zeros(0)
+    valid = _data(sample.valid) if sample is not None else np.zeros(0)
     if unstated:
         if name in scales:
             default = (scales[name], offsets[name])
@@ -170,10 +179,18 @@ def float_scale(info: FileInfo) -> FileInfo:
     return dataclasses.replace(info, tags=tags)
 
 
-def _float_encoding(path: str, valid: object) -> tuple[tuple[float, float], str]:
+def _data(values: object) -> np.ndarray:
+    """The values that hold data: 0 is optical nodata even where a float file declares none
+    (DESIGN.md 3; xarray and GDAL exports fill a tile's empty part with 0), and a tile more than
+    half empty must not read as a median of 0."""
     import numpy as np
 
-    values = np.asarray(valid, dtype=np.float64)
+    arr = np.asarray(values, dtype=np.float64)
+    return arr[arr != 0]
+
+
+def _float_encoding(path: str, valid: object) -> tuple[tuple[float, float], str]:
+    values = _data(valid)
     if values.size == 0:
         return (1.0, 0.0), "assumed: float reflectance (no valid pixel read)"
     p50, p99 = _pct(values, 50), _pct(values, 99)
@@ -228,20 +245,40 @@ def _check_offset(
                     f"{path}: sensed {draft.datetime:%Y-%m-%d} (processing baseline 04.00 adds 1000 DN) with no "
                     f"BOA_ADD_OFFSET / RADIO_ADD_OFFSET stated, and its darkest clear {sample.band} pixels are "
                     f"at {dark:.0f} DN ({refl:.3f}): the offset looks present; state it "
-                    f"(gdal_edit.py -mo BOA_ADD_OFFSET=-1000) or index the SAFE product"
+                    f"(gdal_edit.py -mo BOA_ADD_OFFSET=-1000, or =0 if the values are harmonised) or index "
+                    f"the SAFE product"
                 )
             if refl < HARMONISED_DARK.get(level, HARMONISED_DARK["L1C"]):
                 note += f"; no offset (darkest clear {sample.band} at {dark:.0f} DN: harmonised)"
             else:
                 note += f"; offset inconclusive (darkest clear {sample.band} at {dark:.0f} DN), taken as none"
+                log.warning(
+                    "%s: sensed %s (processing baseline 04.00 adds 1000 DN) with no BOA_ADD_OFFSET stated; its "
+                    "darkest clear %s pixels (%.0f DN, %.3f) do not tell whether the offset is there%s: taken as "
+                    "none; state it (gdal_edit.py -mo BOA_ADD_OFFSET=-1000, or =0 if the values are harmonised)",
+                    path,
+                    f"{draft.datetime:%Y-%m-%d}",
+                    sample.band,
+                    dark,
+                    refl,
+                    f" ({level})" if level else " (processing level unknown)",
+                )
     return Calibration(calib.scales, calib.offsets, f"{calib.source}; {note}")
 
 
+#: A processing level as products, exports and names write it: ``L2A``, ``Level-2A`` (the SAFE
+#: XML, and GDAL's SENTINEL2 driver, whose exports keep it as PROCESSING_LEVEL), ``MSIL2A``,
+#: ``S2MSI2A`` (the product type).
+_LEVEL_RE = re.compile(r"L(?:EVEL)?[-_ ]?(2A|1C)|MSI(2A|1C)")
+
+
 def level_of(draft: SceneDraft) -> str:
-    """A scene's processing level ("L1C", "L2A") from its tags or names, "" when none says."""
+    """A scene's processing level ("L1C", "L2A") from its tags or names, "" when none says.
+
+    The PROCESSING_LEVEL tag first, then PRODUCT, then the file name."""
     info = draft.grid
-    text = " ".join((info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem)).upper()
-    for level in ("L2A", "L1C"):
-        if level in text:
-            return level
+    for text in (info.tags.get("PROCESSING_LEVEL", ""), info.tags.get("PRODUCT", ""), info.stem):
+        found = _LEVEL_RE.search(text.upper())
+        if found:
+            return "L" + (found.group(1) or found.group(2))
     return ""

@@ -152,6 +152,22 @@ def clear_policy(
 _level = logging.WARNING
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is when the record comes (a second run in one
+    process, as in tests, has another stderr; logging.basicConfig would keep the first one's)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+_handler: _StderrHandler | None = None
+
+
 def set_verbosity(verbose: int, quiet: bool) -> None:
     """Map ``-v``/``-q`` to logging levels, and keep GDAL's own log quiet unless ``-v``.
 
@@ -159,10 +175,14 @@ def set_verbosity(verbose: int, quiet: bool) -> None:
     records through the ``rasterio`` loggers as well as through the error the library raises; the
     user should see only the one line the CLI prints for that error.
     """
-    global _level
+    global _level, _handler
     _level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=_level, format="cloudclear: %(levelname)s: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(_level)  # basicConfig changes nothing once a handler exists
+    # One handler of ours on the root logger, writing to the stderr of the run.
+    if _handler is None:
+        _handler = _StderrHandler()
+        _handler.setFormatter(logging.Formatter("cloudclear: %(levelname)s: %(message)s"))
+        logging.getLogger().addHandler(_handler)
+    logging.getLogger().setLevel(_level)
     logging.getLogger("rasterio").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 

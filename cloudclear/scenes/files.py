@@ -239,7 +239,7 @@ def valid_pixels(data: Any, nodata: float | None, sensor: str) -> Any:
     """Where ``data`` holds a value: finite and not ``nodata``.
 
     Optical reflectance uses 0 for nodata even where a file forgets to say so (DESIGN.md 3), so
-    an S2 integer band without a declared nodata treats 0 as nodata.
+    an S2 band (integer or float) without a declared nodata treats 0 as nodata.
     """
     import numpy as np
 
@@ -247,6 +247,8 @@ def valid_pixels(data: Any, nodata: float | None, sensor: str) -> Any:
         valid = np.isfinite(data)
         if nodata is not None and not np.isnan(nodata):
             valid &= data != nodata
+        elif nodata is None and sensor == "S2":
+            valid &= data != 0  # float reflectance exports fill the outside with 0, like integers
         return valid
     if nodata is None and sensor == "S2":
         nodata = 0
