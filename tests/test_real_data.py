@@ -165,7 +165,9 @@ def test_worldcereal_two_resolutions_one_scene_and_s1(shared_data, tmp_path):
         assert row["nearest_s1"] == same.loc[gaps.idxmin(), "scene_id"]
     clear = (s2["cloud_pct"] == 0).sum()
     assert clear >= 44  # README: 44 clear dates in 31UDS alone
-    assert not res.skipped
+    # Nothing refused; the only files left out are the 5 second copies of an acquisition.
+    assert not res.refused
+    assert len(res.skipped) == 5 and all("duplicate of" in k.reason for k in res.skipped)
 
 
 def test_ukis_npz_is_not_a_raster_set(shared_data):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import write_raster
 
-from cloudclear.errors import NotASceneError
+from cloudclear.errors import InvalidRasterError, NotASceneError
 from cloudclear.scenes import assemble, classify, read_file_info
 
 #: An ASF HyP3 RTC product's base name (gamma-0, power, unmasked, not filtered, entire area, dead
@@ -64,9 +64,11 @@ def test_hyp3_decibel_from_the_name(tmp_path, rng):
 def test_hyp3_amplitude_is_refused_with_one_line(tmp_path, rng):
     base = HYP3.replace("_gpuned_", "_gauned_")
     info = read_file_info(write_raster(tmp_path / f"{base}_VV.tif", _linear(rng)))
-    with pytest.raises(NotASceneError, match=r"_VV\.tif: Sentinel-1 amplitude, not power or dB") as exc:
+    with pytest.raises(InvalidRasterError, match=r"_VV\.tif: Sentinel-1 amplitude, not power or dB") as exc:
         classify(info)
-    assert "\n" not in str(exc.value)
+    assert "\n" not in str(exc.value) and not isinstance(exc.value, NotASceneError)  # refused, not skipped
+    _, skipped = assemble([info])
+    assert [s.refused for s in skipped] == [True]
 
 
 def test_units_from_tag_description_and_pixels(tmp_path, rng):
@@ -94,7 +96,7 @@ def test_two_dates_make_two_scenes_and_one_file_stays_alone(tmp_path, rng):
 
 def test_name_naming_fewer_polarisations_than_bands_is_refused(tmp_path, rng):
     info = read_file_info(write_raster(tmp_path / "S1_20200101_VV.tif", np.stack([_linear(rng)] * 2)))
-    with pytest.raises(NotASceneError, match="names polarisation.s. VV but the file has 2 band"):
+    with pytest.raises(InvalidRasterError, match="names polarisation.s. VV but the file has 2 band"):
         classify(info)
 
 

@@ -408,8 +408,8 @@ def _s1_role_from_name(info: FileInfo, tokens: set[str]) -> FileRole | None:
     pols = [t.upper() for t in _TOKEN_SPLIT.split(info.stem) if t.upper() in S1_BANDS]
     pols = list(dict.fromkeys(pols))
     if pols:
-        if len(pols) != info.count:
-            raise NotASceneError(
+        if len(pols) != info.count:  # an S1 file that contradicts its name: wrong, refused
+            raise InvalidRasterError(
                 f"{info.path}: the name names polarisation(s) {', '.join(pols)} but the file has {info.count} band(s)"
             )
         return FileRole("s1", {p: i + 1 for i, p in enumerate(pols)}, "name", units=_s1_units(info))
@@ -424,12 +424,12 @@ def _s1_units(info: FileInfo) -> str:
     else as the data show (:func:`_s1_units_from_pixels`).
 
     Raises:
-        NotASceneError: the file states amplitude, which is neither (cloudclear reads backscatter
-            as power or dB).
+        InvalidRasterError: the file states amplitude, which is neither (cloudclear reads
+            backscatter as power or dB): a wrong input, refused.
     """
     units = _s1_units_stated(info)
     if units == "amplitude":
-        raise NotASceneError(
+        raise InvalidRasterError(
             f"{info.path}: Sentinel-1 amplitude, not power or dB backscatter (square it to power, "
             f"or process the product with scale power or decibel)"
         )
