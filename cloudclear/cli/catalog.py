@@ -104,8 +104,9 @@ def index(
     print_skipped([s for s in result.skipped if not s.refused], show_skipped)
     print_refused(result.skipped)
     s = result.summary
+    products = f" and {result.products_seen} products" if result.products_seen else ""
     typer.echo(
-        f"{result.scenes} scenes from {result.files_seen} raster files in {result.seconds:.1f} s "
+        f"{result.scenes} scenes from {result.files_seen} raster files{products} in {result.seconds:.1f} s "
         f"({result.files_opened} opened, {result.scenes_computed} computed, "
         f"{result.scenes_reused} unchanged)"
     )
