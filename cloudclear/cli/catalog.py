@@ -70,9 +70,13 @@ def index(
 ) -> None:
     """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
 
-    Writes a GeoPackage (layer 'scenes', footprints in EPSG:4326; open it in QGIS or geopandas)
-    and an rtree index beside it. Re-running reads only new or changed files. Files that are not
-    usable scenes are listed on stderr with the reason. The built-in detector runs on every S2
+    Reads GeoTIFF / JP2 rasters and products as downloaded: ESA SAFE folders and .zip files,
+    THEIA L2A folders, STAC items (JSON). Writes a GeoPackage (layer 'scenes', footprints in
+    EPSG:4326; open it in QGIS or geopandas) and an rtree index beside it. Re-running reads only
+    new or changed files. Each S2 scene's scale and offset come from its metadata or its data and
+    are checked. Files that are no scene are listed on stderr with the reason; wrong inputs
+    (unreadable, undated, values that fit no scale, broken products) get one line each and exit
+    code 1, after the catalog of the other scenes is written. The built-in detector runs on every S2
     scene (--no-detect: none). The cloud % counts what the clear policy (--mask-source, --buffer,
     --unclassified, --snow, --strict, --as-decoded) calls obscured, and the pixels each rule
     removed are reported; the catalog records the policy, and re-indexing with another policy
