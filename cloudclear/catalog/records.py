@@ -45,25 +45,14 @@ def decode_cells(text: str, rows: int, cols: int) -> np.ndarray:
 # Records
 
 
-@functools.lru_cache(maxsize=64)
-def _to_lonlat(wkt: str) -> Any:
-    from pyproj import CRS, Transformer
-
-    return Transformer.from_crs(CRS.from_wkt(wkt), "EPSG:4326", always_xy=True)
-
-
 def footprints(info: FileInfo) -> tuple[Any, Any]:
     """A file's outline in its own CRS and in lon/lat (edges densified so they curve)."""
     import shapely
 
+    from cloudclear.scenes.duplicates import footprint
+
     native = shapely.box(*info.bounds)
-    if not info.crs:
-        return native, native
-    left, bottom, right, top = info.bounds
-    ring = shapely.segmentize(native, max(right - left, top - bottom) / 20)
-    xy = shapely.get_coordinates(ring)
-    lon, lat = _to_lonlat(info.crs).transform(xy[:, 0], xy[:, 1])
-    return native, shapely.Polygon(list(zip(lon, lat, strict=True)))
+    return native, footprint(info) or native
 
 
 @functools.lru_cache(maxsize=64)
