@@ -344,3 +344,14 @@ def test_an_l1c_safe_takes_msk_classi_as_its_mask(tmp_path):
     assert scene.mask_source == "CLASSI" and scene.level == "L1C"
     want = 100 * ((classi[0] != 0) | (classi[1] != 0)).mean()
     assert scene.cloud_pct == pytest.approx(want, abs=1e-6)
+
+
+def test_one_product_file_can_be_indexed_on_its_own(tmp_path):
+    sp = write_safe(tmp_path, zipped=True)
+    res = runner.invoke(app, ["index", str(sp.path), "--no-detect"])
+    assert res.exit_code == 0, res.output
+    (scene,) = list(Catalog.open(tmp_path / "cloudclear.gpkg"))  # beside the zip
+    assert scene.tile == "32TPS" and len(scene.bands) == 12
+    other = write_raster(tmp_path / "notes.tif", np.zeros((8, 8), np.uint8))
+    res = runner.invoke(app, ["index", str(other)])
+    assert res.exit_code == 1 and "not a folder, a SAFE .zip or a STAC item" in res.stderr

@@ -167,7 +167,8 @@ def build_index(
     """Scan a directory for S2, S1 and mask rasters and write (or update) its catalog.
 
     Args:
-        root: the directory to scan, recursively.
+        root: the directory to scan, recursively, or one product file (a SAFE ``.zip``, a STAC
+            item); the default catalog then goes beside it.
         catalog_path: the GeoPackage to write; default ``ROOT/cloudclear.gpkg``.
         date_pattern: regex for dates in file names, with named group ``date`` (YYYYMMDD) and
             optional ``time`` (HHMMSS), or ``datetime``; default matches YYYYMMDD[THHMMSS].
@@ -188,7 +189,7 @@ def build_index(
         An :class:`IndexResult`.
 
     Raises:
-        SceneNotFoundError: root does not exist or is not a directory.
+        SceneNotFoundError: root does not exist, or is neither a directory nor a product file.
         CatalogWriteError: the catalog cannot be written (read-only folder, disk full: the
             previous catalog is left as it was), or ``catalog_path`` holds a file that is not a
             cloudclear catalog (never replaced).
@@ -202,9 +203,15 @@ def build_index(
 
     t0 = time.perf_counter()
     root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise SceneNotFoundError(f"{root}: no such directory")
-    cat_path = Path(catalog_path).expanduser().resolve() if catalog_path else root / DEFAULT_NAME
+    from cloudclear.scenes.products import product_kind
+
+    # A product file (a SAFE .zip, a STAC item) may be indexed on its own; its catalog goes beside it.
+    single = root.is_file() and product_kind(root) is not None
+    if not root.is_dir() and not single:
+        what = "no such directory" if not root.exists() else "not a folder, a SAFE .zip or a STAC item"
+        raise SceneNotFoundError(f"{root}: {what}")
+    folder = root.parent if single else root
+    cat_path = Path(catalog_path).expanduser().resolve() if catalog_path else folder / DEFAULT_NAME
     if date_pattern:
         try:
             re.compile(date_pattern)

@@ -28,7 +28,13 @@ from cloudclear.cli.options import (
 
 
 def index(
-    directory: Annotated[Path, typer.Argument(help="Folder to scan (recursively) for S2, S1 and mask rasters.")],
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder to scan (recursively) for S2, S1 and mask rasters and products, or one "
+            "product file (a SAFE .zip, a STAC item)."
+        ),
+    ],
     catalog: Annotated[
         Path | None,
         typer.Option("--catalog", "-c", help="Catalog to write. [default: DIR/cloudclear.gpkg]"),
