@@ -221,6 +221,7 @@ def test_date_range_into_a_folder(sample_catalog, tmp_path):
     assert res.exit_code == 0, res.output
     days = ["20210501", "20210511", "20210521", "20210531"]
     expected = {f"S2_T31UFQ_{d}_gapfill{s}.tif" for d in days for s in ("", "_status")}
+    expected.add("cloudclear_run.json")  # the run report (several tile-dates run as tasks)
     assert {p.name for p in folder.iterdir()} == expected  # nothing else, no hidden temporaries
     assert res.stdout.splitlines()[-1].startswith("4 date(s), 0.9 Mpx in ")
     for d in days:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,6 +31,11 @@ from cloudclear.cli.options import (
 )
 from cloudclear.inference import DEFAULT_METHOD
 
+if TYPE_CHECKING:
+    from cloudclear.catalog import Catalog
+    from cloudclear.inference.jobwork import MethodSpec
+    from cloudclear.inference.pipeline import InferOptions
+
 
 def infer(
     catalog: Annotated[
@@ -48,8 +55,8 @@ def infer(
         typer.Option(
             "--out",
             "-o",
-            help="Output GeoTIFF for one date; for several, a folder (files S2_T{tile}_{YYYYMMDD}_{method}.tif) "
-            "or a path containing {date}.",
+            help="Output GeoTIFF for one tile-date; for several, a folder (files "
+            "S2_T{tile}_{YYYYMMDD}_{method}.tif) or a path containing {date} and/or {tile}.",
         ),
     ],
     method: Annotated[
@@ -61,7 +68,15 @@ def infer(
             "The default is the shipped network that beats gapfill at places it never saw.",
         ),
     ] = DEFAULT_METHOD,
-    tile: Annotated[str | None, typer.Option("--tile", "-t", help="S2 tile when the catalog holds several.")] = None,
+    tile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tile",
+            "-t",
+            help="S2 tile (or grid name) to reconstruct; repeat for several. Default: every S2 tile of the "
+            "catalog when --out is a folder or a {tile} path.",
+        ),
+    ] = None,
     grid: Annotated[
         str | None,
         typer.Option(
@@ -127,6 +142,35 @@ def infer(
             "clouds, then score it against itself on those pixels.",
         ),
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="local|serial|ADDRESS",
+            help="Where tile-dates run: local (a Dask cluster on this machine), serial (one after the other "
+            "in this process) or a Dask scheduler's address (tcp://HOST:8786; start GPU workers with "
+            "`dask worker ADDRESS --resources GPU=1`). [default: local for several tile-dates]",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Workers of the local cluster. [default: one per core]")
+    ] = None,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="Go on with the other tile-dates when one fails.")
+    ] = False,
+    report_path: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write the run report (JSON) there. [default: OUT/cloudclear_run.json]"),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(
+            "--series",
+            help="Also write the outputs as a series a user opens in one line: stac (a STAC catalog, "
+            "OUT/catalog.json), zarr (one Zarr store per tile, OUT/S2_T{tile}_series.zarr, "
+            "xarray.open_zarr) or stac,zarr.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, overwrite_option("existing outputs")] = False,
     as_json: Annotated[bool, json_option("Print the results as JSON.")] = False,
 ) -> None:
@@ -147,6 +191,12 @@ def infer(
     Writes uint16 reflectance x 10000 (nodata 0), 512 x 512 tiles, ZSTD, on the S2 grid, plus a
     status sidecar. Files appear under their final name only when complete.
 
+    Several tiles or dates (every S2 tile of the catalog when no --tile is given and --out is a
+    folder) run as tasks, one per tile-date, on a Dask cluster: a local one by default, or
+    --scheduler ADDRESS. A rerun skips the outputs that are complete and redoes the rest; a failing
+    tile-date stops the run, or with --keep-going is reported while the others go on. One line per
+    tile-date, a JSON report (OUT/cloudclear_run.json), exit 0 only when every one is done.
+
     --hide MASK checks a method on a clear date: the mask's cloud and shadow pixels (another
     date's real clouds) are taken from the date's own clear pixels, reconstructed, and can be
     scored against the date's own file with `cloudclear score --mask MASK`.
@@ -156,9 +206,12 @@ def infer(
       cloudclear infer -c out/sample.gpkg -d 2022-06-02 -o out/32TPS_20220602.tif
       cloudclear infer -c out/sample.gpkg -d 2022-06-15 -o out/hidden.tif \\
           --hide sample_tiles/32TPS/S2_L2A_T32TPS_20220617_SCL.tif
+      cloudclear infer -c out/sample.gpkg -d 2022-06-01..2022-06-30 --every 5 \\
+          -o out/series --keep-going
     """
     from cloudclear.catalog import Catalog
-    from cloudclear.inference.pipeline import InferOptions, load_method
+    from cloudclear.inference.jobwork import MethodSpec
+    from cloudclear.inference.pipeline import InferOptions
     from cloudclear.inference.pipeline import infer as run_infer
 
     box = parse_floats(bbox, 4, "--bbox")
@@ -178,17 +231,25 @@ def infer(
     )
     dates = expand_dates(date, every)
     band_list = parse_bands(bands)
+    if workers is not None and workers < 1:
+        raise typer.BadParameter("--workers must be >= 1")
     cat = Catalog.open(catalog)
-    m = load_method(
+    spec = MethodSpec(
         method,
         neighbours=neighbours,
         max_days=max_days,
         max_cloud=max_cloud,
-        bands=list(band_list) if band_list else None,
+        bands=tuple(band_list) if band_list else None,
         device=device,
         window=window,
         batch=batch,
     )
+    tiles = list(dict.fromkeys(tile or []))
+    jobs = JobChoice(scheduler, workers, keep_going, report_path)
+    many = len(dates) > 1 or len(tiles) > 1 or jobs.asked or (not tiles and _every_tile(cat, out, grid))
+    # Several tile-dates: the workers load the method; here it is only checked (a network on the CPU,
+    # so that this process holds no GPU memory beside the workers).
+    m = dataclasses.replace(spec, device="cpu").load() if many and spec.is_network else spec.load()
     options = InferOptions(
         keep_observed=keep_observed,
         strip_rows=strip_rows,
@@ -218,13 +279,157 @@ def infer(
         for note in r.notes:
             typer.echo(f"    note: {note}")
 
+    kinds = _series_kinds(series)
+    if many:
+        run = _run_jobs(cat, dates, spec, out, tiles, grid, options, jobs, as_json)
+        written = [r.task.path for r in run.tasks if r.status in ("done", "skipped")]
+        if kinds and written:
+            _write_series(written, out, kinds, as_json)
+        if not run.ok:
+            raise typer.Exit(1)
+        return
+    one = tiles[0] if tiles else None
     result = interruptible(
-        lambda: run_infer(cat, dates, m, out, tile=tile, options=options, on_result=report, grid=grid), "output"
+        lambda: run_infer(cat, dates, m, out, tile=one, options=options, on_result=report, grid=grid), "output"
     )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        n = len(result.results)
+        secs = sum(r.seconds for r in result.results)
+        px = sum(r.width * r.height for r in result.results)
+        typer.echo(f"{n} date(s), {px / 1e6:.1f} Mpx in {secs:.1f} s ({px / 1e6 / max(secs, 1e-9):.1f} Mpx/s)")
+    if kinds:
+        _write_series([str(r.path) for r in result.results], out, kinds, as_json)
+
+
+def _series_kinds(text: str | None) -> tuple[str, ...]:
+    """The kinds ``--series`` names (``stac``, ``zarr``), checked before any work."""
+    from cloudclear.inference.series import SERIES_KINDS
+
+    if not text:
+        return ()
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in SERIES_KINDS]
+    if bad or not kinds:
+        named = ", ".join(bad) if bad else repr(text)
+        raise typer.BadParameter(f"--series: {named}: choose from {', '.join(SERIES_KINDS)}")
+    return kinds
+
+
+def _write_series(outputs: list[str], out: Path, kinds: tuple[str, ...], as_json: bool) -> None:
+    """The series of the run's outputs, in OUT when it is a folder, else beside the outputs."""
+    from cloudclear.inference.series import write_series
+
+    folder = out if out.is_dir() else Path(os.path.commonpath([str(Path(p).parent) for p in outputs]))
+    res = write_series(outputs, folder, kinds, progress=progress())
+    if as_json:
+        typer.echo(json.dumps({"series": res.to_dict()}, indent=2))
         return
-    n = len(result.results)
-    secs = sum(r.seconds for r in result.results)
-    px = sum(r.width * r.height for r in result.results)
-    typer.echo(f"{n} date(s), {px / 1e6:.1f} Mpx in {secs:.1f} s ({px / 1e6 / max(secs, 1e-9):.1f} Mpx/s)")
+    for place in res.places:
+        made = ", ".join(str(p) for p in (place.zarr, place.collection) if p is not None)
+        typer.echo(f"series  {place.label}  {len(place.outputs)} date(s): {made}")
+    if res.catalog is not None:
+        typer.echo(f"series  STAC catalog: {res.catalog}")
+
+
+@dataclass(frozen=True)
+class JobChoice:
+    """How the tile-dates of a run are scheduled (``--scheduler``, ``--workers``, ``--keep-going``,
+    ``--report``)."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    keep_going: bool = False
+    report: Path | None = None
+
+    @property
+    def asked(self) -> bool:
+        return self.scheduler is not None or self.workers is not None or self.keep_going or self.report is not None
+
+
+def _names_one_file(out: Path) -> bool:
+    from cloudclear.inference.jobs import PLACEHOLDERS
+
+    text = str(out)
+    return out.suffix.lower() in (".tif", ".tiff") and not out.is_dir() and not any(p in text for p in PLACEHOLDERS)
+
+
+def _every_tile(cat: Catalog, out: Path, grid: str | None) -> bool:
+    """No --tile, several S2 tiles in the catalog and an output that is no single file: every tile.
+    (With one file named, the single-date run refuses: "choose one with --tile".)"""
+    return grid is None and len(cat.places("S2")) > 1 and not _names_one_file(out)
+
+
+def _run_jobs(
+    cat: Catalog,
+    dates: list[str],
+    spec: MethodSpec,
+    out: Path,
+    tiles: list[str],
+    grid: str | None,
+    options: InferOptions,
+    jobs: JobChoice,
+    as_json: bool,
+) -> Any:
+    """Several tile-dates (or a scheduler asked for): plan them, run them as tasks, one line each."""
+    from cloudclear.inference.jobs import PLACEHOLDERS, plan_tasks, run_tasks
+
+    tasks = plan_tasks(cat, dates, spec.method, out, tiles=tiles or None, grid=grid)
+    scheduler = jobs.scheduler or ("local" if len(tasks) > 1 else "serial")
+    report_path = jobs.report
+    if report_path is None and not _names_one_file(out) and not any(p in str(out) for p in PLACEHOLDERS):
+        report_path = out / "cloudclear_run.json"
+
+    def shown(path: str) -> str:
+        p = Path(path)
+        return os.path.relpath(p) if p.is_relative_to(Path.cwd()) else str(p)
+
+    def line(r: Any) -> None:
+        if as_json:
+            return
+        where = f"{r.task.tile}  {r.task.date}"
+        if r.status == "failed":
+            typer.echo(f"cloudclear: error: {r.task.tile} {r.task.date}: {r.error}", err=True)
+        elif r.status == "skipped":
+            typer.echo(f"skipped  {where}  {shown(r.task.path)}  (complete)")
+        else:
+            d = r.result
+            total = max(d["width"] * d["height"], 1)
+            px = d["pixels"]
+            typer.echo(
+                f"done     {where}  {shown(r.task.path)}  observed {100 * px['observed'] / total:.1f} %  "
+                f"reconstructed {100 * px['reconstructed'] / total:.1f} %  nodata {100 * px['nodata'] / total:.1f} %"
+                f"  ({r.seconds:.1f} s, {r.worker})"
+            )
+
+    run = interruptible(
+        lambda: run_tasks(
+            cat.path,
+            tasks,
+            spec,
+            options,
+            scheduler=scheduler,
+            workers=jobs.workers,
+            keep_going=jobs.keep_going,
+            progress=options.progress,
+            report=report_path,
+            on_result=line,
+        ),
+        "output",
+        "no partial output was left; run the same command again to finish the rest",
+    )
+    if as_json:
+        typer.echo(json.dumps(run.to_dict(), indent=2))
+    else:
+        done = [r for r in run.tasks if r.status == "done"]
+        px = sum(r.result["width"] * r.result["height"] for r in done if r.result)
+        what = "date(s)" if len({t.tile for t in tasks}) == 1 else "tile-date(s)"
+        counts = ", ".join(f"{run.count(s)} {s}" for s in ("done", "skipped", "failed", "not run") if run.count(s))
+        typer.echo(f"{counts}; report: {shown(str(report_path))}" if report_path else counts)
+        secs = run.seconds
+        typer.echo(
+            f"{len(done)} {what}, {px / 1e6:.1f} Mpx in {secs:.1f} s ({px / 1e6 / max(secs, 1e-9):.1f} Mpx/s, "
+            f"{run.workers} worker(s), {run.scheduler})"
+        )
+    return run

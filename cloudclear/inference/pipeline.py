@@ -38,7 +38,7 @@ from cloudclear.gapfill import PixelStatus
 from cloudclear.gdal import gdal_env
 from cloudclear.inference.methods import GapfillMethod, Method, NetMethod, SpanResult, load_method
 from cloudclear.inference.reading import HideMask, Prefetcher, RowBuffer, Source, Strip, reflectance, strip_bounds
-from cloudclear.inference.select import InputSet
+from cloudclear.inference.select import InputSet, choose_inputs, choose_witnesses, output_name
 from cloudclear.inference.tiling import BlendAccumulator
 from cloudclear.inference.writer import (
     OUTPUT_PROFILE,
@@ -72,6 +72,7 @@ __all__ = [
     "NetMethod",
     "SpanResult",
     "Strip",
+    "choose",
     "infer",
     "load_method",
     "output_profile",
@@ -526,6 +527,30 @@ def infer(
         return _infer(catalog, dates, method, dst, tile, options, on_result, grid_choice=grid)
 
 
+def choose(
+    catalog: Catalog,
+    date: str | datetime,
+    method: Method,
+    *,
+    tile: str | None = None,
+    options: InferOptions = InferOptions(),
+    grid: str | os.PathLike[str] | None = None,
+) -> InputSet:
+    """One date's inputs as :func:`infer` chooses them (witnesses included when the policy tests)."""
+    request = method.layout()
+    if options.exclude:
+        request = dataclasses.replace(request, exclude=tuple(request.exclude) + tuple(options.exclude))
+    chosen = choose_inputs(
+        catalog, date, request, tile=tile, bands=method.bands(), s1_bands=method.s1_bands(), grid=grid
+    )
+    if not options.clear.temporal:
+        return chosen
+    days, exclude = options.clear.temporal_days, request.exclude
+    return dataclasses.replace(
+        chosen, witnesses=choose_witnesses(catalog, chosen, days, exclude, max_cloud=request.max_cloud)
+    )
+
+
 def _infer(
     catalog: Catalog,
     dates: Sequence[str | datetime],
@@ -536,28 +561,8 @@ def _infer(
     on_result: Callable[[InferResult], None] | None,
     grid_choice: str | os.PathLike[str] | None = None,
 ) -> InferManyResult:
-    from cloudclear.inference.select import choose_inputs, choose_witnesses, output_name
-
     # Choose every date's inputs first: a bad date fails before hours of work on the others.
-    request = method.layout()
-    if options.exclude:
-        request = dataclasses.replace(request, exclude=tuple(request.exclude) + tuple(options.exclude))
-    chosen = [
-        choose_inputs(
-            catalog, d, request, tile=tile, bands=method.bands(), s1_bands=method.s1_bands(), grid=grid_choice
-        )
-        for d in dates
-    ]
-    if options.clear.temporal:
-        chosen = [
-            dataclasses.replace(
-                c,
-                witnesses=choose_witnesses(
-                    catalog, c, options.clear.temporal_days, request.exclude, max_cloud=request.max_cloud
-                ),
-            )
-            for c in chosen
-        ]
+    chosen = [choose(catalog, d, method, tile=tile, options=options, grid=grid_choice) for d in dates]
     if options.hide is not None:
         # A bad --hide mask fails before any date is read or written.
         with gdal_env("infer"):
