@@ -24,6 +24,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("training", {"training"}),
     ("inference", {"inference"}),
     ("plots", {"plots"}),
+    ("view", {"view"}),
     ("cli", {"cli"}),
 ]
 STAGE_OF = {name: i for i, (_, names) in enumerate(STAGES) for name in names}

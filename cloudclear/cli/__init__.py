@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from cloudclear import __version__
-from cloudclear.cli import catalog, infer, masks, sampling, score, synth, training
+from cloudclear.cli import catalog, infer, masks, sampling, score, synth, training, view
 from cloudclear.cli.options import RegistryCommand, set_verbosity
 from cloudclear.errors import CloudClearError
 
@@ -151,6 +151,7 @@ app.command()(training.train)
 app.command()(training.adapt)
 app.command()(training.evaluate)
 app.command()(training.models)
+app.command()(view.view)
 
 
 def main() -> None:
