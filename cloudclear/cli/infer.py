@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -210,7 +209,8 @@ def infer(
           -o out/series --keep-going
     """
     from cloudclear.catalog import Catalog
-    from cloudclear.inference.jobwork import MethodSpec
+    from cloudclear.inference.jobs import check_spec
+    from cloudclear.inference.jobwork import MethodSpec, cached_method
     from cloudclear.inference.pipeline import InferOptions
     from cloudclear.inference.pipeline import infer as run_infer
 
@@ -247,9 +247,9 @@ def infer(
     tiles = list(dict.fromkeys(tile or []))
     jobs = JobChoice(scheduler, workers, keep_going, report_path)
     many = len(dates) > 1 or len(tiles) > 1 or jobs.asked or (not tiles and _every_tile(cat, out, grid))
-    # Several tile-dates: the workers load the method; here it is only checked (a network on the CPU,
-    # so that this process holds no GPU memory beside the workers).
-    m = dataclasses.replace(spec, device="cpu").load() if many and spec.is_network else spec.load()
+    # Several tile-dates: the method is checked here before any work, loaded once in this process's
+    # cache, which the runner's check of every tile-date's inputs then reuses.
+    m = cached_method(check_spec(spec, jobs.scheduler or "local")) if many else spec.load()
     options = InferOptions(
         keep_observed=keep_observed,
         strip_rows=strip_rows,
@@ -405,7 +405,7 @@ def _run_jobs(
 
     run = interruptible(
         lambda: run_tasks(
-            cat.path,
+            cat,
             tasks,
             spec,
             options,

@@ -42,7 +42,7 @@ from cloudclear._tempfiles import remove_orphans
 from cloudclear.errors import NoInputsError, OutputError
 from cloudclear.inference.jobwork import MethodSpec, Task, run_task
 from cloudclear.inference.pipeline import InferOptions
-from cloudclear.inference.select import _match_place, _scope, output_name, parse_when
+from cloudclear.inference.select import match_place, output_name, parse_when, place_scope
 from cloudclear.inference.writer import ROLE_OUTPUT, ROLE_STATUS, ROLE_TAG, status_path_for
 from cloudclear.outputs import atomic_output
 
@@ -94,9 +94,9 @@ def plan_tasks(
     if not places:
         raise NoInputsError(f"{catalog.path}: no S2 scenes; nothing to reconstruct")
     if tiles:
-        chosen = list(dict.fromkeys(_match_place(catalog, places, t) for t in tiles))
+        chosen = list(dict.fromkeys(match_place(catalog, places, t) for t in tiles))
     elif grid is not None:
-        chosen = [_scope(catalog, None, grid).tile]
+        chosen = [place_scope(catalog, None, grid).tile]
     else:
         chosen = places
     when = [parse_when(d)[0] for d in dates]
@@ -254,7 +254,7 @@ def _gpu_count() -> int:
 
 
 def run_tasks(
-    catalog_path: str | os.PathLike[str],
+    catalog: Catalog | str | os.PathLike[str],
     tasks: Sequence[Task],
     method_spec: MethodSpec,
     options: InferOptions,
@@ -269,7 +269,7 @@ def run_tasks(
     """Run ``tasks``: skip the complete outputs, run the rest, report every task.
 
     Args:
-        catalog_path: the catalog's file (each worker opens it).
+        catalog: the open catalog, or its file (each worker opens the file).
         tasks: from :func:`plan_tasks`.
         method_spec: the method and its options; each worker loads it once.
         options: as for :func:`.pipeline.run` (its progress bar is off inside tasks).
@@ -282,7 +282,12 @@ def run_tasks(
         report: write the report as JSON there.
         on_result: called with each task's result as it comes (skipped ones first).
     """
+    from cloudclear.catalog import Catalog
+
     t0 = time.perf_counter()
+    if not isinstance(catalog, Catalog):
+        catalog = Catalog.open(catalog)
+    catalog_path = catalog.path
     results: dict[int, TaskResult] = {}
     todo: list[int] = []
     _clean_stale({Path(t.path).parent for t in tasks})
@@ -297,7 +302,7 @@ def run_tasks(
     # Every task's inputs are chosen here first (the catalog only, no pixels): a tile-date without
     # inputs fails before hours of work on the others, as a single infer run does; with
     # keep_going it is reported failed and the others run.
-    unusable = _check_inputs(catalog_path, tasks, todo, method_spec, options)
+    unusable = _check_inputs(catalog, tasks, todo, check_spec(method_spec, scheduler), options)
     if not options.overwrite:  # a file under a final name that is no complete output is not replaced
         for i in todo:
             if i not in unusable and Path(tasks[i].path).exists():
@@ -352,22 +357,24 @@ def run_tasks(
     return out
 
 
+def check_spec(spec: MethodSpec, scheduler: str) -> MethodSpec:
+    """The method this process loads to check the tasks' inputs: the tasks' own when they run here
+    (loaded once, :func:`.jobwork.cached_method`); on a cluster the workers load it, and here a
+    network is loaded on the CPU only (no GPU memory held beside the workers)."""
+    return spec if scheduler == "serial" or not spec.is_network else dataclasses.replace(spec, device="cpu")
+
+
 def _check_inputs(
-    catalog_path: str | os.PathLike[str],
-    tasks: Sequence[Task],
-    todo: Sequence[int],
-    spec: MethodSpec,
-    options: InferOptions,
+    catalog: Catalog, tasks: Sequence[Task], todo: Sequence[int], spec: MethodSpec, options: InferOptions
 ) -> dict[int, str]:
     """Task index -> why its inputs cannot be chosen, for the tasks in ``todo``."""
-    from cloudclear.catalog import Catalog
     from cloudclear.errors import CloudClearError
+    from cloudclear.inference.jobwork import cached_method
     from cloudclear.inference.pipeline import choose
 
     if not todo:
         return {}
-    catalog = Catalog.open(catalog_path)
-    method = dataclasses.replace(spec, device="cpu").load()
+    method = cached_method(spec)
     out = {}
     for i in todo:
         try:

@@ -75,7 +75,8 @@ _catalogs: dict[tuple[str, int], Catalog] = {}
 _lock = threading.Lock()
 
 
-def _method(spec: MethodSpec) -> Method:
+def cached_method(spec: MethodSpec) -> Method:
+    """The method of ``spec``, loaded once per process (a worker's tasks, the runner's check)."""
     with _lock:
         if spec not in _methods:
             _pick_gpu()
@@ -143,7 +144,7 @@ def run_task(catalog_path: str, task: Task, spec: MethodSpec, options: InferOpti
     worker = _worker()
     where = worker.address if worker is not None else f"pid {os.getpid()}"
     try:
-        method = _method(spec)
+        method = cached_method(spec)
         catalog = _catalog(catalog_path)
         with gdal_env("infer"):
             inputs = choose(catalog, task.date, method, tile=task.tile, options=options, grid=task.grid)

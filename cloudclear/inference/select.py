@@ -172,7 +172,7 @@ def choose_inputs(
     """
     target, date_only = parse_when(when)
     _check_excluded(catalog, layout.exclude)
-    scope = _scope(catalog, tile, grid)
+    scope = place_scope(catalog, tile, grid)
     tile = scope.tile
     span = timedelta(days=layout.max_days)
     found = scope.query(catalog, target - span, target + span)
@@ -292,7 +292,7 @@ def _grids_text(counts: Counter[str]) -> str:
     return ", ".join(f"{g} ({n} scene{'s' if n != 1 else ''})" for g, n in sorted(counts.items()))
 
 
-def _scope(catalog: Catalog, tile: str | None, grid: str | os.PathLike[str] | None) -> _Scope:
+def place_scope(catalog: Catalog, tile: str | None, grid: str | os.PathLike[str] | None) -> _Scope:
     """The place and the grid a date's S2 inputs come from (see :func:`choose_inputs`)."""
     places = catalog.places("S2")
     if not places:
@@ -301,7 +301,7 @@ def _scope(catalog: Catalog, tile: str | None, grid: str | os.PathLike[str] | No
         out = grid_of_file(grid, NoInputsError)
         hits = [s for s in catalog.query(out.bounds(), bbox_crs=out.crs, sensor="S2") if s.nodata_pct < 100.0]
         if tile is not None:
-            tile = _match_place(catalog, places, tile)
+            tile = match_place(catalog, places, tile)
             hits = [s for s in hits if s.place == tile]
         if not hits:
             where = f" of tile {tile}" if tile else ""
@@ -317,7 +317,7 @@ def _scope(catalog: Catalog, tile: str | None, grid: str | os.PathLike[str] | No
         if len(places) > 1:
             raise NoInputsError(f"{catalog.path}: holds S2 tiles {', '.join(places)}; choose one with --tile")
         tile = places[0]
-    tile = _match_place(catalog, catalog.places("S2"), tile)
+    tile = match_place(catalog, catalog.places("S2"), tile)
     counts = Counter(grid_label(s) for s in catalog.query(sensor="S2", tile=tile) if s.nodata_pct < 100.0)
     if name:
         match = next((g for g in counts if g.upper() == name.upper()), None)
@@ -342,7 +342,12 @@ def _file_grid_name(grid: Grid) -> str:
     return grid_name(grid.crs, grid.transform, grid.width, grid.height, CRS.from_wkt(grid.crs).to_epsg())
 
 
-def _match_place(catalog: Catalog, places: Sequence[str], tile: str) -> str:
+def match_place(catalog: Catalog, places: Sequence[str], tile: str) -> str:
+    """The catalog's place ``tile`` names (``T31UFQ``, ``31ufq``: ``31UFQ``), among ``places``.
+
+    Raises:
+        NoInputsError: no such place in the catalog.
+    """
     norm = normalise_tile(tile) or ""
     match = next((p for p in places if p.upper() == norm.upper()), None)
     if match is None:
