@@ -28,8 +28,10 @@ def write_raster(
     nodata: float | None = None,
     driver: str = "GTiff",
     compress: str | None = None,
+    **options: object,
 ) -> Path:
-    """Write ``data`` (bands, rows, cols) as a raster and return its path."""
+    """Write ``data`` (bands, rows, cols) as a raster and return its path; ``options`` are the
+    driver's creation options (``QUALITY=100`` for JPEG 2000...)."""
     if data.ndim == 2:
         data = data[None]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,7 @@ def write_raster(
         profile.update(tiled=True, blockxsize=64, blockysize=64)
     if compress:
         profile["compress"] = compress
+    profile.update(options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # crs=None is asked for
         dst = rasterio.open(path, "w", **profile)

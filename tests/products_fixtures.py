@@ -15,8 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.transform import from_origin
+from conftest import write_raster
 
 # =================================================================================================
 # SAFE: ESA Sentinel-2 products (Level-1C, Level-2A), compact naming (PSD 14), as folders or .zip
@@ -93,23 +92,9 @@ class SafeProduct:
 
 def write_jp2(path: Path, data: np.ndarray, *, crs: str, origin: tuple[float, float], res: float) -> Path:
     """Write ``data`` (bands, rows, cols) as a lossless JPEG 2000 through GDAL's JP2OpenJPEG driver."""
-    if data.ndim == 2:
-        data = data[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(
-        driver="JP2OpenJPEG",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=crs,
-        transform=from_origin(origin[0], origin[1], res, res),
-        QUALITY=100,
-        REVERSIBLE="YES",
+    return write_raster(
+        path, data, crs=crs, origin=origin, res=res, driver="JP2OpenJPEG", QUALITY=100, REVERSIBLE="YES"
     )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
 
 
 def write_safe(
@@ -487,23 +472,7 @@ class TheiaProduct:
 
 def write_cog(path: Path, data: np.ndarray, *, crs: str, origin: tuple[float, float], res: float, nodata=None) -> Path:
     """Write ``data`` (bands, rows, cols) as a Cloud-Optimized GeoTIFF (GDAL's COG driver)."""
-    if data.ndim == 2:
-        data = data[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(
-        driver="COG",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=crs,
-        transform=from_origin(origin[0], origin[1], res, res),
-        nodata=nodata,
-        compress="DEFLATE",
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
+    return write_raster(path, data, crs=crs, origin=origin, res=res, nodata=nodata, driver="COG", compress="DEFLATE")
 
 
 def write_theia(
