@@ -272,9 +272,10 @@ def stated_scale(info: FileInfo, bidx: int | None) -> tuple[float, float, str] |
         scale, offset = info.scales[bidx - 1], info.offsets[bidx - 1]
         if scale != 1.0 or offset != 0.0:
             return scale, offset, product or "band scale/offset"
-    for suffix, source in (((f":{bidx}",) if bidx is not None else ()), "band tags"), (("",), "tags"):
-        keys = [k + sfx for sfx in suffix for k in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET", "QUANTIFICATION_VALUE")]
-        found = {k.split(":")[0]: info.tags[k] for k in keys if info.tags.get(k) not in (None, "")}
+    # The band's own tags (KEY:BAND, see _band_tags), then the file's.
+    levels = ([(f":{bidx}", "band tags")] if bidx is not None else []) + [("", "tags")]
+    for suffix, source in levels:
+        found = {k: info.tags[k + suffix] for k in _BAND_TAG_KEYS if info.tags.get(k + suffix) not in (None, "")}
         if found:
             try:
                 quant = float(found.get("QUANTIFICATION_VALUE") or info.tags.get("QUANTIFICATION_VALUE") or 10000.0)
