@@ -14,7 +14,11 @@ block cache at 512 MiB as ``cloudclear infer`` sets it (the environment's GDAL_C
 
 - ``gapfill`` of the target date on the whole tile, on the CPU;
 - the U-Net on a centred ``--crop`` x ``--crop`` px part of the tile (``InferOptions.bbox``), on
-  the CPU (window 512, batch 8, the CLI defaults);
+  the CPU, with the CLI defaults: the window sized by the memory budget (``--window-memory``,
+  default on the CPU an eighth of the RAM, at most 2 GiB), batch 8 at most; and, alternating with
+  it run by run against the same bound, with the card's window (512, margin 64) forced: a second
+  table gives each one's window, batch, windows computed, pixels computed per pixel written, time,
+  ratio to the bound, minor page faults and peak RSS;
 - with a GPU (``--device auto`` finds one, ``cuda`` requires one): the U-Net on the whole tile;
 - per case, the I/O bound: choose the same inputs, open them through the pipeline's own reader
   (``pipeline._Source``: S1 through a WarpedVRT, the SCL mask decoded) and read every strip once
@@ -50,6 +54,7 @@ COVER = (0.2, 0.6, 0.1)  # the middle date is the cloudy target
 BANDS = ("B02", "B03", "B04", "B08")
 SEED = 7
 CHECKPOINT = "bench_unet.safetensors"
+CARD_WINDOW = 512  # the bench U-Net card's window
 CATALOG = "cloudclear.gpkg"
 # The GDAL block cache `cloudclear infer` uses, for both measures alike.
 _ENV = {**os.environ, "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "512")}
@@ -143,7 +148,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from cloudclear.inference.pipeline import InferOptions, infer, load_method
 
     cat = Catalog.open(spec["catalog"])
-    method = load_method(spec["method"], device=spec["device"], batch=spec["batch"])
+    method = load_method(spec["method"], device=spec["device"], batch=spec["batch"], window=spec.get("window"))
     bbox = tuple(spec["bbox"]) if spec["bbox"] else None
     options = InferOptions(overwrite=True, bbox=bbox, strip_rows=spec["strip_rows"])
     out: dict[str, Any] = {"setup_seconds": time.perf_counter() - t_setup}
@@ -154,8 +159,21 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         for p in out.pop("_remove"):
             Path(p).unlink(missing_ok=True)
     else:
+        import resource
+
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         res = infer(cat, [spec["date"]], method, spec["out"], options=options).results[0]
         out["seconds"] = time.perf_counter() - t0
+        out["minflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        if hasattr(method, "window_for"):  # a network: the windows it computed
+            from cloudclear.inference.windows import WindowPlan
+
+            card = method.card
+            side = method.window_for(res.height, res.width)
+            plan = WindowPlan.build(res.height, res.width, window=side, radius=card.receptive_radius, align=card.align)
+            done = sum(w.rows.length * w.cols.length for w in plan.windows())
+            computed = done / plan.height / plan.width
+            out.update(window=side, batch=method.batch_for(plan), windows=len(plan.windows()), computed=computed)
         out.update(
             run_seconds=res.seconds,
             width=res.width,
@@ -203,7 +221,7 @@ def _write_checkpoint(path: Path) -> int:
         },
         receptive_radius=receptive_radius(3),
         align=8,
-        window=512,
+        window=CARD_WINDOW,
         # synth puts an S1 within 6 days of every S2 date (12-day revisit, 17:29 vs 10:30 UTC)
         s1_max_hours=8 * 24,
         info={"purpose": "bench/infer.py: random weights, for timing only"},
@@ -266,6 +284,32 @@ def _details(runs: list[dict[str, Any]], bounds: list[dict[str, Any]]) -> str:
         f"observed {pct['observed']:.1f} %, reconstructed {pct['reconstructed']:.1f} %, nodata {pct['nodata']:.1f} %"
     )
     return "; ".join(extra)
+
+
+def _windows_table(results: dict[str, dict[str, list[dict[str, Any]]]], cases: list[Any]) -> None:
+    """The U-Net on the CPU crop: the budget's window against the card's (medians, alternate runs)."""
+    head = (
+        f"{'case':<40} {'window':>6} {'batch':>5} {'windows':>7} {'computed':>8} {'wall s':>8} "
+        f"{'ratio':>6} {'minflt M':>8} {'peak RSS MiB':>12}"
+    )
+    print("\nU-Net windows (computed: pixels computed per pixel written; ratio: to the I/O bound):")
+    print(head)
+    print("-" * len(head))
+    for name, label, *_ in cases:
+        if name not in ("unet_crop", "unet_crop_card"):
+            continue
+        runs, bounds = results[name]["runs"], results[name]["bounds"]
+        r0 = runs[0]
+        wall = statistics.median(r["seconds"] for r in runs)
+        bound = statistics.median(b["seconds"] for b in bounds)
+        flt = statistics.median(r["minflt"] for r in runs) / 1e6
+        print(
+            f"{label:<40} {r0['window']:>6} {r0['batch']:>5} {r0['windows']:>7} {r0['computed']:>7.2f}x "
+            f"{wall:>8.2f} {wall / bound:>5.2f}x {flt:>8.2f} {max(r['peak_rss_mib'] for r in runs):>12.0f}"
+        )
+    a = statistics.median(r["seconds"] for r in results["unet_crop_card"]["runs"])
+    b = statistics.median(r["seconds"] for r in results["unet_crop"]["runs"])
+    print(f"card window / budget window: {a / b:.2f}x the time")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,13 +375,18 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(("gapfill_half", f"gapfill, cpu, {size} x {half} (top half)", "gapfill", "cpu", box, False))
         if not args.skip_unet:
             cases.append(("unet_crop", f"U-Net, cpu, {crop} x {crop}", ckpt, "cpu", crop_box, True))
+            # run alternately with unet_crop, against its bound (see below)
+            cases.append(("unet_crop_card", f"U-Net, cpu, {crop} x {crop}, card window", ckpt, "cpu", crop_box, True))
             label = f"U-Net, cpu, {crop} x {crop // 2} (half the rows)"
             cases.append(("unet_crop_half", label, ckpt, "cpu", crop_half_box, False))
             if gpu is not None:
                 cases.append(("unet_gpu", f"U-Net, cuda, {size} x {size}", ckpt, "cuda", None, True))
 
         results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        paired = {"unet_crop": "unet_crop_card"}  # the second runs after the first, run by run
         for name, label, method, device, bbox, timed in cases:
+            if name in paired.values():
+                continue
             spec = {
                 "name": name,
                 "catalog": str(root / CATALOG),
@@ -349,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                 "strip_rows": args.strip_rows,
             }
             runs, bounds = [], []
+            twin = paired.get(name)
+            twin_runs: list[dict[str, Any]] = []
             for k in range(args.repeat if timed else 1):
                 if timed:
                     out = str(root / "out" / f"bound_{name}.tif")
@@ -362,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {label} [{k + 1}]: {r['seconds']:.2f} s{b}, peak RSS {r['peak_rss_mib']:.0f} MiB",
                     file=sys.stderr,
                 )
+                if twin is not None:
+                    tspec = {**spec, "name": twin, "window": CARD_WINDOW, "mode": "infer"}
+                    twin_runs.append(run_child(__file__, {**tspec, "out": str(root / "out" / f"{twin}.tif")}, env=_ENV))
+                    print(f"  {label}, card window [{k + 1}]: {twin_runs[-1]['seconds']:.2f} s", file=sys.stderr)
             results[name] = {"runs": runs, "bounds": bounds}
+            if twin is not None:
+                results[twin] = {"runs": twin_runs, "bounds": bounds}
 
         # -- report ------------------------------------------------------------------------------
         import rasterio
@@ -384,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(cloud {COVER[N_DATES // 2]:.0%}); {raw_gb:.2f} GB on disk{gen} ({root})"
         )
         if not args.skip_unet:
-            print(f"U-Net: width 32, depth 3, {n_params:,} parameters, window 512 (margin 64), batch {args.batch}")
+            print(
+                f"U-Net: width 32, depth 3, {n_params:,} parameters, card window {CARD_WINDOW} (margin 64), "
+                f"batch {args.batch}"
+            )
         for name, r in results.items():
             for note in r["runs"][0]["notes"]:
                 print(f"note ({name}): {note}")
@@ -407,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label:<40} {mpx:>7.1f} {wall:>8.2f} {mpx / wall:>7.2f} {peak:>12.0f} "
                 f"{_fmt(bound, '.2f'):>11} {_fmt(ratio, '.2f', 'x'):>6} {out_mb:>7.1f}"
             )
+        if "unet_crop_card" in results:
+            _windows_table(results, cases)
         print()
         for name, *_ in cases:
             print(f"{name}: {_details(results[name]['runs'], results[name]['bounds'])}")

@@ -299,7 +299,7 @@ def test_pipeline_equals_one_whole_image_pass(series700, tmp_path, fc, strip_row
     s, cat, root = series700
     # 42 windows of 192 px (cores of 136 px), batches of 3; the same weights in both modes
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, width=4, window=192, fc=fc)
-    m = NetMethod(ckpt, device="cpu", batch=3)
+    m = NetMethod(ckpt, device="cpu", batch=3, window=192)  # the card's, not the budget's
     m.net = Recorder(m.net)
     inp = choose_inputs(cat, s.s2_dates[1], m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     assert [a is not None for _, a in inp.slots] == [True, True, True, True]
@@ -329,7 +329,7 @@ def test_pipeline_equals_one_whole_image_pass(series700, tmp_path, fc, strip_row
 def test_network_on_small_strips_equals_whole_pass(gap_series, tmp_path, fc, keep_observed, strip_rows):
     """Blocks of 64 rows: windows of 96 rows straddle several strips; the S1 slot stays empty."""
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, width=4, window=96, s1=True, seed=1, fc=fc)
-    m = NetMethod(ckpt, device="cpu", batch=4)
+    m = NetMethod(ckpt, device="cpu", batch=4, window=96)
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     assert inp.get("s1@t") is None and any("s1@t" in n for n in inp.notes)
     out = tmp_path / "out.tif"
@@ -353,7 +353,7 @@ def test_predict_array_is_the_pipelines_window_loop_bit_for_bit(gap_series, tmp_
     from cloudclear.inference.tiling import predict_array
 
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, width=4, window=96, s1=True, seed=1, fc=fc)
-    m = NetMethod(ckpt, device="cpu", batch=3)
+    m = NetMethod(ckpt, device="cpu", batch=3, window=96)
     inp = choose_inputs(gap_series, GAP_TARGET, m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     out = tmp_path / "out.tif"
     pipeline.run(inp, m, out, _opts(keep_observed=False, status=False, strip_rows=64))
@@ -414,7 +414,7 @@ def test_s1_on_another_grid_reaches_the_net_warped_bilinear(tmp_path, kind):
     cat = _index(tmp_path)
 
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, window=160)
-    m = NetMethod(ckpt, device="cpu")
+    m = NetMethod(ckpt, device="cpu", window=160)  # the card's (no memory probe through the recorder)
     m.net = Recorder(m.net, keep=True)
     inp = choose_inputs(cat, "2021-05-11", m.layout(), bands=m.bands(), s1_bands=m.s1_bands())
     assert inp.get("s1@t") is not None and inp.get("s1@t").sources[0][0] == str(s1_path)
@@ -585,7 +585,7 @@ def test_all_nodata_windows_never_reach_the_network(tmp_path):
         _write_s2(tmp_path, _when(day), data, scl)
     cat = _index(tmp_path)
     ckpt = _checkpoint(tmp_path / "m.safetensors", depth=2, window=96, s1=False)
-    m = NetMethod(ckpt, device="cpu", batch=2)
+    m = NetMethod(ckpt, device="cpu", batch=2, window=96)
     m.net = Recorder(m.net)
     inp = choose_inputs(cat, "2021-05-11", m.layout(), bands=m.bands())
     out = tmp_path / "out.tif"

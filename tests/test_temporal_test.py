@@ -244,3 +244,123 @@ def test_infer_compares_each_input_with_the_inputs_within_the_policy_window():
 
     assert flags(20) == [i == 2 for i in range(7)]
     assert not flags(0)[2]  # every date: the far bright dates raise the median
+
+
+# -- the vectorised test against a per-pixel reference, on floats and on raw values ---------------
+
+
+def _median(values: list[np.float32]) -> np.float32:
+    """The median as the test takes it: the mean of the two middle values, in float32."""
+    v = sorted(values)
+    k = len(v)
+    return np.float32(0.5) * (v[(k - 1) // 2] + v[k // 2])
+
+
+def _reference_pixel(blue, clear, nir, snow):
+    """The temporal test of one pixel, written out from its docstring, date by date."""
+    n = len(blue)
+    ok = [bool(clear[i]) and np.isfinite(blue[i]) for i in range(n)]
+    sn = [bool(snow[i]) and ok[i] for i in range(n)] if snow is not None else [False] * n
+    cloud = [False] * n
+    for i in range(n):
+        others = [blue[j] for j in range(n) if j != i and ok[j]]
+        k = len(others)
+        if snow is not None and sn[i]:
+            cloud[i] = k >= 1 and not any(sn[j] for j in range(n) if j != i)
+            continue
+        if ok[i] and k >= 2:
+            med = _median(others)
+            cloud[i] = bool(blue[i] > med + np.float32(TEMPORAL_BLUE_ADD)) and bool(
+                blue[i] > np.float32(TEMPORAL_BLUE_FACTOR) * med
+            )
+
+    def unambiguous(flags, base):
+        f, t = sum(flags), sum(base)
+        return [False] * n if (2 * f > t or (2 * f == t and f >= 2)) else flags
+
+    cloud = unambiguous(cloud, ok)
+    shadow = [False] * n
+    if nir is not None:
+        still = [ok[i] and not cloud[i] for i in range(n)]
+        nok = [still[i] and np.isfinite(nir[i]) for i in range(n)]
+        for i in range(n):
+            others_n = [nir[j] for j in range(n) if j != i and nok[j]]
+            if not nok[i] or len(others_n) < 1:
+                continue
+            med_n = _median(others_n)
+            others_b = [blue[j] for j in range(n) if j != i and still[j]]
+            med_b = _median(others_b) if others_b else np.float32(np.nan)
+            shadow[i] = (
+                bool(nir[i] < np.float32(0.6) * med_n)
+                and bool(nir[i] < med_n - np.float32(0.04))
+                and bool(blue[i] <= med_b)
+            )
+        shadow = unambiguous(shadow, still)
+    return cloud, shadow
+
+
+def _series_with_events(rng, n, pixels):
+    """Raw uint16 blue and NIR (DN = reflectance x 10000 + 1000, as L2A with its offset) of ``n``
+    dates whose pixels are now and then hazy or shadowed, around both thresholds of each test."""
+    # each pixel's surface, a few % apart from date to date (reflectance x 10000)
+    blue = rng.integers(200, 900, pixels) * rng.uniform(0.95, 1.05, (n, pixels))
+    nir = rng.integers(300, 3500, pixels) * rng.uniform(0.95, 1.05, (n, pixels))  # water to crops
+    haze = rng.random((n, pixels)) < 0.15
+    blue[haze] *= rng.uniform(1.15, 2.2, haze.sum())
+    shade = rng.random((n, pixels)) < 0.15
+    nir[shade] /= rng.uniform(1.2, 3.0, shade.sum())
+    return (blue + 1000).astype(np.uint16), (nir + 1000).astype(np.uint16)
+
+
+@pytest.mark.parametrize("dates", [3, 4, 6, 9])
+@pytest.mark.parametrize("with_snow", [False, True])
+def test_flags_equal_a_per_pixel_reference_on_floats_and_on_raw_values(dates, with_snow):
+    from cloudclear.detect.temporal import RawBand
+
+    rng = np.random.default_rng(dates * 10 + with_snow)
+    px = 400
+    blue_raw, nir_raw = _series_with_events(rng, dates, px)
+    clear = rng.random((dates, px)) < 0.8
+    snow = (rng.random((dates, px)) < 0.1) if with_snow else None
+    scale, offset = 1e-4, -0.1
+    blue = blue_raw.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    nir = nir_raw.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    floats = temporal_test(blue, clear, nir, snow)
+    raw = temporal_test(
+        RawBand(tuple(blue_raw), (scale,) * dates, (offset,) * dates),
+        clear,
+        RawBand(tuple(nir_raw), (scale,) * dates, (offset,) * dates),
+        snow,
+    )
+    np.testing.assert_array_equal(raw.cloud, floats.cloud)
+    np.testing.assert_array_equal(raw.shadow, floats.shadow)
+    assert floats.cloud.any() and floats.shadow.any()  # the series does exercise both passes
+    for p in range(px):
+        cloud, shadow = _reference_pixel(blue[:, p], clear[:, p], nir[:, p], None if snow is None else snow[:, p])
+        assert floats.cloud[:, p].tolist() == cloud, p
+        assert floats.shadow[:, p].tolist() == shadow, p
+
+
+def test_raw_values_with_a_scale_per_date_and_signed_values_equal_their_floats():
+    """Dates of different scales (no shared scale: converted first) and signed integers (masked
+    extremes) give the flags of the converted floats."""
+    from cloudclear.detect.temporal import RawBand
+
+    rng = np.random.default_rng(5)
+    blue_raw, nir_raw = _series_with_events(rng, 5, 600)
+    clear = rng.random((5, 600)) < 0.85
+    scales = (1e-4, 1e-4, 2e-4, 1e-4, 1e-4)
+    b = blue_raw.copy()
+    b[2] //= 2  # the third date stored at half the scale
+    n = nir_raw.copy()
+    n[2] //= 2
+    for blue_in, nir_in in ((b, n), (b.astype(np.int16), n.astype(np.int16))):
+        raw = temporal_test(
+            RawBand(tuple(blue_in), scales, (0.0,) * 5), clear, RawBand(tuple(nir_in), scales, (0.0,) * 5)
+        )
+        fb = np.stack([v.astype(np.float32) * np.float32(s) for v, s in zip(blue_in, scales, strict=True)])
+        fn = np.stack([v.astype(np.float32) * np.float32(s) for v, s in zip(nir_in, scales, strict=True)])
+        floats = temporal_test(fb, clear, fn)
+        np.testing.assert_array_equal(raw.cloud, floats.cloud)
+        np.testing.assert_array_equal(raw.shadow, floats.shadow)
+        assert floats.obscured.any()

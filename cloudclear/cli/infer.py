@@ -113,8 +113,28 @@ def infer(
         str | None, typer.Option("--bbox", help="minx,miny,maxx,maxy in the tile's CRS: only this part.")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (networks).")] = "auto",
-    window: Annotated[int | None, typer.Option("--window", help="Network window side. [default: the card's]")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Windows per network call.")] = 8,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            "--window",
+            help="Force the network window side (and --batch). [default: sized by --window-memory, at least the "
+            "card's; a network that is not fully convolutional keeps the card's, the size it was trained on]",
+        ),
+    ] = None,
+    batch: Annotated[
+        int, typer.Option("--batch", help="Windows per network call (at most, when --window-memory sizes the window).")
+    ] = 8,
+    window_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--window-memory",
+            metavar="SIZE",
+            help="Memory for one batch of network windows, e.g. 1.5GiB or 800MiB: the window is the largest "
+            "that fits (the one computing the fewest pixels), never smaller than the card's, then the batch "
+            "takes what is left; the output is the same for any window. [default: half the free GPU memory; "
+            "on the CPU an eighth of the RAM, at most 2GiB]",
+        ),
+    ] = None,
     strip_rows: Annotated[int, typer.Option("--strip-rows", help="Rows read per strip (memory grows with it).")] = 512,
     cog: Annotated[bool, typer.Option("--cog", help="Write the output as a Cloud-Optimized GeoTIFF.")] = False,
     buffer: Buffer = None,
@@ -208,6 +228,10 @@ def infer(
       cloudclear infer -c out/sample.gpkg -d 2022-06-01..2022-06-30 --every 5 \\
           -o out/series --keep-going
     """
+    # Before torch allocates: huge pages for its large CPU tensors (activations). A network's
+    # window on the CPU then takes ~10x fewer page faults and ~1.15x less time, values unchanged.
+    # Local Dask workers inherit it.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from cloudclear.catalog import Catalog
     from cloudclear.inference.jobs import check_spec
     from cloudclear.inference.jobwork import MethodSpec, cached_method
@@ -219,6 +243,14 @@ def infer(
         raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}")
     if batch < 1 or strip_rows < 1 or neighbours < 1 or every < 1:
         raise typer.BadParameter("--batch, --strip-rows, --neighbours and --every must be >= 1")
+    memory = None
+    if window_memory is not None:
+        from cloudclear.inference.windows import parse_memory
+
+        try:
+            memory = parse_memory(window_memory)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--window-memory: {exc}") from None
     policy = clear_policy(
         buffer,
         unclassified,
@@ -243,6 +275,7 @@ def infer(
         device=device,
         window=window,
         batch=batch,
+        window_memory=memory,
     )
     tiles = list(dict.fromkeys(tile or []))
     jobs = JobChoice(scheduler, workers, keep_going, report_path)

@@ -71,6 +71,120 @@ class TemporalFlags:
         return self.cloud | self.shadow
 
 
+@dataclass(frozen=True)
+class RawBand:
+    """One band of several dates as read, with each date's scale and offset to reflectance.
+
+    :func:`temporal_test` takes one for ``blue`` and ``nir`` so that most pixels are never
+    converted: the test looks at the pixels where the band's spread over the dates is wide
+    enough to flag one, and finds them on the raw values when every date shares one scale and
+    offset (``raw * scale + offset`` is monotonic, so the spread of the converted values is the
+    converted maximum minus the converted minimum, exactly). Only those pixels are converted.
+    A plain float array is a RawBand of scale 1 and offset 0.
+
+    Attributes:
+        planes: per date, the raw values (any shape, the same for every date; any real dtype).
+        scale: per date, ``reflectance = raw * scale + offset`` (float32 arithmetic, as
+            :func:`cloudclear.scenes.reader.to_physical`).
+        offset: per date.
+    """
+
+    planes: tuple[np.ndarray, ...]
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    @staticmethod
+    def of(values: np.ndarray | RawBand) -> RawBand:
+        """``values`` (dates, ...) in reflectance as a RawBand (itself when it is one)."""
+        if isinstance(values, RawBand):
+            return values
+        v = np.asarray(values, dtype=np.float32)
+        return RawBand(tuple(v), (1.0,) * v.shape[0], (0.0,) * v.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(dates, ...), as the stacked array's."""
+        return (len(self.planes), *self.planes[0].shape)
+
+    def dates(self, idx: Sequence[int]) -> RawBand:
+        """The dates ``idx`` only."""
+        return RawBand(
+            tuple(self.planes[i] for i in idx), tuple(self.scale[i] for i in idx), tuple(self.offset[i] for i in idx)
+        )
+
+    def _convert(self, i: int, raw: np.ndarray) -> np.ndarray:
+        v: np.ndarray = raw.astype(np.float32)
+        if self.scale[i] != 1.0 or self.offset[i] != 0.0:
+            v *= np.float32(self.scale[i])
+            v += np.float32(self.offset[i])
+        return v
+
+    def flat(self, i: int) -> np.ndarray:
+        """Date ``i``'s raw values as one row (a view where they are contiguous)."""
+        return self.planes[i].reshape(-1)
+
+    def physical(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """(dates, pixels) float32 reflectance, of the flat pixel indexes ``idx`` (all: None)."""
+        rows = [self.flat(i) if idx is None else self.flat(i)[idx] for i in range(len(self.planes))]
+        return np.stack([self._convert(i, r) for i, r in enumerate(rows)])
+
+    def finite(self, ok: np.ndarray) -> np.ndarray:
+        """``ok`` (dates, pixels) and where the values are finite (integers always are)."""
+        if np.issubdtype(self.planes[0].dtype, np.integer) and all(
+            np.issubdtype(p.dtype, np.integer) for p in self.planes
+        ):
+            return ok
+        return ok & np.isfinite(np.stack([self._convert(i, self.flat(i)) for i in range(len(self.planes))]))
+
+    def extremes(self, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels,) the least and the greatest reflectance over the dates ``ok`` (dates, pixels)
+        there; where none is, the least exceeds the greatest."""
+        dtype = self.planes[0].dtype
+        shared = (
+            np.issubdtype(dtype, np.integer)
+            and all(p.dtype == dtype for p in self.planes)
+            and len(set(self.scale)) == 1
+            and len(set(self.offset)) == 1
+            and self.scale[0] > 0
+        )
+        if not shared:
+            phys = self.physical()
+            hi = np.full(ok.shape[1:], -np.inf, np.float32)
+            lo = np.full(ok.shape[1:], np.inf, np.float32)
+            for v, m in zip(phys, ok, strict=True):
+                np.maximum(hi, v, out=hi, where=m)
+                np.minimum(lo, v, out=lo, where=m)
+            return lo, hi
+        info = np.iinfo(dtype)
+        hi_raw = np.full(ok.shape[1:], info.min, dtype)
+        lo_raw = np.full(ok.shape[1:], info.max, dtype)
+        if info.min != 0:  # signed: masked ufuncs (several times slower than the masks below)
+            for i in range(len(self.planes)):
+                np.maximum(hi_raw, self.flat(i), out=hi_raw, where=ok[i])
+                np.minimum(lo_raw, self.flat(i), out=lo_raw, where=ok[i])
+            return self._convert(0, lo_raw), self._convert(0, hi_raw)
+        # Unsigned: a date not ok is 0 for the maximum (raw x 0/1) and all ones for the minimum
+        # (raw | 0/all ones), in cache-sized runs of pixels (about 20x faster than where=).
+        flats = [self.flat(i) for i in range(len(self.planes))]
+        size = hi_raw.size
+        run = _RUN_PIXELS
+        tmp = np.empty(min(run, size), dtype)
+        for a in range(0, size, run):
+            b = min(a + run, size)
+            h, lo_, t = hi_raw[a:b], lo_raw[a:b], tmp[: b - a]
+            for v, m in zip(flats, ok, strict=True):
+                m_raw = m[a:b].view(np.uint8).astype(dtype)
+                np.multiply(v[a:b], m_raw, out=t)
+                np.maximum(h, t, out=h)
+                m_raw -= 1  # 1 -> 0, 0 -> all ones
+                np.bitwise_or(v[a:b], m_raw, out=t)
+                np.minimum(lo_, t, out=lo_)
+        return self._convert(0, lo_raw), self._convert(0, hi_raw)
+
+
+#: Pixels per run of the loops over dates that are kept in cache (64 Ki px: 128 KiB of uint16).
+_RUN_PIXELS = 1 << 16
+
 #: Up to this many dates, :class:`_OthersMedian` sorts with a network of elementwise min / max
 #: (numpy sorts a short axis slowly: a call per pixel); above, with one argsort.
 _NETWORK_DATES = 12
@@ -103,6 +217,9 @@ class _OthersMedian:
 
     def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         k = self.total - self.ok[i]
+        n = self.v.shape[0]
+        if n <= _DIRECT_DATES:
+            return self._direct(i, k), k
         # Date i's place among the sorted values: the values below it (a not-ok date: all the ok ones).
         rank = (self.v < self.v[i]).sum(axis=0) if self.rank is None else self.rank[i]
         lo = np.clip((k - 1) // 2, 0, None)
@@ -113,11 +230,33 @@ class _OthersMedian:
         med = 0.5 * (np.take_along_axis(self.sorted, lo, 0)[0] + np.take_along_axis(self.sorted, hi, 0)[0])
         return np.where(k > 0, med, np.nan).astype(np.float32), k
 
+    def _direct(self, i: int, k: np.ndarray) -> np.ndarray:
+        """The median of the other dates sorted on their own (a few elementwise min / max), then
+        picked per count ``k``: cheaper than ranks and gathers for a few dates, same values."""
+        planes = [p for j, p in enumerate(self.v) if j != i]
+        m = len(planes)
+        for r in range(m):
+            for j in range(r % 2, m - 1, 2):
+                lo, hi = planes[j], planes[j + 1]
+                planes[j], planes[j + 1] = np.minimum(lo, hi), np.maximum(lo, hi)
+        med = np.full(k.shape, np.nan, np.float32)
+        for kk in range(1, m + 1):
+            pick = k == kk
+            if pick.any():
+                a, b = planes[(kk - 1) // 2], planes[kk // 2]
+                np.copyto(med, 0.5 * (a + b), where=pick)
+        return med
+
+
+#: Up to this many dates, :meth:`_OthersMedian.__call__` sorts the other dates of each date on
+#: their own (the work grows as dates cubed, against ranks and two gathers per date).
+_DIRECT_DATES = 4
+
 
 def temporal_test(
-    blue: np.ndarray,
+    blue: np.ndarray | RawBand,
     clear: np.ndarray,
-    nir: np.ndarray | None = None,
+    nir: np.ndarray | RawBand | None = None,
     snow: np.ndarray | None = None,
     days: Sequence[float] | np.ndarray | None = None,
     window_days: float = 0,
@@ -154,9 +293,9 @@ def temporal_test(
     (two overpasses 20 days apart are 20 days apart whatever their minutes).
 
     Args:
-        blue: (dates, ...) blue (B02) reflectance.
+        blue: (dates, ...) blue (B02) reflectance, or the raw values as a :class:`RawBand`.
         clear: (dates, ...) bool: the masks' decision (valid and clear).
-        nir: (dates, ...) NIR (B08 or B8A) reflectance, or None (no shadow test).
+        nir: (dates, ...) NIR (B08 or B8A) reflectance (or a :class:`RawBand`), or None (no shadow test).
         snow: (dates, ...) bool: where the masks say snow, or None (no snow test).
         days: (dates,) each date's day number (e.g. days since an epoch, fractional), or None.
         window_days: the window in days; 0 (or no ``days``): every other date given.
@@ -167,14 +306,15 @@ def temporal_test(
     Raises:
         ValueError: the arrays' shapes differ, or ``days`` is not one number per date.
     """
-    blue = np.asarray(blue, dtype=np.float32)
+    blue_r = RawBand.of(blue)
+    nir_r = None if nir is None else RawBand.of(nir)
     clear = np.asarray(clear, dtype=bool)
-    if blue.shape != clear.shape or (nir is not None and np.shape(nir) != clear.shape):
+    if blue_r.shape != clear.shape or (nir_r is not None and nir_r.shape != clear.shape):
         raise ValueError("temporal_test: blue, clear and nir must have the same shape")
     if snow is not None and np.shape(snow) != clear.shape:
         raise ValueError("temporal_test: snow must have the shape of clear")
     if days is None or window_days <= 0:
-        return _temporal_all(blue, clear, nir, snow)
+        return _temporal_all(blue_r, clear, nir_r, snow)
     when = np.asarray(days, dtype=np.float64)
     if when.shape != clear.shape[:1]:
         raise ValueError(f"temporal_test: days must hold one number per date ({clear.shape[0]}), not {when.shape}")
@@ -188,13 +328,13 @@ def temporal_test(
         flags = tested.get(near)
         if flags is None:
             if len(near) == clear.shape[0]:
-                flags = _temporal_all(blue, clear, nir, snow)
+                flags = _temporal_all(blue_r, clear, nir_r, snow)
             else:
                 idx = list(near)
                 flags = _temporal_all(
-                    blue[idx],
+                    blue_r.dates(idx),
                     clear[idx],
-                    None if nir is None else np.asarray(nir)[idx],
+                    None if nir_r is None else nir_r.dates(idx),
                     None if snow is None else np.asarray(snow)[idx],
                 )
             tested[near] = flags
@@ -230,39 +370,51 @@ def temporal_classes(
     return out, was & (cloud | shadow)
 
 
-def _temporal_all(
-    blue: np.ndarray, clear: np.ndarray, nir: np.ndarray | None, snow: np.ndarray | None
-) -> TemporalFlags:
+def _temporal_all(blue: RawBand, clear: np.ndarray, nir: RawBand | None, snow: np.ndarray | None) -> TemporalFlags:
     """:func:`temporal_test` of every date against all the others given.
 
     Each pixel is decided alone, so the test runs only on the pixels where a date can be flagged:
     blue over the dates clear there spans more than :data:`TEMPORAL_BLUE_ADD` (a hazy date is
     that far above a median of the others), NIR more than :data:`TEMPORAL_NIR_SUB` (shadow), or
-    a date is snow; elsewhere nothing is flagged. Most pixels of most series are neither.
+    a date is snow; elsewhere nothing is flagged. Most pixels of most series are neither, and only
+    the others are converted to reflectance (:class:`RawBand`).
     """
     n = clear.shape[0]
     cloud = np.zeros(clear.shape, bool)
     shadow = np.zeros(clear.shape, bool)
     if n < 2:  # the date tested and at least one other (the snow and shadow rules need one)
         return TemporalFlags(cloud, shadow)
-    blue2 = np.asarray(blue, dtype=np.float32).reshape(n, -1)
-    clear2 = clear.reshape(n, -1) & np.isfinite(blue2)
-    # 0.9: a margin over float rounding, so that no pixel the test would flag is left out.
-    active = _spread(blue2, clear2) > 0.9 * TEMPORAL_BLUE_ADD
-    nir2 = None if nir is None else np.asarray(nir, dtype=np.float32).reshape(n, -1)
-    if nir2 is not None:
-        active |= _spread(nir2, clear2 & np.isfinite(nir2)) > 0.9 * TEMPORAL_NIR_SUB
+    clear2 = blue.finite(clear.reshape(n, -1))
+    # Dates clear at each pixel: the cloud test needs TEMPORAL_MIN_OTHERS others besides the date
+    # tested, the snow and shadow tests one other (a spread over one date is 0).
+    count = clear2.sum(axis=0, dtype=np.int32)
+    # The cloud pass where a date can be cloud: it is above a median of the others by
+    # TEMPORAL_BLUE_ADD (0.9 of it: a margin over float rounding, so that no pixel the test would
+    # flag is left out) and above TEMPORAL_BLUE_FACTOR times it, which is at least that factor
+    # times the least value (float32 products round monotonically: exact).
+    lo, hi = blue.extremes(clear2)
+    active = hi - lo > 0.9 * TEMPORAL_BLUE_ADD
+    active &= hi > TEMPORAL_BLUE_FACTOR * lo
+    active &= count > TEMPORAL_MIN_OTHERS
     snow2 = None if snow is None else np.asarray(snow, dtype=bool).reshape(n, -1)
     if snow2 is not None:
-        active |= (snow2 & clear2).any(axis=0)
+        active |= (snow2 & clear2).any(axis=0) & (count > TEMPORAL_MIN_OTHERS_SNOW)
+    cloud2, shadow2 = cloud.reshape(n, -1), shadow.reshape(n, -1)
     idx = np.flatnonzero(active)
-    if not len(idx):
-        return TemporalFlags(cloud, shadow)
-    sub = _temporal_pixels(
-        blue2[:, idx], clear2[:, idx], None if nir2 is None else nir2[:, idx], None if snow2 is None else snow2[:, idx]
-    )
-    cloud.reshape(n, -1)[:, idx] = sub.cloud
-    shadow.reshape(n, -1)[:, idx] = sub.shadow
+    if len(idx):
+        sub = _temporal_pixels(blue.physical(idx), clear2[:, idx], None, None if snow2 is None else snow2[:, idx])
+        cloud2[:, idx] = sub.cloud
+    # The shadow pass where a date can be shadow (below a median of others, at most the greatest
+    # value, by TEMPORAL_NIR_SUB and under TEMPORAL_NIR_FACTOR times it), with the cloud flags
+    # found (none elsewhere).
+    if nir is not None:
+        lo, hi = nir.extremes(nir.finite(clear2))
+        shade = hi - lo > 0.9 * TEMPORAL_NIR_SUB
+        shade &= lo < TEMPORAL_NIR_FACTOR * hi
+        idx = np.flatnonzero(shade)
+        if len(idx):
+            sub = _temporal_pixels(blue.physical(idx), clear2[:, idx], nir.physical(idx), None, cloud=cloud2[:, idx])
+            shadow2[:, idx] = sub.shadow
     return TemporalFlags(cloud, shadow)
 
 
@@ -276,42 +428,22 @@ def _ambiguous(flags: np.ndarray, clear: np.ndarray) -> np.ndarray:
     return (2 * flagged > total) | ((2 * flagged == total) & (flagged >= 2))
 
 
-def _spread(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """(pixels,) max - min of ``values`` over the dates ``ok`` there (-inf where none is)."""
-    return np.where(ok, values, -np.inf).max(axis=0) - np.where(ok, values, np.inf).min(axis=0)
-
-
 def _temporal_pixels(
-    blue: np.ndarray, clear: np.ndarray, nir: np.ndarray | None, snow: np.ndarray | None
+    blue: np.ndarray,
+    clear: np.ndarray,
+    nir: np.ndarray | None,
+    snow: np.ndarray | None,
+    cloud: np.ndarray | None = None,
 ) -> TemporalFlags:
-    """:func:`_temporal_all` on (dates, pixels) arrays, every pixel tested."""
+    """:func:`_temporal_all` on (dates, pixels) arrays, every pixel tested; with ``cloud`` (the
+    cloud pass's flags, known), the shadow pass only."""
     n = clear.shape[0]
-    cloud = np.zeros(clear.shape, bool)
     shadow = np.zeros(clear.shape, bool)
     if n < 2:  # the date tested and at least one other (the snow and shadow rules need one)
-        return TemporalFlags(cloud, shadow)
+        return TemporalFlags(np.zeros(clear.shape, bool), shadow)
     clear = clear & np.isfinite(blue)
-    snow_b = None if snow is None else (np.asarray(snow, dtype=bool) & clear)
-    snowy = None if snow_b is None else snow_b.sum(axis=0)
-    blue_median = _OthersMedian(blue, clear)
-    # Cloud and haze first, against the other dates the masks call clear.
-    for i in range(n):
-        med_b, k = blue_median(i)
-        test = clear[i] & (k >= TEMPORAL_MIN_OTHERS)
-        snow_test = None if snow_b is None else snow_b[i] & (k >= TEMPORAL_MIN_OTHERS_SNOW)
-        if not test.any() and (snow_test is None or not snow_test.any()):
-            continue
-        with np.errstate(invalid="ignore"):
-            b = blue[i]
-            hazy = test & (b > med_b + TEMPORAL_BLUE_ADD) & (b > TEMPORAL_BLUE_FACTOR * med_b)
-            if snow_b is not None and snowy is not None:
-                # Snow is decided by its neighbours alone: cloud without a snowy one, else snow
-                # (fresh snow is much brighter than the snow-free dates around it).
-                others_snowy = snowy - snow_b[i] > 0
-                assert snow_test is not None
-                hazy = np.where(snow_b[i], snow_test & ~others_snowy, hazy)
-            cloud[i] = hazy
-    cloud &= ~_ambiguous(cloud, clear)
+    if cloud is None:
+        cloud = _cloud_pass(blue, clear, snow)
     # Then shadow, against the other dates still clear: a cloud the first pass found would
     # otherwise raise the NIR median and make every clear date beside it look like shadow (with
     # three dates, all three would be flagged and, by the ambiguity rule, none).
@@ -333,3 +465,31 @@ def _temporal_pixels(
             shadow[i] = test & dark
         shadow &= ~_ambiguous(shadow, still)
     return TemporalFlags(cloud, shadow)
+
+
+def _cloud_pass(blue: np.ndarray, clear: np.ndarray, snow: np.ndarray | None) -> np.ndarray:
+    """The cloud and haze flags of :func:`_temporal_pixels` (dates, pixels), against the other
+    dates the masks call clear (``clear``, finite blue)."""
+    n = clear.shape[0]
+    cloud = np.zeros(clear.shape, bool)
+    snow_b = None if snow is None else (np.asarray(snow, dtype=bool) & clear)
+    snowy = None if snow_b is None else snow_b.sum(axis=0)
+    blue_median = _OthersMedian(blue, clear)
+    for i in range(n):
+        med_b, k = blue_median(i)
+        test = clear[i] & (k >= TEMPORAL_MIN_OTHERS)
+        snow_test = None if snow_b is None else snow_b[i] & (k >= TEMPORAL_MIN_OTHERS_SNOW)
+        if not test.any() and (snow_test is None or not snow_test.any()):
+            continue
+        with np.errstate(invalid="ignore"):
+            b = blue[i]
+            hazy = test & (b > med_b + TEMPORAL_BLUE_ADD) & (b > TEMPORAL_BLUE_FACTOR * med_b)
+            if snow_b is not None and snowy is not None:
+                # Snow is decided by its neighbours alone: cloud without a snowy one, else snow
+                # (fresh snow is much brighter than the snow-free dates around it).
+                others_snowy = snowy - snow_b[i] > 0
+                assert snow_test is not None
+                hazy = np.where(snow_b[i], snow_test & ~others_snowy, hazy)
+            cloud[i] = hazy
+    cloud &= ~_ambiguous(cloud, clear)
+    return cloud

@@ -51,6 +51,7 @@ class MethodSpec:
     device: str = "auto"
     window: int | None = None
     batch: int = 8
+    window_memory: int | None = None
 
     @property
     def is_network(self) -> bool:
@@ -66,6 +67,7 @@ class MethodSpec:
             device=self.device,
             window=self.window,
             batch=self.batch,
+            window_memory=self.window_memory,
         )
 
 

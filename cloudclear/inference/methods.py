@@ -14,6 +14,7 @@ computes, and one :class:`SpanResult` per span.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +30,12 @@ from cloudclear.errors import (
     NonFiniteOutputError,
     ResourceLimitError,
 )
-from cloudclear.gapfill import PixelStatus, gapfill
+from cloudclear.gapfill import PixelStatus, gapfill, gapfill_raw
 from cloudclear.inference.reading import Strip, reflectance
 from cloudclear.inference.select import InputRequest, InputSet, gapfill_layout
 from cloudclear.inference.tiling import pad_to, predict_row
-from cloudclear.inference.windows import Span, WindowPlan
+from cloudclear.inference.windows import Span, WindowPlan, budget_window, window_bytes
+from cloudclear.inference.writer import to_dn
 
 if TYPE_CHECKING:
     from cloudclear.inference.pipeline import InferOptions
@@ -43,7 +45,9 @@ if TYPE_CHECKING:
 class SpanResult:
     """A method's output for one row span: reflectance, status, and (blend mode) weights."""
 
-    values: np.ndarray  # (bands, rows, cols) float32 reflectance (or weighted sums when blending)
+    # (bands, rows, cols) float32 reflectance (or weighted sums when blending), or uint16 DN as
+    # writer.to_dn makes them (gapfill: converted chunk by chunk while in cache)
+    values: np.ndarray
     status: np.ndarray  # (rows, cols) uint8 PixelStatus
     weight: np.ndarray | None = None  # (rows, cols) summed blend weights
 
@@ -54,6 +58,9 @@ class Method:
     name: str = ""
     device: str = "cpu"
     blend: bool = False
+    #: The method's output already holds the target's clear pixels as they are (with
+    #: ``InferOptions.keep_observed``), and their status OBSERVED: the pipeline need not copy them.
+    keeps_observed: bool = False
 
     def layout(self) -> InputRequest:
         """The acquisitions the method reads around a date."""
@@ -92,10 +99,13 @@ class GapfillMethod(Method):
         max_days: how far from the date to look.
         max_cloud: neighbour scenes above this cloud % are skipped.
         bands: S2 bands to fill (default: the nearest scene's).
-        chunk_cols: columns per work item of the thread pool.
+        chunk_cols: columns per work item of the thread pool...
+        chunk_rows: ... and rows: a block whose arrays stay in the CPU's cache (64 x 1024 px,
+            4 bands of float32: 1 MiB) runs faster than whole strips.
     """
 
     name = "gapfill"
+    keeps_observed = True
 
     def __init__(
         self,
@@ -104,12 +114,14 @@ class GapfillMethod(Method):
         max_cloud: float = 95.0,
         bands: Sequence[str] | None = None,
         chunk_cols: int = 1024,
+        chunk_rows: int = 64,
     ):
         if neighbours < 1:
             raise NoInputsError(f"gapfill needs at least 1 neighbour on each side, not {neighbours}")
         self._layout = gapfill_layout(neighbours, max_days, max_cloud)
         self._bands = bands
         self.chunk_cols = chunk_cols
+        self.chunk_rows = chunk_rows
 
     def layout(self) -> InputRequest:
         return self._layout
@@ -133,37 +145,86 @@ class GapfillMethod(Method):
         ]
         used.sort(key=lambda p: p[0].days)
         times = [a.days for a, _ in used]
+        keep = next((k for k, (a, _) in enumerate(used) if a.role == "target"), None) if opts.keep_observed else None
         h = span.core_stop - span.core_start
         width = inputs.grid.width
-        out = np.zeros((len(inputs.bands), h, width), np.float32)
+        # Written as uint16 DN here, chunk by chunk while the chunk is in cache (the writer takes it as is).
+        out = np.zeros((len(inputs.bands), h, width), np.uint16)
         status = np.zeros((h, width), np.uint8)
+        linear = any(a.units.lower() == "linear" for a, _ in used)
 
-        def work(c0: int) -> None:
-            cols = slice(c0, min(c0 + self.chunk_cols, width))
-            clear = np.stack([s.clear[:, cols] for _, s in used])
-            if not clear.any():
-                return
-            stack = np.stack([reflectance(s, a, cols) for a, s in used])
-            out[:, :, cols], status[:, cols] = gapfill(stack, clear, times, 0.0)
+        def work(block: tuple[int, int]) -> None:
+            r0, c0 = block
+            rows, cols = slice(r0, min(r0 + self.chunk_rows, h)), slice(c0, min(c0 + self.chunk_cols, width))
+            part = [(a, s.rows(rows.start, rows.stop)) for a, s in used]
+            clear = [s.clear[:, cols] for _, s in part]
+            if linear:  # dB is not raw * scale + offset: convert every input first
+                stack = np.stack([reflectance(s, a, cols) for a, s in part])
+                values, st = gapfill(stack, np.stack(clear), times, 0.0)
+                if keep is not None:
+                    obs = clear[keep]
+                    values = np.where(obs[None], stack[keep], values)
+                    st = np.where(obs, PixelStatus.OBSERVED, st).astype(np.uint8)
+            else:
+                raw = [s.values[:, :, cols] for _, s in part]
+                scales = [a.scale for a, _ in part]
+                offsets = [a.offset for a, _ in part]
+                values, st = gapfill_raw(raw, clear, times, 0.0, scales, offsets, keep=keep)
+            out[:, rows, cols], status[rows, cols] = to_dn(values, st, overwrite=True), st
 
         if used:
+            blocks = [(r, c) for r in range(0, h, self.chunk_rows) for c in range(0, width, self.chunk_cols)]
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                list(pool.map(work, range(0, width, self.chunk_cols)))
+                list(pool.map(work, blocks))
         return SpanResult(out, status)
+
+
+def default_window_memory(device: str) -> int:
+    """The memory budget of a batch of windows on ``device``, in bytes, when none is given.
+
+    CUDA: half the device memory free when the method is loaded (the rest for the allocator's
+    cache, cuDNN workspaces and other processes). CPU: an eighth of the physical memory, at most
+    2 GiB (several workers of a local cluster each run a method; the strips read and the output
+    written take memory too).
+    """
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free // 2)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 2**30
+    return int(min(2 * 2**30, ram // 8))
 
 
 class NetMethod(Method):
     """A network from a checkpoint, run window by window.
 
+    Window size: a fully convolutional network (margin crop) runs the window that fits
+    ``window_memory`` and computes the fewest pixels, never smaller than the card's
+    (:func:`cloudclear.inference.windows.budget_window`), sized per image; its memory per pixel is
+    measured once, on the first image (:func:`cloudclear.nets.feed.forward_bytes_per_pixel`). The
+    window comes first: the batch is then as many windows, up to ``batch``, as the budget still
+    holds (at least one). Any such window gives the same values as the card's (the margin covers
+    the receptive field on the same pooling grid). A network with per-window context (blend) keeps
+    the card's window, the size it was trained on, and ``batch``. ``window`` forces a side (and
+    ``batch``) for either.
+
+    Batch inputs are copied into arrays kept per thread and reused from batch to batch and row to
+    row (pinned host memory on CUDA), not stacked anew for every batch.
+
     Args:
         path: the ``.safetensors`` checkpoint (its card says how to feed it).
         device: ``auto``, ``cpu`` or ``cuda``.
-        window: window side (default: the card's).
-        batch: windows per forward pass.
+        window: force this window side (default: sized by ``window_memory``; blend: the card's).
+        batch: windows per forward pass (at most, when the budget sizes the window).
         max_days: override the card's S2 search window.
         max_cloud: override the card's cloud limit.
         net: the network, when already loaded (with ``card``).
         card: its model card.
+        window_memory: bytes a batch of windows may take (default: :func:`default_window_memory`).
 
     Raises:
         ResourceLimitError: ``device="cuda"`` without a CUDA device.
@@ -179,6 +240,7 @@ class NetMethod(Method):
         max_cloud: float | None = None,
         net: Any = None,
         card: Any = None,
+        window_memory: int | None = None,
     ):
         import torch
 
@@ -198,8 +260,11 @@ class NetMethod(Method):
         if device == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.blend = not card.fully_convolutional
-        self.window = window or card.window
+        self.window = window  # forced side; None: sized per image (margin crop) or the card's (blend)
         self.batch = max(1, batch)
+        self.window_memory = default_window_memory(device) if window_memory is None else int(window_memory)
+        self._bpp: float | None = None
+        self._local = threading.local()  # per thread: the reused batch buffers
         slots = tuple(card.slots)
         self._layout = InputRequest(
             slots,
@@ -233,16 +298,90 @@ class NetMethod(Method):
         read = dict(zip(self.bands() or (), inputs.bands, strict=False))
         return [read.get(b, b) for b in self.card.bands]
 
+    def bytes_per_pixel(self) -> float:
+        """The network's memory per window pixel (batch 1), measured once on a small window."""
+        if self._bpp is None:
+            from cloudclear.nets.feed import forward_bytes_per_pixel
+
+            side = 8 * self.card.align  # every activation scales with the pixels: any side will do
+            self._bpp = forward_bytes_per_pixel(self.net, self.feed, side, side)
+        return self._bpp
+
+    def _row_bytes_per_pixel(self) -> float:
+        """Host bytes per pixel of a window row: every slot's bands (4 bytes at most) and masks,
+        padded copies of them, and the predictions (float32) with their status."""
+        slots = sum(4 * len(s.bands) + 2 for s in self.card.slots)
+        return 2 * slots + 4 * len(self.card.bands) + 1
+
+    def _sized(self) -> bool:
+        return self.window is None and not self.blend
+
+    def window_for(self, height: int, width: int) -> int:
+        """The window side for an image of ``height`` x ``width`` (see the class docstring).
+
+        Raises:
+            CheckpointError: the window leaves no core after the margins.
+        """
+        card = self.card
+        if not self._sized():
+            return self.window or card.window
+        try:
+            return budget_window(
+                height,
+                width,
+                budget=self.window_memory,
+                bytes_per_pixel=self.bytes_per_pixel(),
+                batch=1,
+                minimum=card.window,
+                radius=card.receptive_radius,
+                align=card.align,
+                row_bytes_per_pixel=self._row_bytes_per_pixel(),
+            )
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+
+    def batch_for(self, plan: WindowPlan) -> int:
+        """Windows per forward pass for ``plan``: ``batch``, or when the budget sizes the window, as
+        many (at least 1, at most ``batch``) as it holds."""
+        if not self._sized():
+            return self.batch
+        bpp, row = self.bytes_per_pixel(), self._row_bytes_per_pixel()
+        most = min(self.batch, len(plan.spans(plan.padded_width)))  # a batch never spans two rows
+        n = 1
+        while n < most and window_bytes(plan, n + 1, bpp, row) <= self.window_memory:
+            n += 1
+        return n
+
     def row_spans(
         self, height: int, width: int, strips: Sequence[tuple[int, int]]
     ) -> tuple[list[Span], WindowPlan | None]:
+        window = self.window_for(height, width)
         try:
             plan = WindowPlan.build(
-                height, width, window=self.window, radius=self.card.receptive_radius, align=self.card.align
+                height, width, window=window, radius=self.card.receptive_radius, align=self.card.align
             )
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
         return plan.spans(plan.padded_height), plan
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A host array of ``shape`` and ``dtype`` kept for this thread under ``key`` and reused
+        while they stay the same (pinned memory on CUDA, so copies to the device are asynchronous;
+        a batch's copy is done before the next batch refills it, as each batch ends by copying its
+        output back)."""
+        bufs: dict[str, np.ndarray] = self._local.__dict__.setdefault("buffers", {})
+        dtype = np.dtype(dtype)
+        buf = bufs.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            if self.device == "cuda":
+                import torch
+
+                raw = torch.empty(int(np.prod(shape)) * dtype.itemsize, dtype=torch.uint8, pin_memory=True)
+                buf = raw.numpy().view(dtype).reshape(shape)
+            else:
+                buf = np.empty(shape, dtype)
+            bufs[key] = buf
+        return buf
 
     def _inputs(
         self, inputs: InputSet, parts: list[tuple[np.ndarray, np.ndarray] | None], n: int, h: int, w: int
@@ -329,22 +468,26 @@ class NetMethod(Method):
             if p is not None:
                 status_any |= p.valid
 
+        batch = self.batch_for(plan)
+        cols = min(plan.window, pw)
+
         def predict(group: Sequence[Span]) -> np.ndarray:
+            n = len(group)
             parts: list[tuple[np.ndarray, np.ndarray] | None] = []
-            for (_, acq), p in zip(inputs.slots, padded, strict=True):
+            for k, ((_, acq), p) in enumerate(zip(inputs.slots, padded, strict=True)):
                 if p is None or acq is None:
                     parts.append(None)
                     continue
                 ok = p.clear if acq.sensor == "S2" else p.valid
-                parts.append(
-                    (
-                        np.stack([p.values[:, :, c.start : c.stop] for c in group]),
-                        np.stack([ok[:, c.start : c.stop] for c in group]),
-                    )
-                )
-            return self._predict(inputs, parts, len(group), rows, group[0].length, days_row)
+                vals = self._buffer(f"v{k}", (batch, p.values.shape[0], rows, cols), p.values.dtype)
+                seen = self._buffer(f"m{k}", (batch, rows, cols), np.bool_)
+                for j, c in enumerate(group):
+                    np.copyto(vals[j], p.values[:, :, c.start : c.stop])
+                    np.copyto(seen[j], ok[:, c.start : c.stop])
+                parts.append((vals[:n], seen[:n]))
+            return self._predict(inputs, parts, n, rows, group[0].length, days_row)
 
-        pred = predict_row(span, plan, predict, len(self.card.bands), blend=self.blend, batch=self.batch, columns=todo)
+        pred = predict_row(span, plan, predict, len(self.card.bands), blend=self.blend, batch=batch, columns=todo)
         width = inputs.grid.width
         status = np.where(status_any, PixelStatus.RECONSTRUCTED, PixelStatus.NODATA).astype(np.uint8)
         if pred.weight is not None:
@@ -363,8 +506,11 @@ def load_method(
     device: str = "auto",
     window: int | None = None,
     batch: int = 8,
+    window_memory: int | None = None,
 ) -> Method:
     """``"gapfill"``, a model name or the path of a ``.safetensors`` checkpoint, as a :class:`Method`.
+
+    ``window``, ``batch`` and ``window_memory`` (bytes) size a network's windows (:class:`NetMethod`).
 
     Raises:
         CheckpointError: not gapfill nor a checkpoint, or ``bands`` given for a network.
@@ -389,4 +535,12 @@ def load_method(
         raise CheckpointError(f"--method {method!r}: use gapfill or a .safetensors checkpoint ({exc})") from None
     if bands:
         raise CheckpointError("--bands applies to gapfill; a network reads the bands its card names")
-    return NetMethod(p, device=device, window=window, batch=batch, max_days=max_days, max_cloud=max_cloud)
+    return NetMethod(
+        p,
+        device=device,
+        window=window,
+        batch=batch,
+        max_days=max_days,
+        max_cloud=max_cloud,
+        window_memory=window_memory,
+    )

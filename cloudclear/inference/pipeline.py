@@ -438,10 +438,10 @@ def _reconstruct(
                 r0 = span.core_start
                 r1 = min(span.core_stop, grid.height)
                 vals, st = res.values[:, : r1 - r0], res.status[: r1 - r0]
-            if options.keep_observed and target_i is not None and strips[target_i] is not None:
-                tstrip = strips[target_i]
-                tacq = slots[target_i][1]
-                assert tstrip is not None and tacq is not None
+            t_i = target_i if options.keep_observed and not method.keeps_observed else None
+            if t_i is not None and (tstrip := strips[t_i]) is not None:
+                tacq = slots[t_i][1]
+                assert tacq is not None
                 h = st.shape[0]
                 obs = tstrip.clear[r0 - a : r0 - a + h]
                 if obs.any():

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cloudclear import masks
-from cloudclear.detect.temporal import TEMPORAL_BLUE_BANDS, TEMPORAL_NIR_BANDS, temporal_test
+from cloudclear.detect.temporal import TEMPORAL_BLUE_BANDS, TEMPORAL_NIR_BANDS, RawBand, temporal_test
 from cloudclear.errors import CloudClearError, MaskError
 from cloudclear.gridio import Grid, GridReader
 from cloudclear.inference.select import Acquisition
@@ -380,14 +380,27 @@ def temporal_flags(sources: Sequence[Source], strips: Sequence[Strip]) -> list[n
         return out
     nir_idx = [_band(src.acq, NIR_BANDS) for _, src, _, _ in part]
 
-    def phys(src: Source, st: Strip, k: int) -> np.ndarray:
-        return to_physical(st.values[k : k + 1], pick(src.acq.scale, k), pick(src.acq.offset, k), src.acq.units)[0]
+    def band(bands: Sequence[tuple[Source, Strip, int]]) -> RawBand | np.ndarray:
+        """One band of every source taking part, raw with its scales (converted only where the
+        temporal test needs it), or converted here when a source's units are not linear in DN."""
+        if any(src.acq.units.lower() == "linear" for src, _, _ in bands):
+            return np.stack(
+                [
+                    to_physical(st.values[k : k + 1], pick(src.acq.scale, k), pick(src.acq.offset, k), src.acq.units)[0]
+                    for src, st, k in bands
+                ]
+            )
+        return RawBand(
+            tuple(st.values[k] for _, st, k in bands),
+            tuple(float(pick(src.acq.scale, k)) for src, _, k in bands),
+            tuple(float(pick(src.acq.offset, k)) for src, _, k in bands),
+        )
 
-    blue = np.stack([phys(src, st, b) for _, src, st, b in part])
+    blue = band([(src, st, b) for _, src, st, b in part])
     clear = np.stack([st.clear for _, _, st, _ in part])
     nir = None
     if all(k is not None for k in nir_idx):
-        nir = np.stack([phys(src, st, k) for (_, src, st, _), k in zip(part, nir_idx, strict=True) if k is not None])
+        nir = band([(src, st, k) for (_, src, st, _), k in zip(part, nir_idx, strict=True) if k is not None])
     snows = [st.snow for _, _, st, _ in part if st.snow is not None]
     snow = np.stack(snows) if len(snows) == len(part) else None
     days = [src.acq.datetime.timestamp() / 86400.0 for _, src, _, _ in part]

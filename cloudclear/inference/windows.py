@@ -12,6 +12,19 @@ Two modes, as DESIGN.md section 7 sets out:
 
 The last window along an axis is shifted inward (its origin is ``size - window``) rather than
 padded; only an image smaller than one window is padded, at its true border.
+
+**Window size from a memory budget** (:func:`budget_window`): in margin-crop mode a window of side
+``w`` keeps a core of ``w - 2 margin``, so a small window computes far more pixels than it writes
+(a 256 px window with a 64 px margin computes 4x its core). The window is therefore the one, among
+the multiples of ``align`` from the card's window (a minimum) up to the padded image, that fits a
+memory budget and computes the fewest pixels (ties: the smaller); the memory of a batch is
+``min(batch, windows per row) x rows x cols x bytes per pixel`` plus the window row's host arrays
+(:func:`window_bytes`), the bytes per pixel measured once per network
+(:func:`cloudclear.nets.feed.forward_bytes_per_pixel`). Memory thus follows the window and the
+image width, never the number of rows. Any window with a margin of at
+least the receptive-field radius on the pooling grid gives the same values, so the choice changes
+time and memory, not the output. Blend mode keeps the card's window (the network saw windows of
+that size in training).
 """
 
 from __future__ import annotations
@@ -120,6 +133,88 @@ class WindowPlan:
         rows = self.spans(self.padded_height)
         cols = self.spans(self.padded_width)
         return [Window2D(r, c) for r in rows for c in cols]
+
+
+def axis_pixels(spans: list[Span]) -> int:
+    """Pixels computed along one axis by these windows (overlaps counted every time)."""
+    return sum(s.length for s in spans)
+
+
+def window_bytes(plan: WindowPlan, batch: int, bytes_per_pixel: float, row_bytes_per_pixel: float = 0.0) -> float:
+    """Memory of one batch of windows of ``plan``: the batch (at most one window row) times the
+    window's rows and columns (an image smaller than the window gives a smaller window) times the
+    network's bytes per pixel, plus the window row's host arrays (the inputs' rows and the
+    predictions, ``row_bytes_per_pixel`` per pixel of the padded width)."""
+    rows = min(plan.window, plan.padded_height)
+    cols = plan.spans(plan.padded_width)
+    net = min(batch, len(cols)) * rows * cols[0].length * bytes_per_pixel
+    return net + rows * plan.padded_width * row_bytes_per_pixel
+
+
+def budget_window(
+    height: int,
+    width: int,
+    *,
+    budget: float,
+    bytes_per_pixel: float,
+    batch: int,
+    minimum: int,
+    radius: int = 0,
+    align: int = 1,
+    row_bytes_per_pixel: float = 0.0,
+) -> int:
+    """The window side for an image under a memory budget (margin-crop mode).
+
+    Among the multiples of ``align`` from ``minimum`` (rounded up to ``align``) to the larger padded
+    image side, the windows whose batch fits ``budget`` (:func:`window_bytes`); of those, the one
+    that computes the fewest pixels, and the smallest such (a window a little smaller than the image
+    can cost two heavily overlapping windows where a smaller one costs fewer pixels). ``minimum``
+    itself when nothing larger fits: it is the floor, never undercut.
+
+    Args:
+        height: image rows.
+        width: image columns.
+        budget: bytes one batch of windows may take.
+        bytes_per_pixel: memory of the network per window pixel (activations, inputs, output).
+        batch: windows per network call.
+        minimum: the smallest window (the card's).
+        radius: the receptive-field radius (the margin).
+        align: the pooling factor.
+        row_bytes_per_pixel: host memory per pixel of a window row (see :func:`window_bytes`).
+
+    Raises:
+        ValueError: ``minimum`` leaves no core (as :meth:`WindowPlan.build`).
+    """
+    best = WindowPlan.build(height, width, window=minimum, radius=radius, align=align)
+    top = _round_up(max(best.padded_height, best.padded_width), align)
+    best_cost = axis_pixels(best.spans(best.padded_height)) * axis_pixels(best.spans(best.padded_width))
+    for side in range(best.window + align, top + 1, align):
+        plan = WindowPlan.build(height, width, window=side, radius=radius, align=align)
+        if window_bytes(plan, batch, bytes_per_pixel, row_bytes_per_pixel) > budget:
+            continue  # not monotonic: fewer windows per row can mean a smaller batch
+        cost = axis_pixels(plan.spans(plan.padded_height)) * axis_pixels(plan.spans(plan.padded_width))
+        if cost < best_cost:
+            best, best_cost = plan, cost
+    return best.window
+
+
+def parse_memory(text: str) -> int:
+    """A memory size such as ``1.5GiB``, ``800MiB``, ``800M`` or ``2G`` (powers of 1024; a bare
+    number is MiB) in bytes.
+
+    Raises:
+        ValueError: not a positive size.
+    """
+    units = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a memory size (e.g. 1.5GiB, 800MiB)") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{text!r}: a memory size must be positive")
+    return int(value)
 
 
 def hann_weights(length: int) -> np.ndarray:

@@ -87,9 +87,17 @@ def status_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}_status{path.suffix or '.tif'}")
 
 
-def to_dn(values: np.ndarray, status: np.ndarray) -> np.ndarray:
-    """Reflectance as uint16 x 10000; 0 (nodata) where the status says so, >= 1 elsewhere."""
-    dn = np.rint(values * np.float32(QUANTIFICATION))
+def to_dn(values: np.ndarray, status: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Reflectance as uint16 x 10000; 0 (nodata) where the status says so, >= 1 elsewhere.
+
+    ``overwrite``: ``values`` (float32) may be used as the scratch space (no temporary array).
+    """
+    if overwrite and values.dtype == np.float32:
+        dn = values
+        dn *= np.float32(QUANTIFICATION)
+    else:
+        dn = values * np.float32(QUANTIFICATION)
+    np.rint(dn, out=dn)
     np.clip(dn, 1, 65535, out=dn)  # 0 is nodata: a valid dark pixel is written as 1
     out = dn.astype(np.uint16)
     out[:, status == PixelStatus.NODATA] = 0
@@ -275,7 +283,8 @@ class Writer:
         self.worker.start()
 
     def put(self, row0: int, values: np.ndarray, status: np.ndarray) -> None:
-        """Queue rows ``row0..`` (reflectance and status); raises the thread's failure, if any."""
+        """Queue rows ``row0..`` (float reflectance, or uint16 DN as :func:`to_dn` makes them, and
+        status); raises the thread's failure, if any."""
         while True:
             if self.error is not None:
                 raise self.error
@@ -297,8 +306,10 @@ class Writer:
                 row0, values, status = item
                 if row0 != self.next_row + self.buffered:
                     raise RuntimeError(f"rows out of order: got {row0}, expected {self.next_row + self.buffered}")
-                self.counts += np.bincount(status.ravel(), minlength=len(PixelStatus))[: len(PixelStatus)]
-                self.pending.append((to_dn(values, status), status))
+                # one compare per class: bincount would first widen every pixel to int64
+                self.counts += [np.count_nonzero(status == k) for k in range(len(PixelStatus))]
+                dn = values if values.dtype == np.uint16 else to_dn(values, status)  # a method may give DN
+                self.pending.append((dn, status))
                 self.buffered += status.shape[0]
                 self._flush(final=False)
         except BaseException as exc:  # noqa: BLE001 - raised in the main thread by put() / finish()

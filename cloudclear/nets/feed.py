@@ -170,3 +170,92 @@ class Feed:
 def day_offsets(hours: Sequence[float], reference_hours: float) -> list[float]:
     """Offsets in days of acquisition times (hours) from the reconstructed date's (hours)."""
     return [(float(h) - float(reference_hours)) / 24.0 for h in hours]
+
+
+def _live_bytes_peak(run: Any) -> int:
+    """Peak bytes of the tensors alive at once while ``run()`` executes (storages created by torch
+    operators during the call, counted once however many views share them, freed when their last
+    tensor is), plus what is alive at the end. Works on any device: it watches torch's dispatch, not
+    an allocator, so it misses only the scratch memory inside one operator (e.g. a convolution's
+    workspace)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors holding it]
+    state = {"now": 0, "peak": 0}
+
+    def release(key: int) -> None:
+        entry = live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            state["now"] -= entry[0]
+            del live[key]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if not hasattr(t, "untyped_storage"):
+                    continue
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if size == 0:
+                    continue
+                if key in live:
+                    live[key][1] += 1
+                else:
+                    live[key] = [size, 1]
+                    state["now"] += size
+                    state["peak"] = max(state["peak"], state["now"])
+                weakref.finalize(t, release, key)
+            return out
+
+    with Watch():
+        run()
+    return state["peak"]
+
+
+def forward_bytes_per_pixel(net: Any, feed: Feed, height: int, width: int) -> float:
+    """Memory per window pixel of one forward pass of ``net`` fed by ``feed``, measured once on a
+    window of ``height`` x ``width`` (batch 1, all-empty slots: memory does not depend on values).
+
+    On the CPU the peak of the tensors alive at once (:func:`_live_bytes_peak`), divided by the
+    pixels. On CUDA the allocator's own peak, with bf16 autocast and channels_last as inference runs,
+    measured at ``height`` x ``width`` and at twice both sides: the slope between the two, so that
+    what does not grow with the window (cuDNN workspaces, the allocator's rounding) does not inflate
+    the figure of a small probe. Either way it covers the network input, every activation alive at
+    the peak and the output; each of them scales with the window's pixels, so the figure sizes
+    windows of any side (:func:`cloudclear.inference.windows.budget_window`).
+    """
+    import torch
+
+    n_s2 = sum(1 for s in feed.card.slots if s.sensor == "S2")
+    cuda = feed.device.type == "cuda"
+
+    def run(height: int = height, width: int = width) -> None:
+        with torch.inference_mode():
+            x = feed.input([None] * len(feed.card.slots), 1, height, width)
+            days = feed.days([0.0] * n_s2, 1)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = net(x, days)
+            else:
+                y = net(x, days)
+            feed.reflectance(y, frame=feed.card.output_frame())
+
+    if not cuda:
+        return _live_bytes_peak(run) / (height * width)
+    peaks = []
+    for h, w in ((height, width), (2 * height, 2 * width)):
+        torch.cuda.synchronize(feed.device)
+        base = torch.cuda.memory_allocated(feed.device)
+        torch.cuda.reset_peak_memory_stats(feed.device)
+        run(h, w)
+        torch.cuda.synchronize(feed.device)
+        peaks.append(torch.cuda.max_memory_allocated(feed.device) - base)
+    return max(peaks[1] - peaks[0], 0) / (3 * height * width) or peaks[1] / (4 * height * width)
