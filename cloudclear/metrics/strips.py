@@ -1,7 +1,9 @@
 """The strip scorer: streams a prediction and its reference in strips of rows, in bounded memory.
 
-SSIM needs the window radius of rows around each scored row, so each strip is scored with a halo
-carried over from the previous one: the blockwise figures equal the whole-image figures.
+SSIM needs the window radius of rows around each scored row, so each strip is read together with
+the rows above it that its first rows' windows need (again, from GDAL's block cache, rather than
+joining copies of two strips): the blockwise figures equal the whole-image figures (SSIM to float32
+rounding, far below 1e-6).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from cloudclear import masks
 from cloudclear.errors import MaskError
 from cloudclear.masks import MaskClass
 from cloudclear.metrics.conventions import PIXEL_SETS, SSIM_WINDOWS, ScoreOptions
-from cloudclear.metrics.maths import BandSums, Sums, add_pixel_sums, pixel_sums
+from cloudclear.metrics.maths import BandSums, Reflectance, Sums, add_pixel_sums, block_sums
 from cloudclear.metrics.reading import StripReader, valid
 
-# Columns processed at once per band: bounds the SSIM working set (eight float64 buffers).
+# Columns processed at once (every band): a task for the thread pool; SSIM works within it in
+# tiles (maths.ssim_sums), the plain figures on its selected pixels.
 _COL_CHUNK = 2048
 
 
@@ -57,6 +60,11 @@ class Scorer:
         self.opts = opts
         self.window = SSIM_WINDOWS[opts.ssim_window]
         self._pool: ThreadPoolExecutor
+        # What the chunks read raw values through (Scorer.reflectance, every band at once).
+        self._pred_refl, self._ref_refl = (
+            Reflectance(tuple(s for s, _ in sc), tuple(o for _, o in sc), opts.clip, opts.peak)
+            for sc in (pred_scale, ref_scale)
+        )
         self.view_parts: list[Strip] = []
 
     def read_strip(self, row: int, height: int) -> Strip:
@@ -101,40 +109,37 @@ class Scorer:
     def run(self, progress: Callable[[int], None] | None = None, view_factor: int = 0) -> Sums:
         """Score every strip; with ``view_factor``, also keep every ``view_factor``-th row and
         column of each strip as read (in ``self.view_parts``), so a figure needs no second read."""
-        grid = self.pred.grid
-        H, W = grid.height, grid.width
-        nb = len(self.pred.bands)
+        H, W = self.pred.grid.height, self.pred.grid.width
         pad = self.window.radius
-        sums = Sums(nb)
+        sums = Sums(len(self.pred.bands))
         block = self.opts.block_rows
-        carry: Strip | None = None  # rows [carry_row, ...) kept for the next strip's halo
-        carry_row = 0
         done = 0  # rows [0, done) are scored
         starts = list(range(0, H, block))
         view_rows = {r0: k0 for r0, _, k0 in strided_rows(H, block, view_factor)} if view_factor else {}
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads) as self._pool:
+        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads, initializer=_one_torch_thread) as self._pool:
+            buf_row = 0  # the first row of the strip being read
             future = pool.submit(self.read_strip, 0, min(block, H))
+            self._pool.submit(int)  # starts a chunk thread: it loads torch while the first strip is read
             for k, r0 in enumerate(starts):
                 h = min(block, H - r0)
-                new = future.result()
+                buf = future.result()
                 if r0 in view_rows:
-                    self.view_parts.append(every(new, view_rows[r0], view_factor))
+                    self.view_parts.append(every(strip_slice(buf, r0 - buf_row, None), view_rows[r0], view_factor))
+                end = H if r0 + h >= H else r0 + h - pad
                 if k + 1 < len(starts):
+                    # The next strip is read with the rows above it that its first scored row's
+                    # window needs (from GDAL's block cache): no copy joins two strips.
                     nxt = starts[k + 1]
-                    future = pool.submit(self.read_strip, nxt, min(block, H - nxt))
-                buf = new if carry is None else concat(carry, new)
-                buf_row = r0 if carry is None else carry_row
-                last = r0 + h >= H
-                end = H if last else r0 + h - pad
+                    nxt_row = min(max(max(done, end) - pad, 0), nxt)
+                    future = pool.submit(self.read_strip, nxt_row, min(block, H - nxt) + nxt - nxt_row)
                 if end > done:
                     self._score_rows(buf, buf_row, done, end, H, W, pad, sums)
                     if progress:
                         progress(end - done)
                     done = end
-                keep = max(done - pad, buf_row)
-                carry = strip_slice(buf, keep - buf_row, None)
-                carry_row = keep
+                if k + 1 < len(starts):
+                    buf_row = nxt_row
         return sums
 
     def _score_rows(self, buf: Strip, buf_row: int, o0: int, o1: int, H: int, W: int, pad: int, sums: Sums) -> None:
@@ -147,7 +152,10 @@ class Scorer:
         a, b = o0 - s0, o1 - s0  # output rows inside the slab
         sel = slab.selected[a:b]
         # SSIM counts a pixel when its whole window lies inside the image and holds valid pixels.
-        win_ok = minimum_filter(slab.valid.view(np.uint8), size=2 * pad + 1, mode="constant", cval=0)[a:b] > 0
+        if slab.valid.all():
+            win_ok = np.ones((b - a, W), bool)
+        else:
+            win_ok = minimum_filter(slab.valid.view(np.uint8), size=2 * pad + 1, mode="constant", cval=0)[a:b] > 0
         rows = np.arange(o0, o1)
         inner_rows = (rows >= pad) & (rows < H - pad)
         win_ok &= inner_rows[:, None]
@@ -163,26 +171,36 @@ class Scorer:
         chunks = [(c0, min(c0 + _COL_CHUNK, W)) for c0 in range(0, W, _COL_CHUNK)]
         peak, window = self.opts.peak, self.window
 
-        nb = len(self.pred.bands)
-
         def chunk(c0: int, c1: int) -> tuple[list[BandSums], float, int]:
             # Columns [c0, c1) of every band, read with a halo of the window radius each side.
             e0, e1 = max(c0 - pad, 0), min(c1 + pad, W)
             core = (slice(a, b), slice(c0 - e0, c1 - e0))
-            pairs = (
-                (
-                    self.reflectance(slab.pred[i][:, e0:e1], self.pred_scale[i]),
-                    self.reflectance(slab.ref[i][:, e0:e1], self.ref_scale[i]),
-                )
-                for i in range(nb)
+            return block_sums(
+                slab.pred[:, :, e0:e1],
+                slab.ref[:, :, e0:e1],
+                core,
+                sel[:, c0:c1],
+                ssim_sel[:, c0:c1],
+                window,
+                peak,
+                self._pred_refl,
+                self._ref_refl,
             )
-            return pixel_sums(pairs, core, sel[:, c0:c1], ssim_sel[:, c0:c1], window, peak)
 
         # Column chunks are independent and scipy / numpy release the GIL, so threads share
         # the cores; chunks keep the working set small whatever the tile width. Results are
         # summed in chunk order, so figures do not depend on thread timing.
         for per_band, sam, n_ok in self._pool.map(lambda c: chunk(*c), chunks):
             add_pixel_sums(sums, per_band, sam, n_ok)
+
+
+def _one_torch_thread() -> None:
+    """Each chunk thread runs torch (SSIM's convolutions) on itself alone: the chunk threads already
+    keep every core busy, and a torch thread team per chunk thread would contend for them. The
+    setting is per thread, so the caller's torch is left as it was."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def concat(a: Strip, b: Strip) -> Strip:
