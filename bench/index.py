@@ -1,8 +1,12 @@
 """Benchmark `cloudclear index` and catalog queries (prints figures, asserts nothing about time).
 
-Writes ~2,000 small generated scenes (S2 with SCL sidecars, and S1) at many places, then reports:
-- the I/O bound: opening every raster file once with rasterio and reading its metadata;
-- a cold index (every file opened, statistics computed), in scenes/s and as a ratio to the bound;
+Writes ~2,000 small generated scenes (S2 with SCL sidecars, and S1) at many places, then reports,
+each measurement in a fresh process and the rounds alternating (bound, cold, warm), medians of
+``--repeat`` rounds:
+- the I/O bound: opening every raster file once with rasterio and reading its metadata (plain
+  rasterio, and under the GDAL settings ``index`` runs with: no folder listing on open);
+- a cold index (every file opened once, statistics computed), in scenes/s, as a ratio to the bound,
+  and rasterio opens per file;
 - a warm re-index (nothing changed: no file reopened);
 - query latency through the rtree against a brute-force geopandas filter on the same records,
   with the results checked to be identical.
@@ -13,18 +17,21 @@ Writes ~2,000 small generated scenes (S2 with SCL sidecars, and S1) at many plac
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 import shapely
-from common import median_time
+from common import run_child
 
 from cloudclear.catalog import Catalog, build_index
 from cloudclear.synth import generate_series
@@ -33,6 +40,10 @@ from cloudclear.synth import generate_series
 # MGRS column letters repeat every three zones: A-H, J-R, S-Z.
 _COLUMNS = {30: "TUVWXY", 31: "CDEFGH", 32: "KLMNPQ", 33: "TUVWXY"}
 TILES = [f"{z}U{a}{b}" for z, cols in _COLUMNS.items() for a in cols for b in "PQRSTU"]
+
+
+def _rasters(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.tif") if "truth" not in p.parts)
 
 
 def _metadata_bound(paths: list[Path]) -> int:
@@ -44,6 +55,47 @@ def _metadata_bound(paths: list[Path]) -> int:
     return n
 
 
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in this (fresh) process: "bound", "bound_env", "cold" or "warm"."""
+    import geopandas  # noqa: F401 - imported before timing, as in a long-lived process
+    import pyogrio  # noqa: F401
+    import pyproj  # noqa: F401
+
+    from cloudclear.gdal import gdal_env
+
+    root, cat_path, mode = Path(spec["root"]), Path(spec["catalog"]), spec["mode"]
+    if mode.startswith("bound"):
+        paths = _rasters(root)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if mode == "bound_env":
+            with gdal_env("index", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                n = _metadata_bound(paths)
+        else:
+            n = _metadata_bound(paths)
+        return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "files": n}
+    opens: Counter[str] = Counter()
+    real = rasterio.open
+
+    def counting(fp: Any, *args: Any, **kwargs: Any) -> Any:
+        opens[str(fp)] += 1
+        return real(fp, *args, **kwargs)
+
+    rasterio.open = counting  # type: ignore[assignment]
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = build_index(root, cat_path, rebuild=mode == "cold")
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "scenes": res.scenes,
+        "by_sensor": res.summary["by_sensor"],
+        "files_seen": res.files_seen,
+        "files_opened": res.files_opened,
+        "opens": sum(opens.values()),
+        "most_opens": max(opens.values(), default=0),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--series", type=int, default=100, help="generated series (places)")
@@ -52,7 +104,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None, help="keep the generated scenes here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
 
     root = args.out or Path(tempfile.mkdtemp(prefix="cc-bench-index-"))
     try:
@@ -76,16 +132,47 @@ def main() -> None:
             shutil.rmtree(t)  # the bench indexes acquisitions only
         cat_path = root.parent / f"{root.name}.gpkg" if args.out else Path(tempfile.mkdtemp()) / "bench.gpkg"
 
-        bound, nfiles = median_time(lambda: _metadata_bound(rasters), args.repeat)
-        cold, res = median_time(lambda: build_index(root, cat_path, rebuild=True), args.repeat)
-        warm, res2 = median_time(lambda: build_index(root, cat_path), args.repeat)
-        n = res.scenes
-        print(f"scenes: {n} ({res.summary['by_sensor']}), files: {nfiles}")
-        print(f"metadata bound (open + metadata, every file): {bound:.2f} s  ({nfiles / bound:.0f} files/s)")
-        print(f"cold index: {cold:.2f} s  {n / cold:.0f} scenes/s  ratio to bound {cold / bound:.2f}x")
+        spec = {"root": str(root), "catalog": str(cat_path)}
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in ("bound", "bound_env", "cold", "warm")}
+        for k in range(args.repeat):
+            for mode in runs:  # alternating, so that the machine's load falls on every mode alike
+                runs[mode].append(run_child(__file__, {**spec, "mode": mode}))
+            print(
+                "  [" + str(k + 1) + "] " + ", ".join(f"{m} {r[-1]['seconds']:.2f} s" for m, r in runs.items()),
+                file=sys.stderr,
+            )
+        med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+        # The ratio of each round (bound and index measured side by side), then their median.
+        ratio = {
+            (m, b): statistics.median(x["seconds"] / y["seconds"] for x, y in zip(runs[m], runs[b], strict=True))
+            for m in ("cold", "warm")
+            for b in ("bound", "bound_env")
+        }
+        # CPU seconds (user + system) too: on a shared machine they move less with the load than wall time.
+        cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
+        cold, warm = runs["cold"][-1], runs["warm"][-1]
+        n, nfiles = cold["scenes"], runs["bound"][-1]["files"]
+        print(f"scenes: {n} ({cold['by_sensor']}), files: {nfiles}; medians of {args.repeat} rounds, fresh processes")
+        print(f"  {'measurement':<44} {'median s':>9} {'per s':>12} {'/ bound':>8} {'/ bound env':>12}")
+        plain = "metadata bound (plain rasterio)"
+        print(f"  {plain:<44} {med['bound']:9.2f} {nfiles / med['bound']:7.0f} files {1:8.2f}x")
         print(
-            f"warm re-index (nothing changed): {warm:.2f} s  {n / warm:.0f} scenes/s  "
-            f"files reopened: {res2.files_opened}  ratio to bound {warm / bound:.2f}x"
+            f"  {'metadata bound (index GDAL settings)':<44} {med['bound_env']:9.2f} "
+            f"{nfiles / med['bound_env']:7.0f} files {med['bound_env'] / med['bound']:8.2f}x {1:11.2f}x"
+        )
+        for name, mode in (("cold index", "cold"), ("warm re-index (nothing changed)", "warm")):
+            print(
+                f"  {name:<44} {med[mode]:9.2f} {n / med[mode]:6.0f} scenes "
+                f"{ratio[mode, 'bound']:8.2f}x {ratio[mode, 'bound_env']:11.2f}x"
+            )
+        print(
+            "  CPU s (medians): " + ", ".join(f"{m} {cpu[m]:.2f}" for m in runs) + f"; cold / bound "
+            f"{cpu['cold'] / cpu['bound']:.2f}x, / bound env {cpu['cold'] / cpu['bound_env']:.2f}x; warm / bound "
+            f"{cpu['warm'] / cpu['bound']:.2f}x"
+        )
+        print(
+            f"  rasterio opens: cold {cold['opens']} for {cold['files_seen']} files (at most {cold['most_opens']} "
+            f"per file); warm {warm['opens']}, files reopened {warm['files_opened']}"
         )
 
         cat = Catalog.open(cat_path)

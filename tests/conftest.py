@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +63,19 @@ def write_raster(
         if tags:
             dst.update_tags(**tags)
     return path
+
+
+def count_opens(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count ``rasterio.open`` calls per absolute path (every read in cloudclear goes through it)."""
+    counts: Counter[str] = Counter()
+    real = rasterio.open
+
+    def counting(fp, *args, **kwargs):
+        counts[os.path.abspath(os.fspath(fp))] += 1
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", counting)
+    return counts
 
 
 def s2_data(rng: np.random.Generator, bands: int = 4, size: int = 128) -> np.ndarray:

@@ -195,3 +195,58 @@ def test_dedupe_at_selection_applies_the_same_rule(one_scene_catalog):
     kept = dedupe([date_only, scene, other_pass, half])
 
     assert [s.scene_id for s in kept] == [scene.scene_id, half.scene_id, other_pass.scene_id]
+
+
+def _drop_duplicates_reference(drafts):
+    """drop_duplicates as it was before its bounding-box test: every pair of one sensor and day
+    compared by the intersection over union of their footprints."""
+    from cloudclear.scenes import Skipped
+    from cloudclear.scenes.duplicates import MIN_SAME_GROUND, _preference, footprint, ground_overlap, same_time
+
+    order = sorted(range(len(drafts)), key=lambda i: _preference(drafts[i]))
+    shapes = [footprint(d.grid) for d in drafts]
+    timed = [has_time_of_day(d.datetime) for d in drafts]
+    kept, skipped = [], []
+    for i in order:
+        d = drafts[i]
+        dup = next(
+            (
+                (k, iou)
+                for k in kept
+                if drafts[k].sensor == d.sensor
+                and same_time(d.datetime, timed[i], drafts[k].datetime, timed[k])
+                and (iou := ground_overlap(shapes[i], shapes[k])) >= MIN_SAME_GROUND
+            ),
+            None,
+        )
+        if dup is None:
+            kept.append(i)
+            continue
+        k, iou = dup
+        when = "same time" if timed[i] and timed[k] else "same day"
+        msg = f"{d.grid.path}: duplicate of {drafts[k].grid.path} ({d.sensor}, {when}, {100 * iou:.0f} % same ground)"
+        skipped.append(Skipped(d.grid.path, msg))
+    return [drafts[i] for i in sorted(kept)], sorted(skipped, key=lambda s: s.path)
+
+
+def test_drop_duplicates_equals_comparing_every_pair(tmp_path):
+    """Many scenes of one day at places apart, touching, shifted by a few pixels and repeated:
+    the bounding-box test leaves every decision and message as comparing every pair gives."""
+    _stack(tmp_path / "S2_T31UFQ_20200101T103421.tif", _data(size=16))
+    (base,) = _drafts(tmp_path)
+    rng = np.random.default_rng(7)
+    drafts = []
+    for n in range(120):
+        col, row = int(rng.integers(0, 6)), int(rng.integers(0, 3))
+        shift = float(rng.choice([0.0, 10.0, 40.0, 160.0]))  # 160 m: the whole width, edges touch
+        x, y = ORIGIN[0] + col * 160.0 + shift, ORIGIN[1] - row * 160.0
+        grid = dataclasses.replace(
+            base.grid, path=str(tmp_path / f"f{n:03d}.tif"), transform=(10.0, 0.0, x, 0.0, -10.0, y)
+        )
+        when = base.datetime + timedelta(minutes=int(rng.choice([0, 5, 30, 60 * 24])))
+        drafts.append(dataclasses.replace(base, grid=grid, datetime=when))
+    got, got_skipped = drop_duplicates(drafts)
+    ref, ref_skipped = _drop_duplicates_reference(drafts)
+    assert [d.grid.path for d in got] == [d.grid.path for d in ref]
+    assert got_skipped == ref_skipped
+    assert 10 < len(got_skipped) < 110  # both kinds of decision were taken

@@ -23,7 +23,7 @@ from cloudclear.catalog.records import (
     stats_from_row,
 )
 from cloudclear.catalog.scan import iter_rasters, product_json, read_products
-from cloudclear.catalog.stats import scene_stats
+from cloudclear.catalog.stats import Preloaded, scene_stats
 from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, policy_text, read_catalog
 from cloudclear.catalog.values import calibrate, float_scale
 from cloudclear.detect.spatial import SpatialOptions
@@ -41,7 +41,7 @@ from cloudclear.errors import (
 )
 from cloudclear.gdal import gdal_env, path_stat
 from cloudclear.outputs import atomic_output
-from cloudclear.scenes import FileInfo, SceneDraft, Skipped, assemble, read_file_info, scene_ids
+from cloudclear.scenes import FileInfo, SceneDraft, Skipped, assemble, classify, read_file_info, scene_ids
 from cloudclear.scenes.duplicates import drop_duplicates
 
 if TYPE_CHECKING:
@@ -336,6 +336,17 @@ def _build(
     errors: list[Skipped] = []
     file_rows: list[dict[str, Any]] = []
     opened = 0
+    # Each file is opened once: the pixels its statistics read are taken with its metadata.
+    preloaded = Preloaded()
+
+    def take(src: Any, info: FileInfo) -> FileInfo:
+        try:
+            role = classify(info)
+        except InvalidRasterError:
+            role = None  # no scene's: float_scale and the statistics leave it alone
+        info = float_scale(info, src, role)
+        return preloaded.take(src, info, role) if role is not None else info
+
     for p in tqdm(paths, desc="metadata", unit="file", disable=not progress, leave=False):
         st = p.stat()
         key = str(p)
@@ -345,7 +356,7 @@ def _build(
         else:
             opened += 1
             try:
-                info, error = float_scale(read_file_info(p)), None
+                info, error = read_file_info(p, then=take), None
             except InvalidRasterError as exc:
                 info, error = None, str(exc)
         if info is not None:
@@ -410,14 +421,17 @@ def _build(
         same_files = old is not None and old["signature"] == signature(draft.files, infos)
         if same_files and same_mask and not fresh and (draft.sensor != "S2" or calibration is not None):
             stats = stats_from_row(old)
+            preloaded.drop(draft.files)
             reused += 1
         else:
             try:
-                stats = scene_stats(draft, policy=policy)
+                stats = scene_stats(draft, policy=policy, preloaded=preloaded)
                 calibration = calibrate(draft, infos, stats.sample) if draft.sensor == "S2" else None
             except (InvalidRasterError, ResourceLimitError, MaskError, GridError) as exc:
                 skipped.extend(Skipped(p, str(exc), refused=True) for p in draft.files[:1])
                 continue
+            finally:
+                preloaded.drop(draft.files)
             computed += 1
         if stats.removed_px is not None:
             removed[scene_id] = stats.removed_px
@@ -463,12 +477,23 @@ def _build(
 
 
 def _relativiser(base: Path) -> Any:
+    import functools
+
     from cloudclear.gdal import relative_path
 
+    # A scene's paths recur in several columns (band files, files, mask): each is made relative once.
+    @functools.lru_cache(maxsize=4096)
     def rel(p: str) -> str:
         return relative_path(p, base)
 
     return rel
+
+
+def _info_json(info: FileInfo) -> str:
+    """A file's metadata as the ``files`` table stores it (``FileInfo.to_dict`` without its deep copy)."""
+    import dataclasses
+
+    return json.dumps({f.name: getattr(info, f.name) for f in dataclasses.fields(info)})
 
 
 def write_catalog(
@@ -495,7 +520,7 @@ def write_catalog(
                 "path": rel(r["path"]),
                 "size": r["size"],
                 "mtime_ns": r["mtime_ns"],
-                "info": json.dumps(r["info"].to_dict()) if r["info"] else "",
+                "info": _info_json(r["info"]) if r["info"] else "",
                 "error": r["error"] or "",
             }
             for r in file_rows

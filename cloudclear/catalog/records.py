@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -46,7 +47,8 @@ def decode_cells(text: str, rows: int, cols: int) -> np.ndarray:
 
 
 def footprints(info: FileInfo) -> tuple[Any, Any]:
-    """A file's outline in its own CRS and in lon/lat (edges densified so they curve)."""
+    """A file's outline in its own CRS and in lon/lat (edges densified so they curve; the lon/lat
+    outline is :func:`~cloudclear.scenes.duplicates.footprint`'s, cached by grid)."""
     import shapely
 
     from cloudclear.scenes.duplicates import footprint
@@ -99,7 +101,7 @@ DETECTED_COLUMN = "detected_file"
 
 def signature(paths: Sequence[str], infos: dict[str, FileInfo]) -> str:
     """What tells a scene's files changed: names, sizes and modification times."""
-    return json.dumps(sorted((Path(p).name, infos[p].size, infos[p].mtime_ns) for p in paths))
+    return json.dumps(sorted((os.path.basename(p), infos[p].size, infos[p].mtime_ns) for p in paths))
 
 
 def record(
@@ -240,17 +242,18 @@ def link_nearest_s1(frame: gpd.GeoDataFrame) -> None:
     s1_ids = s1["scene_id"].to_numpy()
     nearest: list[Any] = []
     gaps: list[Any] = []
-    for _, row in frame.iterrows():
-        if row["sensor"] != "S2":
+    # Column by column, not row by row (a Series per row costs more than the query).
+    for sensor, geom, when in zip(frame["sensor"], frame.geometry.values, frame["datetime"], strict=True):
+        if sensor != "S2":
             nearest.append(None)
             gaps.append(None)
             continue
-        idx = tree.query(row.geometry, predicate="intersects")
+        idx = tree.query(geom, predicate="intersects")
         if len(idx) == 0:
             nearest.append(None)
             gaps.append(None)
             continue
-        dt = np.abs(s1_times[idx] - (row["datetime"] - _EPOCH).total_seconds())
+        dt = np.abs(s1_times[idx] - (when - _EPOCH).total_seconds())
         k = int(np.argmin(dt))
         nearest.append(s1_ids[idx[k]])
         gaps.append(round(float(dt[k]) / 3600.0, 3))

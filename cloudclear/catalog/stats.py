@@ -1,19 +1,22 @@
 """Pixel statistics of a scene on its grid: nodata %, cloud %, and per-cell cloud and validity grids.
 
 Read once per new or changed scene by :func:`cloudclear.catalog.build_index`, strip by strip so
-memory stays bounded on full tiles.
+memory stays bounded on full tiles. An index opens each file once: the pixels a file's statistics
+will read are taken while it is open for its metadata (:class:`Preloaded`), where they are small
+enough to keep; a larger file is opened again for its statistics, whose read then costs far more
+than the open.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudclear import masks
 from cloudclear.errors import InvalidRasterError, ResourceLimitError
-from cloudclear.gridio import Grid
-from cloudclear.scenes import SceneDraft
-from cloudclear.scenes.reader import ReadSpec, SceneReader
+from cloudclear.gridio import Grid, GridReader
+from cloudclear.scenes import FileInfo, FileRole, SceneDraft
+from cloudclear.scenes.reader import ReadSpec, SceneReader, mask_indexes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,7 +101,12 @@ def check_size(path: str, width: int, height: int) -> None:
         )
 
 
-def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy = masks.DEFAULT_POLICY) -> SceneStats:
+def scene_stats(
+    draft: SceneDraft,
+    cell: int = CELL,
+    policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
+    preloaded: Preloaded | None = None,
+) -> SceneStats:
     """Read band 1 and the mask of a scene in strips and compute its statistics.
 
     The cloud % and cells count what ``policy`` calls obscured (the one decision of what is clear,
@@ -110,6 +118,9 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
     full 10980 x 10980 tiles and the catalog's validity, cloud and clear pixels are those sampling
     and inference see. A mask on another grid (a 20 m SCL for a 10 m scene) is sampled at the
     scene's pixel centres (nearest neighbour).
+
+    ``preloaded`` holds pixels taken when the files were opened for their metadata; the files it
+    lacks are opened.
 
     Raises:
         InvalidRasterError: a file fails to decode (truncated, corrupt).
@@ -144,12 +155,15 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
     step = max(1, int((height * width / SAMPLE_PIXELS) ** 0.5))
     valid_parts: list[np.ndarray] = []
     clear_parts: list[np.ndarray] = []
+    opener = preloaded.opener(spec, grid, policy) if preloaded is not None else None
     try:
-        reader = SceneReader(spec, grid, policy=policy)
+        reader = SceneReader(spec, grid, policy=policy, opener=opener, halo=True)
     except InvalidRasterError as exc:
+        if opener is not None:
+            opener.close()
         raise InvalidRasterError(f"{exc} (corrupt or truncated)") from None
     try:
-        if reader.mask is not None:
+        if reader.mask is not None and not isinstance(reader.mask, _HeldReader):  # held: small
             check_size(reader.mask.path, reader.mask.src.width, reader.mask.src.height)
         for r0 in range(0, height, strip):
             h = min(strip, height - r0)
@@ -175,6 +189,8 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
                     removed_by[rule] = removed_by.get(rule, 0) + n
     finally:
         reader.close()
+        if opener is not None:
+            opener.close()
 
     total = int(total_n.sum())
     nodata_pct = 100.0 * (1.0 - valid_n.sum() / total)
@@ -198,3 +214,160 @@ def scene_stats(draft: SceneDraft, cell: int = CELL, policy: masks.ClearPolicy =
         None if removed_px is None else removed_by,
         ValueSample(name, np.concatenate(valid_parts), np.concatenate(clear_parts)) if valid_parts else None,
     )
+
+
+#: Largest band (bytes) an index keeps from a file's metadata open for its statistics (a 2048 x
+#: 2048 float32 band); a larger file is opened again, its read costing far more than the open.
+PRELOAD_BAND_BYTES = 16 << 20
+#: Most bytes kept so at once (the index's GDAL block cache); files beyond it are opened again.
+PRELOAD_BYTES = 256 << 20
+
+
+def stats_bands(info: FileInfo, role: FileRole | None = None) -> tuple[int, ...]:
+    """The 1-based bands of a file :func:`scene_stats` reads when the file is its scene's grid:
+    the first blue, green or red band of an S2 file (else its first band), the first band of an
+    S1 file, and the bands of the mask a file holds; none for a file that is no scene's.
+    ``role`` is the file's :func:`~cloudclear.scenes.classify`, where known."""
+    from cloudclear.scenes import classify
+    from cloudclear.scenes.files import S1_BANDS, S2_BANDS
+
+    if role is None:
+        try:
+            role = classify(info)
+        except InvalidRasterError:
+            return ()
+    order = [b for b in (S2_BANDS if role.kind == "s2" else S1_BANDS) if b in role.bands]
+    dark = [b for b in order if b in ("B02", "B03", "B04")]
+    bands = [role.bands[b] for b in (dark or order)[:1]]
+    if role.mask is not None and role.mask.path == info.path:
+        bands += mask_indexes(role.mask)
+    return tuple(dict.fromkeys(bands))
+
+
+class Preloaded:
+    """Pixels of the bands each file's statistics will read (:func:`stats_bands`), taken while
+    the file is open for its metadata, so that an index opens each file once.
+
+    :meth:`take` is the ``then`` of :func:`~cloudclear.scenes.read_file_info`; :meth:`opener`
+    serves a scene's reads from what was taken and opens the files it lacks.
+
+    Args:
+        budget: most bytes kept at once (:data:`PRELOAD_BYTES`).
+    """
+
+    def __init__(self, budget: int = PRELOAD_BYTES) -> None:
+        self.budget = budget
+        self.used = 0
+        self._held: dict[str, tuple[FileInfo, dict[int, np.ndarray], tuple[Any, ...]]] = {}
+
+    def take(self, src: Any, info: FileInfo, role: FileRole | None = None) -> FileInfo:
+        """Keep the bands of the open file ``src`` that its statistics read, when small enough;
+        returns ``info``. A band that fails to read is left to the statistics, which say so.
+        ``role`` is the file's :func:`~cloudclear.scenes.classify`, where known."""
+        import numpy as np
+
+        bands = stats_bands(info, role)
+        if not bands or len(set(src.dtypes)) != 1:
+            return info
+        band_bytes = info.width * info.height * np.dtype(info.dtype).itemsize
+        if band_bytes > PRELOAD_BAND_BYTES or self.used + band_bytes * len(bands) > self.budget:
+            return info
+        try:
+            data = {b: src.read(b) for b in bands}
+        except Exception:  # noqa: BLE001 - GDAL raises several types for a corrupt block
+            return info
+        self._held[info.path] = (info, data, tuple(src.nodatavals))
+        self.used += band_bytes * len(bands)
+        return info
+
+    def drop(self, paths: Any) -> None:
+        """Forget the pixels of ``paths`` (their scene's statistics are computed)."""
+        for p in paths:
+            held = self._held.pop(p, None)
+            if held is not None:
+                self.used -= sum(a.nbytes for a in held[1].values())
+
+    def _serves(self, path: str, indexes: tuple[int, ...], grid: Grid) -> bool:
+        held = self._held.get(path)
+        if held is None:
+            return False
+        info, data = held[0], held[1]
+        on_grid = (info.crs or "") == grid.crs and tuple(info.transform[:6]) == tuple(grid.transform)
+        return on_grid and (info.width, info.height) == (grid.width, grid.height) and all(i in data for i in indexes)
+
+    def opener(self, spec: ReadSpec, grid: Grid, policy: masks.ClearPolicy) -> _HeldOpener:
+        """The opener of one scene's reads (``spec`` on ``grid`` under ``policy``)."""
+        return _HeldOpener(self)
+
+    def room(self, path: str, grid: Grid, halo: int) -> tuple[int, int, int, int] | None:
+        """What the file ``path`` holds beyond ``grid`` (see :class:`~cloudclear.scenes.reader.Opener`),
+        where the metadata taken tell it: nothing for a file on the grid, ``halo`` on every side
+        for one of another resolution (always warped); else None."""
+        held = self._held.get(path)
+        if held is None:
+            return None
+        info = held[0]
+        on_grid = (info.crs or "") == grid.crs and tuple(info.transform[:6]) == tuple(grid.transform)
+        if on_grid and (info.width, info.height) == (grid.width, grid.height):
+            return (0, 0, 0, 0)
+        a, b, _, d, e, _ = info.transform[:6]
+        # Far beyond the scene reader's tolerance for "the same resolution" (1e-6 of a pixel).
+        other = abs(a - grid.transform[0]) > 1e-3 * grid.res or abs(e - grid.transform[4]) > 1e-3 * grid.res
+        return (halo, halo, halo, halo) if other or b or d else None
+
+
+class _HeldOpener:
+    """Opens one scene's files for :class:`~cloudclear.scenes.reader.SceneReader`: from the
+    pixels :class:`Preloaded` holds where it holds them on the grid, else from the file."""
+
+    def __init__(self, preloaded: Preloaded) -> None:
+        self.preloaded = preloaded
+        self.opened: list[GridReader] = []
+
+    def room(self, path: str, grid: Grid, halo: int) -> tuple[int, int, int, int] | None:
+        """See :meth:`Preloaded.room`."""
+        return self.preloaded.room(path, grid, halo)
+
+    def __call__(
+        self, path: str, indexes: tuple[int, ...], grid: Grid, resampling: str, nodata: float | None, *, coverage: bool
+    ) -> GridReader:
+        import numpy as np
+
+        if self.preloaded._serves(path, indexes, grid):
+            _, data, nodatavals = self.preloaded._held[path]
+            return _HeldReader(path, np.stack([data[i] for i in indexes]), nodatavals)
+        rd = GridReader(path, list(indexes), grid, resampling, nodata, coverage=coverage)
+        self.opened.append(rd)
+        return rd
+
+    def close(self) -> None:
+        """Close the files opened."""
+        for rd in self.opened:
+            rd.close()
+        self.opened.clear()
+
+
+class _HeldReader(GridReader):
+    """A :class:`~cloudclear.gridio.GridReader` over pixels already read, the file lying on the grid."""
+
+    def __init__(self, path: str, data: np.ndarray, nodatavals: tuple[Any, ...]) -> None:
+        self.path = path
+        self.data = data
+        self.nodatavals = nodatavals
+        self.vrt = None
+        self.alpha = None
+        self.row_off = self.col_off = 0
+        self.block_rows = data.shape[1]
+        self.width = data.shape[2]
+
+    def read(self, r0: int, r1: int) -> np.ndarray:
+        return self.data[:, r0:r1].copy()
+
+    def read_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        return self.data[:, r0:r1, c0:c1].copy()
+
+    def covered(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -31,11 +31,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudclear.errors import InvalidRasterError
 from cloudclear.scenes import FileInfo, SceneDraft
-from cloudclear.scenes.files import offset_stated, stated_scale
+from cloudclear.scenes.files import FileRole, offset_stated, stated_scale
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,10 +143,13 @@ def calibrate(draft: SceneDraft, infos: Mapping[str, FileInfo], sample: ValueSam
 FLOAT_SAMPLE_SIDE = 512
 
 
-def float_scale(info: FileInfo) -> FileInfo:
+def float_scale(info: FileInfo, src: Any = None, role: FileRole | None = None) -> FileInfo:
     """A float S2 file whose metadata state no scale, with the scale its data show written as
     its ``QUANTIFICATION_VALUE`` and ``SCALE_SOURCE`` tags (so that detection, statistics and
     every later read agree, and the catalog's file cache keeps the decision).
+
+    ``src`` is the file already open (its metadata read), else the file is opened here; ``role``
+    its :func:`~cloudclear.scenes.classify` where known.
 
     Raises:
         InvalidRasterError: the values fit neither reflectance 0..1 nor DN x 10000.
@@ -159,18 +162,22 @@ def float_scale(info: FileInfo) -> FileInfo:
 
     if not info.dtype.startswith("float") or stated_scale(info, 1) is not None:
         return info
-    try:
-        role = classify(info)
-    except InvalidRasterError:
-        return info
+    if role is None:
+        try:
+            role = classify(info)
+        except InvalidRasterError:
+            return info
     if role.kind != "s2" or not role.bands:
         return info
     bidx = min(role.bands.values())
     side = FLOAT_SAMPLE_SIDE
     shape = (min(side, info.height), min(side, info.width))
     try:
-        with rasterio.open(info.path) as src:
+        if src is not None:
             data = src.read(bidx, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        else:
+            with rasterio.open(info.path) as opened:
+                data = opened.read(bidx, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
     except rasterio.errors.RasterioIOError as exc:
         raise InvalidRasterError(f"{info.path}: cannot be read ({exc})") from None
     values = data[valid_pixels(data, info.nodata, "S2")]
@@ -206,8 +213,11 @@ def _float_encoding(path: str, valid: object) -> tuple[tuple[float, float], str]
 
 def _check_range(path: str, band: str, valid: object, calib: Calibration) -> str:
     scale, offset = calib.scales[band], calib.offsets[band]
-    refl_50 = _pct(valid, 50) * scale + offset
-    refl_99 = _pct(valid, 99) * scale + offset
+    import numpy as np
+
+    p50, p99 = np.percentile(np.asarray(valid, dtype=np.float64), [50, 99])
+    refl_50 = float(p50) * scale + offset
+    refl_99 = float(p99) * scale + offset
     how = f"{calib.source} ({scale:g} x DN {offset:+g})"
     if refl_50 > 2.0:
         raise InvalidRasterError(

@@ -90,15 +90,30 @@ def _metres_per_unit(wkt: str) -> float | None:
 def footprint(info: FileInfo) -> Any:
     """A file's extent in lon/lat as a shapely polygon (edges densified so that they curve), or
     None without a CRS."""
-    import shapely
-
     if not info.crs:
         return None
-    left, bottom, right, top = info.bounds
+    return _footprint(info.crs, info.bounds)
+
+
+@functools.lru_cache(maxsize=4096)
+def _footprint(crs: str, bounds: tuple[float, float, float, float]) -> Any:
+    """:func:`footprint` by CRS and bounds: the scenes of a series share their grid (shapely
+    geometries are immutable, so one polygon serves them all)."""
+    import shapely
+
+    left, bottom, right, top = bounds
     ring = shapely.segmentize(shapely.box(left, bottom, right, top), max(right - left, top - bottom) / 20)
     xy = shapely.get_coordinates(ring)
-    lon, lat = _to_lonlat(info.crs).transform(xy[:, 0], xy[:, 1])
+    lon, lat = _to_lonlat(crs).transform(xy[:, 0], xy[:, 1])
     return shapely.Polygon(list(zip(lon, lat, strict=True)))
+
+
+def _apart(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> bool:
+    """Whether two footprints' bounding boxes (minx, miny, maxx, maxy) are disjoint, so that
+    their :func:`ground_overlap` is 0 (None: no footprint)."""
+    if a is None or b is None:
+        return True
+    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
 
 
 def resolution_m(crs: str | None, res: float) -> float:
@@ -141,6 +156,8 @@ def drop_duplicates(drafts: Sequence[SceneDraft]) -> tuple[list[SceneDraft], lis
     """
     order = sorted(range(len(drafts)), key=lambda i: _preference(drafts[i]))
     shapes = [footprint(d.grid) for d in drafts]
+    # Bounding boxes first: most scenes of a day lie elsewhere, and a box test costs far less.
+    boxes = [None if s is None or s.is_empty else tuple(s.bounds) for s in shapes]
     timed = [has_time_of_day(d.datetime) for d in drafts]
     kept: list[int] = []
     # Duplicates share the sensor and the UTC day: compare within those only.
@@ -153,6 +170,8 @@ def drop_duplicates(drafts: Sequence[SceneDraft]) -> tuple[list[SceneDraft], lis
         for k in same_day:
             other = drafts[k]
             if not same_time(d.datetime, timed[i], other.datetime, timed[k]):
+                continue
+            if _apart(boxes[i], boxes[k]):
                 continue
             iou = ground_overlap(shapes[i], shapes[k])
             if iou >= MIN_SAME_GROUND:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cloudclear import masks
@@ -121,7 +122,10 @@ class FileInfo:
 
     @property
     def stem(self) -> str:
-        return Path(self.path).stem
+        # pathlib's stem, without building a Path (classify reads it several times per file)
+        name = self.name
+        i = name.rfind(".")
+        return name[:i] if 0 < i < len(name) - 1 else name
 
     @property
     def resolution(self) -> float:
@@ -167,11 +171,16 @@ def _check_tiff_complete(src: Any, size: int) -> None:
             )
 
 
-def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
+def read_file_info(
+    path: str | os.PathLike[str], *, then: Callable[[Any, FileInfo], FileInfo] | None = None
+) -> FileInfo:
     """Open a raster and read its metadata (no pixels).
 
     Args:
         path: the raster file.
+        then: called with the open dataset and its FileInfo before the file is closed; what it
+            returns is returned (the catalog reads there the pixels its statistics need, so that
+            an index opens each file once).
 
     Returns:
         Its :class:`FileInfo`.
@@ -216,6 +225,13 @@ def read_file_info(path: str | os.PathLike[str]) -> FileInfo:
                 offsets=tuple(float(o) for o in src.offsets),
                 tags={k: str(tags[k]) for k in _TAG_KEYS if k in tags} | _band_tags(src),
             )
+            if then is not None:
+                held = _OPEN.__dict__.setdefault("files", {})
+                held[path] = src
+                try:
+                    info = then(src, info)
+                finally:
+                    held.pop(path, None)
     except RasterioIOError as exc:
         msg = str(exc).replace(path, "").strip(" :") or "GDAL cannot open it"
         raise InvalidRasterError(f"{path}: not a readable raster ({msg})") from None
@@ -329,15 +345,51 @@ def _tokens(info: FileInfo) -> set[str]:
     return {t.upper() for t in _TOKEN_SPLIT.split(info.stem) if t}
 
 
+#: Roles :func:`classify` decided, by what it reads of a file (:func:`_role_key`): an index
+#: classifies each file in its metadata pass and again when it assembles scenes.
+_ROLES: dict[tuple[Any, ...], FileRole] = {}
+_ROLES_MAX = 16384
+
+
+def _role_key(info: FileInfo) -> tuple[Any, ...]:
+    """What :func:`classify` reads of a file: its path (name), its size and time (the pixels an
+    S1 file's units may be read from), its shape, bands and the tags it looks at."""
+    tags = info.tags
+    return (
+        info.path,
+        info.size,
+        info.mtime_ns,
+        info.count,
+        info.dtype,
+        info.width,
+        info.height,
+        info.descriptions,
+        tags.get("CLOUDCLEAR_ROLE"),
+        tags.get("UNITS"),
+    )
+
+
 def classify(info: FileInfo) -> FileRole:
     """Decide whether a file holds S2 bands, S1 backscatter or a cloud mask.
 
     Decisions rest on band descriptions first, then the file name (ESA band naming, tokens such
-    as S1, S2, SCL, CLM, MASK), then the band count; anything else is not a scene.
+    as S1, S2, SCL, CLM, MASK), then the band count; anything else is not a scene. A file's
+    role is kept (by what the decision reads), so a second call costs a look-up.
 
     Raises:
         NotASceneError: with the reason, for rasters that are none of these.
     """
+    key = _role_key(info)
+    role = _ROLES.get(key)
+    if role is None:
+        role = _classify(info)
+        if len(_ROLES) >= _ROLES_MAX:
+            _ROLES.clear()
+        _ROLES[key] = role
+    return role
+
+
+def _classify(info: FileInfo) -> FileRole:
     tokens = _tokens(info)
     role = info.tags.get("CLOUDCLEAR_ROLE", "").lower()
     if role == "truth" or "TRUTH" in tokens:
@@ -455,6 +507,11 @@ def _s1_units_stated(info: FileInfo) -> str | None:
     return _HYP3_UNITS[m.group("scale").lower()] if m else None
 
 
+#: Files :func:`read_file_info` holds open in this thread while its ``then`` runs (``.files``:
+#: path -> dataset): the units an S1 file's pixels show are read there, not by opening it again.
+_OPEN = threading.local()
+
+
 def _s1_units_from_pixels(info: FileInfo) -> str:
     # Backscatter in dB is mostly negative; linear power is positive. One central block decides.
     import numpy as np
@@ -463,8 +520,12 @@ def _s1_units_from_pixels(info: FileInfo) -> str:
 
     h, w = min(info.height, 256), min(info.width, 256)
     win = Window((info.width - w) // 2, (info.height - h) // 2, w, h)
-    with rasterio.open(info.path) as src:
+    src = getattr(_OPEN, "files", {}).get(info.path)
+    if src is not None:
         data = src.read(1, window=win, masked=True).astype("float64").filled(np.nan)
+    else:
+        with rasterio.open(info.path) as opened:
+            data = opened.read(1, window=win, masked=True).astype("float64").filled(np.nan)
     data = data[np.isfinite(data)]
     if data.size == 0:
         return "unknown"

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 class Opener(Protocol):
     """Opens one file's bands on a grid (see :class:`~cloudclear.gridio.GridReader`).
 
-    Sampling passes its per-thread cache of open files; the default opens a new reader.
+    Sampling passes its per-thread cache of open files; the default opens a new reader. An opener
+    may tell what a file holds beyond a grid unopened (``room(path, grid, halo)`` as :func:`_room`,
+    None: unknown), so that a mask read with a halo is opened once, on the grid grown by that room.
     """
 
     def __call__(
@@ -360,9 +362,11 @@ def _check_covers(mask: GridReader, band: GridReader, grid: Grid) -> None:
 def _room(rd: GridReader, grid: Grid, halo: int) -> tuple[int, int, int, int]:
     """Rows and columns (top, left, bottom, right), at most ``halo`` each, that the file ``rd``
     reads directly holds beyond ``grid``; a warped view gets ``halo`` on every side (where it does
-    not reach, its pixels are NODATA)."""
+    not reach, its pixels are NODATA); none for pixels an opener holds (no ``src``: the grid's)."""
     if rd.vrt is not None:
         return (halo, halo, halo, halo)
+    if getattr(rd, "src", None) is None:
+        return (0, 0, 0, 0)
     h, w = rd.src.height, rd.src.width
     return (
         min(halo, rd.row_off),
@@ -385,6 +389,8 @@ class SceneReader:
         policy: what the mask's classes become before *clear* is decided (default: nothing
             changes). With a buffer, the mask is read with a halo of ``policy.buffer_px`` rows
             and columns around each read, so reading in strips or windows equals one whole read.
+        halo: read the masks with that halo beyond the grid where their files hold it, opening
+            them on the grown grid (default: when the reader opens its own files, not sampling's).
 
     Raises:
         SceneNotFoundError: a file is gone.
@@ -398,6 +404,7 @@ class SceneReader:
         *,
         opener: Opener | None = None,
         policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
+        halo: bool | None = None,
     ):
         self.spec = spec
         self.grid = grid
@@ -421,34 +428,45 @@ class SceneReader:
             for (path, nodata), items in by_file.items():
                 rd = open_(path, tuple(b for _, b in items), grid, BAND_RESAMPLING, nodata, coverage=False)
                 self.files.append((rd, [p for p, _ in items]))
+            #: Rows and columns (top, left, bottom, right) a mask ("mask", "detected") holds beyond the grid.
+            self.pads: dict[str, tuple[int, int, int, int]] = {}
+            halo_on = policy.halo > 0 and (opener is None if halo is None else halo)
+            room = getattr(opener, "room", None) if halo_on else None
             # Where a warped mask does not reach, its pixels are NODATA, not the fill value
             # (0 is "clear" in several conventions).
             if own is not None:
-                self.mask = open_(own.path, mask_indexes(own), grid, MASK_RESAMPLING, None, coverage=True)
+                self.mask = self._open_mask("mask", own, open_, room)
                 if self.files:
                     _check_covers(self.mask, self.files[0][0], grid)
             if det is not None:
-                self.detected = open_(det.path, mask_indexes(det), grid, MASK_RESAMPLING, None, coverage=True)
+                self.detected = self._open_mask("detected", det, open_, room)
             # A buffer needs the masks a halo beyond the grid where the files have it (a --bbox
             # crop of a tile): each mask is reopened on the grid grown by what its file holds.
-            #: Rows and columns (top, left, bottom, right) a mask ("mask", "detected") was opened
-            #: with beyond the grid; absent: none.
-            self.pads: dict[str, tuple[int, int, int, int]] = {}
             for name in ("mask", "detected"):
                 rd = getattr(self, name)
-                if rd is None or policy.halo == 0 or opener is not None:
+                if rd is None or not halo_on or name in self.pads:
                     continue
                 band = own if name == "mask" else det
                 assert band is not None
                 pad = _room(rd, grid, policy.halo)
                 if any(pad):
-                    rd.close()
+                    if self.owned:
+                        rd.close()
                     rd = open_(band.path, mask_indexes(band), grid.pad(*pad), MASK_RESAMPLING, None, coverage=True)
                     setattr(self, name, rd)
                     self.pads[name] = pad
         except BaseException:
             self.close()
             raise
+
+    def _open_mask(self, name: str, band: masks.MaskBand, open_: Opener, room: Any) -> GridReader:
+        """Open mask ``name`` on the grid, grown at once by the room the opener tells (``room``)."""
+        pad = room(band.path, self.grid, self.policy.halo) if room is not None else None
+        grid = self.grid
+        if pad is not None and any(pad):
+            grid = self.grid.pad(*pad)
+            self.pads[name] = pad
+        return open_(band.path, mask_indexes(band), grid, MASK_RESAMPLING, None, coverage=True)
 
     @property
     def block_rows(self) -> int:
