@@ -7,6 +7,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,6 +77,15 @@ def count_opens(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     monkeypatch.setattr(rasterio, "open", counting)
     return counts
+
+
+class FakeSource(SimpleNamespace):
+    """What :func:`cloudclear.inference.reading.restore_mask_clear` uses of a Source: its sensor,
+    whether it is a witness, and its counts."""
+
+    def give_back(self, n: int) -> None:
+        self.removed -= n
+        self.given_back += n
 
 
 def s2_data(rng: np.random.Generator, bands: int = 4, size: int = 128) -> np.ndarray:

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_raster
+from conftest import FakeSource, write_raster
 
 from cloudclear import masks
 from cloudclear.catalog import Catalog, build_index
@@ -372,7 +372,7 @@ def test_restore_mask_clear_where_the_policy_left_no_clear_input():
     from cloudclear.inference.reading import Strip, restore_mask_clear
 
     def source(sensor: str, removed: int) -> SimpleNamespace:
-        return SimpleNamespace(acq=SimpleNamespace(sensor=sensor), removed=removed, given_back=0, witness=False)
+        return FakeSource(acq=SimpleNamespace(sensor=sensor), removed=removed, given_back=0, witness=False)
 
     def strip(clear: list[bool], mask_clear: list[bool] | None) -> Strip:
         c = np.array([clear])

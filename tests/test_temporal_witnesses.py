@@ -94,13 +94,15 @@ def test_restore_keeps_the_policy_where_an_s1_input_sees_the_pixel():
     method that reads S1 reconstructs the other pixels from it."""
     from types import SimpleNamespace
 
+    from conftest import FakeSource
+
     from cloudclear.inference.reading import Strip, restore_mask_clear
 
     shape = (1, 4)
     clear = np.zeros(shape, bool)  # the policy left no S2 input clear...
     mask_clear = np.ones(shape, bool)  # ...where the masks alone called every pixel clear
-    s2 = SimpleNamespace(acq=SimpleNamespace(sensor="S2"), removed=4, given_back=0, witness=False)
-    s1 = SimpleNamespace(acq=SimpleNamespace(sensor="S1"), removed=0, given_back=0, witness=False)
+    s2 = FakeSource(acq=SimpleNamespace(sensor="S2"), removed=4, given_back=0, witness=False)
+    s1 = FakeSource(acq=SimpleNamespace(sensor="S1"), removed=0, given_back=0, witness=False)
     st2 = Strip(np.zeros((1, *shape)), np.ones(shape, bool), clear, None, mask_clear)
     s1_valid = np.array([[True, True, False, False]])
     st1 = Strip(np.zeros((2, *shape)), s1_valid, s1_valid.copy(), None, None)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,11 +180,21 @@ class Source:
         self.given_back = 0
         self.hide = hide
         self.hidden = 0
+        # The counts are updated by a strip's read on a pool thread while the prefetcher's thread
+        # finishes the strip before it (temporal flags, restore): one lock keeps every update.
+        self._lock = threading.Lock()
 
     def count(self, rule: str, n: int) -> None:
         """Add ``n`` pixels removed by ``rule`` to :attr:`removed` and :attr:`removed_by`."""
-        self.removed += n
-        self.removed_by[rule] = self.removed_by.get(rule, 0) + n
+        with self._lock:
+            self.removed += n
+            self.removed_by[rule] = self.removed_by.get(rule, 0) + n
+
+    def give_back(self, n: int) -> None:
+        """``n`` removed pixels the masks' decision took back (:func:`restore_mask_clear`)."""
+        with self._lock:
+            self.removed -= n
+            self.given_back += n
 
     @property
     def block_rows(self) -> int:
@@ -200,9 +210,10 @@ class Source:
         """Rows ``r0..r1`` of the output grid."""
         px = self.reader.read(r0, r1)
         if px.removed is not None:
-            self.removed += int(px.removed.sum())
-            for rule, n in (px.removed_by or {}).items():
-                self.removed_by[rule] = self.removed_by.get(rule, 0) + n
+            with self._lock:
+                self.removed += int(px.removed.sum())
+                for rule, n in (px.removed_by or {}).items():
+                    self.removed_by[rule] = self.removed_by.get(rule, 0) + n
         clear = px.clear
         snow = (px.classes == MaskClass.SNOW) & clear if self.policy.temporal else None
         mask_clear = None if self.policy.changes_nothing else (clear if px.removed is None else clear | px.removed)
@@ -294,8 +305,17 @@ class Prefetcher:
             # flags) from ``buffer`` rows above the first unfinished one on.
             window: deque[tuple[int, int, list[Strip], list[np.ndarray | None]]] = deque()
             done = 0  # strips of the window already finished and put
-            for r0, r1 in self.bounds:
-                strips = list(self.pool.map(lambda s, a=r0, b=r1: s.read(a, b), self.sources))
+
+            def submit(k: int) -> list[Future[Strip]]:
+                a, b = self.bounds[k]
+                return [self.pool.submit(s.read, a, b) for s in self.sources]
+
+            # One strip read ahead: the next strip's reads run while this one's temporal test
+            # and finishing run here (each source still reads one strip at a time, in order).
+            ahead = submit(0) if self.bounds else []
+            for k, (r0, r1) in enumerate(self.bounds):
+                strips = [f.result() for f in ahead]
+                ahead = submit(k + 1) if k + 1 < len(self.bounds) else []
                 if not self.temporal:
                     self._finish(strips)
                     if not self._put((r0, r1, strips)):
@@ -455,9 +475,7 @@ def restore_mask_clear(sources: Sequence[Source], strips: Sequence[Strip]) -> in
         assert st.mask_clear is not None
         back = lost & st.mask_clear
         st.clear = st.clear | back
-        n = int(back.sum())
-        src.removed -= n
-        src.given_back += n
+        src.give_back(int(back.sum()))
     return int(lost.sum())
 
 
