@@ -6,8 +6,9 @@ The stages, each in its own module:
   file's blocks, each source block once, by a prefetch thread that keeps a small ring of strips
   ahead. Files on another grid (S1, 20 m masks or bands) are read through a WarpedVRT.
 - **Predict** (:mod:`.methods`, :mod:`.tiling`): a method turns the rows of one window row into
-  reflectance. A network sees windows of its declared size with a margin of at least its
-  receptive-field radius, batched, through the one window loop of :mod:`.tiling`; only window
+  reflectance. A network sees windows sized by a memory budget (its card's window a minimum)
+  with a margin of at least its receptive-field radius, batched, through the one window loop of
+  :mod:`.tiling`; only window
   cores are kept (exact for fully convolutional networks) or, for networks with per-window
   context, the overlap is Hann-blended in an fp32 accumulator covering the current rows. Gap
   filling works per pixel. Windows whose inputs are all nodata are skipped.
