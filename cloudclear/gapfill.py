@@ -13,6 +13,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from cloudclear.scenes.reader import to_physical
+
 
 class PixelStatus(IntEnum):
     """What happened to each output pixel (the status band written beside the reconstruction)."""
@@ -54,9 +56,8 @@ def gapfill_raw(
     """:func:`gapfill` on raw values, each acquisition with its own scale and offset.
 
     The nearest clear acquisition on each side is chosen per pixel as an index (uint8 for fewer
-    than 255 acquisitions), the raw values are gathered by masked copies in their own dtype and
-    converted to float32 once (``raw * scale + offset``, as
-    :func:`cloudclear.scenes.reader.to_physical` does), then interpolated. When the acquisitions'
+    than 255 acquisitions), the raw values are gathered by it in their own dtype and converted to
+    float32 once (:func:`cloudclear.scenes.reader.to_physical`), then interpolated. When the acquisitions'
     scales or offsets differ, each acquisition is converted and copied where chosen instead. No
     (T, C, H, W) stack is built: the cost is a few passes over (C, H, W), whatever T is. The result
     equals converting every acquisition and calling :func:`gapfill`, bit for bit.
@@ -115,9 +116,7 @@ def gapfill_raw(
     status = np.take(status_of, pair)
     present = [i for i in range(n) if (before == i).any() or (after == i).any()]
     same = all(
-        values[i].dtype == values[present[0]].dtype
-        and np.array_equal(sc[i], sc[present[0]])
-        and np.array_equal(off[i], off[present[0]])
+        values[i].dtype == values[present[0]].dtype and sc[i] == sc[present[0]] and off[i] == off[present[0]]
         for i in present
     )
     vb = _gather(values, before, present, same, sc, off)
@@ -149,17 +148,9 @@ def _pair_tables(t: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
     return frac, status
 
 
-def _per_band(v: float | Sequence[float] | np.ndarray, n: int) -> np.ndarray:
-    """A scale or offset as float32 of shape (n, 1, 1)."""
-    return np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (n,)).reshape(n, 1, 1)
-
-
-def _convert(raw: np.ndarray, sc: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """``raw * scale + offset`` in float32, the operations of ``to_physical``."""
-    v = raw.astype(np.float32)
-    v *= sc
-    v += off
-    return v
+def _per_band(v: float | Sequence[float] | np.ndarray, n: int) -> tuple[float, ...]:
+    """A scale or offset, one per band, each as float32 would hold it."""
+    return tuple(float(x) for x in np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (n,)))
 
 
 def _gather(
@@ -167,8 +158,8 @@ def _gather(
     index: np.ndarray,
     present: Sequence[int],
     same: bool,
-    sc: Sequence[np.ndarray],
-    off: Sequence[np.ndarray],
+    sc: Sequence[tuple[float, ...]],
+    off: Sequence[tuple[float, ...]],
 ) -> np.ndarray:
     """Per pixel, acquisition ``index``'s values in float32 (0 where it is none of ``present``)."""
     if same and present and np.issubdtype(values[present[0]].dtype, np.integer):
@@ -184,14 +175,14 @@ def _gather(
             for i, m in zip(present[1:], masks[1:], strict=True):
                 np.multiply(values[i][c], m, out=tmp)
                 raw[c] += tmp
-        return _convert(raw, sc[present[0]], off[present[0]])
+        return to_physical(raw, sc[present[0]], off[present[0]])
     if same:  # floats: gather raw, convert once
         raw = np.zeros(values[0].shape, values[present[0]].dtype if present else np.float32)
         for i in present:
             np.copyto(raw, values[i], where=index == i)
         k = present[0] if present else 0
-        return _convert(raw, sc[k], off[k])
+        return to_physical(raw, sc[k], off[k])
     out = np.zeros(values[0].shape, np.float32)
     for i in present:
-        np.copyto(out, _convert(values[i], sc[i], off[i]), where=index == i)
+        np.copyto(out, to_physical(values[i], sc[i], off[i]), where=index == i)
     return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloudclear.masks import MaskClass, dilate_disk, is_clear
+from cloudclear.scenes.reader import to_physical
 
 #: Temporal test, haze and cloud: a clear pixel is cloud when its blue (B02) reflectance exceeds the
 #: median of the other dates clear there by more than this (absolute reflectance)...
@@ -113,11 +114,7 @@ class RawBand:
         )
 
     def _convert(self, i: int, raw: np.ndarray) -> np.ndarray:
-        v: np.ndarray = raw.astype(np.float32)
-        if self.scale[i] != 1.0 or self.offset[i] != 0.0:
-            v *= np.float32(self.scale[i])
-            v += np.float32(self.offset[i])
-        return v
+        return to_physical(raw, self.scale[i], self.offset[i])
 
     def flat(self, i: int) -> np.ndarray:
         """Date ``i``'s raw values as one row (a view where they are contiguous)."""
@@ -130,9 +127,7 @@ class RawBand:
 
     def finite(self, ok: np.ndarray) -> np.ndarray:
         """``ok`` (dates, pixels) and where the values are finite (integers always are)."""
-        if np.issubdtype(self.planes[0].dtype, np.integer) and all(
-            np.issubdtype(p.dtype, np.integer) for p in self.planes
-        ):
+        if all(np.issubdtype(p.dtype, np.integer) for p in self.planes):
             return ok
         return ok & np.isfinite(np.stack([self._convert(i, self.flat(i)) for i in range(len(self.planes))]))
 
@@ -140,8 +135,8 @@ class RawBand:
         """(pixels,) the least and the greatest reflectance over the dates ``ok`` (dates, pixels)
         there; where none is, the least exceeds the greatest."""
         dtype = self.planes[0].dtype
-        shared = (
-            np.issubdtype(dtype, np.integer)
+        shared = (  # unsigned raw values of one scale: extremes of the raw values, converted
+            np.issubdtype(dtype, np.unsignedinteger)
             and all(p.dtype == dtype for p in self.planes)
             and len(set(self.scale)) == 1
             and len(set(self.offset)) == 1
@@ -155,16 +150,10 @@ class RawBand:
                 np.maximum(hi, v, out=hi, where=m)
                 np.minimum(lo, v, out=lo, where=m)
             return lo, hi
-        info = np.iinfo(dtype)
-        hi_raw = np.full(ok.shape[1:], info.min, dtype)
-        lo_raw = np.full(ok.shape[1:], info.max, dtype)
-        if info.min != 0:  # signed: masked ufuncs (several times slower than the masks below)
-            for i in range(len(self.planes)):
-                np.maximum(hi_raw, self.flat(i), out=hi_raw, where=ok[i])
-                np.minimum(lo_raw, self.flat(i), out=lo_raw, where=ok[i])
-            return self._convert(0, lo_raw), self._convert(0, hi_raw)
-        # Unsigned: a date not ok is 0 for the maximum (raw x 0/1) and all ones for the minimum
-        # (raw | 0/all ones), in cache-sized runs of pixels (about 20x faster than where=).
+        hi_raw = np.zeros(ok.shape[1:], dtype)
+        lo_raw = np.full(ok.shape[1:], np.iinfo(dtype).max, dtype)
+        # A date not ok is 0 for the maximum (raw x 0/1) and all ones for the minimum (raw | 0/all
+        # ones), in cache-sized runs of pixels (about 20x faster than masked ufuncs, where=).
         flats = [self.flat(i) for i in range(len(self.planes))]
         size = hi_raw.size
         run = _RUN_PIXELS

@@ -30,7 +30,7 @@ from cloudclear.errors import (
     NonFiniteOutputError,
     ResourceLimitError,
 )
-from cloudclear.gapfill import PixelStatus, gapfill, gapfill_raw
+from cloudclear.gapfill import PixelStatus, gapfill_raw
 from cloudclear.inference.reading import Strip, reflectance
 from cloudclear.inference.select import InputRequest, InputSet, gapfill_layout
 from cloudclear.inference.tiling import pad_to, predict_row
@@ -159,12 +159,8 @@ class GapfillMethod(Method):
             part = [(a, s.rows(rows.start, rows.stop)) for a, s in used]
             clear = [s.clear[:, cols] for _, s in part]
             if linear:  # dB is not raw * scale + offset: convert every input first
-                stack = np.stack([reflectance(s, a, cols) for a, s in part])
-                values, st = gapfill(stack, np.stack(clear), times, 0.0)
-                if keep is not None:
-                    obs = clear[keep]
-                    values = np.where(obs[None], stack[keep], values)
-                    st = np.where(obs, PixelStatus.OBSERVED, st).astype(np.uint8)
+                converted = [reflectance(s, a, cols) for a, s in part]
+                values, st = gapfill_raw(converted, clear, times, 0.0, keep=keep)
             else:
                 raw = [s.values[:, :, cols] for _, s in part]
                 scales = [a.scale for a, _ in part]
