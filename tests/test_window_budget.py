@@ -19,10 +19,11 @@ from test_infer import (
     gap_series,  # noqa: F401 (a fixture)
 )
 
+from cloudclear.cli.options import parse_memory
 from cloudclear.inference import pipeline
 from cloudclear.inference.methods import NetMethod, default_window_memory
 from cloudclear.inference.select import choose_inputs
-from cloudclear.inference.windows import WindowPlan, budget_window, parse_memory, window_bytes
+from cloudclear.inference.windows import WindowPlan, budget_window, window_bytes
 from cloudclear.nets.feed import _live_bytes_peak, forward_bytes_per_pixel
 
 # -- the window maths ------------------------------------------------------------------------------

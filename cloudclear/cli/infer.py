@@ -26,6 +26,7 @@ from cloudclear.cli.options import (
     overwrite_option,
     parse_bands,
     parse_floats,
+    parse_memory,
     progress,
 )
 from cloudclear.inference import DEFAULT_METHOD
@@ -245,8 +246,6 @@ def infer(
         raise typer.BadParameter("--batch, --strip-rows, --neighbours and --every must be >= 1")
     memory = None
     if window_memory is not None:
-        from cloudclear.inference.windows import parse_memory
-
         try:
             memory = parse_memory(window_memory)
         except ValueError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -281,6 +282,25 @@ def parse_floats(text: str | None, n: int, name: str) -> tuple[float, ...] | Non
     if len(values) != n:
         raise typer.BadParameter(f"{name} takes {n} comma-separated numbers, not {text!r}")
     return values
+
+
+def parse_memory(text: str) -> int:
+    """A memory size such as ``1.5GiB``, ``800MiB``, ``800M`` or ``2G`` (powers of 1024; a bare
+    number is MiB) in bytes.
+
+    Raises:
+        ValueError: not a positive size.
+    """
+    units = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a memory size (e.g. 1.5GiB, 800MiB)") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{text!r}: a memory size must be positive")
+    return int(value)
 
 
 def parse_bbox(text: str | None) -> list[float] | None:

@@ -185,36 +185,21 @@ def budget_window(
     Raises:
         ValueError: ``minimum`` leaves no core (as :meth:`WindowPlan.build`).
     """
+
+    def computed(plan: WindowPlan) -> int:
+        return axis_pixels(plan.spans(plan.padded_height)) * axis_pixels(plan.spans(plan.padded_width))
+
     best = WindowPlan.build(height, width, window=minimum, radius=radius, align=align)
     top = _round_up(max(best.padded_height, best.padded_width), align)
-    best_cost = axis_pixels(best.spans(best.padded_height)) * axis_pixels(best.spans(best.padded_width))
+    best_cost = computed(best)
     for side in range(best.window + align, top + 1, align):
         plan = WindowPlan.build(height, width, window=side, radius=radius, align=align)
         if window_bytes(plan, batch, bytes_per_pixel, row_bytes_per_pixel) > budget:
             continue  # not monotonic: fewer windows per row can mean a smaller batch
-        cost = axis_pixels(plan.spans(plan.padded_height)) * axis_pixels(plan.spans(plan.padded_width))
+        cost = computed(plan)
         if cost < best_cost:
             best, best_cost = plan, cost
     return best.window
-
-
-def parse_memory(text: str) -> int:
-    """A memory size such as ``1.5GiB``, ``800MiB``, ``800M`` or ``2G`` (powers of 1024; a bare
-    number is MiB) in bytes.
-
-    Raises:
-        ValueError: not a positive size.
-    """
-    units = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        value = float(num) * units[unit]
-    except ValueError:
-        raise ValueError(f"{text!r} is not a memory size (e.g. 1.5GiB, 800MiB)") from None
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{text!r}: a memory size must be positive")
-    return int(value)
 
 
 def hann_weights(length: int) -> np.ndarray:
