@@ -97,14 +97,9 @@ class Scorer:
         return cls
 
     def reflectance(self, raw: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-        """Raw values to float64 reflectance (``DN * scale + offset``), clipped when the options say."""
-        out = raw.astype(np.float64)
-        if scale != (1.0, 0.0):
-            out *= scale[0]
-            out += scale[1]
-        if self.opts.clip:
-            np.clip(out, 0.0, self.opts.peak, out=out)
-        return out
+        """One band's raw values to float64 reflectance (``DN * scale + offset``), clipped when the
+        options say (:class:`~cloudclear.metrics.maths.Reflectance`, as the chunks read them)."""
+        return Reflectance((scale[0],), (scale[1],), self.opts.clip, self.opts.peak)(raw[None])[0]
 
     def run(self, progress: Callable[[int], None] | None = None, view_factor: int = 0) -> Sums:
         """Score every strip; with ``view_factor``, also keep every ``view_factor``-th row and
