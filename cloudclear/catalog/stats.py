@@ -155,7 +155,7 @@ def scene_stats(
     step = max(1, int((height * width / SAMPLE_PIXELS) ** 0.5))
     valid_parts: list[np.ndarray] = []
     clear_parts: list[np.ndarray] = []
-    opener = preloaded.opener(spec, grid, policy) if preloaded is not None else None
+    opener = preloaded.opener() if preloaded is not None else None
     try:
         reader = SceneReader(spec, grid, policy=policy, opener=opener, halo=True)
     except InvalidRasterError as exc:
@@ -291,12 +291,10 @@ class Preloaded:
         held = self._held.get(path)
         if held is None:
             return False
-        info, data = held[0], held[1]
-        on_grid = (info.crs or "") == grid.crs and tuple(info.transform[:6]) == tuple(grid.transform)
-        return on_grid and (info.width, info.height) == (grid.width, grid.height) and all(i in data for i in indexes)
+        return _on_grid(held[0], grid) and all(i in held[1] for i in indexes)
 
-    def opener(self, spec: ReadSpec, grid: Grid, policy: masks.ClearPolicy) -> _HeldOpener:
-        """The opener of one scene's reads (``spec`` on ``grid`` under ``policy``)."""
+    def opener(self) -> _HeldOpener:
+        """The opener of one scene's reads (its files it holds, else from disk)."""
         return _HeldOpener(self)
 
     def room(self, path: str, grid: Grid, halo: int) -> tuple[int, int, int, int] | None:
@@ -307,13 +305,18 @@ class Preloaded:
         if held is None:
             return None
         info = held[0]
-        on_grid = (info.crs or "") == grid.crs and tuple(info.transform[:6]) == tuple(grid.transform)
-        if on_grid and (info.width, info.height) == (grid.width, grid.height):
+        if _on_grid(info, grid):
             return (0, 0, 0, 0)
         a, b, _, d, e, _ = info.transform[:6]
         # Far beyond the scene reader's tolerance for "the same resolution" (1e-6 of a pixel).
         other = abs(a - grid.transform[0]) > 1e-3 * grid.res or abs(e - grid.transform[4]) > 1e-3 * grid.res
         return (halo, halo, halo, halo) if other or b or d else None
+
+
+def _on_grid(info: FileInfo, grid: Grid) -> bool:
+    """Whether the file lies exactly on ``grid`` (same CRS, transform and size)."""
+    same_place = (info.crs or "") == grid.crs and tuple(info.transform[:6]) == tuple(grid.transform)
+    return same_place and (info.width, info.height) == (grid.width, grid.height)
 
 
 class _HeldOpener:
