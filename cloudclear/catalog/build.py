@@ -489,13 +489,6 @@ def _relativiser(base: Path) -> Any:
     return rel
 
 
-def _info_json(info: FileInfo) -> str:
-    """A file's metadata as the ``files`` table stores it (``FileInfo.to_dict`` without its deep copy)."""
-    import dataclasses
-
-    return json.dumps({f.name: getattr(info, f.name) for f in dataclasses.fields(info)})
-
-
 def write_catalog(
     path: Path,
     frame: gpd.GeoDataFrame,
@@ -520,7 +513,7 @@ def write_catalog(
                 "path": rel(r["path"]),
                 "size": r["size"],
                 "mtime_ns": r["mtime_ns"],
-                "info": _info_json(r["info"]) if r["info"] else "",
+                "info": json.dumps(r["info"].to_dict()) if r["info"] else "",
                 "error": r["error"] or "",
             }
             for r in file_rows

@@ -10,7 +10,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cloudclear import masks
@@ -141,7 +141,8 @@ class FileInfo:
         return (min(xs), min(ys), max(xs), max(ys))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Field by field: asdict deep-copies every tuple, which a cold index paid per file.
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"tags": dict(self.tags)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileInfo:
