@@ -194,14 +194,15 @@ class GridReader:
                 **kwargs,
             )
 
-    def read(self, r0: int, r1: int) -> np.ndarray:
-        """Rows ``r0..r1`` of the grid, shape (bands, rows, width), the file's dtype."""
+    def read(self, r0: int, r1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``r0..r1`` of the grid, shape (bands, rows, width), the file's dtype; into ``out``
+        (of that shape and type, possibly a strided view) when given, which is returned."""
         from rasterio.windows import Window
 
         ds = self.vrt or self.src
         win = Window(self.col_off, self.row_off + r0, self.width, r1 - r0)
         try:
-            return ds.read(self.indexes, window=win)
+            return ds.read(self.indexes, window=win, out=out)
         except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a corrupt block
             raise InvalidRasterError(f"{self.path}: cannot read rows {r0}..{r1} ({exc})") from None
 

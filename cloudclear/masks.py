@@ -7,6 +7,7 @@ are a plain dict (:data:`CONVENTIONS`), name -> decoder, and the same dict drive
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,31 +39,29 @@ OBSCURED = (MaskClass.CLOUD, MaskClass.THIN_CLOUD, MaskClass.SHADOW)
 CLEAR_CLASSES = (MaskClass.CLEAR, MaskClass.SNOW)
 
 
-def _class_lut(members: tuple[MaskClass, ...]) -> np.ndarray:
+@functools.cache
+def _lut(members: tuple[int, ...]) -> np.ndarray:
     lut = np.zeros(256, bool)
     lut[list(members)] = True
     return lut
 
 
-_CLEAR_LUT = _class_lut(CLEAR_CLASSES)
-_OBSCURED_LUT = _class_lut(OBSCURED)
-
-
-def _member(classes: np.ndarray, lut: np.ndarray, members: tuple[MaskClass, ...]) -> np.ndarray:
-    # A table lookup on uint8 codes (several times faster than np.isin on full-tile strips).
+def is_member(classes: np.ndarray, members: tuple[int, ...]) -> np.ndarray:
+    """Where decoded classes are among ``members`` (a table lookup on uint8 codes, several times
+    faster than ``np.isin`` on full-tile strips)."""
     if isinstance(classes, np.ndarray) and classes.dtype == np.uint8:
-        return lut[classes]
+        return _lut(tuple(members))[classes]
     return np.isin(classes, members)
 
 
 def is_clear(classes: np.ndarray) -> np.ndarray:
     """Where decoded classes show the surface (a class in :data:`CLEAR_CLASSES`); NODATA is not clear."""
-    return _member(classes, _CLEAR_LUT, CLEAR_CLASSES)
+    return is_member(classes, CLEAR_CLASSES)
 
 
 def is_obscured(classes: np.ndarray) -> np.ndarray:
     """Where decoded classes hide the surface (a class in :data:`OBSCURED`)."""
-    return _member(classes, _OBSCURED_LUT, OBSCURED)
+    return is_member(classes, OBSCURED)
 
 
 #: Sen2Cor scene classification codes -> MaskClass.

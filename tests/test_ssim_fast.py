@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import gaussian_filter, minimum_filter
 from skimage.metrics import structural_similarity
 
@@ -150,12 +151,14 @@ def test_raw_dn_through_scale_offset_and_clipping(rng, peak):
 def test_centred_values_are_the_reflectance_minus_a_level(rng):
     dn = rng.integers(0, 14000, size=(4, 200, 320)).astype(np.uint16)
     refl = Reflectance((1e-4,) * 4, (0.0, -0.1, 0.0, 0.05), clip=True, peak=1.0)
-    out = np.empty((200, 320, 4, 2), np.float32)[..., 0]  # (rows, cols, bands), strided, as the tiles pass it
+    planes = torch.empty(8, 200, 320)  # the tiles pass one raster's planes of a larger tensor
     assert refl.clips(dn)
-    level = refl.centred(dn, out)
-    want = refl(dn).transpose(1, 2, 0) - level
-    np.testing.assert_allclose(out, want, rtol=0, atol=3e-7)  # float32 rounding of values up to 1.4
-    assert np.abs(want.mean(axis=(0, 1))).max() < 0.05  # a level near the values
+    wide = np.zeros((4, 200, 640), np.uint16)
+    wide[:, :, ::2] = dn
+    level = refl.centred(wide[:, :, ::2], planes[4:])  # a strided view of the raw values, as tiles pass it
+    want = refl(dn) - level[:, None, None]
+    np.testing.assert_allclose(planes[4:].numpy(), want, rtol=0, atol=3e-7)  # float32 rounding of values up to 1.4
+    assert np.abs(want.mean(axis=(1, 2))).max() < 0.05  # a level near the values
 
 
 def test_pixels_whose_window_meets_nodata_never_count(rng):

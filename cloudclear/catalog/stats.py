@@ -363,8 +363,11 @@ class _HeldReader(GridReader):
         self.block_rows = data.shape[1]
         self.width = data.shape[2]
 
-    def read(self, r0: int, r1: int) -> np.ndarray:
-        return self.data[:, r0:r1].copy()
+    def read(self, r0: int, r1: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return self.data[:, r0:r1].copy()
+        out[...] = self.data[:, r0:r1]
+        return out
 
     def read_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         return self.data[:, r0:r1, c0:c1].copy()

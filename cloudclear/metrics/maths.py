@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -74,13 +75,14 @@ class Reflectance:
     def _per_band(self, values: tuple[float, ...], ndim: int) -> np.ndarray:
         return np.array(values).reshape((len(values),) + (1,) * (ndim - 1))
 
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        """float64 reflectance of ``raw`` (bands first)."""
+    def __call__(self, raw: np.ndarray, clips: bool = True) -> np.ndarray:
+        """float64 reflectance of ``raw`` (bands first); ``clips``: False when :meth:`clips` said
+        clipping changes none of these values."""
         out = raw.astype(np.float64)
         if any(s != 1.0 for s in self.scale) or any(o != 0.0 for o in self.offset):
             out *= self._per_band(self.scale, raw.ndim)
             out += self._per_band(self.offset, raw.ndim)
-        if self.clip:
+        if self.clip and clips:
             np.clip(out, 0.0, self.peak, out=out)
         return out
 
@@ -94,13 +96,17 @@ class Reflectance:
         ends += np.array(self.offset or (0.0,) * nb)
         return bool(ends.min() < 0.0 or ends.max() > self.peak)
 
-    def centred(self, raw: np.ndarray, out: np.ndarray, clips: bool = True) -> np.ndarray:
+    def centred(self, raw: np.ndarray, out: torch.Tensor, clips: bool = True) -> np.ndarray:
         """Reflectance minus a level per band (returned) near the values, into float32 ``out``.
 
-        ``raw`` is (bands, rows, cols); ``out`` is (rows, cols, bands), possibly strided. Computed in
-        float32: the rounding (a few 1e-8 per pixel, unbiased) is far below what SSIM at 1e-6 can see.
-        ``clips``: False when :meth:`clips` said clipping changes none of these values.
+        ``raw`` is (bands, rows, cols), ``out`` a float32 tensor of that shape. Computed in float32
+        (raw value times scale, plus the shift, as torch's vectorised loops do it in one pass per
+        step over every band): the rounding (a few 1e-8 per pixel, unbiased) is far below what
+        SSIM at 1e-6 can see. ``clips``: False when :meth:`clips` said clipping changes none of
+        these values.
         """
+        import torch
+
         nb = len(raw)
         scale = np.array(self.scale or (1.0,) * nb)
         offset = np.array(self.offset or (0.0,) * nb)
@@ -109,18 +115,27 @@ class Reflectance:
             np.clip(sample, 0.0, self.peak, out=sample)
         floats = raw.dtype.kind == "f"  # NaN (nodata) may lie in the halo of selected pixels
         level = (np.nan_to_num(sample) if floats else sample).mean(axis=1)  # any level is exact
-        shift, lo, hi = (offset - level).astype(np.float32), -level, self.peak - level
-        v = np.empty(raw.shape[1:], np.float32)
-        # Band by band: each pass reads in memory order and the last writes the strided output.
-        for b in range(nb):
-            np.multiply(raw[b], np.float32(scale[b]), out=v)
-            if self.clip and clips:  # clip(x, 0, peak) - level == clip(x - level, -level, peak - level)
-                v += shift[b]
-                np.maximum(v, np.float32(lo[b]), out=v)
-                np.minimum(v, np.float32(hi[b]), out=out[:, :, b])
-            else:
-                np.add(v, shift[b], out=out[:, :, b])
+
+        def per_band(v: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(v.astype(np.float32).reshape(nb, 1, 1))
+
+        out.copy_(_tensor(raw))
+        if any(s != 1.0 for s in scale):
+            out.mul_(per_band(scale))
+        out.add_(per_band(offset - level))
+        if self.clip and clips:  # clip(x, 0, peak) - level == clip(x - level, -level, peak - level)
+            out.clamp_(per_band(-level), per_band(self.peak - level))
         return level
+
+
+def _tensor(raw: np.ndarray) -> torch.Tensor:
+    """A torch view of ``raw`` where torch has its type (uint16 included), else a float32 copy."""
+    import torch
+
+    try:
+        return torch.from_numpy(raw)
+    except TypeError:
+        return torch.from_numpy(raw.astype(np.float32))
 
 
 def pixel_sums(
@@ -150,34 +165,41 @@ def block_sums(
     peak: float,
     pred_refl: Reflectance = Reflectance(),
     ref_refl: Reflectance = Reflectance(),
+    clips: tuple[bool, bool] | None = None,
 ) -> tuple[list[BandSums], float, int]:
     """:func:`pixel_sums` of (bands, rows, cols) arrays of raw values, read as reflectance through
-    ``pred_refl`` and ``ref_refl``: only the selected pixels and the SSIM tiles are converted."""
+    ``pred_refl`` and ``ref_refl``: only the selected pixels and the SSIM tiles are converted.
+    ``clips``: whether clipping may change a prediction, reference value (:meth:`Reflectance.clips`
+    of these arrays or of larger ones that hold them); found here when not given."""
     rows, cols = core
     idx = np.flatnonzero(sel)
+    # Usually clipping changes no value, and then no pass clips.
+    if clips is None:
+        clips = (pred_refl.clips(pred), ref_refl.clips(ref))
     xs, ys = (
-        refl(np.stack([b.reshape(-1)[idx] for b in a[:, rows, cols]]))
-        for a, refl in ((pred, pred_refl), (ref, ref_refl))
+        refl(np.stack([b.reshape(-1)[idx] for b in a[:, rows, cols]]), clip)
+        for a, refl, clip in ((pred, pred_refl, clips[0]), (ref, ref_refl, clips[1]))
     )
-    ssim = ssim_sums(pred, ref, core, ssim_sel, window, peak, pred_refl, ref_refl)
-    n = xs.shape[1]
-    dot, pp, rr = np.zeros(n), np.zeros(n), np.zeros(n)
-    per_band = []
-    for i in range(len(xs)):
-        x, y = xs[i], ys[i]
-        d = x - y
-        abs_err = float(np.abs(d).sum())
-        # Not np.dot: OpenBLAS wakes its threads for it (several ms a call while the pool keeps the
-        # cores busy) and rounds by thread count and alignment; a pairwise sum rounds the same everywhere.
-        sq_err = float(np.square(d, out=d).sum())
-        per_band.append((abs_err, sq_err, float(x.sum()), float(y.sum()), float(ssim[i])))
-        dot += x * y
-        pp += x * x
-        rr += y * y
-    norm = np.sqrt(pp * rr)
+    ssim = ssim_sums(pred, ref, core, ssim_sel, window, peak, pred_refl, ref_refl, clips)
+    # Not np.dot: OpenBLAS wakes its threads for it (several ms a call while the pool keeps the
+    # cores busy) and rounds by thread count and alignment; a pairwise sum along each band's
+    # contiguous row rounds the same everywhere.
+    sum_x, sum_y = xs.sum(axis=1), ys.sum(axis=1)
+    # Each pixel's dot products over its few bands (einsum: no temporary per band).
+    dot, pp, rr = (np.einsum("bn,bn->n", u, v) for u, v in ((xs, ys), (xs, xs), (ys, ys)))
+    d = np.subtract(xs, ys, out=xs)
+    abs_err = np.abs(d).sum(axis=1)
+    sq_err = np.square(d, out=d).sum(axis=1)
+    per_band = [
+        (float(abs_err[i]), float(sq_err[i]), float(sum_x[i]), float(sum_y[i]), float(ssim[i])) for i in range(len(d))
+    ]
+    norm = np.multiply(pp, rr, out=pp)
+    np.sqrt(norm, out=norm)
     ok = norm > 0
-    cos = np.clip(dot[ok] / norm[ok], -1.0, 1.0)
-    return per_band, float(np.arccos(cos).sum()), int(ok.sum())
+    n_ok = int(np.count_nonzero(ok))
+    cos = np.divide(dot, norm, out=dot) if n_ok == len(ok) else dot[ok] / norm[ok]
+    np.clip(cos, -1.0, 1.0, out=cos)
+    return per_band, float(np.arccos(cos, out=cos).sum()), n_ok
 
 
 def add_pixel_sums(sums: Sums, per_band: list[BandSums], sam: float, n_ok: int) -> None:
@@ -251,22 +273,23 @@ def ssim_sums(
     peak: float,
     pred_refl: Reflectance = Reflectance(),
     ref_refl: Reflectance = Reflectance(),
+    clips: tuple[bool, bool] | None = None,
 ) -> np.ndarray:
     """Per band, the sum of the SSIM map of ``pred`` against ``ref`` over the ``ssim_sel`` pixels of ``core``.
 
     ``pred`` and ``ref`` are (bands, rows, cols), with at least the window radius of pixels around
     each selected pixel. The map is computed tile by tile, only where a tile holds selected pixels.
     The four local means of each band (x, y, xy, x^2 + y^2) are float32 depthwise convolutions in
-    torch, every band's four maps interleaved (channels last, which its SIMD kernel needs). float32
-    stays within 1e-6 of the float64 figure because each tile's values are first centred on a
-    constant near their level: var = E[x'^2] - E[x']^2 then subtracts numbers of the size of the
-    local contrast, not of the squared reflectance (tests/test_ssim_fast.py shows plain float32 fail).
+    torch, channels last (which its SIMD kernel needs). float32 stays within 1e-6 of the float64
+    figure because each tile's values are first centred on a constant near their level:
+    var = E[x'^2] - E[x']^2 then subtracts numbers of the size of the local contrast, not of the
+    squared reflectance (tests/test_ssim_fast.py shows plain float32 fail). ``clips``: whether
+    clipping changes any prediction, reference value of the arrays (found here when not given).
     """
     r = window.radius
     r0, c0 = core[0].indices(pred.shape[1])[0], core[1].indices(pred.shape[2])[0]
     h, w = ssim_sel.shape
     total = np.zeros(len(pred))
-    clips: tuple[bool, bool] | None = None
     for i in range(0, h, _TILE_ROWS):
         own = ssim_sel[i : i + _TILE_ROWS]
         if not own.any():
@@ -317,50 +340,73 @@ def _tile_sums(
     r, nb = window.radius, len(pred)
     rows, cols = slice(win[0].start - r, win[0].stop + r), slice(win[1].start - r, win[1].stop + r)
     h, w = rows.stop - rows.start, cols.stop - cols.start
-    maps = np.empty((h, w, nb, 4), np.float32)
+    # Four planes per band: x, y, xy and x^2 + y^2 (every band's x first, then y, ...).
+    planes, last = _tile_buffers(4 * nb, h, w)
     # Any constants keep the covariances exact; ones near the tile's level keep float32's error small.
     levels = [
-        refl.centred(src[:, rows, cols], maps[..., k], clips[k])
+        refl.centred(src[:, rows, cols], planes[k * nb : (k + 1) * nb], clips[k])
         for k, (src, refl) in enumerate(((pred, pred_refl), (ref, ref_refl)))
     ]
-    xc, yc = maps[..., 0], maps[..., 1]
-    np.multiply(xc, yc, out=maps[..., 2])
-    np.square(xc, out=maps[..., 3])
-    maps[..., 3] += np.square(yc)
+    xc, yc = planes[:nb], planes[nb : 2 * nb]
+    torch.mul(xc, yc, out=planes[2 * nb : 3 * nb])
+    torch.mul(xc, xc, out=planes[3 * nb :]).addcmul_(yc, yc)
     kv, kh = _kernels(window, 4 * nb)
-    # An NCHW view of channels-last memory (unsqueezed first: torch then sees the layout).
-    t = torch.from_numpy(maps.reshape(h, w, 4 * nb))[None].permute(0, 3, 1, 2)
+    # Channels last: torch's SIMD depthwise kernel runs across channels.
+    t = last.copy_(planes[None])
     t = torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, kv, groups=4 * nb), kh, groups=4 * nb)
-    # The selected pixels' local means, as float64 rows (one per map and band) for the formula.
-    m = t[0].permute(1, 2, 0).numpy().reshape(-1, nb, 4)[sel.ravel()].transpose(2, 1, 0).astype(np.float64)
-    ux, uy, sxy, s2 = m  # each (bands, pixels)
+    # The selected pixels' local means, as contiguous float32 rows (one per plane) for the formula.
+    # (np.take of the selected rows: several times faster than a boolean index of them.)
+    m = np.take(t[0].permute(1, 2, 0).contiguous().numpy().reshape(-1, 4 * nb), np.flatnonzero(sel), axis=0)
+    m = np.ascontiguousarray(m.T).reshape(4, nb, -1)
+    ux, uy, sxy, s2 = m  # each (bands, pixels), float32, centred on the levels
     cov_norm = 1.0
     if window.sample_covariance:
         npix = len(window.kernel) ** 2
         cov_norm = npix / (npix - 1.0)
     c1, c2 = (_K1 * peak) ** 2, (_K2 * peak) ** 2
+    # The formula in float32 too: each term is formed from numbers of its own size (the centred
+    # means; the luminance as 1 - (ux - uy)^2 / (ux^2 + uy^2 + C1), not as a ratio of two sums near
+    # each other), so its rounding stays near float32's 6e-8 relative (tests/test_ssim_fast.py).
+    f32 = np.float32
+    lx, ly = (lv.astype(f32)[:, None] for lv in levels)
     a2 = ux * uy
     np.subtract(sxy, a2, out=a2)
-    a2 *= 2.0 * cov_norm
-    a2 += c2  # 2 cov + C2
+    a2 *= f32(2.0 * cov_norm)
+    a2 += f32(c2)  # 2 cov + C2
     b2 = ux * ux
-    np.subtract(s2, b2, out=b2)
-    b2 -= np.square(uy)
-    b2 *= cov_norm
-    b2 += c2  # var x + var y + C2
-    ux += levels[0][:, None]
-    uy += levels[1][:, None]
-    a1 = ux * uy
-    a1 *= 2.0
-    a1 += c1  # 2 ux uy + C1
+    b2 += np.square(uy)
+    np.subtract(s2, b2, out=b2)  # s2 - (ux^2 + uy^2): equal to 2 cov, to the bit, for equal images
+    b2 *= f32(cov_norm)
+    b2 += f32(c2)  # var x + var y + C2
+    d = ux - uy
+    d += (levels[0] - levels[1]).astype(f32)[:, None]  # mean x - mean y
+    ux += lx
+    uy += ly
     np.square(ux, out=ux)
     np.square(uy, out=uy)
     ux += uy
-    ux += c1  # ux^2 + uy^2 + C1
-    a1 *= a2
-    ux *= b2
-    a1 /= ux
-    return a1.sum(axis=1)
+    ux += f32(c1)  # mean x^2 + mean y^2 + C1
+    np.square(d, out=d)
+    d /= ux
+    np.subtract(f32(1.0), d, out=d)  # (2 mean x mean y + C1) / (mean x^2 + mean y^2 + C1)
+    a2 /= b2
+    d *= a2
+    return d.sum(axis=1, dtype=np.float64)
+
+
+_local = threading.local()
+
+
+def _tile_buffers(channels: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This thread's float32 planes (channels, h, w) and their channels-last copy (1, channels, h,
+    w), kept from tile to tile: fresh ones would each cost the kernel zeroing new pages."""
+    import torch
+
+    held = getattr(_local, "tile", None)
+    if held is None or held[0].shape != (channels, h, w):
+        held = (torch.empty(channels, h, w), torch.empty(1, channels, h, w, memory_format=torch.channels_last))
+        _local.tile = held
+    return held
 
 
 @functools.cache

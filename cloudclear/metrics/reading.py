@@ -220,9 +220,10 @@ class StripReader(GridReader):
         """Whether the file is read through a warped view."""
         return self.vrt is not None
 
-    def rows(self, row: int, height: int) -> np.ndarray:
-        """Rows [row, row + height) of the common grid, shape (bands, height, width)."""
-        return self.read(row, row + height)
+    def rows(self, row: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [row, row + height) of the common grid, shape (bands, height, width); into ``out``
+        when given (:meth:`~cloudclear.gridio.GridReader.read`)."""
+        return self.read(row, row + height, out)
 
     def valid_rows(self, row: int, height: int) -> np.ndarray:
         """GDAL's mask of the first band for the same rows: False where the file masks the pixel."""
@@ -250,5 +251,9 @@ def valid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     else:
         ok = np.ones(raw.shape[1:], dtype=bool)
     if nodata is not None and not math.isnan(nodata):
-        ok &= ~(raw == nodata).all(axis=0)
+        if raw.dtype.kind in "iu":
+            if not (float(nodata).is_integer() and np.iinfo(raw.dtype).min <= nodata <= np.iinfo(raw.dtype).max):
+                return ok  # no value of the type equals it
+            nodata = raw.dtype.type(nodata)  # compared in the raw type, not as float64 copies
+        ok &= (raw != nodata).any(axis=0)
     return ok

@@ -8,9 +8,12 @@ rounding, far below 1e-6).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +25,8 @@ from cloudclear.metrics.conventions import PIXEL_SETS, SSIM_WINDOWS, ScoreOption
 from cloudclear.metrics.maths import BandSums, Reflectance, Sums, add_pixel_sums, block_sums
 from cloudclear.metrics.reading import StripReader, valid
 
+# Strips read ahead of the one being scored.
+_AHEAD = 2
 # Columns processed at once (every band): a task for the thread pool; SSIM works within it in
 # tiles (maths.ssim_sums), the plain figures on its selected pixels.
 _COL_CHUNK = 2048
@@ -66,19 +71,36 @@ class Scorer:
             for sc in (pred_scale, ref_scale)
         )
         self.view_parts: list[Strip] = []
+        self._buffers: dict[tuple[str, int], np.ndarray] = {}
 
-    def read_strip(self, row: int, height: int) -> Strip:
-        """Rows [row, row + height) of the pair, with validity and the pixel set applied."""
-        p = self.pred.rows(row, height)
-        r = self.ref.rows(row, height)
+    def read_strip(self, row: int, height: int, slot: int | None = None) -> Strip:
+        """Rows [row, row + height) of the pair, with validity and the pixel set applied.
+
+        ``slot``: read into that one of the buffers kept per raster, so that a run's strips reuse
+        memory rather than have fresh pages zeroed by the kernel for each; the strip is then valid
+        until the next read into the same slot.
+        """
+        p = self._rows(self.pred, "pred", slot, row, height)
+        r = self._rows(self.ref, "ref", slot, row, height)
         ok = valid(p, self.pred.nodata) & valid(r, self.ref.nodata)
         selected = ok.copy()
         if self.classes is not None and self.mask is not None and self.mask_band is not None:
-            selected &= np.isin(self._classes(self.mask, self.mask_band, row, height), self.classes)
+            selected &= masks.is_member(self._classes(self.mask, self.mask_band, row, height), self.classes)
         if self.ref_mask is not None and self.ref_mask_band is not None:
             rc = self._classes(self.ref_mask, self.ref_mask_band, row, height)
             selected &= masks.is_clear(rc)
         return Strip(p, r, ok, selected)
+
+    def _rows(self, reader: StripReader, name: str, slot: int | None, row: int, height: int) -> np.ndarray:
+        if slot is None:
+            return reader.rows(row, height)
+        buf = self._buffers.get((name, slot))
+        if buf is None or buf.shape[1] < height:
+            data = reader.rows(row, height)
+            rows = max(height, self.opts.block_rows + 2 * self.window.radius)
+            self._buffers[name, slot] = np.empty((data.shape[0], rows, data.shape[2]), data.dtype)
+            return data
+        return reader.rows(row, height, out=buf[:, :height])
 
     @staticmethod
     def _classes(reader: StripReader, band: masks.MaskBand, row: int, height: int) -> np.ndarray:
@@ -108,37 +130,53 @@ class Scorer:
         pad = self.window.radius
         sums = Sums(len(self.pred.bands))
         block = self.opts.block_rows
-        done = 0  # rows [0, done) are scored
         starts = list(range(0, H, block))
+        # Each strip after the first is read with the rows above it that its first scored row's
+        # window needs (again, from GDAL's block cache): no copy joins two strips.
+        reads, ends, done = [(0, min(block, H))], [], 0
+        for k, r0 in enumerate(starts):
+            done = max(done, H if r0 + block >= H else r0 + block - pad)
+            ends.append(done)
+            if k + 1 < len(starts):
+                row = min(max(done - pad, 0), starts[k + 1])
+                reads.append((row, min(block, H - starts[k + 1]) + starts[k + 1] - row))
         view_rows = {r0: k0 for r0, _, k0 in strided_rows(H, block, view_factor)} if view_factor else {}
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(threads, initializer=_one_torch_thread) as self._pool:
-            buf_row = 0  # the first row of the strip being read
-            future = pool.submit(self.read_strip, 0, min(block, H))
-            self._pool.submit(int)  # starts a chunk thread: it loads torch while the first strip is read
+        with (
+            _no_collection(),
+            ThreadPoolExecutor(1) as pool,
+            ThreadPoolExecutor(threads, initializer=_one_torch_thread) as self._pool,
+        ):
+            # Strips are read _AHEAD ahead of the one scored, each into its own buffer slot: the
+            # reader keeps going while the first chunk thread loads torch, and through uneven strips.
+            reading = deque(pool.submit(self.read_strip, *reads[k], k) for k in range(min(_AHEAD, len(starts))))
+            self._pool.submit(int)  # starts a chunk thread: it loads torch while the first strips are read
+            done = 0  # rows [0, done) are scored
+            # A strip's chunks are queued before the previous strip's are summed, so the chunk
+            # threads never wait for each other at the end of a strip. Sums are added in strip and
+            # chunk order: figures do not depend on thread timing.
+            pending: list[Future[tuple[list[BandSums], float, int]]] = []
+            pending_rows = 0
             for k, r0 in enumerate(starts):
-                h = min(block, H - r0)
-                buf = future.result()
+                buf, buf_row = reading.popleft().result(), reads[k][0]
                 if r0 in view_rows:
                     self.view_parts.append(every(strip_slice(buf, r0 - buf_row, None), view_rows[r0], view_factor))
-                end = H if r0 + h >= H else r0 + h - pad
-                if k + 1 < len(starts):
-                    # The next strip is read with the rows above it that its first scored row's
-                    # window needs (from GDAL's block cache): no copy joins two strips.
-                    nxt = starts[k + 1]
-                    nxt_row = min(max(max(done, end) - pad, 0), nxt)
-                    future = pool.submit(self.read_strip, nxt_row, min(block, H - nxt) + nxt - nxt_row)
-                if end > done:
-                    self._score_rows(buf, buf_row, done, end, H, W, pad, sums)
-                    if progress:
-                        progress(end - done)
-                    done = end
-                if k + 1 < len(starts):
-                    buf_row = nxt_row
+                queued: list[Future[tuple[list[BandSums], float, int]]] = []
+                if ends[k] > done:
+                    queued = self._queue_rows(buf, buf_row, done, ends[k], H, W, pad, sums)
+                _add(sums, pending, pending_rows, progress)
+                pending, pending_rows = queued, max(ends[k] - done, 0)
+                done = max(done, ends[k])
+                if k + _AHEAD < len(starts):  # into the slot of the strip just summed
+                    reading.append(pool.submit(self.read_strip, *reads[k + _AHEAD], (k + _AHEAD) % (_AHEAD + 1)))
+            _add(sums, pending, pending_rows, progress)
         return sums
 
-    def _score_rows(self, buf: Strip, buf_row: int, o0: int, o1: int, H: int, W: int, pad: int, sums: Sums) -> None:
-        """Score rows [o0, o1) of the grid; ``buf`` holds rows from ``buf_row`` with a halo."""
+    def _queue_rows(
+        self, buf: Strip, buf_row: int, o0: int, o1: int, H: int, W: int, pad: int, sums: Sums
+    ) -> list[Future[tuple[list[BandSums], float, int]]]:
+        """Queue the scoring of rows [o0, o1) of the grid on the chunk threads (their pixel counts
+        go to ``sums`` now); ``buf`` holds rows from ``buf_row`` with a halo."""
         from scipy.ndimage import minimum_filter
 
         s0 = max(o0 - pad, buf_row)
@@ -157,14 +195,16 @@ class Scorer:
         win_ok[:, :pad] = False
         win_ok[:, W - pad :] = False
         ssim_sel = sel & win_ok
-        n_sel, n_ssim = int(sel.sum()), int(ssim_sel.sum())
+        n_sel, n_ssim = int(np.count_nonzero(sel)), int(np.count_nonzero(ssim_sel))
         sums.n += n_sel
         sums.n_ssim += n_ssim
         if n_sel == 0 and n_ssim == 0:
-            return
+            return []
 
         chunks = [(c0, min(c0 + _COL_CHUNK, W)) for c0 in range(0, W, _COL_CHUNK)]
         peak, window = self.opts.peak, self.window
+        # Whether clipping may change a value, once for the rows rather than per chunk.
+        clips = (self._pred_refl.clips(slab.pred), self._ref_refl.clips(slab.ref))
 
         def chunk(c0: int, c1: int) -> tuple[list[BandSums], float, int]:
             # Columns [c0, c1) of every band, read with a halo of the window radius each side.
@@ -180,13 +220,39 @@ class Scorer:
                 peak,
                 self._pred_refl,
                 self._ref_refl,
+                clips,
             )
 
-        # Column chunks are independent and scipy / numpy release the GIL, so threads share
-        # the cores; chunks keep the working set small whatever the tile width. Results are
-        # summed in chunk order, so figures do not depend on thread timing.
-        for per_band, sam, n_ok in self._pool.map(lambda c: chunk(*c), chunks):
-            add_pixel_sums(sums, per_band, sam, n_ok)
+        # Column chunks are independent and numpy / torch release the GIL, so threads share the
+        # cores; chunks keep the working set small whatever the tile width.
+        return [self._pool.submit(chunk, c0, c1) for c0, c1 in chunks]
+
+
+def _add(
+    sums: Sums,
+    queued: list[Future[tuple[list[BandSums], float, int]]],
+    rows: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Add the sums of a strip's chunks in chunk order, as they finish; then count its rows."""
+    for f in queued:
+        add_pixel_sums(sums, *f.result())
+    if progress and rows:
+        progress(rows)
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector paused: the loop makes no reference cycles, and each full
+    collection would walk every object torch, rasterio and scipy loaded, while
+    holding the lock the chunk threads need (about 0.2 s over a full tile)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _one_torch_thread() -> None:
