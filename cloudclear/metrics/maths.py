@@ -75,13 +75,16 @@ class Reflectance:
     def _per_band(self, values: tuple[float, ...], ndim: int) -> np.ndarray:
         return np.array(values).reshape((len(values),) + (1,) * (ndim - 1))
 
-    def __call__(self, raw: np.ndarray, clips: bool = True) -> np.ndarray:
-        """float64 reflectance of ``raw`` (bands first); ``clips``: False when :meth:`clips` said
-        clipping changes none of these values."""
-        out = raw.astype(np.float64)
+    def __call__(self, raw: np.ndarray, clips: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """float64 reflectance of ``raw`` (bands first), into ``out`` when given; ``clips``: False
+        when :meth:`clips` said clipping changes none of these values."""
+        if out is None:
+            out = np.empty(raw.shape, np.float64)
         if any(s != 1.0 for s in self.scale) or any(o != 0.0 for o in self.offset):
-            out *= self._per_band(self.scale, raw.ndim)
+            np.multiply(raw, self._per_band(self.scale, raw.ndim), out=out)
             out += self._per_band(self.offset, raw.ndim)
+        else:
+            out[...] = raw
         if self.clip and clips:
             np.clip(out, 0.0, self.peak, out=out)
         return out
@@ -176,19 +179,28 @@ def block_sums(
     # Usually clipping changes no value, and then no pass clips.
     if clips is None:
         clips = (pred_refl.clips(pred), ref_refl.clips(ref))
-    xs, ys = (
-        refl(np.stack([b.reshape(-1)[idx] for b in a[:, rows, cols]]), clip)
-        for a, refl, clip in ((pred, pred_refl, clips[0]), (ref, ref_refl, clips[1]))
-    )
+    # The selected pixels of every band as float64 reflectance. Every array here is a buffer of
+    # this thread's, reused from block to block: fresh ones would each have their pages zeroed.
+    nb, n = len(pred), len(idx)
+    xs, ys = _scratch("x", (nb, n), np.float64), _scratch("y", (nb, n), np.float64)
+    for a, refl, clip, dst in ((pred, pred_refl, clips[0], xs), (ref, ref_refl, clips[1], ys)):
+        core_px, picked = _scratch("core", sel.shape, a.dtype), _scratch("picked", (nb, n), a.dtype)
+        for i, band in enumerate(a[:, rows, cols]):
+            np.copyto(core_px, band)  # contiguous, then one take (faster than a 2-D fancy index)
+            np.take(core_px.reshape(-1), idx, out=picked[i])
+        refl(picked, clip, out=dst)
     ssim = ssim_sums(pred, ref, core, ssim_sel, window, peak, pred_refl, ref_refl, clips)
     # Not np.dot: OpenBLAS wakes its threads for it (several ms a call while the pool keeps the
     # cores busy) and rounds by thread count and alignment; a pairwise sum along each band's
     # contiguous row rounds the same everywhere.
     sum_x, sum_y = xs.sum(axis=1), ys.sum(axis=1)
     # Each pixel's dot products over its few bands (einsum: no temporary per band).
-    dot, pp, rr = (np.einsum("bn,bn->n", u, v) for u, v in ((xs, ys), (xs, xs), (ys, ys)))
+    dot, pp, rr = (
+        np.einsum("bn,bn->n", u, v, out=_scratch(name, (n,), np.float64))
+        for name, u, v in (("dot", xs, ys), ("pp", xs, xs), ("rr", ys, ys))
+    )
     d = np.subtract(xs, ys, out=xs)
-    abs_err = np.abs(d).sum(axis=1)
+    abs_err = np.abs(d, out=_scratch("abs", (nb, n), np.float64)).sum(axis=1)
     sq_err = np.square(d, out=d).sum(axis=1)
     per_band = [
         (float(abs_err[i]), float(sq_err[i]), float(sum_x[i]), float(sum_y[i]), float(ssim[i])) for i in range(len(d))
@@ -395,6 +407,16 @@ def _tile_sums(
 
 
 _local = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+    """This thread's buffer ``name`` of ``dtype``, as an array of ``shape`` (grown when too small)."""
+    held: dict[tuple[str, np.dtype], np.ndarray] = _local.__dict__.setdefault("scratch", {})
+    key, size = (name, np.dtype(dtype)), math.prod(shape)
+    buf = held.get(key)
+    if buf is None or buf.size < size:
+        buf = held[key] = np.empty(size + size // 4, dtype)
+    return buf[:size].reshape(shape)
 
 
 def _tile_buffers(channels: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

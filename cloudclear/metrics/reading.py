@@ -255,5 +255,10 @@ def valid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
             if not (float(nodata).is_integer() and np.iinfo(raw.dtype).min <= nodata <= np.iinfo(raw.dtype).max):
                 return ok  # no value of the type equals it
             nodata = raw.dtype.type(nodata)  # compared in the raw type, not as float64 copies
-        ok &= (raw != nodata).any(axis=0)
+        # Band by band into one scratch array: not a (bands, rows, cols) temporary.
+        some = raw[0] != nodata
+        scratch = np.empty_like(some)
+        for band in raw[1:]:
+            some |= np.not_equal(band, nodata, out=scratch)
+        ok &= some
     return ok
