@@ -177,8 +177,6 @@ class Scorer:
     ) -> list[Future[tuple[list[BandSums], float, int]]]:
         """Queue the scoring of rows [o0, o1) of the grid on the chunk threads (their pixel counts
         go to ``sums`` now); ``buf`` holds rows from ``buf_row`` with a halo."""
-        from scipy.ndimage import minimum_filter
-
         s0 = max(o0 - pad, buf_row)
         s1 = min(o1 + pad, buf_row + buf.valid.shape[0])
         slab = strip_slice(buf, s0 - buf_row, s1 - buf_row)
@@ -188,6 +186,8 @@ class Scorer:
         if slab.valid.all():
             win_ok = np.ones((b - a, W), bool)
         else:
+            from scipy.ndimage import minimum_filter  # here only: importing it costs 0.2 s
+
             win_ok = minimum_filter(slab.valid.view(np.uint8), size=2 * pad + 1, mode="constant", cval=0)[a:b] > 0
         rows = np.arange(o0, o1)
         inner_rows = (rows >= pad) & (rows < H - pad)
