@@ -100,3 +100,21 @@ def test_the_garbage_collector_is_left_as_the_caller_had_it(pair):
     with pytest.raises(RuntimeError), _no_collection():
         raise RuntimeError("boom")
     assert gc.isenabled()  # restored after an error too
+
+
+def test_tile_buffers_made_under_inference_mode_serve_outside_it(rng):
+    # Training scores patches under torch.inference_mode, then again outside it, on one thread.
+    import torch
+
+    from cloudclear.metrics.conventions import SSIM_WINDOWS
+    from cloudclear.metrics.maths import ssim_sums
+
+    win = SSIM_WINDOWS["gaussian"]
+    x = rng.random((2, 40, 50))
+    y = x + rng.normal(0, 0.01, size=x.shape)
+    core = (slice(5, 35), slice(5, 45))
+    sel = np.ones((30, 40), bool)
+    with torch.inference_mode():
+        inside = ssim_sums(x, y, core, sel, win, 1.0)
+    outside = ssim_sums(x, y, core, sel, win, 1.0)
+    np.testing.assert_array_equal(inside, outside)

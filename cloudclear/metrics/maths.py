@@ -426,7 +426,10 @@ def _tile_buffers(channels: int, h: int, w: int) -> tuple[torch.Tensor, torch.Te
 
     held = getattr(_local, "tile", None)
     if held is None or held[0].shape != (channels, h, w):
-        held = (torch.empty(channels, h, w), torch.empty(1, channels, h, w, memory_format=torch.channels_last))
+        # Plain tensors even when made under inference mode (scoring during training or inference):
+        # an inference tensor could not be written in place once that mode is left.
+        with torch.inference_mode(False):
+            held = (torch.empty(channels, h, w), torch.empty(1, channels, h, w, memory_format=torch.channels_last))
         _local.tile = held
     return held
 
