@@ -133,12 +133,13 @@ class Scorer:
         starts = list(range(0, H, block))
         # Each strip after the first is read with the rows above it that its first scored row's
         # window needs (again, from GDAL's block cache): no copy joins two strips.
-        reads, ends, done = [(0, min(block, H))], [], 0
+        # Strip k scores rows [ends[k - 1], ends[k]) (0 before the first): every row but the last
+        # pad of each strip, which wait for the next one's rows below them.
+        reads, ends = [(0, min(block, H))], [0]
         for k, r0 in enumerate(starts):
-            done = max(done, H if r0 + block >= H else r0 + block - pad)
-            ends.append(done)
+            ends.append(max(ends[-1], H if r0 + block >= H else r0 + block - pad))
             if k + 1 < len(starts):
-                row = min(max(done - pad, 0), starts[k + 1])
+                row = min(max(ends[-1] - pad, 0), starts[k + 1])
                 reads.append((row, min(block, H - starts[k + 1]) + starts[k + 1] - row))
         view_rows = {r0: k0 for r0, _, k0 in strided_rows(H, block, view_factor)} if view_factor else {}
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -151,7 +152,6 @@ class Scorer:
             # reader keeps going while the first chunk thread loads torch, and through uneven strips.
             reading = deque(pool.submit(self.read_strip, *reads[k], k) for k in range(min(_AHEAD, len(starts))))
             self._pool.submit(int)  # starts a chunk thread: it loads torch while the first strips are read
-            done = 0  # rows [0, done) are scored
             # A strip's chunks are queued before the previous strip's are summed, so the chunk
             # threads never wait for each other at the end of a strip. Sums are added in strip and
             # chunk order: figures do not depend on thread timing.
@@ -161,12 +161,10 @@ class Scorer:
                 buf, buf_row = reading.popleft().result(), reads[k][0]
                 if r0 in view_rows:
                     self.view_parts.append(every(strip_slice(buf, r0 - buf_row, None), view_rows[r0], view_factor))
-                queued: list[Future[tuple[list[BandSums], float, int]]] = []
-                if ends[k] > done:
-                    queued = self._queue_rows(buf, buf_row, done, ends[k], H, W, pad, sums)
+                o0, o1 = ends[k], ends[k + 1]
+                queued = self._queue_rows(buf, buf_row, o0, o1, H, W, pad, sums) if o1 > o0 else []
                 _add(sums, pending, pending_rows, progress)
-                pending, pending_rows = queued, max(ends[k] - done, 0)
-                done = max(done, ends[k])
+                pending, pending_rows = queued, o1 - o0
                 if k + _AHEAD < len(starts):  # into the slot of the strip just summed
                     reading.append(pool.submit(self.read_strip, *reads[k + _AHEAD], (k + _AHEAD) % (_AHEAD + 1)))
             _add(sums, pending, pending_rows, progress)
