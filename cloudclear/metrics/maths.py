@@ -410,7 +410,9 @@ _local = threading.local()
 
 
 def _scratch(name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
-    """This thread's buffer ``name`` of ``dtype``, as an array of ``shape`` (grown when too small)."""
+    """This thread's buffer ``name`` of ``dtype``, as an array of ``shape`` (grown when too small):
+    reused from block to block and tile to tile, where fresh arrays would each have their pages
+    zeroed by the kernel."""
     held: dict[tuple[str, np.dtype], np.ndarray] = _local.__dict__.setdefault("scratch", {})
     key, size = (name, np.dtype(dtype)), math.prod(shape)
     buf = held.get(key)
@@ -420,18 +422,13 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> n
 
 
 def _tile_buffers(channels: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This thread's float32 planes (channels, h, w) and their channels-last copy (1, channels, h,
-    w), kept from tile to tile: fresh ones would each cost the kernel zeroing new pages."""
+    """Torch views of this thread's buffers (:func:`_scratch`): float32 planes (channels, h, w)
+    and a channels-last (1, channels, h, w) array for their copy."""
     import torch
 
-    held = getattr(_local, "tile", None)
-    if held is None or held[0].shape != (channels, h, w):
-        # Plain tensors even when made under inference mode (scoring during training or inference):
-        # an inference tensor could not be written in place once that mode is left.
-        with torch.inference_mode(False):
-            held = (torch.empty(channels, h, w), torch.empty(1, channels, h, w, memory_format=torch.channels_last))
-        _local.tile = held
-    return held
+    planes = torch.from_numpy(_scratch("planes", (channels, h, w), np.float32))
+    last = torch.from_numpy(_scratch("last", (1, h, w, channels), np.float32)).permute(0, 3, 1, 2)
+    return planes, last
 
 
 @functools.cache
