@@ -47,8 +47,8 @@ def _lut(members: tuple[int, ...]) -> np.ndarray:
 
 
 def is_member(classes: np.ndarray, members: tuple[int, ...]) -> np.ndarray:
-    """Where decoded classes are among ``members`` (a table lookup on uint8 codes, several times
-    faster than ``np.isin`` on full-tile strips)."""
+    """Where ``classes`` (decoded classes, or any codes) are among ``members``: a table lookup on
+    uint8 codes, several times faster than ``np.isin`` on full-tile strips; ``np.isin`` otherwise."""
     if isinstance(classes, np.ndarray) and classes.dtype == np.uint8:
         return _lut(tuple(members))[classes]
     return np.isin(classes, members)
@@ -527,7 +527,7 @@ def apply_policy(
     """
     out = np.array(classes, dtype=np.uint8, copy=True)
     if policy.unclassified == "cloud" and raw is not None and convention in UNCLASSIFIED_CODES:
-        unclassified = np.isin(raw, UNCLASSIFIED_CODES[convention]) & (out == MaskClass.CLEAR)
+        unclassified = is_member(raw, UNCLASSIFIED_CODES[convention]) & (out == MaskClass.CLEAR)
         out[unclassified] = MaskClass.CLOUD
         if steps is not None:
             steps.append(("unclassified", out.copy()))

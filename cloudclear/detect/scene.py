@@ -324,7 +324,7 @@ def _mask_draft(
     scl = res.scl
     valid_all = scl != 0
     pct = 100.0 / n_valid
-    cloud_pct = float(np.isin(scl, (CLOUD, CLOUD_RING, CIRRUS)).sum() * pct)
+    cloud_pct = float(np.count_nonzero(masks.is_member(scl, (CLOUD, CLOUD_RING, CIRRUS))) * pct)
     shadow_pct = float((scl == SHADOW).sum() * pct)
     snow_pct = float((scl == SNOW).sum() * pct)
     nodata_pct = 100.0 * (1.0 - valid_all.sum() / scl.size)
