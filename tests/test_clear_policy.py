@@ -147,6 +147,21 @@ def test_dilate_disk_equals_a_2d_dilation(radius):
     np.testing.assert_array_equal(masks.dilate_disk(seed, radius), _within(seed, radius))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (6, 2), (40, 97)])
+def test_row_maximum_equals_scipy(shape):
+    """The doubling maximum equals scipy's 1-D maximum filter (zeros outside), windows wider than
+    the row included, on uint8 priorities (the buffer's ranks 0..3)."""
+    from scipy.ndimage import maximum_filter1d
+
+    from cloudclear.morphology import _row_maximum
+
+    rng = np.random.default_rng(shape[1])
+    src = (rng.random(shape) < 0.05).astype(np.uint8) * rng.integers(1, 4, shape).astype(np.uint8)
+    for w in range(0, 13):
+        want = maximum_filter1d(src, 2 * w + 1, axis=1, mode="constant", cval=0)
+        np.testing.assert_array_equal(_row_maximum(src, w), want, err_msg=f"w={w}")
+
+
 def test_buffer_classes_and_nodata():
     cls = np.full((9, 12), MaskClass.CLEAR, np.uint8)
     cls[:, 0] = MaskClass.SHADOW
