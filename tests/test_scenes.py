@@ -47,6 +47,33 @@ def test_parse_datetime_forms(text):
     assert parse_datetime(text) == datetime(2017, 2, 16, 10, 21, 1, tzinfo=timezone.utc)
 
 
+@pytest.mark.parametrize(
+    ("text", "iso"),
+    [
+        ("20170216", "2017-02-16T00:00:00+00:00"),
+        (" 2017:02:16 ", "2017-02-16T00:00:00+00:00"),
+        ("2017-02-16 10:21:01", "2017-02-16T10:21:01+00:00"),
+        ("20170216 102101", "2017-02-16T10:21:01+00:00"),
+        ("2017-02-16T102101", "2017-02-16T10:21:01+00:00"),
+        ("20170216T10:21:01", "2017-02-16T10:21:01+00:00"),
+        ("20170216T102101Z", "2017-02-16T10:21:01+00:00"),
+        ("2021-06-10T10:30:21.024Z", "2021-06-10T10:30:21.024000+00:00"),
+        ("20210610T1030", "2021-06-10T10:03:00+00:00"),  # strptime reads one-digit fields: kept as it was
+        ("2017-02-30", None),
+        ("20171316", None),
+        ("2017-0216", None),
+        ("2017-02-16T25:00:00", None),
+    ],
+)
+def test_parse_datetime_fast_forms_equal_the_general_parser(text, iso):
+    """The plain forms skip strptime; these values are what the general parser gave before."""
+    if iso is None:
+        with pytest.raises(ValueError):
+            parse_datetime(text)
+    else:
+        assert parse_datetime(text).isoformat() == iso
+
+
 def test_parse_datetime_converts_offsets_to_utc():
     assert parse_datetime("2017-02-16T12:21:01+02:00") == datetime(2017, 2, 16, 10, 21, 1, tzinfo=timezone.utc)
 

@@ -34,6 +34,10 @@ DEFAULT_DATE_PATTERN = (
 )
 
 
+#: YYYYMMDD, YYYY-MM-DD or YYYY:MM:DD, then optionally THHMMSS, THH:MM:SS or " HH:MM:SS", and Z.
+_PLAIN_DATETIME = re.compile(r"(\d{4})([-:]?)(\d{2})\2(\d{2})(?:[T ](\d{2})(:?)(\d{2})\6(\d{2}))?Z?")
+
+
 def parse_datetime(text: str) -> datetime:
     """Parse an acquisition date as found in names and tags, to an aware UTC datetime.
 
@@ -41,6 +45,12 @@ def parse_datetime(text: str) -> datetime:
     tag form "2017:02:16 10:21:01".
     """
     s = text.strip()
+    # The forms names and tags hold in practice, without strptime's cost (an index parses a few
+    # per file); anything else (fractions, other offsets) goes the general way below.
+    m = _PLAIN_DATETIME.fullmatch(s)
+    if m:
+        y, mo, d, hh, mi, ss = (int(v or 0) for v in m.group(1, 3, 4, 5, 7, 8))
+        return datetime(y, mo, d, hh, mi, ss, tzinfo=timezone.utc)
     s = re.sub(r"^(\d{4}):(\d{2}):(\d{2})", r"\1-\2-\3", s)
     s = s.replace("Z", "+00:00")
     for fmt in ("%Y%m%dT%H%M%S", "%Y%m%d", "%Y%m%dT%H%M%S%z"):
