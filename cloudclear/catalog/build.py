@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudclear import __version__, masks
+from cloudclear.catalog.reading import default_jobs, forked_map, read_files
 from cloudclear.catalog.records import (
     DETECTED_COLUMN,
     calibration_from_row,
@@ -24,8 +25,8 @@ from cloudclear.catalog.records import (
 )
 from cloudclear.catalog.scan import iter_rasters, product_json, read_products
 from cloudclear.catalog.stats import Preloaded, scene_stats
-from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, policy_text, read_catalog
-from cloudclear.catalog.values import calibrate, float_scale
+from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, policy_text, read_catalog, read_meta
+from cloudclear.catalog.values import Calibration, calibrate
 from cloudclear.detect.spatial import SpatialOptions
 from cloudclear.errors import (
     CatalogError,
@@ -41,7 +42,7 @@ from cloudclear.errors import (
 )
 from cloudclear.gdal import gdal_env, path_stat
 from cloudclear.outputs import atomic_output
-from cloudclear.scenes import FileInfo, SceneDraft, Skipped, assemble, classify, read_file_info, scene_ids
+from cloudclear.scenes import FileInfo, SceneDraft, Skipped, assemble, scene_ids
 from cloudclear.scenes.duplicates import drop_duplicates
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ def build_index(
     progress: bool = False,
     detect: str | None = "builtin",
     policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
+    jobs: int | None = None,
 ) -> IndexResult:
     """Scan a directory for S2, S1 and mask rasters and write (or update) its catalog.
 
@@ -184,6 +186,9 @@ def build_index(
             cells; recorded in the ``meta`` table. The temporal test compares dates and does not
             apply to one scene's cloud %. A previous catalog made with another policy has the
             statistics of every scene recomputed, never mixed.
+        jobs: processes that open the files (:func:`~cloudclear.catalog.reading.read_files`);
+            default :func:`~cloudclear.catalog.reading.default_jobs` (the CPUs, at most 8). The
+            catalog is the same whatever it is.
 
     Returns:
         An :class:`IndexResult`.
@@ -227,7 +232,7 @@ def build_index(
         get_detector(detect)  # a wrong name or a missing package fails before the scan
     # GDAL lists a file's folder on every open to find sidecars: quadratic in big folders.
     with gdal_env("index", GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        return _build(root, cat_path, previous, date_pattern, progress, t0, detect, policy)
+        return _build(root, cat_path, previous, date_pattern, progress, t0, detect, policy, jobs or default_jobs())
 
 
 def _previous(cat_path: Path, rebuild: bool) -> Catalog | None:
@@ -241,13 +246,16 @@ def _previous(cat_path: Path, rebuild: bool) -> Catalog | None:
     if cat_path.is_dir():
         raise CatalogWriteError(f"{cat_path}: is a folder, not a catalog file; choose another --catalog path")
     try:
+        if rebuild:  # only whether it is a catalog, which a rebuild replaces
+            read_meta(cat_path)
+            return None
         scenes, meta = read_catalog(cat_path)
     except CatalogError:
         raise CatalogWriteError(
             f"{cat_path}: exists and is not a cloudclear catalog; refusing to replace it "
             f"(choose another --catalog path, or delete the file)"
         ) from None
-    return None if rebuild else Catalog(cat_path, scenes, meta)
+    return Catalog(cat_path, scenes, meta)
 
 
 #: How ``index`` runs a detector: no dilation (the clear policy's buffer grows every mask alike).
@@ -318,6 +326,7 @@ def _build(
     t0: float,
     detect: str | None = None,
     policy: masks.ClearPolicy = masks.DEFAULT_POLICY,
+    jobs: int = 1,
 ) -> IndexResult:
     from dataclasses import replace
 
@@ -332,46 +341,15 @@ def _build(
     claimed |= {m.path for prod in products for m in prod.members}
     paths = [p for p in paths if str(p) not in claimed]
     cache = previous.file_cache() if previous else {}
-    infos: dict[str, FileInfo] = {}
-    errors: list[Skipped] = []
-    file_rows: list[dict[str, Any]] = []
-    opened = 0
     # Each file is opened once: the pixels its statistics read are taken with its metadata.
     preloaded = Preloaded()
-
-    def take(src: Any, info: FileInfo) -> FileInfo:
-        try:
-            role = classify(info)
-        except InvalidRasterError:
-            role = None  # no scene's: float_scale and the statistics leave it alone
-        info = float_scale(info, src, role)
-        return preloaded.take(src, info, role) if role is not None else info
-
-    for p in tqdm(paths, desc="metadata", unit="file", disable=not progress, leave=False):
-        st = p.stat()
-        key = str(p)
-        hit = cache.get(key)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            info, error = hit[2], hit[3]
-        else:
-            opened += 1
-            try:
-                info, error = read_file_info(p, then=take), None
-            except InvalidRasterError as exc:
-                info, error = None, str(exc)
-        if info is not None:
-            infos[key] = info
-        else:
-            errors.append(Skipped(key, error or f"{key}: unreadable", refused=True))
-        file_rows.append(
-            {
-                "path": key,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "info": info,
-                "error": error,
-            }
-        )
+    reads = read_files(paths, cache, preloaded, jobs=jobs, progress=progress)
+    infos = {r.path: r.info for r in reads if r.info is not None}
+    errors = [Skipped(r.path, r.error or f"{r.path}: unreadable", refused=True) for r in reads if r.info is None]
+    file_rows: list[dict[str, Any]] = [
+        {"path": r.path, "size": r.size, "mtime_ns": r.mtime_ns, "info": r.info, "error": r.error} for r in reads
+    ]
+    opened = sum(r.opened for r in reads)
 
     for prod in products:
         infos.update({m.path: m for m in prod.members})
@@ -385,12 +363,12 @@ def _build(
     other_policy = previous is not None and previous.policy != policy
     old_rows = previous.records_by_id() if previous and not other_policy else {}
     rel = _relativiser(cat_path.parent)
-    records = []
-    computed = reused = 0
     ids = scene_ids(drafts)
     detected = 0
-    removed: dict[str, int] = {}
-    removed_by: dict[str, int] = {}
+    # First, here: each scene's detected mask (detectors may start threads, which a forked worker
+    # would not have) and whether its stored statistics still hold.
+    plans: list[tuple[str, SceneDraft, Any, Calibration | None]] = []
+    count: list[int] = []  # the plans whose statistics are counted again
     for scene_id, draft in tqdm(
         list(zip(ids, drafts, strict=True)), desc="scenes", unit="scene", disable=not progress, leave=False
     ):
@@ -419,25 +397,53 @@ def _build(
         )
         calibration = calibration_from_row(old, draft) if old is not None and draft.sensor == "S2" else None
         same_files = old is not None and old["signature"] == signature(draft.files, infos)
-        if same_files and same_mask and not fresh and (draft.sensor != "S2" or calibration is not None):
-            stats = stats_from_row(old)
+        if not (same_files and same_mask and not fresh and (draft.sensor != "S2" or calibration is not None)):
+            count.append(len(plans))
+        plans.append((scene_id, draft, old, calibration))
+
+    def counted(k: int) -> tuple[dict[str, Any], int | None, dict[str, int] | None] | str:
+        """Plan ``k``'s statistics counted from its pixels: its record and what the policy
+        removed, or why it cannot be counted (in a worker process where there are many)."""
+        scene_id, draft, _, _ = plans[k]
+        try:
+            stats = scene_stats(draft, policy=policy, preloaded=preloaded)
+            calibration = calibrate(draft, infos, stats.sample) if draft.sensor == "S2" else None
+        except (InvalidRasterError, ResourceLimitError, MaskError, GridError) as exc:
+            return str(exc)
+        finally:
             preloaded.drop(draft.files)
-            reused += 1
-        else:
-            try:
-                stats = scene_stats(draft, policy=policy, preloaded=preloaded)
-                calibration = calibrate(draft, infos, stats.sample) if draft.sensor == "S2" else None
-            except (InvalidRasterError, ResourceLimitError, MaskError, GridError) as exc:
-                skipped.extend(Skipped(p, str(exc), refused=True) for p in draft.files[:1])
+        return record(scene_id, draft, stats, infos, rel, calibration), stats.removed_px, stats.removed_by
+
+    # Then the statistics, in processes forked now (they inherit the pixels preloaded).
+    bar = tqdm(
+        forked_map(counted, count, jobs), "statistics", len(count), unit="scene", disable=not progress, leave=False
+    )
+    results = dict(zip(count, bar, strict=True))
+    preloaded.drop(list(infos))
+    records = []
+    removed: dict[str, int] = {}
+    removed_by: dict[str, int] = {}
+    for k, (scene_id, draft, old, calibration) in enumerate(plans):
+        if k in results:
+            got = results[k]
+            if isinstance(got, str):
+                skipped.extend(Skipped(p, got, refused=True) for p in draft.files[:1])
                 continue
-            finally:
-                preloaded.drop(draft.files)
-            computed += 1
-        if stats.removed_px is not None:
-            removed[scene_id] = stats.removed_px
-        for rule, n in (stats.removed_by or {}).items():
+            row, removed_px, by_rule = got
+        else:
+            stats = stats_from_row(old)
+            row, removed_px, by_rule = (
+                record(scene_id, draft, stats, infos, rel, calibration),
+                stats.removed_px,
+                stats.removed_by,
+            )
+        if removed_px is not None:
+            removed[scene_id] = removed_px
+        for rule, n in (by_rule or {}).items():
             removed_by[rule] = removed_by.get(rule, 0) + n
-        records.append(record(scene_id, draft, stats, infos, rel, calibration))
+        records.append(row)
+    computed = sum(not isinstance(results[k], str) for k in count)
+    reused = len(plans) - len(count)
 
     if not records:
         raise EmptyCatalogError(

@@ -276,9 +276,27 @@ class Preloaded:
             data = {b: src.read(b) for b in bands}
         except Exception:  # noqa: BLE001 - GDAL raises several types for a corrupt block
             return info
-        self._held[info.path] = (info, data, tuple(src.nodatavals))
-        self.used += band_bytes * len(bands)
+        self.keep(info, data, tuple(src.nodatavals))
         return info
+
+    def keep(self, info: FileInfo, data: dict[int, np.ndarray], nodatavals: tuple[Any, ...]) -> bool:
+        """Hold ``data`` (band index -> pixels) read from the file ``info`` where the budget allows;
+        returns whether it does."""
+        nbytes = sum(a.nbytes for a in data.values())
+        if self.used + nbytes > self.budget:
+            return False
+        self._held[info.path] = (info, data, nodatavals)
+        self.used += nbytes
+        return True
+
+    def give(self, path: str) -> tuple[dict[int, np.ndarray], tuple[Any, ...]] | None:
+        """Hand over (and forget) the pixels held of ``path``: ``(data, nodatavals)`` for
+        :meth:`keep` elsewhere, or None."""
+        held = self._held.pop(path, None)
+        if held is None:
+            return None
+        self.used -= sum(a.nbytes for a in held[1].values())
+        return held[1], held[2]
 
     def drop(self, paths: Any) -> None:
         """Forget the pixels of ``paths`` (their scene's statistics are computed)."""

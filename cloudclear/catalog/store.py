@@ -64,21 +64,37 @@ def read_catalog(path: Path) -> tuple[gpd.GeoDataFrame, dict[str, str]]:
         CatalogError: the file is not a cloudclear catalog or cannot be read.
     """
     import pandas as pd
+
+    scenes, meta = _read(path, scenes=True)
+    scenes["datetime"] = pd.to_datetime(scenes["datetime"], utc=True)
+    return scenes, meta
+
+
+def read_meta(path: Path) -> dict[str, str]:
+    """The ``meta`` table of the catalog at ``path``, its records left unread (whether a file is
+    a catalog, before an index rebuilds it).
+
+    Raises:
+        CatalogError: the file is not a cloudclear catalog or cannot be read.
+    """
+    return _read(path, scenes=False)[1]
+
+
+def _read(path: Path, *, scenes: bool) -> tuple[Any, dict[str, str]]:
     import pyogrio
 
     try:
         layers = {name for name, _ in pyogrio.list_layers(path)}
         if not {"scenes", "meta"} <= layers:
             raise CatalogError(f"{path}: not a cloudclear catalog (layers: {', '.join(sorted(layers))})")
-        scenes = pyogrio.read_dataframe(path, layer="scenes")
+        frame = pyogrio.read_dataframe(path, layer="scenes") if scenes else None
         meta_df = pyogrio.read_dataframe(path, layer="meta", read_geometry=False)
     except CatalogError:
         raise
     except Exception as exc:  # noqa: BLE001 - GDAL raises several types for a bad file
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CatalogError(f"{path}: cannot read the catalog ({text})") from None
-    scenes["datetime"] = pd.to_datetime(scenes["datetime"], utc=True)
-    return scenes, dict(zip(meta_df["key"], meta_df["value"], strict=True))
+    return frame, dict(zip(meta_df["key"], meta_df["value"], strict=True))
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -73,6 +73,15 @@ def index(
     mask_source: MaskSource = None,
     strict: Strict = False,
     as_decoded: AsDecoded = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes that open the files (the catalog is the same whatever it is). "
+            "[default: one per core, at most 8]",
+        ),
+    ] = None,
 ) -> None:
     """Catalog the scenes in DIR: sensor, tile, date, footprint, cloud and nodata cover.
 
@@ -101,6 +110,7 @@ def index(
             progress=progress(),
             detect=None if no_detect else detect,
             policy=policy,
+            jobs=workers,
         )
     except EmptyCatalogError as exc:
         print_skipped([s for s in exc.skipped if not getattr(s, "refused", False)], show_skipped)
