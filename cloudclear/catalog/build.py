@@ -188,7 +188,9 @@ def build_index(
             statistics of every scene recomputed, never mixed.
         jobs: processes that open the files (:func:`~cloudclear.catalog.reading.read_files`);
             default :func:`~cloudclear.catalog.reading.default_jobs` (the CPUs, at most 8). The
-            catalog is the same whatever it is.
+            catalog is the same whatever it is. Workers are forked: a program whose other threads
+            use GDAL while it indexes should pass 1 (a lock such a thread held at the fork would
+            never be released in the worker).
 
     Returns:
         An :class:`IndexResult`.
