@@ -10,6 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
+import pyogrio
 import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
@@ -64,6 +66,18 @@ def write_raster(
         if tags:
             dst.update_tags(**tags)
     return path
+
+
+def catalog_layers(path: Path) -> dict[str, pd.DataFrame]:
+    """Every layer of a catalog as a plain DataFrame, the ``meta`` table without its run-specific
+    ``generation`` row: what two indexes of the same files must agree on."""
+    out = {}
+    for name, _ in pyogrio.list_layers(path):
+        frame = pd.DataFrame(pyogrio.read_dataframe(path, layer=name))
+        if name == "meta":
+            frame = frame[frame["key"] != "generation"]
+        out[name] = frame.reset_index(drop=True)
+    return out
 
 
 def count_opens(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyogrio
 import pytest
-from conftest import count_opens, write_raster
+from conftest import catalog_layers, count_opens, write_raster
 
 from cloudclear import masks
 from cloudclear.catalog import build as build_mod
@@ -36,16 +35,6 @@ def _folder(root: Path) -> list[Path]:
     scl[:, :, :8] = 9
     write_raster(root / "coarse" / "S2_T31UFQ_20210620T103021_SCL.tif", scl, res=20, descriptions=["SCL"], nodata=0)
     return sorted(root.rglob("*.tif"))
-
-
-def _layers(path: Path) -> dict[str, pd.DataFrame]:
-    out = {}
-    for name, _ in pyogrio.list_layers(path):
-        frame = pd.DataFrame(pyogrio.read_dataframe(path, layer=name))
-        if name == "meta":
-            frame = frame[frame["key"] != "generation"]
-        out[name] = frame.reset_index(drop=True)
-    return out
 
 
 @pytest.mark.parametrize("policy", [masks.DEFAULT_POLICY, masks.AS_DECODED], ids=["default", "as-decoded"])
@@ -77,7 +66,7 @@ def test_preloaded_statistics_equal_reading_the_files_again(tmp_path, monkeypatc
     build_index(tmp_path / "d", tmp_path / "two.gpkg", detect=None, policy=policy)
     # The reference did read every scene's files again (truth files are no scene's).
     assert min(n for p, n in counts.items() if "truth" not in Path(p).parts) >= 2
-    one, two = _layers(tmp_path / "one.gpkg"), _layers(tmp_path / "two.gpkg")
+    one, two = catalog_layers(tmp_path / "one.gpkg"), catalog_layers(tmp_path / "two.gpkg")
     assert set(one) == set(two)
     for name in one:
         pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyogrio
 import pytest
-from conftest import write_raster
+from conftest import catalog_layers, write_raster
 from typer.testing import CliRunner
 
 from cloudclear.catalog import build_index, reading
@@ -21,16 +20,6 @@ from cloudclear.synth import generate_series
 pytestmark = pytest.mark.skipif(not reading._forks(), reason="worker processes need fork (Linux)")
 
 BANDS = ["B02", "B03", "B04", "B08"]
-
-
-def _layers(path: Path) -> dict[str, pd.DataFrame]:
-    out = {}
-    for name, _ in pyogrio.list_layers(path):
-        frame = pd.DataFrame(pyogrio.read_dataframe(path, layer=name))
-        if name == "meta":
-            frame = frame[frame["key"] != "generation"]
-        out[name] = frame.reset_index(drop=True)
-    return out
 
 
 def _folder(root: Path) -> None:
@@ -71,7 +60,7 @@ def test_workers_write_the_catalog_one_process_writes(tmp_path, monkeypatch, reb
     )
     reasons = " | ".join(s.reason for s in two.skipped)
     assert "corrupt" in reasons and "not a readable raster" in reasons and "not recognised" in reasons
-    a, b = _layers(tmp_path / "one.gpkg"), _layers(tmp_path / "two.gpkg")
+    a, b = catalog_layers(tmp_path / "one.gpkg"), catalog_layers(tmp_path / "two.gpkg")
     assert set(a) == set(b)
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], check_exact=True)
