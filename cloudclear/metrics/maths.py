@@ -80,12 +80,12 @@ class Reflectance:
         when :meth:`clips` said clipping changes none of these values."""
         if out is None:
             out = np.empty(raw.shape, np.float64)
-        if any(s != 1.0 for s in self.scale) or any(o != 0.0 for o in self.offset):
+        if any(s != 1.0 for s in self.scale):
             np.multiply(raw, self._per_band(self.scale, raw.ndim), out=out)
-            if any(o != 0.0 for o in self.offset):
-                out += self._per_band(self.offset, raw.ndim)
         else:
             out[...] = raw
+        if any(o != 0.0 for o in self.offset):
+            out += self._per_band(self.offset, raw.ndim)
         if self.clip and clips:
             np.clip(out, 0.0, self.peak, out=out)
         return out
@@ -376,8 +376,7 @@ def _tile_sums(
     # Channels last: torch's SIMD depthwise kernel runs across channels. (numpy's transposing
     # copy is a third faster than torch's here.)
     np.copyto(last.numpy()[0].transpose(1, 2, 0), planes.numpy().transpose(1, 2, 0))
-    t = last
-    t = torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, kv, groups=4 * nb), kh, groups=4 * nb)
+    t = torch.nn.functional.conv2d(torch.nn.functional.conv2d(last, kv, groups=4 * nb), kh, groups=4 * nb)
     # The selected pixels' local means, as contiguous float32 rows (one per plane) for the formula.
     # (np.take of the selected rows: several times faster than a boolean index of them.)
     m = np.take(t[0].permute(1, 2, 0).contiguous().numpy().reshape(-1, 4 * nb), np.flatnonzero(sel), axis=0)
