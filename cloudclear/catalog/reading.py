@@ -1,5 +1,6 @@
 """The first pass of an index: every new or changed file's metadata, with the pixels its statistics
-will read (:func:`read_files`), in worker processes where there are many files.
+will read (:func:`read_files`), in worker processes where there are many files; and the fork map
+(:func:`forked_map`) that pass and the scenes' statistics run on.
 
 Opening a small file is CPU work (GDAL parses its header, rasterio wraps it), not waiting on a disk,
 so an index of thousands of files is bound by one core. Where the platform forks (Linux), files are
