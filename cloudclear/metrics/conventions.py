@@ -6,6 +6,7 @@ The anchors disagree on conventions (DESIGN.md section 8); each registry here is
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,35 @@ class SsimWindow:
     def radius(self) -> int:
         """Pixels from the window's centre to its edge."""
         return len(self.kernel) // 2
+
+    def float32_kernel(self) -> np.ndarray:
+        """The kernel in float32, each weight rounded up or down so that their exact sum is as
+        near 1 as such roundings get (:func:`float32_weights`)."""
+        return float32_weights(self.kernel)
+
+
+@functools.cache
+def float32_weights(kernel: tuple[float, ...]) -> np.ndarray:
+    """``kernel``'s weights in float32, each the float32 just below or just above it, picked (in
+    symmetric pairs, largest steps first) to bring their exact sum nearest 1.
+
+    Rounded to nearest, seven weights of 1/7 sum to 1 + 4.5e-8: every local mean, variance and
+    covariance would be scaled by (1 + 4.5e-8)^2, a bias of about 1e-8 in the mean SSIM, where
+    rounding errors are otherwise random.
+    """
+    exact = np.asarray(kernel, np.float64)
+    k = exact.astype(np.float32)
+    n = len(k)
+    for i in np.argsort(-np.spacing(k[: (n + 1) // 2]), kind="stable"):
+        group = sorted({int(i), n - 1 - int(i)})  # a weight and its mirror image
+        err = float(k.astype(np.float64).sum()) - 1.0
+        other = np.nextafter(k[group], np.float32(-np.inf if err > 0 else np.inf))
+        # Only the other rounding of the exact weight (never further), and only when it helps.
+        if np.all(np.abs(other - exact[group]) < np.spacing(k[group])):
+            if abs(err + float((other.astype(np.float64) - k[group]).sum())) < abs(err):
+                k[group] = other
+    k.flags.writeable = False
+    return k
 
 
 def _gaussian_kernel(sigma: float, truncate: float) -> tuple[float, ...]:
