@@ -80,7 +80,7 @@ def test_a_wheel_installed_elsewhere_runs_infer_with_a_shipped_model_by_name(tmp
     src = tmp_path / "src"
     src.mkdir()
     for name in ("cloudclear", "models"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copyfile(ROOT / name, src / name)
     wheels = tmp_path / "wheels"
@@ -96,6 +96,11 @@ def test_a_wheel_installed_elsewhere_runs_infer_with_a_shipped_model_by_name(tmp
     for name in SHIPPED:
         assert f"cloudclear/_models/{name}.safetensors" in names and f"cloudclear/_models/{name}.json" in names
     assert not [n for n in names if n.startswith(("tests/", "sample_tiles/", "models/", "bench/"))]
+    from cloudclear.metrics import native
+
+    # Where the checkout's install compiled SSIM's kernel, the wheel's build compiles it too.
+    kernel = [n for n in names if n.startswith("cloudclear/metrics/_ssim.") and n.endswith(".so")]
+    assert bool(kernel) == native.available(), names
     size_mb = wheel.stat().st_size / 1e6
     print(f"wheel {wheel.name}: {size_mb:.1f} MB, {len(names)} files")
     assert size_mb < MAX_WHEEL_MB
@@ -111,6 +116,8 @@ def test_a_wheel_installed_elsewhere_runs_infer_with_a_shipped_model_by_name(tmp
     work.mkdir()
     where = _run(["-c", "import cloudclear; print(cloudclear.__file__)"], work, site).stdout.strip()
     assert Path(where).resolve().is_relative_to(site.resolve()), where  # not the editable checkout
+    loaded = _run(["-c", "from cloudclear.metrics import native; print(native.library())"], work, site).stdout
+    assert (str(site) in loaded) == bool(kernel), loaded  # the wheel's own kernel, not the checkout's
 
     listed = json.loads(_run(["-m", "cloudclear.cli", "models", "--json"], work, site).stdout)
     paths = {Path(c["path"]).stem: Path(c["path"]) for c in listed["checkpoints"]}

@@ -3,7 +3,9 @@
 The fast SSIM convolves float32 values centred on a level per tile. These tests hold it to 1e-6
 of scikit-image's float64 figure where plain float32 is not that close (a large level and a small
 variance: var = E[x^2] - E[x]^2 then cancels), on tiles cut at every edge, sparse selections,
-both windows, and raw DN read through a scale, an offset and clipping.
+both windows, and raw DN read through a scale, an offset and clipping. Every test runs on both
+paths: the compiled kernel (cloudclear.metrics.native, skipped where it is not built) and the
+numpy / torch tiles it replaces there.
 """
 
 from __future__ import annotations
@@ -14,8 +16,24 @@ import torch
 from scipy.ndimage import gaussian_filter, minimum_filter
 from skimage.metrics import structural_similarity
 
+from cloudclear.metrics import native
 from cloudclear.metrics.conventions import SSIM_WINDOWS
 from cloudclear.metrics.maths import Reflectance, block_sums, ssim_sums
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy-torch"])
+def ssim_path(request, monkeypatch):
+    """Each test once through the compiled kernel and once through the numpy / torch tiles."""
+    native.library.cache_clear()
+    if request.param == "native":
+        if not native.available():
+            pytest.skip("SSIM's compiled kernel is not built here (no C compiler at install)")
+    else:
+        monkeypatch.setenv("CLOUDCLEAR_NATIVE", "0")
+        native.library.cache_clear()
+    yield request.param
+    native.library.cache_clear()
+
 
 SK = {
     "gaussian": dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False),

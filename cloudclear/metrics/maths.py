@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cloudclear.metrics import native
 from cloudclear.metrics.conventions import ScoreOptions, SsimWindow
 from cloudclear.metrics.results import BandScore, Score
 
@@ -284,6 +285,9 @@ def finish(
 # where the convolutions run several times faster than over a whole strip. 64 x 512 was the
 # fastest of 32 to 128 rows by 256 to 1024 columns on the 10980 x 10980 bench.
 _TILE_ROWS, _TILE_COLS = 64, 512
+# Columns of the compiled kernel's tiles (cloudclear.metrics.native): its rows of four planes
+# stay in cache; it takes every row of the selection at once.
+_NATIVE_COLS = 512
 
 
 def ssim_sums(
@@ -300,10 +304,12 @@ def ssim_sums(
     """Per band, the sum of the SSIM map of ``pred`` against ``ref`` over the ``ssim_sel`` pixels of ``core``.
 
     ``pred`` and ``ref`` are (bands, rows, cols), with at least the window radius of pixels around
-    each selected pixel. The map is computed tile by tile, only where a tile holds selected pixels.
-    The four local means of each band (x, y, xy, x^2 + y^2) are float32 depthwise convolutions in
-    torch, channels last (which its SIMD kernel needs). float32 stays within 1e-6 of the float64
-    figure because each tile's values are first centred on a constant near their level:
+    each selected pixel. The map is computed tile by tile, only where a tile holds selected pixels:
+    by the compiled kernel (:mod:`cloudclear.metrics.native`) where it is built and reads both
+    arrays, else as below. The four local means of each band (x, y, xy, x^2 + y^2) are float32
+    depthwise convolutions in torch, channels last (which its SIMD kernel needs). float32 stays
+    within 1e-6 of the float64 figure because each tile's values are first centred on a constant
+    near their level:
     var = E[x'^2] - E[x']^2 then subtracts numbers of the size of the local contrast, not of the
     squared reflectance (tests/test_ssim_fast.py shows plain float32 fail). ``clips``: whether
     clipping changes any prediction, reference value of the arrays (found here when not given).
@@ -312,6 +318,18 @@ def ssim_sums(
     r0, c0 = core[0].indices(pred.shape[1])[0], core[1].indices(pred.shape[2])[0]
     h, w = ssim_sel.shape
     total = np.zeros(len(pred))
+    if native.available() and native.readable(pred) and native.readable(ref):
+        # The compiled kernel, over the selected pixels' bounding box (whose halo the arrays
+        # hold) in column tiles whose rows stay in the CPU's cache.
+        rows, cols = np.flatnonzero(ssim_sel.any(axis=1)), np.flatnonzero(ssim_sel.any(axis=0))
+        if len(rows):
+            i0, i1 = int(rows[0]), int(rows[-1]) + 1
+            for j0 in range(int(cols[0]), int(cols[-1]) + 1, _NATIVE_COLS):
+                j1 = min(j0 + _NATIVE_COLS, int(cols[-1]) + 1)
+                win = (slice(r0 + i0 - r, r0 + i1 + r), slice(c0 + j0 - r, c0 + j1 + r))
+                x, y, sel = pred[:, win[0], win[1]], ref[:, win[0], win[1]], ssim_sel[i0:i1, j0:j1]
+                native.ssim_tile(x, y, sel, window, peak, pred_refl, ref_refl, total)
+        return total
     for i in range(0, h, _TILE_ROWS):
         own = ssim_sel[i : i + _TILE_ROWS]
         if not own.any():
@@ -447,5 +465,5 @@ def _kernels(window: SsimWindow, channels: int) -> tuple[torch.Tensor, torch.Ten
     """The window's vertical and horizontal float32 kernels, one per channel (depthwise)."""
     import torch
 
-    k = torch.tensor(window.kernel, dtype=torch.float32)
+    k = torch.from_numpy(window.float32_kernel().copy())
     return k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)

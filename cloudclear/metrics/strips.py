@@ -21,6 +21,7 @@ import numpy as np
 from cloudclear import masks
 from cloudclear.errors import MaskError
 from cloudclear.masks import MaskClass
+from cloudclear.metrics import native
 from cloudclear.metrics.conventions import PIXEL_SETS, SSIM_WINDOWS, ScoreOptions
 from cloudclear.metrics.maths import BandSums, Reflectance, Sums, add_pixel_sums, block_sums
 from cloudclear.metrics.reading import StripReader, valid
@@ -149,9 +150,10 @@ class Scorer:
             ThreadPoolExecutor(threads, initializer=_one_torch_thread) as self._pool,
         ):
             # Strips are read _AHEAD ahead of the one scored, each into its own buffer slot: the
-            # reader keeps going while the first chunk thread loads torch, and through uneven strips.
+            # reader keeps going through uneven strips (and while the first chunk thread loads
+            # torch, where SSIM's compiled kernel is not built).
             reading = deque(pool.submit(self.read_strip, *reads[k], k) for k in range(min(_AHEAD, len(starts))))
-            self._pool.submit(int)  # starts a chunk thread: it loads torch while the first strips are read
+            self._pool.submit(int)  # starts a chunk thread while the first strips are read
             # A strip's chunks are queued before the previous strip's are summed, so the chunk
             # threads never wait for each other at the end of a strip. Sums are added in strip and
             # chunk order: figures do not depend on thread timing.
@@ -262,9 +264,13 @@ def _no_collection() -> Iterator[None]:
 
 
 def _one_torch_thread() -> None:
-    """Each chunk thread runs torch (SSIM's convolutions) on itself alone: the chunk threads already
+    """Each chunk thread runs torch (SSIM's convolutions, where the compiled kernel of
+    :mod:`cloudclear.metrics.native` is not built) on itself alone: the chunk threads already
     keep every core busy, and a torch thread team per chunk thread would contend for them. The
-    setting is per thread, so the caller's torch is left as it was."""
+    setting is per thread, so the caller's torch is left as it was. With the kernel, torch is
+    not loaded at all (a second of CPU)."""
+    if native.available():
+        return
     import torch
 
     torch.set_num_threads(1)

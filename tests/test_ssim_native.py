@@ -1,0 +1,129 @@
+"""SSIM's compiled tile kernel (cloudclear.metrics.native): the raster types it reads, what it
+leaves to the numpy / torch tiles, equal images, threads. Its agreement with scikit-image on
+every window, shape and selection is in tests/test_ssim_fast.py (run on both paths)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from skimage.metrics import structural_similarity
+
+from cloudclear.metrics import native
+from cloudclear.metrics.conventions import SSIM_WINDOWS
+from cloudclear.metrics.maths import Reflectance, ssim_sums
+
+WIN = SSIM_WINDOWS["gaussian"]
+SK = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+
+
+def test_the_kernel_is_built_where_ci_asks_for_it():
+    # .ci/run installs a C compiler and sets this: a build that silently fell back would pass
+    # every other test through the slower path.
+    if os.environ.get("CLOUDCLEAR_REQUIRE_NATIVE") != "1":
+        pytest.skip("CLOUDCLEAR_REQUIRE_NATIVE is not set")
+    assert native.available(), "cloudclear/metrics/_ssim.c was not built at install"
+
+
+needs_kernel = pytest.mark.skipif(not native.available(), reason="SSIM's compiled kernel is not built here")
+
+
+def _dn(rng: np.random.Generator, shape: tuple[int, ...], level: float, spread: float) -> np.ndarray:
+    f = gaussian_filter(rng.normal(size=shape), 2.0, axes=(-2, -1))
+    return level + f / f.std() * spread
+
+
+def _want(x: np.ndarray, y: np.ndarray, sel: np.ndarray, peak: float) -> np.ndarray:
+    r = WIN.radius
+    maps = [
+        structural_similarity(a, b, data_range=peak, full=True, **SK)[1][r:-r, r:-r] for a, b in zip(x, y, strict=True)
+    ]
+    return np.array([m[sel].sum() for m in maps])
+
+
+def _core(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    r = WIN.radius
+    return slice(r, shape[-2] - r), slice(r, shape[-1] - r)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "dtype, scale, offset, level, spread",
+    [
+        (np.uint8, 1 / 255, 0.0, 120, 40),
+        (np.uint16, 1e-4, -0.1, 3000, 900),  # L2A baseline 04.00: DN / 10000 - 0.1
+        (np.int16, 1e-4, 0.0, 200, 900),  # negative values
+        (np.uint32, 1e-4, 0.0, 3000, 900),
+        (np.int32, 1e-4, 0.0, 3000, 900),
+        (np.float32, 1.0, 0.0, 0.3, 0.1),
+        (np.float64, 1.0, 0.0, 0.3, 0.1),
+    ],
+)
+def test_every_raster_type_it_reads_matches_skimage(rng, dtype, scale, offset, level, spread):
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    dn = _dn(rng, (2, 90, 300), level, spread)
+    dn_y = dn + rng.normal(0, spread / 3, size=dn.shape)
+    if info is not None:
+        dn, dn_y = (np.clip(np.rint(a), info.min, info.max).astype(dtype) for a in (dn, dn_y))
+    else:
+        dn, dn_y = dn.astype(dtype), dn_y.astype(dtype)
+    assert native.readable(dn)
+    refl = Reflectance((scale,) * 2, (offset,) * 2, clip=True, peak=1.0)
+    sel = rng.random((80, 290)) < 0.5
+    got = ssim_sums(dn, dn_y, _core(dn.shape), sel, WIN, 1.0, refl, refl)
+    want = _want(refl(dn), refl(dn_y), sel, 1.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * int(sel.sum()))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_equal_images_score_one_to_the_bit(rng, dtype):
+    # 2 cov + C2 and var x + var y + C2 are computed from identical numbers, and the luminance
+    # term is 1 - 0 / (...): SSIM is exactly 1, whatever the level and the clipping.
+    dn = _dn(rng, (3, 80, 200), 3000, 1500).clip(0, 12000).astype(np.uint16).astype(dtype)
+    refl = Reflectance((1e-4,) * 3, (0.0,) * 3, clip=True, peak=1.0)
+    sel = np.ones((70, 190), bool)
+    got = ssim_sums(dn, dn.copy(), _core(dn.shape), sel, WIN, 1.0, refl, refl)
+    assert got.tolist() == [float(sel.sum())] * 3
+
+
+def test_what_it_cannot_read_goes_to_the_numpy_torch_tiles(rng):
+    # int8, float16, big-endian values and a view with strided columns: readable() says no, and
+    # ssim_sums scores them through the numpy / torch tiles, still equal to scikit-image.
+    x = _dn(rng, (1, 60, 200), 0.3, 0.08)
+    y = x + rng.normal(0, 0.02, size=x.shape)
+    sel = rng.random((50, 190)) < 0.5
+    want = _want(x, y, sel, 1.0)
+    wide = np.zeros((1, 60, 400))
+    wide[:, :, ::2] = x
+    for a in (x.astype(">f8"), wide[:, :, ::2], x.astype(np.float16)):
+        assert not native.readable(a)
+        got = ssim_sums(a, y, _core(x.shape), sel, WIN, 1.0)
+        tol = 1e-3 if a.dtype == np.float16 else 1e-6  # float16 holds the values to 5e-4 only
+        np.testing.assert_allclose(got, want if a.dtype != np.float16 else _want(a.astype(float), y, sel, 1.0),
+                                   rtol=0, atol=tol * int(sel.sum()))  # fmt: skip
+    assert not native.readable(np.zeros((1, 4, 4), np.int8))
+
+
+@needs_kernel
+def test_a_tile_without_its_halo_is_refused(rng):
+    x = rng.random((1, 30, 40))
+    with pytest.raises(ValueError, match="halo"):
+        native.ssim_tile(x, x, np.ones((30, 40), bool), WIN, 1.0, Reflectance(), Reflectance(), np.zeros(1))
+
+
+@needs_kernel
+def test_threads_scoring_at_once_get_the_same_sums(rng):
+    # Each thread has its own scratch rows (maths._scratch): sums do not depend on who ran when.
+    dn = _dn(rng, (4, 200, 700), 3000, 800).clip(0, 65535).astype(np.uint16)
+    dn_y = (dn + rng.normal(0, 200, size=dn.shape)).clip(0, 65535).astype(np.uint16)
+    refl = Reflectance((1e-4,) * 4, (0.0,) * 4, clip=True, peak=1.0)
+    sel = rng.random((190, 690)) < 0.4
+    once = ssim_sums(dn, dn_y, _core(dn.shape), sel, WIN, 1.0, refl, refl)
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: ssim_sums(dn, dn_y, _core(dn.shape), sel, WIN, 1.0, refl, refl), range(8)))
+    for r in runs:
+        assert r.tolist() == once.tolist()
