@@ -2,9 +2,9 @@
 
 ``pip install`` compiles ``cloudclear/metrics/_ssim.c`` where a C compiler is present (the
 extension is optional: without a compiler the install goes on). :func:`ssim_tile` then computes a
-tile's SSIM sums in one pass per band, several times faster than the numpy / torch tiles of
-:mod:`cloudclear.metrics.maths`, which remain the path where the library is missing and agree
-with it to float32 rounding (both within 1e-6 of scikit-image per pixel).
+tile's SSIM sums in float64, in one pass per band, faster than the numpy / torch tiles of
+:mod:`cloudclear.metrics.maths` (float32, centred per tile), which remain the path where the
+library is missing.
 
 Set ``CLOUDCLEAR_NATIVE=0`` to use the numpy / torch tiles even where the library is built.
 """
@@ -101,8 +101,8 @@ def ssim_tile(
         raise ValueError(f"tile {pred.shape} / {ref.shape} does not hold a {h} x {w} selection and its halo")
     if sel.strides[1] != 1:
         sel = np.ascontiguousarray(sel)
-    kern = window.float32_kernel()
-    scratch = maths._scratch("native", (lib.cc_ssim_scratch(w, k),), np.float32)
+    kern = _kernel(window.kernel)
+    scratch = maths._scratch("native", (lib.cc_ssim_scratch(w, k),), np.float64)
     cov_norm = k * k / (k * k - 1.0) if window.sample_covariance else 1.0
     c1, c2 = (maths._K1 * peak) ** 2, (maths._K2 * peak) ** 2
     so = [_scale_offset(refl, nb) for refl in (pred_refl, ref_refl)]
@@ -116,6 +116,12 @@ def ssim_tile(
     )  # fmt: skip
     if done != 0:
         raise ValueError(f"the SSIM kernel refused a tile of {pred.dtype} / {ref.dtype} with a {k}-tap window")
+
+
+@functools.cache
+def _kernel(kernel: tuple[float, ...]) -> np.ndarray:
+    """The window's weights as the kernel reads them: float64, as scikit-image convolves."""
+    return np.asarray(kernel, np.float64)
 
 
 def _scale_offset(refl: Reflectance, nb: int) -> np.ndarray:
