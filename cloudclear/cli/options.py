@@ -6,11 +6,13 @@ checked or a command's help is shown, so ``cloudclear --help`` stays instant.
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import logging
 import math
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
@@ -393,16 +395,35 @@ R = TypeVar("R")
 
 def interruptible(call: Callable[[], R], what: str, message: str | None = None) -> R:
     """Run ``call`` with SIGTERM raised as an exception, so its temporaries are removed; Ctrl-C or
-    SIGTERM then exit 130 with one line saying no partial ``what`` was left (or ``message``)."""
+    SIGTERM then exit 130 with one line saying no partial ``what`` was left (or ``message``).
+
+    A signal's exception raised while Python runs a weakref callback or a ``__del__`` (the garbage
+    collector's work, at any moment) is printed as "Exception ignored" and dropped, and the run
+    would go on as if no signal came. Such an exception is caught on its way to being dropped
+    (``sys.unraisablehook``) and the signal delivered again 50 ms later, from another thread (raised
+    at once, it would be raised inside the hook, and dropped again).
+    """
 
     def on_term(signum: int, frame: Any) -> None:
         raise _Terminated()
 
+    def on_unraisable(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, (_Terminated, KeyboardInterrupt)):
+            signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+            again = threading.Timer(0.05, _thread.interrupt_main, (signum,))
+            again.daemon = True
+            again.start()
+            return
+        previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGTERM, on_term)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
     try:
         return call()
     except (KeyboardInterrupt, _Terminated):
         typer.echo(f"cloudclear: error: interrupted; {message or f'no partial {what} was left'}", err=True)
         raise typer.Exit(130) from None
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
