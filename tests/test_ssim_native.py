@@ -173,3 +173,19 @@ def test_real_bolzano_pair_against_skimage(monkeypatch, path):
                 np.testing.assert_allclose(got, want[:, i, j], rtol=0, atol=1e-9)
     finally:
         native.library.cache_clear()
+
+
+@needs_kernel
+def test_a_kernel_built_from_another_version_is_not_used(monkeypatch):
+    # An editable install keeps the library it built until it is reinstalled: after a pull that
+    # changed _ssim.c its arguments may no longer match, so it is left alone, with a warning.
+    monkeypatch.setattr(native, "VERSION", native.VERSION + 1)
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="out of date .* Reinstall"):
+            assert native.library() is None
+        assert not native.available()
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+    assert native.available()

@@ -185,6 +185,11 @@ INLINE int tile(int K, int sym, const Source *pred, const Source *ref, int nb, i
     return 0;
 }
 
+/* The interface's version: cloudclear.metrics.native loads no library whose version differs (an
+ * editable install keeps the library it built until it is reinstalled). Raise it with any change
+ * of cc_ssim_tile's arguments or of what it computes. */
+int cc_ssim_version(void) { return 2; }
+
 /* Doubles of scratch that cc_ssim_tile needs for a tile `w` columns wide and a window of `ksize`. */
 size_t cc_ssim_scratch(int w, int ksize) {
     const size_t W2 = (size_t)w + ksize - 1;

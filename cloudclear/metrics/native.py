@@ -15,6 +15,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,9 @@ TYPES = {
     np.dtype(np.float64): 6,
 }
 
+#: The version of ``_ssim.c``'s interface this module calls (``cc_ssim_version``).
+VERSION = 2
+
 _P, _I, _S, _D = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t, ctypes.c_double
 
 
@@ -47,7 +51,18 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(spec.origin)
-    except OSError:
+        version = lib.cc_ssim_version()
+    except (OSError, AttributeError):
+        version = None
+    if version != VERSION:
+        # Built from another _ssim.c (an editable install is not rebuilt by a pull): its
+        # arguments or its sums may differ, so it is not used.
+        warnings.warn(
+            f"{spec.origin}: SSIM's compiled kernel is out of date (version {version}, this cloudclear needs "
+            f"{VERSION}); scoring through the slower numpy / torch tiles. Reinstall (pip install -e .) to rebuild it.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     lib.cc_ssim_scratch.restype = ctypes.c_size_t
     lib.cc_ssim_scratch.argtypes = [_I, _I]
