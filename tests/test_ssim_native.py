@@ -5,6 +5,7 @@ every window, shape and selection is in tests/test_ssim_fast.py (run on both pat
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -189,3 +190,50 @@ def test_a_kernel_built_from_another_version_is_not_used(monkeypatch):
         monkeypatch.undo()
         native.library.cache_clear()
     assert native.available()
+
+
+def _pair(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
+    from conftest import write_raster
+
+    dn = _dn(rng, (2, 300, 300), 3000, 800).clip(1, 12000).astype(np.uint16)
+    dn_y = (dn + rng.normal(0, 200, size=dn.shape)).clip(1, 12000).astype(np.uint16)
+    return write_raster(tmp_path / "pred.tif", dn), write_raster(tmp_path / "ref.tif", dn_y)
+
+
+@needs_kernel
+def test_a_score_the_kernel_serves_never_loads_torch(tmp_path, rng):
+    import subprocess
+
+    pred, ref = _pair(tmp_path, rng)
+    code = (
+        "import sys; from cloudclear.metrics import score; "
+        f"s = score({str(pred)!r}, {str(ref)!r}); print(s.ssim > 0.5, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_without_the_kernel_each_chunk_thread_runs_torch_on_one_thread(tmp_path, rng, monkeypatch):
+    # The strip scorer's chunk threads run torch alone (set at their first tile, per thread); the
+    # caller's torch keeps its own setting.
+    import threading
+
+    import torch
+
+    from cloudclear.metrics import score
+
+    pred, ref = _pair(tmp_path, rng)
+    monkeypatch.setenv("CLOUDCLEAR_NATIVE", "0")
+    native.library.cache_clear()
+    calls: list[tuple[str, int]] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(
+        torch, "set_num_threads", lambda n: (calls.append((threading.current_thread().name, n)), real(n))
+    )
+    before = torch.get_num_threads()
+    try:
+        assert score(pred, ref).ssim > 0.5
+    finally:
+        native.library.cache_clear()
+    assert calls and all(n == 1 and name != threading.current_thread().name for name, n in calls), calls
+    assert torch.get_num_threads() == before

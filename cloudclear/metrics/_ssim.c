@@ -215,9 +215,9 @@ CLONES int cc_ssim_tile(const void *pred, int pred_type, ptrdiff_t pred_bs, ptrd
     if (!type_size(pred_type) || !type_size(ref_type) || ksize < 1 || ksize > MAX_K || h < 1 || w < 1) return -1;
     const Source p = {(const char *)pred, pred_type, pred_bs, pred_rs, pred_so, pred_clip};
     const Source r = {(const char *)ref, ref_type, ref_bs, ref_rs, ref_so, ref_clip};
-    /* The two windows cloudclear has, with their sizes known to the compiler (unrolled loops). */
-    int sym = ksize % 2;
+    int sym = ksize % 2; /* an odd, symmetric kernel: mirrored taps are added before multiplying */
     for (int k = 0; k < ksize / 2; k++) sym &= kern[k] == kern[ksize - 1 - k];
+    /* The two windows cloudclear has, with their sizes known to the compiler (unrolled loops). */
     switch (ksize) {
     case 11: return tile(11, sym, &p, &r, nb, h, w, kern, peak, c1, c2, cov_norm, sel, sel_stride, scratch, out);
     case 7: return tile(7, sym, &p, &r, nb, h, w, kern, peak, c1, c2, cov_norm, sel, sel_stride, scratch, out);

@@ -377,6 +377,9 @@ def _tile_sums(
     clipping changes any prediction, reference value of the block."""
     import torch
 
+    if getattr(_local, "one_torch_thread", False):  # asked for by one_torch_thread, made here
+        torch.set_num_threads(1)
+        _local.one_torch_thread = False
     r, nb = window.radius, len(pred)
     rows, cols = slice(win[0].start - r, win[0].stop + r), slice(win[1].start - r, win[1].stop + r)
     h, w = rows.stop - rows.start, cols.stop - cols.start
@@ -436,6 +439,15 @@ def _tile_sums(
 
 
 _local = threading.local()
+
+
+def one_torch_thread() -> None:
+    """Have this thread run torch's SSIM convolutions (where the compiled kernel of
+    :mod:`cloudclear.metrics.native` does not serve) on one torch thread: the strip scorer's chunk
+    threads already keep every core busy, and a torch thread team per chunk thread would contend
+    for them. The setting is per thread, so the caller's torch is left as it was; it is made at
+    the thread's first tile, so that a run the kernel serves never loads torch (a second of CPU)."""
+    _local.one_torch_thread = True
 
 
 def _scratch(name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:

@@ -21,9 +21,8 @@ import numpy as np
 from cloudclear import masks
 from cloudclear.errors import MaskError
 from cloudclear.masks import MaskClass
-from cloudclear.metrics import native
 from cloudclear.metrics.conventions import PIXEL_SETS, SSIM_WINDOWS, ScoreOptions
-from cloudclear.metrics.maths import BandSums, Reflectance, Sums, add_pixel_sums, block_sums
+from cloudclear.metrics.maths import BandSums, Reflectance, Sums, add_pixel_sums, block_sums, one_torch_thread
 from cloudclear.metrics.reading import StripReader, valid
 
 # Strips read ahead of the one being scored.
@@ -147,13 +146,11 @@ class Scorer:
         with (
             _no_collection(),
             ThreadPoolExecutor(1) as pool,
-            ThreadPoolExecutor(threads, initializer=_one_torch_thread) as self._pool,
+            ThreadPoolExecutor(threads, initializer=one_torch_thread) as self._pool,
         ):
             # Strips are read _AHEAD ahead of the one scored, each into its own buffer slot: the
-            # reader keeps going through uneven strips (and while the first chunk thread loads
-            # torch, where SSIM's compiled kernel is not built).
+            # reader keeps going through uneven strips.
             reading = deque(pool.submit(self.read_strip, *reads[k], k) for k in range(min(_AHEAD, len(starts))))
-            self._pool.submit(int)  # starts a chunk thread while the first strips are read
             # A strip's chunks are queued before the previous strip's are summed, so the chunk
             # threads never wait for each other at the end of a strip. Sums are added in strip and
             # chunk order: figures do not depend on thread timing.
@@ -261,19 +258,6 @@ def _no_collection() -> Iterator[None]:
         gc.unfreeze()
         if was:
             gc.enable()
-
-
-def _one_torch_thread() -> None:
-    """Each chunk thread runs torch (SSIM's convolutions, where the compiled kernel of
-    :mod:`cloudclear.metrics.native` is not built) on itself alone: the chunk threads already
-    keep every core busy, and a torch thread team per chunk thread would contend for them. The
-    setting is per thread, so the caller's torch is left as it was. With the kernel, torch is
-    not loaded at all (a second of CPU)."""
-    if native.available():
-        return
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def concat(a: Strip, b: Strip) -> Strip:
