@@ -113,9 +113,11 @@ def test_keep_going_reports_the_failure_in_one_line_and_does_the_rest(catalog, t
 
 @pytest.mark.slow
 def test_a_failure_on_the_cluster_stops_the_run(catalog, tmp_path):
-    # The first date's output folder is a file: its task fails when it writes, on a worker.
-    (tmp_path / DATES[0].replace("-", "")).write_text("a file where the output folder should be")
-    out = str(tmp_path / "{date}" / "S2_{tile}.tif")
+    # One tile-date's output folder is a file: that task alone fails when it writes, on a worker.
+    # (A folder shared by both tiles of a date would fail two tasks at once, and two workers may
+    # both report before the run stops.)
+    (tmp_path / f"31UFQ_{DATES[0].replace('-', '')}").write_text("a file where the output folder should be")
+    out = str(tmp_path / "{tile}_{date}" / "S2.tif")
     report_path = tmp_path / "run.json"
     res = infer("-c", catalog, *_dates(*DATES), "-o", out, "--workers", "2", "--report", report_path)
     assert res.exit_code == 1, res.output
