@@ -119,7 +119,7 @@ def test_a_tile_without_its_halo_is_refused(rng):
 
 @needs_kernel
 def test_threads_scoring_at_once_get_the_same_sums(rng):
-    # Each thread has its own scratch rows (maths._scratch): sums do not depend on who ran when.
+    # Each thread has its own scratch rows (cloudclear.metrics.scratch): sums do not depend on who ran when.
     dn = _dn(rng, (4, 200, 700), 3000, 800).clip(0, 65535).astype(np.uint16)
     dn_y = (dn + rng.normal(0, 200, size=dn.shape)).clip(0, 65535).astype(np.uint16)
     refl = Reflectance((1e-4,) * 4, (0.0,) * 4, clip=True, peak=1.0)

@@ -34,6 +34,10 @@ AGGREGATIONS = {
 }
 
 
+#: SSIM's stabilising constants, as fractions of the data range (Wang et al. 2004).
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
 @dataclass(frozen=True)
 class SsimWindow:
     """An SSIM window: its 1-D kernel (separable) and the covariance normalisation."""
@@ -47,6 +51,12 @@ class SsimWindow:
     def radius(self) -> int:
         """Pixels from the window's centre to its edge."""
         return len(self.kernel) // 2
+
+    def covariance_norm(self) -> float:
+        """The factor on local (co)variances: n / (n - 1) over the window's n pixels for the
+        sample covariance, else 1."""
+        n = len(self.kernel) ** 2
+        return n / (n - 1.0) if self.sample_covariance else 1.0
 
     def float32_kernel(self) -> np.ndarray:
         """The kernel in float32, each weight rounded up or down so that their exact sum is as

@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloudclear.metrics import native
-from cloudclear.metrics.conventions import ScoreOptions, SsimWindow
+from cloudclear.metrics import native, scratch
+from cloudclear.metrics.conventions import SSIM_K1, SSIM_K2, ScoreOptions, SsimWindow
 from cloudclear.metrics.results import BandScore, Score
 
 if TYPE_CHECKING:
     import torch
-
-_K1, _K2 = 0.01, 0.03
 
 
 @dataclass
@@ -178,7 +176,7 @@ def block_sums(
     nb, n = len(pred), len(idx)
     raws = []
     for a, name in ((pred, "pred"), (ref, "ref")):
-        core_px, picked = _scratch("core", sel.shape, a.dtype), _scratch(name, (nb, n), a.dtype)
+        core_px, picked = scratch.buffer("core", sel.shape, a.dtype), scratch.buffer(name, (nb, n), a.dtype)
         for i, band in enumerate(a[:, rows, cols]):
             np.copyto(core_px, band)  # contiguous, then one take (faster than a 2-D fancy index)
             np.take(core_px.reshape(-1), idx, out=picked[i])
@@ -191,8 +189,8 @@ def block_sums(
     for k0 in range(0, n, _SLICE):
         k1 = min(k0 + _SLICE, n)
         m = k1 - k0
-        xs = pred_refl(raws[0][:, k0:k1], clips[0], out=_scratch("x", (nb, m), np.float64))
-        ys = ref_refl(raws[1][:, k0:k1], clips[1], out=_scratch("y", (nb, m), np.float64))
+        xs = pred_refl(raws[0][:, k0:k1], clips[0], out=scratch.buffer("x", (nb, m), np.float64))
+        ys = ref_refl(raws[1][:, k0:k1], clips[1], out=scratch.buffer("y", (nb, m), np.float64))
         # Not np.dot: OpenBLAS wakes its threads for it (several ms a call while the pool keeps the
         # cores busy) and rounds by thread count and alignment; a pairwise sum along each band's
         # contiguous row rounds the same everywhere.
@@ -200,11 +198,11 @@ def block_sums(
         sum_y += ys.sum(axis=1)
         # Each pixel's dot products over its few bands (einsum: no temporary per band).
         dot, pp, rr = (
-            np.einsum("bn,bn->n", u, v, out=_scratch(name, (m,), np.float64))
+            np.einsum("bn,bn->n", u, v, out=scratch.buffer(name, (m,), np.float64))
             for name, u, v in (("dot", xs, ys), ("pp", xs, xs), ("rr", ys, ys))
         )
         d = np.subtract(xs, ys, out=xs)
-        abs_err += np.abs(d, out=_scratch("abs", (nb, m), np.float64)).sum(axis=1)
+        abs_err += np.abs(d, out=scratch.buffer("abs", (nb, m), np.float64)).sum(axis=1)
         sq_err += np.square(d, out=d).sum(axis=1)
         norm = np.multiply(pp, rr, out=pp)
         np.sqrt(norm, out=norm)
@@ -403,11 +401,8 @@ def _tile_sums(
     m = np.take(t[0].permute(1, 2, 0).contiguous().numpy().reshape(-1, 4 * nb), np.flatnonzero(sel), axis=0)
     m = np.ascontiguousarray(m.T).reshape(4, nb, -1)
     ux, uy, sxy, s2 = m  # each (bands, pixels), float32, centred on the levels
-    cov_norm = 1.0
-    if window.sample_covariance:
-        npix = len(window.kernel) ** 2
-        cov_norm = npix / (npix - 1.0)
-    c1, c2 = (_K1 * peak) ** 2, (_K2 * peak) ** 2
+    cov_norm = window.covariance_norm()
+    c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
     # The formula in float32 too: each term is formed from numbers of its own size (the centred
     # means; the luminance as 1 - (ux - uy)^2 / (ux^2 + uy^2 + C1), not as a ratio of two sums near
     # each other), so its rounding stays near float32's 6e-8 relative (tests/test_ssim_fast.py).
@@ -450,25 +445,13 @@ def one_torch_thread() -> None:
     _local.one_torch_thread = True
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
-    """This thread's buffer ``name`` of ``dtype``, as an array of ``shape`` (grown when too small):
-    reused from block to block and tile to tile, where fresh arrays would each have their pages
-    zeroed by the kernel."""
-    held: dict[tuple[str, np.dtype], np.ndarray] = _local.__dict__.setdefault("scratch", {})
-    key, size = (name, np.dtype(dtype)), math.prod(shape)
-    buf = held.get(key)
-    if buf is None or buf.size < size:
-        buf = held[key] = np.empty(size + size // 4, dtype)
-    return buf[:size].reshape(shape)
-
-
 def _tile_buffers(channels: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch views of this thread's buffers (:func:`_scratch`): float32 planes (channels, h, w)
+    """Torch views of this thread's buffers (:func:`cloudclear.metrics.scratch.buffer`): float32 planes (channels, h, w)
     and a channels-last (1, channels, h, w) array for their copy."""
     import torch
 
-    planes = torch.from_numpy(_scratch("planes", (channels, h, w), np.float32))
-    last = torch.from_numpy(_scratch("last", (1, h, w, channels), np.float32)).permute(0, 3, 1, 2)
+    planes = torch.from_numpy(scratch.buffer("planes", (channels, h, w), np.float32))
+    last = torch.from_numpy(scratch.buffer("last", (1, h, w, channels), np.float32)).permute(0, 3, 1, 2)
     return planes, last
 
 

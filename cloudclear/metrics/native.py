@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cloudclear.metrics import scratch
+from cloudclear.metrics.conventions import SSIM_K1, SSIM_K2
+
 if TYPE_CHECKING:
     from cloudclear.metrics.conventions import SsimWindow
     from cloudclear.metrics.maths import Reflectance
@@ -106,8 +109,6 @@ def ssim_tile(
     as reflectance through ``pred_refl`` and ``ref_refl`` (:func:`readable` of both); ``sel``
     is (h, w) bool, and every selected pixel's window holds valid values.
     """
-    from cloudclear.metrics import maths  # the thread's scratch buffers
-
     lib = library()
     assert lib is not None
     k = len(window.kernel)
@@ -117,17 +118,16 @@ def ssim_tile(
     if sel.strides[1] != 1:
         sel = np.ascontiguousarray(sel)
     kern = _kernel(window.kernel)
-    scratch = maths._scratch("native", (lib.cc_ssim_scratch(w, k),), np.float64)
-    cov_norm = k * k / (k * k - 1.0) if window.sample_covariance else 1.0
-    c1, c2 = (maths._K1 * peak) ** 2, (maths._K2 * peak) ** 2
+    ring = scratch.buffer("native", (lib.cc_ssim_scratch(w, k),), np.float64)
+    c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
     so = [_scale_offset(refl, nb) for refl in (pred_refl, ref_refl)]
     args = []
     for a, refl, pairs in ((pred, pred_refl, so[0]), (ref, ref_refl, so[1])):
         n = a.itemsize
         args += [a.ctypes.data, TYPES[a.dtype], a.strides[0] // n, a.strides[1] // n, pairs.ctypes.data, int(refl.clip)]
     done = lib.cc_ssim_tile(
-        *args, nb, h, w, k, kern.ctypes.data, peak, c1, c2, cov_norm,
-        sel.ctypes.data, sel.strides[0], scratch.ctypes.data, out.ctypes.data,
+        *args, nb, h, w, k, kern.ctypes.data, peak, c1, c2, window.covariance_norm(),
+        sel.ctypes.data, sel.strides[0], ring.ctypes.data, out.ctypes.data,
     )  # fmt: skip
     if done != 0:
         raise ValueError(f"the SSIM kernel refused a tile of {pred.dtype} / {ref.dtype} with a {k}-tap window")
