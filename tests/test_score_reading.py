@@ -111,3 +111,28 @@ def test_what_the_paused_loop_made_goes_to_the_oldest_generation_unfrozen():
         assert gc.get_count()[0] >= 900
     assert gc.get_count()[0] < 100 and gc.get_freeze_count() == frozen
     assert any(o is kept for o in gc.get_referrers(kept[0]))
+
+
+@pytest.mark.parametrize("native_on", ["1", "0"], ids=["kernel", "numpy-torch"])
+def test_tile_buffers_made_under_inference_mode_serve_outside_it(rng, monkeypatch, native_on):
+    # Training scores patches under torch.inference_mode, then again outside it, on one thread.
+    import torch
+
+    from cloudclear.metrics import native
+    from cloudclear.metrics.conventions import SSIM_WINDOWS
+    from cloudclear.metrics.maths import ssim_sums
+
+    monkeypatch.setenv("CLOUDCLEAR_NATIVE", native_on)
+    native.library.cache_clear()
+    try:
+        win = SSIM_WINDOWS["gaussian"]
+        x = rng.random((2, 40, 50))
+        y = x + rng.normal(0, 0.01, size=x.shape)
+        core = (slice(5, 35), slice(5, 45))
+        sel = np.ones((30, 40), bool)
+        with torch.inference_mode():
+            inside = ssim_sums(x, y, core, sel, win, 1.0)
+        outside = ssim_sums(x, y, core, sel, win, 1.0)
+        np.testing.assert_array_equal(inside, outside)
+    finally:
+        native.library.cache_clear()
