@@ -58,6 +58,11 @@ class SsimWindow:
         n = len(self.kernel) ** 2
         return n / (n - 1.0) if self.sample_covariance else 1.0
 
+    @staticmethod
+    def constants(peak: float) -> tuple[float, float]:
+        """SSIM's C1 and C2 for data ranging over ``peak``: (K1 peak)^2 and (K2 peak)^2."""
+        return (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
+
     def float32_kernel(self) -> np.ndarray:
         """The kernel in float32, each weight rounded up or down so that their exact sum is as
         near 1 as such roundings get (:func:`float32_weights`)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cloudclear.metrics import native, scratch
-from cloudclear.metrics.conventions import SSIM_K1, SSIM_K2, ScoreOptions, SsimWindow
+from cloudclear.metrics.conventions import ScoreOptions, SsimWindow
 from cloudclear.metrics.results import BandScore, Score
 
 if TYPE_CHECKING:
@@ -402,7 +402,7 @@ def _tile_sums(
     m = np.ascontiguousarray(m.T).reshape(4, nb, -1)
     ux, uy, sxy, s2 = m  # each (bands, pixels), float32, centred on the levels
     cov_norm = window.covariance_norm()
-    c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
+    c1, c2 = window.constants(peak)
     # The formula in float32 too: each term is formed from numbers of its own size (the centred
     # means; the luminance as 1 - (ux - uy)^2 / (ux^2 + uy^2 + C1), not as a ratio of two sums near
     # each other), so its rounding stays near float32's 6e-8 relative (tests/test_ssim_fast.py).
@@ -446,8 +446,8 @@ def one_torch_thread() -> None:
 
 
 def _tile_buffers(channels: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch views of this thread's buffers (:func:`cloudclear.metrics.scratch.buffer`): float32 planes (channels, h, w)
-    and a channels-last (1, channels, h, w) array for their copy."""
+    """Torch views of this thread's buffers (:func:`cloudclear.metrics.scratch.buffer`): float32
+    planes (channels, h, w) and a channels-last (1, channels, h, w) array for their copy."""
     import torch
 
     planes = torch.from_numpy(scratch.buffer("planes", (channels, h, w), np.float32))

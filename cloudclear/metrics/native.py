@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cloudclear.metrics import scratch
-from cloudclear.metrics.conventions import SSIM_K1, SSIM_K2
 
 if TYPE_CHECKING:
     from cloudclear.metrics.conventions import SsimWindow
@@ -119,7 +118,7 @@ def ssim_tile(
         sel = np.ascontiguousarray(sel)
     kern = _kernel(window.kernel)
     ring = scratch.buffer("native", (lib.cc_ssim_scratch(w, k),), np.float64)
-    c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
+    c1, c2 = window.constants(peak)
     so = [_scale_offset(refl, nb) for refl in (pred_refl, ref_refl)]
     args = []
     for a, refl, pairs in ((pred, pred_refl, so[0]), (ref, ref_refl, so[1])):
