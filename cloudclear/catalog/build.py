@@ -24,7 +24,7 @@ from cloudclear.catalog.records import (
     stats_from_row,
 )
 from cloudclear.catalog.scan import iter_rasters, product_json, read_products
-from cloudclear.catalog.stats import Preloaded, scene_stats
+from cloudclear.catalog.stats import Preloaded, SceneStats, scene_stats
 from cloudclear.catalog.store import DEFAULT_NAME, POLICY_KEY, Catalog, policy_text, read_catalog, read_meta
 from cloudclear.catalog.values import Calibration, calibrate
 from cloudclear.detect.spatial import SpatialOptions
@@ -319,6 +319,10 @@ def _detected_mask(
     return masks.MaskBand(str(dst), 1, "SCL"), None, True
 
 
+#: A scene's record, the pixels the policy removed, and those by rule (:func:`_build`).
+_Outcome = tuple[dict[str, Any], int | None, dict[str, int] | None]
+
+
 def _build(
     root: Path,
     cat_path: Path,
@@ -403,7 +407,11 @@ def _build(
             count.append(len(plans))
         plans.append((scene_id, draft, old, calibration))
 
-    def counted(k: int) -> tuple[dict[str, Any], int | None, dict[str, int] | None] | str:
+    def outcome(scene_id: str, draft: SceneDraft, stats: SceneStats, calibration: Calibration | None) -> _Outcome:
+        """A scene's record, and the pixels the policy removed (in all, by rule)."""
+        return record(scene_id, draft, stats, infos, rel, calibration), stats.removed_px, stats.removed_by
+
+    def counted(k: int) -> _Outcome | str:
         """Plan ``k``'s statistics counted from its pixels: its record and what the policy
         removed, or why it cannot be counted (in a worker process where there are many)."""
         scene_id, draft, _, _ = plans[k]
@@ -414,7 +422,7 @@ def _build(
             return str(exc)
         finally:
             preloaded.drop(draft.files)
-        return record(scene_id, draft, stats, infos, rel, calibration), stats.removed_px, stats.removed_by
+        return outcome(scene_id, draft, stats, calibration)
 
     # Then the statistics, in processes forked now (they inherit the pixels preloaded).
     bar = tqdm(
@@ -433,12 +441,7 @@ def _build(
                 continue
             row, removed_px, by_rule = got
         else:
-            stats = stats_from_row(old)
-            row, removed_px, by_rule = (
-                record(scene_id, draft, stats, infos, rel, calibration),
-                stats.removed_px,
-                stats.removed_by,
-            )
+            row, removed_px, by_rule = outcome(scene_id, draft, stats_from_row(old), calibration)
         if removed_px is not None:
             removed[scene_id] = removed_px
         for rule, n in (by_rule or {}).items():

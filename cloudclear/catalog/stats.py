@@ -301,9 +301,7 @@ class Preloaded:
     def drop(self, paths: Any) -> None:
         """Forget the pixels of ``paths`` (their scene's statistics are computed)."""
         for p in paths:
-            held = self._held.pop(p, None)
-            if held is not None:
-                self.used -= sum(a.nbytes for a in held[1].values())
+            self.give(p)
 
     def _serves(self, path: str, indexes: tuple[int, ...], grid: Grid) -> bool:
         held = self._held.get(path)
